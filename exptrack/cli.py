@@ -1,0 +1,226 @@
+"""The `exp` command: argument parsing and messages only; the work happens in the modules it calls."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from exptrack import config as cfg
+from exptrack.errors import UserError, redact
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # its table-creation INFO lines are noise here
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Hyperparameter search and experiment tracking for PyTorch fine-tuning.",
+)
+err = Console(stderr=True)
+out = Console()
+
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        envvar="OPTUNA_STORAGE",
+        help="Optuna storage URL [default: sqlite:///optuna.db]",
+    ),
+]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        help="MLflow tracking URI [default: sqlite:///mlflow.db]",
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config value: --set epochs=2 (repeatable)"),
+]
+
+
+@app.callback()
+def _commands() -> None:
+    """exp search | trials | studies | export | train | ui | report"""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: unwinds like Ctrl-C so the running trial is closed as failed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _install_signal_handlers() -> None:
+    """First signal: stop gracefully. Second: exit at once (the next start repairs the state)."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if getattr(handle, "seen", False):
+            os._exit(128 + signum)
+        handle.seen = True  # type: ignore[attr-defined]
+        err.print(
+            f"[yellow]{signal.Signals(signum).name}: closing the running trial as failed "
+            "(send again to exit at once)[/yellow]"
+        )
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+class SearchProgress:
+    """Rich progress bar: trials done / total, best value so far, the current trial."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[best]}"),
+            TextColumn("{task.fields[current]}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+        )
+        self.task: Any = None
+
+    def start(self, done: int, total: int) -> None:
+        self.bar.start()
+        self.task = self.bar.add_task("trials", total=total, completed=min(done, total), best="", current="")
+
+    def trial_started(self, number: int, config: cfg.TrialConfig) -> None:
+        self.bar.update(
+            self.task,
+            current=f"running trial {number} (lr={config.lr:.2g}, bs={config.batch_size}, "
+            f"freeze={config.freeze_depth}, {config.loss})",
+        )
+
+    def trial_finished(self, number: int, state: str, value: float | None, best: float | None) -> None:
+        if state in ("COMPLETE", "PRUNED"):
+            self.bar.advance(self.task)
+        if best is not None:
+            self.bar.update(self.task, best=f"best {self.metric}={best:.4f}")
+        shown = "" if value is None else f" {value:.4f}"
+        self.bar.console.print(f"trial {number}: {state}{shown}")
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+@app.command()
+def search(
+    study_file: Annotated[Path, typer.Argument(help="A study file, e.g. studies/finetune.py")],
+    trials: Annotated[
+        int, typer.Option("--trials", "-n", help="Total finished trials the study should have")
+    ] = 20,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop starting trials after this many seconds")
+    ] = None,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+    study_name: Annotated[str | None, typer.Option(help="Study name [default: the study file's]")] = None,
+    sampler: Annotated[str | None, typer.Option(help="tpe | random | cmaes | gp | qmc | grid")] = None,
+    pruner: Annotated[str | None, typer.Option(help="none | median | hyperband")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Sampler seed, for a repeatable sequence of trials")
+    ] = None,
+    set_: SetOpt = None,
+    no_tracking: Annotated[
+        bool, typer.Option("--no-tracking", help="Skip MLflow (Optuna records only)")
+    ] = False,
+) -> None:
+    """Tune a study: sample configs, train each, prune hopeless ones, log every trial to MLflow."""
+    from exptrack.search import Search, SearchOptions
+    from exptrack.study import load_study_file
+    from exptrack.tracking import Tracker
+
+    if trials < 1:
+        raise UserError(f"--trials must be at least 1, got {trials}")
+    if timeout is not None and timeout <= 0:
+        raise UserError(f"--timeout must be positive seconds, got {timeout}")
+    overrides = cfg.parse_overrides(set_ or [])
+    if device is not None:
+        overrides["device"] = device
+    spec = load_study_file(study_file).with_overrides(overrides)
+    options = SearchOptions(trials, timeout, storage, study_name, sampler, pruner, seed)
+    progress = SearchProgress(spec.metric)
+    tracker = (
+        None if no_tracking else Tracker(tracking_uri, warn=lambda m: err.print(f"[yellow]{m}[/yellow]"))
+    )
+    if tracker:
+        tracker.check()
+    runner = Search(
+        spec,
+        options,
+        tracker,
+        progress,
+        warn=lambda m: progress.bar.console.print(f"[yellow]{m}[/yellow]"),
+    )
+    _install_signal_handlers()
+    try:
+        summary = runner.run()
+    finally:
+        progress.stop()
+    _print_summary(summary, spec.metric, tracker)
+
+
+def _print_summary(summary: Any, metric: str, tracker: Any) -> None:
+    table = Table(
+        title=f"{summary.study_name}: best trials ({summary.finished} finished, {summary.ran} run now)"
+    )
+    for column in ("trial", metric, "params", "MLflow run"):
+        table.add_column(column)
+    for trial in summary.best:
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+        table.add_row(
+            str(trial.number), _fmt(trial.value), params, trial.user_attrs.get("mlflow_run_id", "-")
+        )
+    out.print(table)
+    if tracker and summary.experiment_id:
+        out.print(
+            f"MLflow: {redact(tracker.uri)}, experiment {summary.study_name!r} (id {summary.experiment_id}), "
+            f"study run {summary.parent_run_id}; browse with `exp ui`"
+        )
+    if summary.tracking_failures:
+        err.print(
+            f"[yellow]{len(summary.tracking_failures)} MLflow writes failed and were not recorded, first: "
+            f"{summary.tracking_failures[0]}[/yellow]"
+        )
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def main() -> None:
+    """Entry point: a UserError becomes one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        err.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Interrupted as exc:
+        sys.exit(128 + exc.signum)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click's usage errors (typer vendors click): bad flag, missing argument
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()
+            sys.exit(2)
+        raise

@@ -1,0 +1,162 @@
+"""`TrialConfig`: the one typed, frozen description of a training run, and its YAML round trip.
+
+The search builds one per trial, `train.fit` takes only this, `exp export` writes it and
+`exp train` reads it back: same fields, no second format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from exptrack.errors import UserError
+
+PARAMS_SUFFIX = "_params"  # `loss_params` holds the parameters of the chosen `loss`
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialConfig:
+    """Everything that decides what one training run does."""
+
+    backbone: str = "resnet18"
+    weights: str = "imagenet"  # imagenet | none | path/to/state_dict.pt | runs:/... | models:/...
+    dataset: str = "digits"  # NAME[:PATH], e.g. digits, synthetic, imagefolder:/data/pets
+    image_size: int = 32  # side of the square images the backbone sees
+    subset: int = 0  # use at most this many train (and val) samples; 0 = all of them
+    val_fraction: float = 0.2  # held-out share when the dataset has no validation split
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+    freeze_depth: int = 0  # how many leading backbone stages stay frozen (0 = train everything)
+    loss: str = "cross_entropy"
+    loss_params: dict[str, float] = dataclasses.field(default_factory=dict)
+    optimizer: str = "adamw"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+
+    def __post_init__(self) -> None:
+        # A private copy, so the frozen config cannot change through a caller's dict.
+        object.__setattr__(self, "loss_params", dict(sorted(self.loss_params.items())))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat_params(self) -> dict[str, str]:
+        """Every field as a string param, dict fields flattened (`loss_params.gamma`)."""
+        flat: dict[str, str] = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                flat.update({f"{key}.{k}": str(v) for k, v in value.items()})
+            else:
+                flat[key] = str(value)
+        return flat
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        return from_dict({**self.to_dict(), **changes})
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrialConfig)]
+
+
+def field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrialConfig)
+
+
+def from_dict(values: Mapping[str, Any], *, source: str = "config") -> TrialConfig:
+    """Build a config from plain values, checking names and types with messages a user can act on."""
+    types = field_types()
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        raise UserError(f"{source}: unknown config key {unknown[0]!r}; valid keys are {', '.join(types)}")
+    typed = {key: _coerce(key, value, types[key], source) for key, value in values.items()}
+    return TrialConfig(**typed)
+
+
+def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise UserError(f"{source}: {key} must be a mapping, got {value!r}")
+        return {str(k): _coerce(f"{key}.{k}", v, float, source) for k, v in value.items()}
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UserError(f"{source}: {key} must be a finite number, got {value!r}")
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+    name = getattr(annotation, "__name__", str(annotation))
+    raise UserError(f"{source}: {key} must be of type {name}, got {value!r}")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn `--set key=value` strings into typed values; `loss_params.gamma=2` sets one entry."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set {pair!r}: expected key=value, e.g. --set epochs=2")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        head, dot, sub = key.partition(".")
+        if dot:
+            if head not in field_types() or typing.get_origin(field_types()[head]) is not dict:
+                raise UserError(f"--set {pair!r}: {head!r} is not a config key with sub-keys")
+            overrides.setdefault(head, {})[sub] = value
+        else:
+            overrides[key] = value
+    return overrides
+
+
+def apply_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge overrides into base values; dict fields merge key by key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def dump_yaml(config: TrialConfig, provenance: Mapping[str, Any] | None = None) -> str:
+    """The config as YAML a user can read, edit and give to `exp train`."""
+    header = "# Reproduce with: exp train THIS_FILE.yaml\n"
+    body = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    if provenance:
+        body += yaml.safe_dump({"provenance": dict(provenance)}, sort_keys=False)
+    return header + body
+
+
+def read_yaml(path: Path) -> tuple[TrialConfig, dict[str, Any]]:
+    """Read a config file written by `exp export` (or by hand); returns (config, provenance)."""
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; pass a YAML file from `exp export`")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the file") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    provenance = data.pop("provenance", None) or {}
+    return from_dict(data, source=str(path)), dict(provenance)

@@ -1,0 +1,270 @@
+"""Search spaces: parse and validate a YAML file, sample one point for a trial, describe the space.
+
+Each key is a `TrialConfig` field. A parameter is `{float: [lo, hi]}`, `{int: [lo, hi]}` (optional
+`log: true` or `step: s`) or `{choice: [a, b]}`. A choice written as a mapping is conditional: the
+keys are the options and each holds the parameters that exist only when it is chosen. They get
+dotted Optuna names (`loss.focal.gamma`) so two branches never share a distribution. Values of a
+`loss` branch go to `loss_params`; values under any other branch (e.g. `freeze_depth` under each
+`backbone`) set that config field. `int: [0, max]` on freeze_depth means the backbone's stage count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from exptrack import config as cfg
+from exptrack import losses, models
+from exptrack.errors import UserError
+
+KINDS = ("float", "int", "choice")
+OPTIONS = ("log", "step")
+
+
+class Suggester(Protocol):
+    """The part of `optuna.Trial` sampling needs (FixedTrial works too, to rebuild a config)."""
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float: ...
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One searched value. `branches` is set for a conditional choice (option -> its params)."""
+
+    name: str  # the Optuna name, dotted under a branch
+    field: str  # the config field (or loss_params key) it sets
+    kind: str
+    low: float | int | str | None = None  # "max" for freeze_depth
+    high: float | int | str | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] = ()
+    branches: Mapping[str, tuple[Param, ...]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    params: tuple[Param, ...]
+    source: str
+
+    def sample(self, trial: Suggester, fixed: Mapping[str, Any]) -> dict[str, Any]:
+        """Config values (fixed merged with sampled) for one trial."""
+        values = dict(fixed)
+        for param in self.params:
+            _sample_into(param, trial, values, self.source)
+        return values
+
+    def describe(self) -> dict[str, Any]:
+        """A plain, comparable form of the space, for logging and for spotting a changed space."""
+        return {p.name: _describe(p) for p in self.params}
+
+    def is_discrete(self) -> bool:
+        return all(_discrete(p) for p in self.params)
+
+
+def load(path: Path) -> SearchSpace:
+    """Read and validate a search-space file; every problem names the parameter and the fix."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise UserError(f"search space {path} not found; check the study's search_space=") from exc
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the file") from exc
+    return parse(data, source=str(path))
+
+
+def parse(data: Any, source: str = "search space") -> SearchSpace:
+    if not isinstance(data, dict) or not data:
+        raise UserError(
+            f"{source}: expected a mapping of parameter names to specs, e.g. lr: {{float: [1e-5, 1e-1], log: true}}"
+        )
+    fields = cfg.field_types()
+    params = []
+    for name, spec in data.items():
+        if name not in fields or name.endswith(cfg.PARAMS_SUFFIX):
+            raise UserError(
+                f"{source}: unknown parameter {name!r}; searchable config keys are {', '.join(k for k in fields if not k.endswith(cfg.PARAMS_SUFFIX))}"
+            )
+        params.append(_parse_param(str(name), str(name), spec, source, top_field=str(name)))
+    return SearchSpace(tuple(params), source)
+
+
+def _parse_param(name: str, field: str, spec: Any, source: str, top_field: str) -> Param:
+    where = f"{source}: parameter {name!r}"
+    if not isinstance(spec, dict):
+        raise UserError(f"{where}: expected a mapping like {{float: [lo, hi]}}, got {spec!r}")
+    kinds = [k for k in spec if k in KINDS]
+    unknown = [k for k in spec if k not in KINDS and k not in OPTIONS]
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; use one of float, int, choice, log, step")
+    if len(kinds) != 1:
+        raise UserError(f"{where}: give exactly one of float, int or choice")
+    kind = kinds[0]
+    if kind == "choice":
+        return _parse_choice(name, field, spec, where, source)
+    return _parse_range(name, field, kind, spec, where)
+
+
+def _parse_range(name: str, field: str, kind: str, spec: dict[str, Any], where: str) -> Param:
+    bounds = spec[kind]
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        raise UserError(f"{where}: {kind} needs [low, high], got {bounds!r}")
+    low, high = bounds
+    log, step = bool(spec.get("log", False)), spec.get("step")
+    if high == "max" and field == "freeze_depth" and kind == "int":
+        high_num = math.inf
+    elif not _is_number(high):
+        raise UserError(
+            f"{where}: high must be a number"
+            + (" (or max, for freeze_depth)" if kind == "int" else "")
+            + f", got {high!r}"
+        )
+    else:
+        high_num = high
+    if not _is_number(low):
+        raise UserError(f"{where}: low must be a number, got {low!r}")
+    if kind == "int" and not (float(low).is_integer() and (high == "max" or float(high).is_integer())):
+        raise UserError(f"{where}: int bounds must be whole numbers, got {bounds!r}")
+    if low > high_num:
+        raise UserError(f"{where}: low {low} is greater than high {high}; swap them")
+    if log and low <= 0:
+        raise UserError(f"{where}: log scale needs low > 0, got {low}; raise low or drop log")
+    if log and step is not None:
+        raise UserError(f"{where}: log and step cannot be combined; keep one")
+    if step is not None and (not _is_number(step) or step <= 0):
+        raise UserError(f"{where}: step must be a positive number, got {step!r}")
+    _check_field_kind(field, kind, where)
+    cast = int if kind == "int" else float
+    return Param(name, field, kind, cast(low), high if high == "max" else cast(high), log, step)
+
+
+def _parse_choice(name: str, field: str, spec: dict[str, Any], where: str, source: str) -> Param:
+    if set(spec) - {"choice"}:
+        raise UserError(f"{where}: log and step do not apply to a choice; remove them")
+    options = spec["choice"]
+    if isinstance(options, dict):
+        if not options:
+            raise UserError(f"{where}: choice is empty; list at least one option")
+        branches = {
+            str(opt): _parse_branch(name, field, str(opt), sub, source) for opt, sub in options.items()
+        }
+        return Param(name, field, "choice", choices=tuple(branches), branches=branches)
+    if not isinstance(options, list) or not options:
+        raise UserError(f"{where}: choice is empty; list at least one option")
+    if any(isinstance(o, dict | list) for o in options):
+        raise UserError(f"{where}: choice options must be plain values (numbers, strings, booleans)")
+    if len(set(map(repr, options))) != len(options):
+        raise UserError(f"{where}: choice lists an option twice; remove the duplicate")
+    if field == "loss":
+        for option in options:
+            losses.loss_parameters(str(option))  # raises for an unknown loss
+    return Param(name, field, "choice", choices=tuple(options))
+
+
+def _parse_branch(name: str, field: str, option: str, sub: Any, source: str) -> tuple[Param, ...]:
+    where = f"{source}: parameter {name!r} option {option!r}"
+    sub = sub or {}
+    if not isinstance(sub, dict):
+        raise UserError(f"{where}: expected a mapping of its own parameters (or {{}}), got {sub!r}")
+    if field == "loss":
+        accepted = _loss_parameters(option, where)
+        for key in sub:
+            if key not in accepted:
+                raise UserError(
+                    f"{where}: loss {option!r} takes no parameter {key!r}; it takes: {', '.join(accepted) or 'none'}"
+                )
+    elif field == "backbone":
+        models.backbone(option)  # raises for an unknown backbone
+    for key in sub:
+        if field != "loss" and (key not in cfg.field_types() or key == field):
+            raise UserError(f"{where}: unknown parameter {key!r}; it must be a config key")
+    return tuple(_parse_param(f"{name}.{option}.{key}", str(key), s, source, field) for key, s in sub.items())
+
+
+def _loss_parameters(option: str, where: str) -> list[str]:
+    try:
+        return losses.loss_parameters(option)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from exc
+
+
+def _check_field_kind(field: str, kind: str, where: str) -> None:
+    expected = cfg.field_types().get(field, float)
+    if expected is int and kind == "float":
+        raise UserError(f"{where}: {field} is a whole number; use int instead of float")
+    if expected is str:
+        raise UserError(f"{where}: {field} takes names; use choice: [...]")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# --- sampling --------------------------------------------------------------------------------
+
+
+def _sample_into(param: Param, trial: Suggester, values: dict[str, Any], source: str) -> None:
+    if param.branches:
+        option = trial.suggest_categorical(param.name, list(param.choices))
+        values[param.field] = option
+        if param.field == "loss":
+            values[f"loss{cfg.PARAMS_SUFFIX}"] = {}
+        for sub in param.branches[option]:
+            _sample_into(sub, trial, values, source)
+        return
+    value = _suggest(param, trial, values, source)
+    if "." in param.name and param.name.split(".")[0] == "loss":
+        values.setdefault(f"loss{cfg.PARAMS_SUFFIX}", {})[param.field] = value
+    else:
+        values[param.field] = value
+
+
+def _suggest(param: Param, trial: Suggester, values: Mapping[str, Any], source: str) -> Any:
+    if param.kind == "choice":
+        return trial.suggest_categorical(param.name, list(param.choices))
+    if param.kind == "int":
+        high = _resolve_max(param, values, source)
+        return trial.suggest_int(param.name, int(param.low), high, step=int(param.step or 1), log=param.log)  # type: ignore[arg-type]
+    return trial.suggest_float(
+        param.name, float(param.low), float(param.high), step=param.step, log=param.log
+    )  # type: ignore[arg-type]
+
+
+def _resolve_max(param: Param, values: Mapping[str, Any], source: str) -> int:
+    if param.high != "max":
+        return int(param.high)  # type: ignore[arg-type]
+    name = values.get("backbone", cfg.TrialConfig.backbone)
+    stages = models.stage_count(name)
+    if int(param.low) > stages:  # type: ignore[arg-type]
+        raise UserError(
+            f"{source}: parameter {param.name!r}: low {param.low} exceeds {name}'s {stages} stages"
+        )
+    return stages
+
+
+def _describe(param: Param) -> dict[str, Any]:
+    if param.branches:
+        return {"choice": {opt: {p.name: _describe(p) for p in subs} for opt, subs in param.branches.items()}}
+    if param.kind == "choice":
+        return {"choice": list(param.choices)}
+    out: dict[str, Any] = {param.kind: [param.low, param.high]}
+    if param.log:
+        out["log"] = True
+    if param.step is not None:
+        out["step"] = param.step
+    return out
+
+
+def _discrete(param: Param) -> bool:
+    if param.branches:
+        return all(_discrete(p) for subs in param.branches.values() for p in subs)
+    return param.kind != "float" or param.step is not None

@@ -1,0 +1,210 @@
+"""Every MLflow call: the study's parent run, one nested child run per trial, statuses and links.
+
+`MlflowClient` with explicit run ids (never the fluent `mlflow.start_run` globals, which break as
+soon as two trials run at once). A tracking failure never stops training: each call is guarded,
+the failure is counted, and `failures` is reported at the end of the search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from exptrack.errors import UserError, redact
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+ROLE_TAG, STUDY_TAG, TRIAL_TAG = "exptrack.role", "exptrack.study", "exptrack.trial"
+# Optuna state -> MLflow run status, the mapping the design promises.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """Flag, then MLFLOW_TRACKING_URI, then a sqlite file in the working directory."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def trial_run_name(number: int) -> str:
+    return f"trial-{number:03d}"
+
+
+class Tracker:
+    """MLflow records of one study. Construct with the tracking URI; `check()` before trial 1."""
+
+    def __init__(self, uri: str | None = None, warn: Any = print) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = resolve_tracking_uri(uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.warn = warn
+        self.failures: list[str] = []
+        self._pending: dict[str, list[Any]] = {}
+
+    # --- guarded calls ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Run one tracking step; on failure record it and carry on (training matters more)."""
+        try:
+            yield
+        except Exception as exc:
+            message = f"{what}: {type(exc).__name__}: {redact(str(exc).splitlines()[0] if str(exc) else '')}"
+            if not self.failures:
+                self.warn(
+                    f"MLflow tracking failed ({message}); the search goes on and reports what was not recorded"
+                )
+            self.failures.append(message)
+
+    def check(self) -> None:
+        """Fail fast with a one-line message when the tracking store cannot be reached."""
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as exc:
+            raise UserError(
+                f"MLflow tracking store {redact(self.uri)} is unreachable ({type(exc).__name__}); "
+                "start it or pass --tracking-uri"
+            ) from exc
+
+    # --- the study's parent run ----------------------------------------------------------------
+
+    def experiment_id(self, study_name: str) -> str:
+        experiment = self.client.get_experiment_by_name(study_name)
+        if experiment is None:
+            return self.client.create_experiment(study_name, tags={STUDY_TAG: study_name})
+        if experiment.lifecycle_stage == "deleted":
+            self.client.restore_experiment(experiment.experiment_id)
+        return str(experiment.experiment_id)
+
+    def find_study_run(self, experiment_id: str, study_name: str) -> str | None:
+        runs = self.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{study_name}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def open_study_run(self, study_name: str, tags: Mapping[str, str], files: list[Path]) -> tuple[str, str]:
+        """(experiment id, parent run id): the study's existing parent run, or a new one."""
+        experiment_id = self.experiment_id(study_name)
+        run_id = self.find_study_run(experiment_id, study_name)
+        all_tags = {ROLE_TAG: "study", STUDY_TAG: study_name, "host": platform.node(), **tags}
+        if run_id is None:
+            run = self.client.create_run(experiment_id, run_name=study_name, tags=all_tags)
+            run_id = run.info.run_id
+            for path in files:
+                with self._guard(f"log {path.name} on the study run"):
+                    self.client.log_artifact(run_id, str(path), artifact_path="study")
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+            self._log(run_id, tags=all_tags)
+        return experiment_id, run_id
+
+    def close_study_run(self, run_id: str, status: str, metrics: Mapping[str, float]) -> None:
+        self._log(run_id, metrics=metrics)
+        with self._guard("close the study run"):
+            self.client.set_terminated(run_id, status=status)
+
+    # --- one trial's child run ---------------------------------------------------------------
+
+    def start_trial(
+        self,
+        experiment_id: str,
+        parent_run_id: str,
+        study_name: str,
+        number: int,
+        params: Mapping[str, str],
+        config_yaml: str,
+    ) -> str | None:
+        """Open the trial's nested run with its params and config; None if MLflow is down."""
+        tags = {
+            "mlflow.parentRunId": parent_run_id,
+            ROLE_TAG: "trial",
+            STUDY_TAG: study_name,
+            TRIAL_TAG: str(number),
+        }
+        with self._guard(f"open the run of trial {number}"):
+            run = self.client.create_run(experiment_id, run_name=trial_run_name(number), tags=tags)
+            run_id = run.info.run_id
+            self._log(run_id, params=params)
+            with self._guard(f"log the config of trial {number}"):
+                self.client.log_text(run_id, config_yaml, "config.yaml")
+            return run_id
+        return None
+
+    def log_epoch(self, run_id: str | None, epoch: int, metrics: Mapping[str, float]) -> None:
+        """One epoch's metrics, asynchronously: training does not wait for the store."""
+        if run_id is None:
+            return
+        with self._guard(f"log epoch {epoch}"):
+            ops = self.client.log_batch(run_id, metrics=_metrics(metrics, step=epoch), synchronous=False)
+            self._pending.setdefault(run_id, []).append(ops)
+
+    def log(
+        self,
+        run_id: str | None,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        if run_id is not None:
+            self._log(run_id, metrics=metrics, params=params, tags=tags)
+
+    def log_text(self, run_id: str | None, text: str, artifact_file: str) -> None:
+        if run_id is None:
+            return
+        with self._guard(f"log {artifact_file}"):
+            self.client.log_text(run_id, text, artifact_file)
+
+    def finish_trial(self, run_id: str | None, state: str, metrics: Mapping[str, float]) -> None:
+        """Wait for the trial's pending epoch logs, log its final figures, and close it with the
+        status matching its Optuna state."""
+        if run_id is None:
+            return
+        for ops in self._pending.pop(run_id, []):
+            with self._guard("flush epoch metrics"):
+                ops.wait()
+        self._log(run_id, metrics=metrics)
+        with self._guard(f"close run {run_id}"):
+            self.client.set_terminated(run_id, status=RUN_STATUS[state])
+
+    def _log(
+        self,
+        run_id: str,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        from mlflow.entities import Param, RunTag
+
+        with self._guard("log to run"):
+            self.client.log_batch(
+                run_id,
+                metrics=_metrics(metrics or {}, step=0),
+                params=[Param(k, redact(str(v))[:6000]) for k, v in (params or {}).items()],
+                tags=[RunTag(k, redact(str(v))[:5000]) for k, v in (tags or {}).items()],
+                synchronous=True,
+            )
+
+    def log_file(self, run_id: str | None, name: str, content: str) -> None:
+        """A text file as an artifact (e.g. a traceback); written via a temporary directory."""
+        if run_id is None:
+            return
+        with self._guard(f"log {name}"), tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(content)
+            self.client.log_artifact(run_id, str(path))
+
+
+def _metrics(values: Mapping[str, float], step: int) -> list[Any]:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(key, float(value), now, step) for key, value in values.items()]
