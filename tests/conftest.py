@@ -1,0 +1,77 @@
+"""Shared test fixtures: a scratch project directory with temporary stores, and a CLI runner.
+
+Every test that trains uses tiny real data: a digits subset at 16 px, one epoch, random init.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# Shrinks any study to seconds on a CPU: a digits subset at 16 px, one epoch, no weight download.
+TINY = ["--set", "epochs=1", "--set", "subset=96", "--set", "image_size=16", "--set", "weights=none"]
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A working directory holding copies of studies/ and search_spaces/, with sqlite stores in it."""
+    for folder in ("studies", "search_spaces", "dashboards"):
+        if (REPO / folder).is_dir():
+            shutil.copytree(REPO / folder, tmp_path / folder)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    yield tmp_path
+
+
+def exp_env(cwd: Path) -> dict[str, str]:
+    """Environment for a CLI subprocess: this checkout first on the path, stores in `cwd`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["TORCH_HOME"] = str(cwd / "torch-home")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def run_exp(cwd: Path, *args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run `exp ARGS` as a user would (a real process), returning its exit code and output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "exptrack", *args],
+        cwd=cwd,
+        env=exp_env(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"exp {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def exp(project: Path):  # type: ignore[no-untyped-def]
+    """`exp(*args)` runs the CLI in the scratch project."""
+
+    def run(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return run_exp(project, *args, **kwargs)  # type: ignore[arg-type]
+
+    return run
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
