@@ -83,6 +83,8 @@ def from_dict(values: Mapping[str, Any], *, source: str = "config") -> TrialConf
 
 def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     origin = typing.get_origin(annotation)
+    if annotation in (int, float) and isinstance(value, str):
+        value = _parse_number(value)  # YAML 1.1 reads `1e-3` as a string
     if origin is dict:
         if not isinstance(value, Mapping):
             raise UserError(f"{source}: {key} must be a mapping, got {value!r}")
@@ -107,6 +109,13 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
             return str(value)
     name = getattr(annotation, "__name__", str(annotation))
     raise UserError(f"{source}: {key} must be of type {name}, got {value!r}")
+
+
+def _parse_number(text: str) -> Any:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -118,8 +118,8 @@ def _parse_range(name: str, field: str, kind: str, spec: dict[str, Any], where: 
     bounds = spec[kind]
     if not isinstance(bounds, list) or len(bounds) != 2:
         raise UserError(f"{where}: {kind} needs [low, high], got {bounds!r}")
-    low, high = bounds
-    log, step = bool(spec.get("log", False)), spec.get("step")
+    low, high = (_number(b) for b in bounds)
+    log, step = bool(spec.get("log", False)), _number(spec.get("step"))
     if high == "max" and field == "freeze_depth" and kind == "int":
         high_num = math.inf
     elif not _is_number(high):
@@ -203,6 +203,16 @@ def _check_field_kind(field: str, kind: str, where: str) -> None:
         raise UserError(f"{where}: {field} is a whole number; use int instead of float")
     if expected is str:
         raise UserError(f"{where}: {field} takes names; use choice: [...]")
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads `1e-5` (no dot) as a string; users write it, so accept it as a float."""
+    if isinstance(value, str) and value != "max":
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _is_number(value: Any) -> bool:

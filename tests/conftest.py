@@ -41,7 +41,9 @@ def exp_env(cwd: Path) -> dict[str, str]:
     return env
 
 
-def run_exp(cwd: Path, *args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess[str]:
+def run_exp(
+    cwd: Path, *args: str, timeout: float = 600, check: bool = False
+) -> subprocess.CompletedProcess[str]:
     """Run `exp ARGS` as a user would (a real process), returning its exit code and output."""
     result = subprocess.run(
         [sys.executable, "-m", "exptrack", *args],
@@ -52,7 +54,9 @@ def run_exp(cwd: Path, *args: str, timeout: float = 600, check: bool = False) ->
         timeout=timeout,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"exp {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"exp {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 

@@ -48,14 +48,25 @@ def test_three_trials_twice_leave_three_finished_trials_under_one_parent(exp, pr
         loss = trial.params["loss"]
         assert params["loss"] == loss
         loss_keys = {k for k in params if k.startswith("loss_params.")}
-        expected = {"focal": {"loss_params.gamma"}, "label_smoothing": {"loss_params.smoothing"}}.get(loss, set())
+        expected = {"focal": {"loss_params.gamma"}, "label_smoothing": {"loss_params.smoothing"}}.get(
+            loss, set()
+        )
         assert loss_keys == expected
         # per-epoch metrics with step = epoch, plus profiling figures
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert [m.step for m in history] == [1]
         assert history[0].value == trial.intermediate_values[1]
-        for key in ("train_loss", "val_loss", "seconds_per_epoch", "train_samples_per_second",
-                    "data_seconds", "compute_seconds", "eval_seconds", "trainable_params", "frozen_params"):
+        for key in (
+            "train_loss",
+            "val_loss",
+            "seconds_per_epoch",
+            "train_samples_per_second",
+            "data_seconds",
+            "compute_seconds",
+            "eval_seconds",
+            "trainable_params",
+            "frozen_params",
+        ):
             assert key in run.data.metrics, key
         assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
     assert "3 finished" in again.stdout and "0 run now" in again.stdout

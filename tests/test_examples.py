@@ -1,0 +1,32 @@
+"""Every shipped study file loads and every shipped search space validates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exptrack import space
+from exptrack.study import load_study_file
+
+REPO = Path(__file__).resolve().parent.parent
+STUDIES = sorted((REPO / "studies").glob("**/*.py"))
+SPACES = sorted((REPO / "search_spaces").glob("**/*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_study_file_loads_with_its_search_space(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    study = load_study_file(path)
+    assert study.description, "a study file opens with a docstring saying what it tunes"
+    space.load(study.search_space_path())
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_search_space_validates(path: Path) -> None:
+    assert space.load(path).params
+    assert path.read_text().startswith("# exp "), "a search space opens with the command that runs it"
+
+
+def test_there_is_something_to_check() -> None:
+    assert STUDIES and SPACES

@@ -1,0 +1,62 @@
+"""Each registered loss: built from its own parameters, and behaving as its name promises."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from exptrack import losses
+from exptrack.errors import UserError
+
+LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1.0, 1.0, 1.0]])
+TARGET = torch.tensor([0, 2, 1])
+
+
+def test_cross_entropy_matches_torch() -> None:
+    loss = losses.build_loss("cross_entropy", {})
+    assert torch.allclose(loss(LOGITS, TARGET), F.cross_entropy(LOGITS, TARGET))
+
+
+def test_label_smoothing_raises_the_loss_of_confident_correct_predictions() -> None:
+    plain = losses.build_loss("label_smoothing", {"smoothing": 0.0})(LOGITS, TARGET)
+    smoothed = losses.build_loss("label_smoothing", {"smoothing": 0.2})(LOGITS, TARGET)
+    assert torch.allclose(smoothed, F.cross_entropy(LOGITS, TARGET, label_smoothing=0.2))
+    assert smoothed > plain
+
+
+def test_focal_with_gamma_zero_is_cross_entropy_and_larger_gamma_down_weights_easy_examples() -> None:
+    ce = F.cross_entropy(LOGITS, TARGET)
+    assert torch.allclose(losses.build_loss("focal", {"gamma": 0.0})(LOGITS, TARGET), ce)
+    assert losses.build_loss("focal", {"gamma": 2.0})(LOGITS, TARGET) < ce
+
+
+def test_every_loss_trains_a_gradient() -> None:
+    for name, params in {
+        "cross_entropy": {},
+        "label_smoothing": {"smoothing": 0.1},
+        "focal": {"gamma": 2.0},
+    }.items():
+        logits = LOGITS.clone().requires_grad_(True)
+        losses.build_loss(name, params)(logits, TARGET).backward()
+        assert logits.grad is not None and logits.grad.abs().sum() > 0, name
+
+
+def test_unknown_losses_and_parameters_are_user_errors() -> None:
+    with pytest.raises(UserError, match="unknown loss 'hinge'"):
+        losses.build_loss("hinge", {})
+    with pytest.raises(UserError, match="loss 'focal' takes no parameter 'alpha'"):
+        losses.build_loss("focal", {"alpha": 0.25})
+
+
+def test_a_study_can_register_its_own_loss_but_not_twice() -> None:
+    @losses.register_loss("test_mse_on_logits")
+    def _mse() -> torch.nn.Module:
+        return torch.nn.MSELoss()
+
+    try:
+        assert "test_mse_on_logits" in losses.LOSSES
+        with pytest.raises(ValueError, match="already registered"):
+            losses.register_loss("test_mse_on_logits")(_mse)
+    finally:
+        del losses.LOSSES["test_mse_on_logits"]
