@@ -185,7 +185,7 @@ class Search:
         done_before = counted_trials(self.study)
         if self.progress:
             self.progress.start(done_before, self.options.trials)
-        self._open_tracking()
+        self.open_tracking()
         started, ran, failures_in_row = time.monotonic(), 0, 0
         status = "FAILED"
         try:
@@ -219,7 +219,7 @@ class Search:
             list(self.tracker.failures) if self.tracker else [],
         )
 
-    def _open_tracking(self) -> None:
+    def open_tracking(self) -> None:
         if self.tracker is None:
             return
         tags = {
