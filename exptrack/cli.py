@@ -224,3 +224,31 @@ def main() -> None:
             exc.show()
             sys.exit(2)
         raise
+
+
+@app.command()
+def report(
+    study_name: Annotated[str, typer.Argument(help="The study's name, e.g. finetune")],
+    dashboard: Annotated[Path, typer.Option(help="Dashboard file: which panels to draw")] = Path(
+        "dashboards/study.yaml"
+    ),
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="HTML file to write [default: STUDY-dashboard.html]")
+    ] = None,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Render a study's dashboard to a standalone HTML page and log it on the study's MLflow run."""
+    from exptrack import dashboards
+    from exptrack.search import load_existing_study
+    from exptrack.tracking import Tracker
+
+    study = load_existing_study(study_name, storage)
+    page = dashboards.render(study, dashboard)
+    target = out_file or Path(f"{study_name}-dashboard.html")
+    target.write_text(page)
+    tracker = Tracker(tracking_uri, warn=lambda m: err.print(f"[yellow]{m}[/yellow]"))
+    run_id = tracker.study_run_id(study_name)
+    tracker.log_file(run_id, "dashboard.html", page)
+    where = f" and on MLflow run {run_id}" if run_id and not tracker.failures else ""
+    out.print(f"dashboard written to {target}{where}")

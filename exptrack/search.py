@@ -14,14 +14,15 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
 from optuna.trial import TrialState
 
 from exptrack import config as cfg
+from exptrack import dashboards, train
 from exptrack import space as spaces
-from exptrack import train
 from exptrack.errors import UserError, redact
 from exptrack.study import Study
 from exptrack.tracking import Tracker
@@ -31,6 +32,7 @@ SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "grid")
 PRUNERS = ("none", "median", "hyperband")
 RUN_ID_ATTR = "mlflow_run_id"
 MAX_CONSECUTIVE_FAILURES = 5
+DASHBOARD_EVERY_S = 30.0  # a page inlines 4.8 MB of plotly.js: re-render at most this often, and at the end
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -67,6 +69,21 @@ class SearchSummary:
 
 def resolve_storage(url: str | None) -> str:
     return url or os.environ.get("OPTUNA_STORAGE") or DEFAULT_STORAGE
+
+
+def load_existing_study(name: str, storage: str | None) -> optuna.Study:
+    """A study a search already wrote; an unknown name lists the ones that exist."""
+    url = resolve_storage(storage)
+    try:
+        names = optuna.get_all_study_names(storage=url)
+    except Exception as exc:
+        raise UserError(
+            f"Optuna storage {redact(url)} cannot be read ({type(exc).__name__}); fix --storage"
+        ) from exc
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none yet: run exp search first"
+        raise UserError(f"no study named {name!r} in {redact(url)}; studies there: {known}")
+    return optuna.load_study(study_name=name, storage=url)
 
 
 def make_sampler(name: str, seed: int | None, space: spaces.SearchSpace) -> optuna.samplers.BaseSampler:
@@ -153,6 +170,18 @@ class Search:
         self.study = self._open_study()
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
+        self.dashboard = self._dashboard_path()
+        self._dashboard_at = -math.inf
+
+    def _dashboard_path(self) -> Path | None:
+        """The study's dashboard file, validated now; a missing default one just means no dashboard."""
+        if not self.spec.dashboard:
+            return None
+        path = self.spec.resolve(self.spec.dashboard)
+        if not path.is_file():
+            return None
+        dashboards.load(path)
+        return path
 
     def _open_study(self) -> optuna.Study:
         try:
@@ -193,6 +222,7 @@ class Search:
                 if self.options.timeout is not None and time.monotonic() - started > self.options.timeout:
                     break
                 state = self.run_trial()
+                self.refresh_dashboard()
                 ran += 1
                 failures_in_row = failures_in_row + 1 if state == "FAIL" else 0
                 if failures_in_row >= MAX_CONSECUTIVE_FAILURES:
@@ -234,9 +264,21 @@ class Search:
         self.experiment_id, self.parent_run_id = self.tracker.open_study_run(self.name, tags, files)
         self.tracker.log(self.parent_run_id, params={"search_space": str(self.space.describe())})
 
+    def refresh_dashboard(self, force: bool = False) -> None:
+        """Re-render the study's dashboard onto its parent run as `dashboard.html`."""
+        if self.tracker is None or self.parent_run_id is None or self.dashboard is None:
+            return
+        if not force and time.monotonic() - self._dashboard_at < DASHBOARD_EVERY_S:
+            return
+        self._dashboard_at = time.monotonic()
+        self.tracker.log_file(
+            self.parent_run_id, "dashboard.html", dashboards.render(self.study, self.dashboard)
+        )
+
     def _close_tracking(self, status: str) -> None:
         if self.tracker is None or self.parent_run_id is None:
             return
+        self.refresh_dashboard(force=True)
         metrics: dict[str, float] = {"finished_trials": float(counted_trials(self.study))}
         best = self.summary(0).best
         if best and best[0].value is not None:
@@ -292,6 +334,7 @@ class Search:
         values = [h[self.spec.metric] for h in result.history]
         if values:
             figures[f"best_{self.spec.metric}"] = (max if self.spec.direction == "maximize" else min)(values)
+        trial.set_user_attr(dashboards.PROFILE_ATTR, result.profile)
         if result.stopped_early:
             state = "PRUNED"
             self.study.tell(trial, state=TrialState.PRUNED)

@@ -9,8 +9,8 @@ per run at `set_terminated` (its worker thread polls with a 1 s timeout before i
 
 from __future__ import annotations
 
-import contextlib
 import concurrent.futures
+import contextlib
 import os
 import platform
 import tempfile
@@ -94,6 +94,13 @@ class Tracker:
             max_results=1,
         )
         return runs[0].info.run_id if runs else None
+
+    def study_run_id(self, study_name: str) -> str | None:
+        """The study's parent run, or None when MLflow has no record of the study."""
+        with self._guard("find the study run"):
+            experiment = self.client.get_experiment_by_name(study_name)
+            return self.find_study_run(experiment.experiment_id, study_name) if experiment else None
+        return None
 
     def open_study_run(self, study_name: str, tags: Mapping[str, str], files: list[Path]) -> tuple[str, str]:
         """(experiment id, parent run id): the study's existing parent run, or a new one."""

@@ -29,6 +29,12 @@ def test_three_trials_twice_leave_three_finished_trials_under_one_parent(exp, pr
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["storage"] == "sqlite:///optuna.db"
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"dashboard.html", "study"} <= parent_files
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "study")} == {
+        "study/finetune.py",
+        "study/finetune.yaml",
+    }
 
     by_number = {int(r.data.tags["exptrack.trial"]): r for r in children}
     for trial in study.trials:

@@ -1,0 +1,182 @@
+"""Dashboards: a dashboard file (which panels to draw for a study) rendered to one standalone HTML
+page, plotly.js inlined so it opens offline and inside the MLflow UI's artifact viewer."""
+
+from __future__ import annotations
+
+import html
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from exptrack.errors import UserError
+
+PanelFn = Callable[[optuna.Study, Mapping[str, Any]], Any]
+PANELS: dict[str, PanelFn] = {}
+PROFILE_ATTR = "profile"  # trial user attr holding the profiling figures (set by the search)
+
+
+def register_panel(name: str) -> Callable[[PanelFn], PanelFn]:
+    """Add a panel builder `(study, options) -> plotly Figure`; duplicates are refused."""
+
+    def decorate(fn: PanelFn) -> PanelFn:
+        if name in PANELS:
+            raise ValueError(f"a panel named {name!r} is already registered")
+        PANELS[name] = fn
+        return fn
+
+    return decorate
+
+
+def load(path: Path) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+    """(title template, [(panel, options)]) from a dashboard file, validated."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise UserError(f"dashboard file {path} not found; pass --dashboard or create it") from exc
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the file") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("panels"), list) or not data["panels"]:
+        raise UserError(f"{path}: expected `title:` and a non-empty `panels:` list")
+    panels = [_panel_entry(entry, path) for entry in data["panels"]]
+    return str(data.get("title", "{study}")), panels
+
+
+def _panel_entry(entry: Any, path: Path) -> tuple[str, dict[str, Any]]:
+    name, options = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()), (None, None))
+    if not isinstance(entry, str | dict) or (isinstance(entry, dict) and len(entry) != 1):
+        raise UserError(f"{path}: a panel is a name or `name: {{options}}`, got {entry!r}")
+    if name not in PANELS:
+        raise UserError(f"{path}: unknown panel {name!r}; choose from {', '.join(PANELS)}")
+    return str(name), dict(options or {})
+
+
+def render(study: optuna.Study, dashboard: Path) -> str:
+    """The whole page. A panel that cannot be drawn yet (too few trials) says so in its place."""
+    import plotly.offline
+
+    title, panels = load(dashboard)
+    title = title.format(study=study.study_name)
+    sections = [f"<h1>{html.escape(title)}</h1>", f"<p>{_counts(study)}</p>"]
+    for name, options in panels:
+        sections.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2>")
+        sections.append(_panel_html(study, name, options))
+    script = f"<script>{plotly.offline.get_plotlyjs()}</script>"
+    style = "body{font-family:sans-serif;margin:2em;max-width:1200px} .note{color:#666}"
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>{script}</head><body>{''.join(sections)}</body></html>"
+
+
+def _panel_html(study: optuna.Study, name: str, options: Mapping[str, Any]) -> str:
+    try:
+        with (
+            warnings.catch_warnings()
+        ):  # importance estimators warn about small samples; the page says enough
+            warnings.simplefilter("ignore")
+            figure = PANELS[name](study, options)
+    except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances need 2+ complete trials
+        return f"<p class='note'>not drawn yet: {html.escape(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}</p>"
+    if figure is None:
+        return "<p class='note'>no data yet</p>"
+    return str(figure.to_html(full_html=False, include_plotlyjs=False))
+
+
+def _counts(study: optuna.Study) -> str:
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    parts = [f"{states.count(s)} {s.name.lower()}" for s in TrialState if states.count(s)]
+    return html.escape(", ".join(parts) or "no trials yet")
+
+
+def _completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+@register_panel("optimization_history")
+def optimization_history(study: optuna.Study, options: Mapping[str, Any]) -> Any:
+    if not _completed(study):
+        return None
+    return optuna.visualization.plot_optimization_history(study)
+
+
+@register_panel("param_importances")
+def param_importances(study: optuna.Study, options: Mapping[str, Any]) -> Any:
+    if len(_completed(study)) < 2:
+        raise ValueError("parameter importances need at least 2 complete trials")
+    return optuna.visualization.plot_param_importances(study, params=options.get("params"))
+
+
+@register_panel("parallel_coordinate")
+def parallel_coordinate(study: optuna.Study, options: Mapping[str, Any]) -> Any:
+    completed = _completed(study)
+    if not completed:
+        return None
+    seen = {p for t in completed for p in t.params}
+    params = [p for p in options.get("params", sorted(seen)) if p in seen]
+    return optuna.visualization.plot_parallel_coordinate(study, params=params or None)
+
+
+@register_panel("learning_curves")
+def learning_curves(study: optuna.Study, options: Mapping[str, Any]) -> Any:
+    """Per-epoch value of the study's metric for every trial; pruned and failed trials greyed."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for trial in study.get_trials(deepcopy=False):
+        if not trial.intermediate_values:
+            continue
+        steps = sorted(trial.intermediate_values)
+        grey = trial.state != TrialState.COMPLETE
+        figure.add_trace(
+            go.Scatter(
+                x=steps,
+                y=[trial.intermediate_values[s] for s in steps],
+                mode="lines+markers",
+                name=f"trial {trial.number} ({trial.state.name.lower()})",
+                line={"color": "#bbbbbb"} if grey else {},
+                opacity=0.6 if grey else 1.0,
+            )
+        )
+    if not figure.data:
+        return None
+    metric = study.user_attrs.get("metric", "value")
+    figure.update_layout(xaxis_title="epoch", yaxis_title=metric, height=450)
+    return figure
+
+
+@register_panel("profile_breakdown")
+def profile_breakdown(study: optuna.Study, options: Mapping[str, Any]) -> Any:
+    """Stacked data / compute / eval seconds per trial, with training samples/s on a second axis."""
+    import plotly.graph_objects as go
+
+    trials = [t for t in study.get_trials(deepcopy=False) if PROFILE_ATTR in t.user_attrs]
+    if not trials:
+        return None
+    labels = [f"trial {t.number}" for t in trials]
+    figure = go.Figure()
+    for phase in ("data", "compute", "eval"):
+        figure.add_trace(
+            go.Bar(
+                x=labels,
+                y=[t.user_attrs[PROFILE_ATTR].get(f"{phase}_seconds", 0.0) for t in trials],
+                name=f"{phase} s",
+            )
+        )
+    figure.add_trace(
+        go.Scatter(
+            x=labels,
+            y=[t.user_attrs[PROFILE_ATTR].get("train_samples_per_second", 0.0) for t in trials],
+            name="train samples/s",
+            yaxis="y2",
+            mode="markers+lines",
+        )
+    )
+    figure.update_layout(
+        barmode="stack",
+        height=450,
+        yaxis={"title": "seconds"},
+        yaxis2={"title": "samples/s", "overlaying": "y", "side": "right"},
+    )
+    return figure
