@@ -252,3 +252,6 @@ def report(
     tracker.log_file(run_id, "dashboard.html", page)
     where = f" and on MLflow run {run_id}" if run_id and not tracker.failures else ""
     out.print(f"dashboard written to {target}{where}")
+
+
+from exptrack import cli_results as _cli_results  # noqa: E402,F401  (registers trials/studies/export/train/ui)

@@ -45,6 +45,8 @@ class Profile:
             "eval_seconds": self.eval_seconds,
             "trainable_params": float(trainable),
             "frozen_params": float(frozen),
+            # CPU results are bit-identical only at the same intra-op thread count: `exp train` reuses it
+            "torch_threads": float(torch.get_num_threads()),
         }
         figures.update(peak_memory(device))
         return figures

@@ -24,13 +24,21 @@ from exptrack import config as cfg
 from exptrack import dashboards, train
 from exptrack import space as spaces
 from exptrack.errors import UserError, redact
+from exptrack.stores import DEFAULT_STORAGE, RUN_ID_ATTR, load_existing_study, resolve_storage
 from exptrack.study import Study
 from exptrack.tracking import Tracker
 
-DEFAULT_STORAGE = "sqlite:///optuna.db"
+__all__ = [
+    "DEFAULT_STORAGE",
+    "RUN_ID_ATTR",
+    "Search",
+    "SearchOptions",
+    "load_existing_study",
+    "resolve_storage",
+]
+
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "grid")
 PRUNERS = ("none", "median", "hyperband")
-RUN_ID_ATTR = "mlflow_run_id"
 MAX_CONSECUTIVE_FAILURES = 5
 DASHBOARD_EVERY_S = 30.0  # a page inlines 4.8 MB of plotly.js: re-render at most this often, and at the end
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -65,25 +73,6 @@ class SearchSummary:
     ran: int  # trials this invocation ran
     best: list[optuna.trial.FrozenTrial]
     tracking_failures: list[str]
-
-
-def resolve_storage(url: str | None) -> str:
-    return url or os.environ.get("OPTUNA_STORAGE") or DEFAULT_STORAGE
-
-
-def load_existing_study(name: str, storage: str | None) -> optuna.Study:
-    """A study a search already wrote; an unknown name lists the ones that exist."""
-    url = resolve_storage(storage)
-    try:
-        names = optuna.get_all_study_names(storage=url)
-    except Exception as exc:
-        raise UserError(
-            f"Optuna storage {redact(url)} cannot be read ({type(exc).__name__}); fix --storage"
-        ) from exc
-    if name not in names:
-        known = ", ".join(sorted(names)) or "none yet: run exp search first"
-        raise UserError(f"no study named {name!r} in {redact(url)}; studies there: {known}")
-    return optuna.load_study(study_name=name, storage=url)
 
 
 def make_sampler(name: str, seed: int | None, space: spaces.SearchSpace) -> optuna.samplers.BaseSampler:

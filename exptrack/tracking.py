@@ -25,6 +25,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ROLE_TAG, STUDY_TAG, TRIAL_TAG = "exptrack.role", "exptrack.study", "exptrack.trial"
 # Optuna state -> MLflow run status, the mapping the design promises.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+# MLflow 3 opens an experiment on its GenAI overview unless it is marked as model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -81,7 +83,7 @@ class Tracker:
     def experiment_id(self, study_name: str) -> str:
         experiment = self.client.get_experiment_by_name(study_name)
         if experiment is None:
-            return self.client.create_experiment(study_name, tags={STUDY_TAG: study_name})
+            return self.client.create_experiment(study_name, tags={STUDY_TAG: study_name, **EXPERIMENT_KIND})
         if experiment.lifecycle_stage == "deleted":
             self.client.restore_experiment(experiment.experiment_id)
         return str(experiment.experiment_id)
@@ -101,6 +103,24 @@ class Tracker:
             experiment = self.client.get_experiment_by_name(study_name)
             return self.find_study_run(experiment.experiment_id, study_name) if experiment else None
         return None
+
+    def trial_runs(self, study_name: str) -> list[Any]:
+        """Every trial run of a study, in one paged `search_runs` query (not one per trial)."""
+        experiment = self.client.get_experiment_by_name(study_name)
+        if experiment is None:
+            return []
+        runs: list[Any] = []
+        token = None
+        while True:  # 1000 runs a page
+            page = self.client.search_runs(
+                [experiment.experiment_id],
+                filter_string=f"tags.`{ROLE_TAG}` = 'trial'",
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
 
     def open_study_run(self, study_name: str, tags: Mapping[str, str], files: list[Path]) -> tuple[str, str]:
         """(experiment id, parent run id): the study's existing parent run, or a new one."""

@@ -1,0 +1,163 @@
+"""Tables of results: a study's trials (Optuna joined to MLflow) and the studies in a storage,
+as pandas DataFrames, rendered as a rich table, CSV, JSON or markdown.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from exptrack import stores
+from exptrack.errors import UserError
+
+STATES = ("complete", "pruned", "fail", "running", "waiting", "all")
+FORMATS = ("table", "csv", "json", "markdown")
+BEST = "best"  # --sort best: the objective, best first for the study's direction
+PROFILE_METRICS = ("seconds_per_epoch", "train_samples_per_second")  # shown beside each trial
+
+
+def value_columns(study: optuna.Study) -> list[str]:
+    """`value` for one objective; `value_0`, `value_1`, ... for several."""
+    n = len(study.directions)
+    return ["value"] if n == 1 else [f"value_{i}" for i in range(n)]
+
+
+def trials_frame(study: optuna.Study, runs: list[Any]) -> pd.DataFrame:
+    """One row per trial: number, state, value(s), every sampled parameter (dotted names),
+    duration, MLflow run id and status, profile figures. `runs` is the study's trial runs."""
+    by_trial = {int(r.data.tags["exptrack.trial"]): r for r in runs if "exptrack.trial" in r.data.tags}
+    rows = [
+        _trial_row(t, value_columns(study), by_trial.get(t.number)) for t in study.get_trials(deepcopy=False)
+    ]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=["number", "state", *value_columns(study), "duration_s", "run_id"])
+    fixed = ["number", "state", *value_columns(study)]
+    tail = ["duration_s", "run_id", "run_status", *PROFILE_METRICS]
+    params = sorted(c for c in frame.columns if c not in fixed and c not in tail)
+    return frame.reindex(columns=[*fixed, *params, *tail])
+
+
+def _trial_row(trial: FrozenTrial, value_cols: list[str], run: Any | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
+    values = trial.values or [math.nan] * len(value_cols)
+    row.update(zip(value_cols, values, strict=True))
+    row.update(trial.params)
+    start, end = trial.datetime_start, trial.datetime_complete
+    row["duration_s"] = (end - start).total_seconds() if start and end else math.nan
+    # MLflow's record wins; the trial's own link still names the run when MLflow is elsewhere.
+    row["run_id"] = run.info.run_id if run else trial.user_attrs.get(stores.RUN_ID_ATTR)
+    row["run_status"] = run.info.status if run else None
+    for key in PROFILE_METRICS:
+        row[key] = run.data.metrics.get(key, math.nan) if run else math.nan
+    return row
+
+
+def select(
+    frame: pd.DataFrame, study: optuna.Study, state: str = "all", sort: str = BEST, top: int | None = None
+) -> pd.DataFrame:
+    """Filter by state, sort (`best`, a column, or `-column` for descending), keep the first `top`."""
+    state = state.lower()
+    if state not in STATES:
+        raise UserError(f"--state {state!r} is not one of {', '.join(STATES)}")
+    if state != "all":
+        frame = frame[frame["state"] == state.upper()]
+    key, descending = sort.removeprefix("-"), sort.startswith("-")
+    if key == BEST:
+        if len(study.directions) > 1:
+            key, descending = "number", False
+        else:
+            key, descending = "value", study.direction == optuna.study.StudyDirection.MAXIMIZE
+    if key not in frame.columns:
+        raise UserError(f"--sort {sort!r}: no such column; use best or one of {', '.join(frame.columns)}")
+    frame = frame.sort_values(key, ascending=not descending, na_position="last", kind="stable")
+    if top is not None:
+        if top < 1:
+            raise UserError(f"--top must be at least 1, got {top}")
+        frame = frame.head(top)
+    return frame.reset_index(drop=True)
+
+
+def studies_frame(storage: str | None) -> pd.DataFrame:
+    """One row per study: name, direction(s), trials by state, best value."""
+    url = stores.resolve_storage(storage)
+    stores.study_names(url)  # a readable storage, or one line saying it is not
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage=url, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=url)
+        trials = study.get_trials(deepcopy=False)
+        row: dict[str, Any] = {
+            "study": summary.study_name,
+            "direction": ",".join(d.name.lower() for d in study.directions),
+            "trials": len(trials),
+        }
+        for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING):
+            row[state.name.lower()] = sum(t.state == state for t in trials)
+        row["best_value"] = _best_value(study)
+        rows.append(row)
+    return pd.DataFrame(
+        rows, columns=["study", "direction", "trials", "complete", "pruned", "fail", "running", "best_value"]
+    )
+
+
+def _best_value(study: optuna.Study) -> float:
+    if len(study.directions) > 1:
+        return math.nan  # a Pareto set has no single best value
+    try:
+        return float(study.best_value)
+    except ValueError:  # no complete trial yet
+        return math.nan
+
+
+# --- rendering -----------------------------------------------------------------------------
+
+
+def cell(value: Any) -> str:
+    """A value as a short human string: floats to 4 significant digits, missing as blank."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def to_csv(frame: pd.DataFrame) -> str:
+    return frame.to_csv(index=False)
+
+
+def to_json(frame: pd.DataFrame) -> str:
+    return frame.to_json(orient="records", indent=2) + "\n"
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub table; written here rather than via pandas, which would need `tabulate`."""
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(v).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_rich(frame: pd.DataFrame, title: str) -> Any:
+    """The terminal view: run status and profile figures stay in csv/json, to keep it narrow."""
+    from rich.table import Table
+
+    frame = frame.drop(columns=["run_status", *PROFILE_METRICS], errors="ignore")
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column), overflow="fold", no_wrap=column in ("run_id", "state"))
+    for row in frame.itertuples(index=False):
+        table.add_row(*(cell(v) for v in row))
+    return table
+
+
+RENDERERS: dict[str, Callable[[pd.DataFrame], str]] = {
+    "csv": to_csv,
+    "json": to_json,
+    "markdown": to_markdown,
+}

@@ -1,0 +1,149 @@
+"""`exp ui`: the MLflow UI as a child process over the tracking store a search wrote, the URLs
+of each study's runs table, and a clean stop on Ctrl-C.
+
+MLflow 3 opens an experiment on its GenAI overview; `?workflowType=machine_learning` on the runs
+page is what lands on the model-training runs table (the experiment tag alone did not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from exptrack.errors import UserError, redact
+from exptrack.tracking import STUDY_TAG, resolve_tracking_uri
+
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT_S = 120.0  # a cold `mlflow server` on 2 busy cores takes ~10-30 s
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port") from exc
+
+
+def server_command(tracking_uri: str, host: str, port: int) -> list[str]:
+    """`mlflow server` over the same backend store. A local store keeps its artifacts where the
+    search's client put them (`./mlruns` beside it, recorded per experiment as an absolute path),
+    which the server reads directly; only experiments created in the UI use the root given here."""
+    if tracking_uri.startswith(("http://", "https://", "databricks")):
+        raise UserError(
+            f"tracking URI {redact(tracking_uri)} is already a server: open it in a browser instead of exp ui"
+        )
+    root = Path("mlruns").resolve().as_uri()
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", tracking_uri,
+        "--default-artifact-root", root,
+        "--no-serve-artifacts",
+        "--host", host,
+        "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+
+
+def study_urls(tracking_uri: str, base: str) -> list[tuple[str, str]]:
+    """(study, runs-table URL) for every experiment a search created, newest first."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = client.search_experiments(order_by=["creation_time DESC"])
+    return [
+        (e.name, runs_url(base, e.experiment_id))
+        for e in experiments
+        if STUDY_TAG in e.tags or e.name == "exptrack-train"
+    ]
+
+
+def wait_until_up(process: subprocess.Popen[Any], base: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise UserError(f"mlflow server exited with code {process.returncode}: {redact(tail[0])}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{base}/health", timeout=2) as reply:
+            if reply.status == 200:
+                return
+        time.sleep(0.3)
+    raise UserError(f"mlflow server did not answer on {base} within {timeout:.0f} s; see {log}")
+
+
+@contextlib.contextmanager
+def running_server(
+    tracking_uri: str | None, host: str, port: int
+) -> Iterator[tuple[subprocess.Popen[Any], str]]:
+    """Start `mlflow server`, wait until it answers, yield (process, base URL); always stop it."""
+    uri = resolve_tracking_uri(tracking_uri)
+    check_port_free(host, port)
+    base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    log = Path(tempfile.mkstemp(prefix="exptrack-ui-", suffix=".log")[1])
+    with log.open("w") as sink:
+        # Its own process group: Ctrl-C reaches us only, and we stop the server and its workers.
+        process = subprocess.Popen(
+            server_command(uri, host, port), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_until_up(process, base, log, START_TIMEOUT_S)
+        yield process, base
+    finally:
+        stop(process)
+        log.unlink(missing_ok=True)
+
+
+def stop(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def serve(tracking_uri: str | None, host: str, port: int, say: Callable[[str], None]) -> int:
+    """Run the UI until Ctrl-C (or SIGTERM); returns the server's exit code if it dies by itself."""
+    if not is_loopback(host):
+        say(f"warning: binding to {host}: anyone who can reach this machine can read and edit the runs")
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with running_server(tracking_uri, host, port) as (process, base):
+            say(f"MLflow UI: {base}  (Ctrl-C stops it)")
+            for study, url in study_urls(resolve_tracking_uri(tracking_uri), base):
+                say(f"  {study}: {url}")
+            return process.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
