@@ -16,20 +16,28 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from exptrack.errors import UserError, redact
-from exptrack.tracking import STUDY_TAG, resolve_tracking_uri
+from exptrack.tracking import ROLE_TAG, STUDY_TAG, resolve_tracking_uri
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 120.0  # a cold `mlflow server` on 2 busy cores takes ~10-30 s
 
 
-def runs_url(base: str, experiment_id: str) -> str:
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+def runs_url(base: str, experiment_id: str, metric: str | None = None, maximize: bool = True) -> str:
+    """The experiment's runs table in the model-training view. Sorting by a metric also lists the
+    trial runs flat (sorted by start time, MLflow folds them under the study's parent run)."""
+    url = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if metric:
+        url += (
+            f"&orderByKey={urllib.parse.quote(f'metrics.`{metric}`')}&orderByAsc={str(not maximize).lower()}"
+        )
+    return url
 
 
 def is_loopback(host: str) -> bool:
@@ -70,16 +78,23 @@ def server_command(tracking_uri: str, host: str, port: int) -> list[str]:
 
 
 def study_urls(tracking_uri: str, base: str) -> list[tuple[str, str]]:
-    """(study, runs-table URL) for every experiment a search created, newest first."""
+    """(study, runs-table URL sorted by the study's metric) for every experiment a search created."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    experiments = client.search_experiments(order_by=["creation_time DESC"])
-    return [
-        (e.name, runs_url(base, e.experiment_id))
-        for e in experiments
-        if STUDY_TAG in e.tags or e.name == "exptrack-train"
-    ]
+    urls = []
+    for experiment in client.search_experiments(order_by=["creation_time DESC"]):
+        if STUDY_TAG not in experiment.tags:
+            continue
+        parents = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'study'", max_results=1
+        )
+        tags = parents[0].data.tags if parents else {}
+        url = runs_url(
+            base, experiment.experiment_id, tags.get("metric"), tags.get("direction") != "minimize"
+        )
+        urls.append((experiment.name, url))
+    return urls
 
 
 def wait_until_up(process: subprocess.Popen[Any], base: str, log: Path, timeout: float) -> None:

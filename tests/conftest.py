@@ -79,3 +79,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+from tests.fixtures_search import searched  # noqa: E402,F401  (session fixture: one tiny real exp search)

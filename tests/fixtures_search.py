@@ -1,0 +1,40 @@
+"""One tiny real `exp search` per test session, shared by the results, export and ui tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+
+STUDY = "finetune"
+TRIALS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Searched:
+    """A directory where `exp search` ran, with its sqlite stores (optuna.db, mlflow.db) in it."""
+
+    cwd: Path
+
+    def study(self) -> optuna.Study:
+        return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{self.cwd / 'optuna.db'}")
+
+    def exp(self, *args: str, timeout: float = 300):  # type: ignore[no-untyped-def]
+        from tests.conftest import run_exp
+
+        return run_exp(self.cwd, *args, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> Searched:
+    from tests.conftest import REPO, TINY, run_exp  # here: conftest imports this module
+
+    cwd = tmp_path_factory.mktemp("searched")
+    for folder in ("studies", "search_spaces", "dashboards"):
+        shutil.copytree(REPO / folder, cwd / folder)
+    args = ["search", "studies/finetune.py", "--trials", str(TRIALS), "--pruner", "none", "--seed", "0"]
+    run_exp(cwd, *args, *TINY, check=True)
+    return Searched(cwd)

@@ -1,0 +1,85 @@
+"""`exp trials` and `exp studies` read back what a real search wrote, in every output format."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from exptrack import results
+from exptrack.errors import UserError
+from tests.fixtures_search import STUDY, TRIALS, Searched
+
+
+def test_trials_csv_and_json_list_every_trial_with_state_value_params_and_run_id(searched: Searched) -> None:
+    csv_out = searched.exp("trials", STUDY, "--format", "csv")
+    assert csv_out.returncode == 0, csv_out.stderr
+    table = pd.read_csv(io.StringIO(csv_out.stdout))
+    study = searched.study()
+    client = MlflowClient(f"sqlite:///{searched.cwd / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(STUDY)
+    mlflow_ids = {
+        int(r.data.tags["exptrack.trial"]): r.info.run_id
+        for r in client.search_runs([experiment.experiment_id], "tags.`exptrack.role` = 'trial'")
+    }
+    assert len(table) == TRIALS
+    # best first: the study maximizes val_accuracy
+    assert list(table["value"]) == sorted(table["value"], reverse=True)
+    for row in table.itertuples(index=False):
+        trial = study.trials[row.number]
+        assert row.state == trial.state.name and row.value == trial.value
+        assert row.run_id == trial.user_attrs["mlflow_run_id"] == mlflow_ids[row.number]
+        assert row.lr == trial.params["lr"] and row.batch_size == trial.params["batch_size"]
+        assert row.duration_s > 0 and row.run_status == "FINISHED"
+
+    json_out = searched.exp("trials", STUDY, "--format", "json", "--state", "complete", "--top", "2")
+    assert json_out.returncode == 0, json_out.stderr
+    rows = json.loads(json_out.stdout)
+    assert [r["number"] for r in rows] == list(table["number"][:2])
+    assert all(r["state"] == "COMPLETE" for r in rows)
+    # an inactive conditional parameter is null, not a made-up value
+    for r in rows:
+        branch = {"focal": "loss.focal.gamma", "label_smoothing": "loss.label_smoothing.smoothing"}
+        for loss, column in branch.items():
+            assert (r.get(column) is not None) == (r["loss"] == loss)
+
+
+def test_studies_lists_the_study_with_trials_by_state_and_best_value(searched: Searched) -> None:
+    listed = searched.exp("studies", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert row["study"] == STUDY and row["direction"] == "maximize"
+    assert row["trials"] == row["complete"] == TRIALS and row["pruned"] == row["fail"] == 0
+    assert row["best_value"] == searched.study().best_value
+
+
+def test_unknown_study_is_one_line_error_exit_2(searched: Searched) -> None:
+    missing = searched.exp("trials", "nope")
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == (
+        "error: no study named 'nope' in sqlite:///optuna.db; studies there: finetune"
+    )
+
+
+def test_unknown_sort_column_or_state_names_the_valid_ones(searched: Searched) -> None:
+    study = searched.study()
+    frame = results.trials_frame(study, [])
+    with pytest.raises(UserError, match="--sort 'colour': no such column; use best or one of number, state"):
+        results.select(frame, study, sort="colour")
+    with pytest.raises(UserError, match="--state 'done' is not one of complete, pruned"):
+        results.select(frame, study, state="done")
+    # without MLflow the run ids still come from the trials' own links
+    assert list(frame["run_id"]) == [t.user_attrs["mlflow_run_id"] for t in study.trials]
+
+
+def test_markdown_is_a_github_table_with_blank_missing_cells() -> None:
+    frame = pd.DataFrame({"number": [3, 1], "loss": ["focal", "a|b"], "gamma": [2.5, float("nan")]})
+    assert results.to_markdown(frame).splitlines() == [
+        "| number | loss | gamma |",
+        "|---|---|---|",
+        "| 3 | focal | 2.5 |",
+        "| 1 | a\\|b |  |",
+    ]
