@@ -1,0 +1,102 @@
+"""Export -> YAML -> `exp train`: the best trial's config comes back equal and reproduces its metric."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import optuna
+import yaml
+from mlflow import MlflowClient
+
+from exptrack import config as cfg
+from exptrack.config import TrialConfig
+from tests.conftest import run_exp
+from tests.fixtures_search import STUDY, Searched
+
+# Same config, seed and torch thread count on CPU give bit-identical metrics (seen here every
+# time); the tolerance only absorbs float formatting, far below one validation sample (1/19).
+TOLERANCE = 1e-9
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    return study.best_trial
+
+
+def test_export_writes_the_best_trials_as_yaml_that_reads_back_as_their_configs(searched: Searched) -> None:
+    exported = searched.exp("export", STUDY, "--top", "2", "--out", "best")
+    assert exported.returncode == 0, exported.stderr
+    study = searched.study()
+    ranked = sorted(study.trials, key=lambda t: t.value, reverse=True)[:2]
+    files = sorted((searched.cwd / "best").glob("*.yaml"))
+    assert [f.name for f in files] == sorted(f"trial-{t.number:03d}.yaml" for t in ranked)
+    for trial in ranked:
+        config, provenance = cfg.read_yaml(searched.cwd / "best" / f"trial-{trial.number:03d}.yaml")
+        assert config == cfg.from_dict(trial.user_attrs["config"])
+        assert config.lr == trial.params["lr"] and config.epochs == 1 and config.weights == "none"
+        assert provenance["study"] == STUDY and provenance["trial"] == trial.number
+        assert provenance["value"] == trial.value and provenance["seed"] == config.seed
+        assert provenance["mlflow_run_id"] == trial.user_attrs["mlflow_run_id"]
+        assert set(provenance["versions"]) == {
+            "python",
+            "exptrack",
+            "torch",
+            "torchvision",
+            "optuna",
+            "mlflow",
+        }
+        # inactive conditional parameters are absent, not blank
+        expected = {"focal": {"gamma"}, "label_smoothing": {"smoothing"}}.get(config.loss, set())
+        assert set(config.loss_params) == expected
+
+    printed = searched.exp("export", STUDY, "--out", "-")
+    assert printed.returncode == 0, printed.stderr
+    data = yaml.safe_load(printed.stdout)
+    assert data.pop("provenance")["trial"] == ranked[0].number
+    assert cfg.from_dict(data) == cfg.from_dict(ranked[0].user_attrs["config"])
+
+
+def test_train_reproduces_the_exported_trials_metric_and_registers_the_model(searched: Searched) -> None:
+    trial = best_trial(searched.study())
+    path = searched.cwd / "repro" / f"trial-{trial.number:03d}.yaml"
+    config = cfg.from_dict(trial.user_attrs["config"])
+    path.parent.mkdir()
+    printed = searched.exp("export", STUDY, "--out", "-")
+    path.write_text(printed.stdout)
+
+    trained = searched.exp("train", str(path), "--register", "digits-best")
+    assert trained.returncode == 0, trained.stderr
+    run_id = re.search(r"MLflow run (\w+)", trained.stdout)[1]  # type: ignore[index]
+    client = MlflowClient(f"sqlite:///{searched.cwd / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    assert abs(run.data.metrics["final_val_accuracy"] - trial.value) <= TOLERANCE
+    assert "val_accuracy: trial" in trained.stdout
+    assert run.info.status == "FINISHED" and run.info.run_name == f"train-trial-{trial.number:03d}"
+    assert run.data.tags["exptrack.reproduces"] == f"{STUDY}/trial-{trial.number:03d}"
+    assert run.data.tags["exptrack.source_run_id"] == trial.user_attrs["mlflow_run_id"]
+    assert run.data.params["lr"] == str(config.lr) and "mlflow.parentRunId" not in run.data.tags
+    assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1]
+    (version,) = client.search_model_versions("name = 'digits-best'")
+    assert version.run_id == run_id and version.status == "READY"
+    assert f"runs:/{run_id}/model" in trained.stdout
+
+
+def test_export_of_a_study_without_a_complete_trial_is_a_one_line_error(tmp_path: Path) -> None:
+    study = optuna.create_study(study_name="empty", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    result = run_exp(tmp_path, "export", "empty")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: study 'empty' has no complete trial to export")
+    assert "Traceback" not in result.stderr and not (tmp_path / "best").exists()
+
+
+def test_train_overrides_apply_on_top_of_the_file(tmp_path: Path) -> None:
+    from exptrack.reproduce import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        cfg.dump_yaml(TrialConfig(epochs=3, loss="focal", loss_params={"gamma": 2.0}), {"trial": 4})
+    )
+    config, provenance = load_config(path, ["epochs=1", "loss_params.gamma=1.5"])
+    assert config == TrialConfig(epochs=1, loss="focal", loss_params={"gamma": 1.5})
+    assert provenance == {"trial": 4}

@@ -1,0 +1,103 @@
+"""`exp ui` as a real process: the MLflow REST API answers with the study's runs, the printed
+URL shows the trial runs table (headless Chromium screenshot), and Ctrl-C stops it cleanly."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from exptrack.ui import is_loopback, runs_url
+from tests.conftest import REPO, exp_env
+from tests.fixtures_search import STUDY, Searched
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOT = REPO / "test-artifacts" / "exp-ui-runs.png"  # ignored by git; kept for a human to look at
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_until(process: subprocess.Popen[str], pattern: str, timeout: float) -> re.Match[str]:
+    """The first stdout line matching `pattern`; fails with everything seen so far."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        if not line and process.poll() is not None:
+            break
+        seen.append(line)
+        if match := re.search(pattern, line):
+            return match
+    raise AssertionError(f"no line matching {pattern!r}; got:\n{''.join(seen)}{process.stderr.read()}")  # type: ignore[union-attr]
+
+
+def search_runs(base: str, experiment_id: str) -> list[dict]:
+    body = json.dumps({"experiment_ids": [experiment_id], "max_results": 1000}).encode()
+    request = urllib.request.Request(
+        f"{base}/api/2.0/mlflow/runs/search", body, {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return json.load(reply)["runs"]
+
+
+def screenshot(url: str, target: Path) -> None:
+    target.parent.mkdir(exist_ok=True)
+    target.unlink(missing_ok=True)
+    subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={target}",
+         "--window-size=1400,900", "--virtual-time-budget=10000", url],
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_ui_serves_the_study_runs_and_stops_cleanly_on_ctrl_c(searched: Searched) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exptrack", "ui", "--port", str(port)],
+        cwd=searched.cwd, env=exp_env(searched.cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        base = read_until(process, r"MLflow UI: (http://127\.0\.0\.1:\d+)", timeout=120)[1]
+        url = read_until(process, rf"{STUDY}: (http\S+)", timeout=30)[1]
+        experiment_id = re.search(r"#/experiments/(\d+)/runs\?workflowType=machine_learning", url)[1]  # type: ignore[index]
+        runs = search_runs(base, experiment_id)
+        trial_ids = {t.user_attrs["mlflow_run_id"] for t in searched.study().trials}
+        assert trial_ids <= {r["info"]["run_id"] for r in runs}
+        names = {r["info"]["run_name"] for r in runs}
+        assert {f"trial-{t.number:03d}" for t in searched.study().trials} <= names
+
+        if not Path(CHROMIUM).exists():
+            pytest.skip("chromium is not installed (scripts/test.sh installs it): no screenshot taken")
+        screenshot(url, SCREENSHOT)
+        assert SCREENSHOT.stat().st_size > 10_000, "chromium wrote no screenshot of the runs table"
+        print(f"screenshot of {url}: {SCREENSHOT}")
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=60)
+    stderr = process.stderr.read()  # type: ignore[union-attr]
+    assert code in (0, 130) and "Traceback" not in stderr, stderr
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{base}/health", timeout=2)
+
+
+def test_ui_url_lands_on_the_model_training_runs_table_sorted_by_the_metric() -> None:
+    url = runs_url("http://127.0.0.1:5000", "7", "val_loss", maximize=False)
+    assert url == (
+        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+        "&orderByKey=metrics.%60val_loss%60&orderByAsc=true"
+    )
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
