@@ -20,7 +20,7 @@ def _render(frame: object, fmt: str, title: str) -> None:
     from exptrack import results
 
     if fmt == "table":
-        out.print(results.to_rich(frame, title))  # type: ignore[arg-type]
+        results.print_wide(out, results.to_rich(frame, title))  # type: ignore[arg-type]
     elif fmt in results.RENDERERS:
         # plain stdout: rich would wrap long lines and break CSV/JSON for a pipe
         typer.echo(results.RENDERERS[fmt](frame), nl=False)  # type: ignore[arg-type]
@@ -48,7 +48,8 @@ def trials(
     tracker = Tracker(tracking_uri, warn=lambda m: err.print(f"[yellow]{m}[/yellow]"))
     runs = []
     try:
-        runs = tracker.trial_runs(study_name)
+        if not stores.missing_sqlite_file(tracker.uri):  # never create an empty store by looking
+            runs = tracker.trial_runs(study_name)
     except Exception as exc:  # the Optuna side alone still answers the question
         err.print(
             f"[yellow]MLflow {redact(tracker.uri)} not read ({type(exc).__name__}); run ids from Optuna[/yellow]"

@@ -144,16 +144,32 @@ def to_markdown(frame: pd.DataFrame) -> str:
 
 
 def to_rich(frame: pd.DataFrame, title: str) -> Any:
-    """The terminal view: run status and profile figures stay in csv/json, to keep it narrow."""
+    """The terminal view: run status and profile figures stay in csv/json, to keep it narrow, and a
+    conditional parameter is headed by its last name (`gamma`) when that is unambiguous."""
+    from rich import box
     from rich.table import Table
 
     frame = frame.drop(columns=["run_status", *PROFILE_METRICS], errors="ignore")
-    table = Table(title=title)
-    for column in frame.columns:
-        table.add_column(str(column), overflow="fold", no_wrap=column in ("run_id", "state"))
+    leaves = [str(c).rsplit(".", 1)[-1] for c in frame.columns]
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column, leaf in zip(frame.columns, leaves, strict=True):
+        table.add_column(leaf if leaves.count(leaf) == 1 else str(column), no_wrap=True)
     for row in frame.itertuples(index=False):
         table.add_row(*(cell(v) for v in row))
     return table
+
+
+def print_wide(console: Any, renderable: Any) -> None:
+    """Print at the renderable's natural width even past the terminal's: a folded number or run
+    id misleads, a long line only wraps (or scrolls in `less -S`)."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    width = Measurement.get(console, console.options.update_width(10_000), renderable).maximum
+    if width <= console.width:
+        console.print(renderable)
+    else:
+        Console(file=console.file, width=width, force_terminal=console.is_terminal).print(renderable)
 
 
 RENDERERS: dict[str, Callable[[pd.DataFrame], str]] = {

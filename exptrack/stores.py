@@ -6,6 +6,7 @@ Kept light (optuna only, no torch) so `exp trials`, `exp studies` and `exp expor
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import optuna
 
@@ -21,9 +22,20 @@ def resolve_storage(url: str | None) -> str:
     return url or os.environ.get("OPTUNA_STORAGE") or DEFAULT_STORAGE
 
 
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file a `sqlite:///` URL names, when it does not exist (opening it would create it empty)."""
+    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        return None
+    path = Path(url.removeprefix("sqlite:///").split("?")[0])
+    return None if path.exists() else path
+
+
 def study_names(storage: str | None) -> list[str]:
-    """Names of the studies in a storage; an unreadable storage is a UserError."""
+    """Names of the studies in a storage; an unreadable or absent storage is a UserError."""
     url = resolve_storage(storage)
+    missing = missing_sqlite_file(url)
+    if missing:
+        raise UserError(f"no Optuna storage at {missing}; run exp search here first, or pass --storage")
     try:
         return list(optuna.get_all_study_names(storage=url))
     except Exception as exc:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from exptrack.errors import UserError, redact
+from exptrack.stores import missing_sqlite_file
 from exptrack.tracking import ROLE_TAG, STUDY_TAG, resolve_tracking_uri
 
 LOOPBACK = "127.0.0.1"
@@ -116,6 +117,9 @@ def running_server(
 ) -> Iterator[tuple[subprocess.Popen[Any], str]]:
     """Start `mlflow server`, wait until it answers, yield (process, base URL); always stop it."""
     uri = resolve_tracking_uri(tracking_uri)
+    missing = missing_sqlite_file(uri)
+    if missing:
+        raise UserError(f"no MLflow store at {missing}; run exp search here first, or pass --tracking-uri")
     check_port_free(host, port)
     base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     log = Path(tempfile.mkstemp(prefix="exptrack-ui-", suffix=".log")[1])
@@ -156,6 +160,9 @@ def serve(tracking_uri: str | None, host: str, port: int, say: Callable[[str], N
             for study, url in study_urls(resolve_tracking_uri(tracking_uri), base):
                 say(f"  {study}: {url}")
             return process.wait()
+    except KeyboardInterrupt:
+        say("MLflow UI stopped")  # the server is down by now: running_server's exit stopped it
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 

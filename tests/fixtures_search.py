@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 STUDY = "finetune"
-TRIALS = 3
+TRIALS = 2  # enough for an order and a top-2; each costs ~5-10 s on 2 cores
 
 
 @dataclasses.dataclass(frozen=True)

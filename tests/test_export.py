@@ -10,6 +10,7 @@ import yaml
 from mlflow import MlflowClient
 
 from exptrack import config as cfg
+from exptrack import export
 from exptrack.config import TrialConfig
 from tests.conftest import run_exp
 from tests.fixtures_search import STUDY, Searched
@@ -60,9 +61,8 @@ def test_train_reproduces_the_exported_trials_metric_and_registers_the_model(sea
     trial = best_trial(searched.study())
     path = searched.cwd / "repro" / f"trial-{trial.number:03d}.yaml"
     config = cfg.from_dict(trial.user_attrs["config"])
-    path.parent.mkdir()
-    printed = searched.exp("export", STUDY, "--out", "-")
-    path.write_text(printed.stdout)
+    (written,) = export.write(export.export(searched.study(), top=1), path.parent)  # as `exp export`
+    assert written == path
 
     trained = searched.exp("train", str(path), "--register", "digits-best")
     assert trained.returncode == 0, trained.stderr
