@@ -47,8 +47,8 @@ def best_trials(study: optuna.Study, top: int | None) -> list[FrozenTrial]:
         chosen = pareto if top is None else pareto[:top]
     else:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        ranked = sorted(complete, key=lambda t: t.value if maximize else -t.value, reverse=True)  # type: ignore[operator]
+        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        ranked = sorted(complete, key=lambda t: sign * float(t.value or 0.0), reverse=True)
         chosen = ranked[: top or 1]
     if not chosen:
         raise UserError(

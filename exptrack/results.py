@@ -4,6 +4,7 @@ as pandas DataFrames, rendered as a rich table, CSV, JSON or markdown.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -131,7 +132,9 @@ def to_csv(frame: pd.DataFrame) -> str:
 
 
 def to_json(frame: pd.DataFrame) -> str:
-    return frame.to_json(orient="records", indent=2) + "\n"
+    """Records with full float precision (pandas' `to_json` keeps 10 digits) and null for missing."""
+    records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    return json.dumps(records, indent=2, default=str) + "\n"
 
 
 def to_markdown(frame: pd.DataFrame) -> str:

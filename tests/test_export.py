@@ -10,7 +10,7 @@ import yaml
 from mlflow import MlflowClient
 
 from exptrack import config as cfg
-from exptrack import export
+from exptrack import export, results
 from exptrack.config import TrialConfig
 from tests.conftest import run_exp
 from tests.fixtures_search import STUDY, Searched
@@ -100,3 +100,21 @@ def test_train_overrides_apply_on_top_of_the_file(tmp_path: Path) -> None:
     config, provenance = load_config(path, ["epochs=1", "loss_params.gamma=1.5"])
     assert config == TrialConfig(epochs=1, loss="focal", loss_params={"gamma": 1.5})
     assert provenance == {"trial": 4}
+
+
+def test_a_multi_objective_study_exports_its_pareto_set(tmp_path: Path) -> None:
+    study = optuna.create_study(
+        study_name="two", storage=f"sqlite:///{tmp_path / 'optuna.db'}", directions=["maximize", "minimize"]
+    )
+    for i, values in enumerate([(0.9, 2.0), (0.8, 1.0), (0.7, 3.0)]):  # trial 2 is dominated by 0
+        trial = study.ask()
+        trial.set_user_attr("config", TrialConfig(lr=10.0 ** -(i + 2)).to_dict())
+        study.tell(trial, values)
+    items = export.export(study, top=None)
+    assert [item.trial.number for item in items] == [0, 1]
+    assert items[1].provenance["value"] == [0.8, 1.0]
+    paths = export.write(items, tmp_path / "best")
+    assert [cfg.read_yaml(p)[0].lr for p in paths] == [1e-2, 1e-3]
+    frame = results.trials_frame(study, [])
+    assert list(frame.columns[:4]) == ["number", "state", "value_0", "value_1"]
+    assert list(results.select(frame, study)["number"]) == [0, 1, 2]
