@@ -8,6 +8,7 @@ page is what lands on the model-training runs table (the experiment tag alone di
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import os
 import signal
@@ -113,9 +114,10 @@ def wait_until_up(process: subprocess.Popen[Any], base: str, log: Path, timeout:
 
 @contextlib.contextmanager
 def running_server(
-    tracking_uri: str | None, host: str, port: int
-) -> Iterator[tuple[subprocess.Popen[Any], str]]:
-    """Start `mlflow server`, wait until it answers, yield (process, base URL); always stop it."""
+    tracking_uri: str | None, host: str, port: int, meanwhile: Callable[[str], Any] = lambda base: None
+) -> Iterator[tuple[subprocess.Popen[Any], str, Any]]:
+    """Start `mlflow server`, run `meanwhile(base URL)` while it boots (it takes 10-20 s), wait
+    until it answers, yield (process, base URL, what `meanwhile` returned); always stop it."""
     uri = resolve_tracking_uri(tracking_uri)
     missing = missing_sqlite_file(uri)
     if missing:
@@ -129,8 +131,9 @@ def running_server(
             server_command(uri, host, port), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
+        found = meanwhile(base)
         wait_until_up(process, base, log, START_TIMEOUT_S)
-        yield process, base
+        yield process, base, found
     finally:
         stop(process)
         log.unlink(missing_ok=True)
@@ -155,9 +158,10 @@ def serve(tracking_uri: str | None, host: str, port: int, say: Callable[[str], N
         say(f"warning: binding to {host}: anyone who can reach this machine can read and edit the runs")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        with running_server(tracking_uri, host, port) as (process, base):
+        urls = functools.partial(study_urls, resolve_tracking_uri(tracking_uri))
+        with running_server(tracking_uri, host, port, urls) as (process, base, found):
             say(f"MLflow UI: {base}  (Ctrl-C stops it)")
-            for study, url in study_urls(resolve_tracking_uri(tracking_uri), base):
+            for study, url in found:
                 say(f"  {study}: {url}")
             return process.wait()
     except KeyboardInterrupt:

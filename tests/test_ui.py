@@ -58,7 +58,7 @@ def screenshot(url: str, target: Path) -> None:
     target.unlink(missing_ok=True)
     subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={target}",
-         "--window-size=1400,900", "--virtual-time-budget=10000", url],
+         "--window-size=1400,900", "--virtual-time-budget=4000", url],
         capture_output=True, timeout=120, check=False,
     )  # fmt: skip
 
