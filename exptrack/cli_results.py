@@ -99,7 +99,9 @@ def export(
         value = item.provenance["value"]
         shown = f"{value:.6g}" if isinstance(value, float) else str(value)
         out.print(
-            f"trial {item.trial.number} ({shown}) -> {path}   reproduce: exp train {path}", highlight=False
+            f"trial {item.trial.number} ({shown}) -> {path}   reproduce: exp train {path}",
+            highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -122,7 +124,9 @@ def train(
     outcome = reproduce.reproduce(config_file, set_ or [], tracking_uri, register, threads, warn)
     final = ", ".join(f"{k}={v:.4f}" for k, v in outcome.final.items())
     out.print(
-        f"finished {outcome.config.epochs} epochs on {outcome.threads} threads: {final}", highlight=False
+        f"finished {outcome.config.epochs} epochs on {outcome.threads} threads: {final}",
+        highlight=False,
+        soft_wrap=True,
     )
     line = reproduce.compare_line(outcome)
     if line:
