@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from mlflow import MlflowClient
 
 from exptrack import results
 from exptrack.errors import UserError
+from tests.conftest import exp_env
 from tests.fixtures_search import STUDY, TRIALS, Searched
 
 
@@ -47,9 +50,21 @@ def test_trials_csv_and_json_list_every_trial_with_state_value_params_and_run_id
             assert (r.get(column) is not None) == (r["loss"] == loss)
 
 
-def test_studies_lists_the_study_with_trials_by_state_and_best_value(searched: Searched) -> None:
-    listed = searched.exp("studies", "--format", "json")
+def test_studies_lists_the_study_with_trials_by_state_and_best_value_without_torch(
+    searched: Searched,
+) -> None:
+    # the real command, in a process that then reports whether it loaded torch (it must not: ~3 s)
+    code = "import sys\nfrom exptrack.cli import main\nsys.argv = ['exp', 'studies', '--format', 'json']\n"
+    code += "main()\nprint('torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr)"
+    listed = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=searched.cwd,
+        env=exp_env(searched.cwd),
+        capture_output=True,
+        text=True,
+    )
     assert listed.returncode == 0, listed.stderr
+    assert listed.stderr.strip().endswith("no torch")
     (row,) = json.loads(listed.stdout)
     assert row["study"] == STUDY and row["direction"] == "maximize"
     assert row["trials"] == row["complete"] == TRIALS and row["pruned"] == row["fail"] == 0
