@@ -24,18 +24,9 @@ from exptrack import config as cfg
 from exptrack import dashboards, train
 from exptrack import space as spaces
 from exptrack.errors import UserError, redact
-from exptrack.stores import DEFAULT_STORAGE, RUN_ID_ATTR, load_existing_study, resolve_storage
+from exptrack.stores import DEFAULT_STORAGE, RUN_ID_ATTR, load_existing_study, resolve_storage  # noqa: F401 (moved, re-exported)
 from exptrack.study import Study
 from exptrack.tracking import Tracker
-
-__all__ = [
-    "DEFAULT_STORAGE",
-    "RUN_ID_ATTR",
-    "Search",
-    "SearchOptions",
-    "load_existing_study",
-    "resolve_storage",
-]
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "grid")
 PRUNERS = ("none", "median", "hyperband")
