@@ -242,7 +242,7 @@ def report(
 ) -> None:
     """Render a study's dashboard to a standalone HTML page and log it on the study's MLflow run."""
     from exptrack import dashboards
-    from exptrack.search import load_existing_study
+    from exptrack.stores import load_existing_study
     from exptrack.tracking import Tracker
 
     study = load_existing_study(study_name, storage)
