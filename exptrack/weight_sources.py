@@ -69,10 +69,14 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], label: str, 
     resized = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
     missing = sorted(k for k in set(own) - set(state) if not is_head(k))
     unexpected = sorted(set(state) - set(own))
-    if missing or unexpected or resized:
+    problems = [
+        _few(what, keys)
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", resized))
+        if keys
+    ]
+    if problems:
         raise UserError(
-            f"weights {label} do not fit this backbone: {_few('missing', missing)}, "
-            f"{_few('unexpected', unexpected)}, {_few('other shape', resized)}; "
+            f"weights {label} do not fit this backbone: {', '.join(problems)} keys; "
             "pass weights of the same architecture (and image size for ViT)"
         )
     model.load_state_dict(state, strict=False)
@@ -80,7 +84,7 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], label: str, 
 
 def _few(what: str, keys: list[str]) -> str:
     shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-    return f"{len(keys)} {what}" + (f" ({shown})" if keys else "")
+    return f"{len(keys)} {what} ({shown})"
 
 
 def short(exc: BaseException) -> str:
