@@ -207,7 +207,8 @@ def _train_epoch(
             if (step % 16 == 0 or not x.is_cuda) and not torch.isfinite(total):
                 raise NonFiniteLossError(f"training loss is not finite at step {step}")
     profile.train_samples += count
-    mean = float(total) / count if total is not None and count else math.nan
+    with profile.phase("compute"):  # float() waits for the queued CUDA steps: count them as compute
+        mean = float(total) / count if total is not None and count else math.nan
     if not math.isfinite(mean):
         raise NonFiniteLossError("training loss is not finite at the end of the epoch")
     return mean
