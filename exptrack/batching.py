@@ -3,9 +3,11 @@
 `DeviceBatches`: the whole uint8 set lives on the training device (moved once); each epoch's order
 is a permutation drawn on the device, and crop/flip happen there in batch: no host round trips.
 `LoaderBatches`: a DataLoader whose workers gather and augment whole batches on the CPU, pinned
-for the copy to CUDA. Both draw the epoch order and each batch's crop offsets and flips from
-generators seeded by (seed, epoch, step) on the same device, so on one device they give the
-same batches. Both normalise per batch with the weights' mean/std.
+for the copy to CUDA. Both draw each epoch's order on the training device from a generator seeded
+by (seed, epoch), so the order is the same on either path; crops and flips come from generators
+seeded by (seed, epoch, step) on the device that augments (the GPU for `DeviceBatches`, the CPU
+for loader workers): identical batches on CPU, the same distribution on CUDA. Both normalise per
+batch with the weights' mean/std.
 """
 
 from __future__ import annotations

@@ -79,3 +79,16 @@ def test_auto_batching_keeps_a_cpu_set_in_memory_and_rejects_unknown_modes(split
     assert batching.choose(cfg.from_dict({"batching": "loader"}), split, CPU) == "loader"
     with pytest.raises(Exception, match="unknown batching 'gpu'"):
         batching.choose(cfg.from_dict({"batching": "gpu"}), split, CPU)
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_set_stays_on_the_gpu_and_both_paths_give_the_same_order(split: data.TensorSplit) -> None:
+    cuda = torch.device("cuda")
+    config = cfg.from_dict({"batch_size": 8, "seed": 3, "num_workers": 2})
+    device = batching.DeviceBatches(split, cuda, config, MEAN, STD)
+    loader = batching.LoaderBatches(split, cuda, config, MEAN, STD)
+    assert device.split.train_x.is_cuda and device.split.train_x.dtype == torch.uint8
+    for (xa, ya), (xb, yb) in zip(device.train(1), loader.train(1), strict=True):
+        assert torch.equal(ya, yb) and torch.allclose(xa, xb)
+        assert xa.is_cuda and xa.is_contiguous(memory_format=torch.channels_last)
+    assert batching.choose(cfg.from_dict({}), split, cuda) == "device"  # a few KB fit easily
