@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -70,12 +71,12 @@ def plain_loop(args: argparse.Namespace, device: torch.device) -> float:
     return args.batch * args.steps / (time.perf_counter() - start)
 
 
-def exptrack_loop(args: argparse.Namespace) -> tuple[float, str]:
+def exptrack_loop(args: argparse.Namespace) -> tuple[float, float]:
     """Samples/s of `train.fit` over the same number of steps, after a warm-up fit."""
     extra = {"compile": args.compile, "precision": args.precision}
     train.fit(exptrack_config(args, args.batch * args.warmup, **extra), warn=lambda m: None)
     result = train.fit(exptrack_config(args, args.batch * args.steps, **extra), warn=lambda m: None)
-    return result.profile["train_samples_per_second"], f"{result.profile['train_seconds']:.2f} s"
+    return result.profile["train_samples_per_second"], result.profile["train_seconds"]
 
 
 def study_wall_time(args: argparse.Namespace) -> float:
@@ -95,6 +96,10 @@ def study_wall_time(args: argparse.Namespace) -> float:
         return time.perf_counter() - start
 
 
+def _fmt(values: list[float]) -> str:
+    return " ".join(f"{v:.1f}" for v in values)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -109,6 +114,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per arm")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each arm; medians shown")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile in the exptrack arm")
@@ -120,11 +126,14 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # both arms: pick the fastest convolution kernels
     print(f"setup: {args.model}, {args.image_size} px, batch {args.batch}, {args.steps} steps, {device}")
-    plain = plain_loop(args, device)
-    print(f"plain PyTorch loop (fp32, DataLoader): {plain:9.1f} samples/s")
-    ours, seconds = exptrack_loop(args)
-    print(f"exptrack train.fit:                    {ours:9.1f} samples/s ({seconds} training)")
-    print(f"ratio exptrack / plain:                {ours / plain:9.2f}x")
+    plains, ours = [], []
+    for _ in range(args.repeats):  # arms alternate, so load from other processes hits both alike
+        plains.append(plain_loop(args, device))
+        ours.append(exptrack_loop(args)[0])
+    plain, mine = statistics.median(plains), statistics.median(ours)
+    print(f"plain PyTorch loop (fp32, DataLoader): {plain:9.1f} samples/s (median of {_fmt(plains)})")
+    print(f"exptrack train.fit:                    {mine:9.1f} samples/s (median of {_fmt(ours)})")
+    print(f"ratio exptrack / plain:                {mine / plain:9.2f}x")
     if args.trials:
         wall = study_wall_time(args)
         print(f"whole study, {args.trials} trials of {args.study_images} images: {wall:9.1f} s wall")
