@@ -41,10 +41,11 @@ def test_a_study_over_an_image_folder_of_pngs_runs_end_to_end(exp, project: Path
 
 
 def test_a_synthetic_study_runs_end_to_end(exp, project: Path) -> None:
-    result = exp("search", "studies/synthetic.py", "--trials", "2", *TINY, "--set", "dataset=synthetic:200,4")
+    result = exp("search", "studies/synthetic.py", "--trials", "1", *TINY, "--set", "dataset=synthetic:200,4")
     assert result.returncode == 0, result.stderr
     runs = finished_runs("synthetic")
-    assert len(runs) == 2 and all("val_accuracy" in r.data.metrics for r in runs)
+    assert len(runs) == 1 and runs[0].data.params["dataset"] == "synthetic:200,4"
+    assert 0.0 <= runs[0].data.metrics["val_accuracy"] <= 1.0
 
 
 def test_missing_torchvision_files_stop_the_search_before_trial_one(project: Path) -> None:
