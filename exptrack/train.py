@@ -142,9 +142,8 @@ def check(config: TrialConfig) -> None:
     weights. Builds the dataset once (cached for the trials) and the model with random init."""
     size, resize = models.preprocessing(config.backbone).geometry(config.image_size)
     split = data.load(config, data.Geometry(size, resize))
-    models.build_model(config.backbone, "none", split.num_classes, config.freeze_depth, print, size)
-    if config.weights not in ("imagenet", "none"):
-        models.build_model(config.backbone, config.weights, split.num_classes, 0, print, size)
+    weights = "none" if config.weights == "imagenet" else config.weights  # no download here
+    models.build_model(config.backbone, weights, split.num_classes, config.freeze_depth, print, size)
     if config.batching not in ("auto", "device", "loader"):
         raise UserError(f"unknown batching {config.batching!r}; use auto, device or loader")
 

@@ -92,3 +92,24 @@ def test_on_cuda_the_set_stays_on_the_gpu_and_both_paths_give_the_same_order(spl
         assert torch.equal(ya, yb) and torch.allclose(xa, xb)
         assert xa.is_cuda and xa.is_contiguous(memory_format=torch.channels_last)
     assert batching.choose(cfg.from_dict({}), split, cuda) == "device"  # a few KB fit easily
+
+
+@pytest.mark.gpu
+def test_fit_on_cuda_batches_on_the_gpu_in_bf16() -> None:
+    from exptrack import train
+
+    facts: dict[str, object] = {}
+
+    class Recorder:
+        def on_setup(self, values: dict[str, object]) -> None:
+            facts.update(values)
+
+        def on_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
+            return False
+
+    config = cfg.from_dict(
+        {"dataset": "synthetic:256,4", "image_size": 32, "weights": "none", "epochs": 2, "augment": True}
+    )
+    result = train.fit(config.replace(device="cuda"), Recorder())
+    assert facts["batching"] == "DeviceBatches" and facts["device"].startswith("cuda")
+    assert result.profile["peak_cuda_memory_mb"] > 0 and len(result.history) == 2
