@@ -44,6 +44,24 @@ def test_imagenet_weights_load_from_the_torch_home_cache(
     assert built.model.classifier[-1].out_features == 3  # the 1000-class head was replaced
 
 
+def test_imagenet_vit_weights_fit_a_small_image_size_by_resampling_positions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weights = tvm.get_model_weights("vit_b_16").DEFAULT
+    checkpoint = tmp_path / "torch" / "hub" / "checkpoints" / Path(weights.url).name
+    checkpoint.parent.mkdir(parents=True)
+    state = tvm.get_model("vit_b_16", weights=None).state_dict()  # 224 px: 14 x 14 + 1 positions
+    torch.save(state, checkpoint)
+    built = models.build_model("vit_b_16", "imagenet", num_classes=2, freeze_depth=0, image_size=32)
+    assert built.weights_source.startswith("imagenet:")
+    loaded = built.model.state_dict()
+    assert loaded["encoder.pos_embedding"].shape == (1, 2 * 2 + 1, 768)
+    assert torch.equal(loaded["conv_proj.weight"], state["conv_proj.weight"])
+    with torch.no_grad():
+        assert built.model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 2)
+
+
 def test_a_state_dict_file_with_the_new_head_loads_whole(tmp_path: Path) -> None:
     trained = models.build_model(NAME, "none", 3, 0, image_size=32).model
     path = tmp_path / "trained.pt"
