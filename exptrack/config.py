@@ -27,7 +27,8 @@ class TrialConfig:
     backbone: str = "resnet18"
     weights: str = "imagenet"  # imagenet | none | path/to/state_dict.pt | runs:/... | models:/...
     dataset: str = "digits"  # NAME[:PATH], e.g. digits, synthetic, imagefolder:/data/pets
-    image_size: int = 32  # side of the square images the backbone sees
+    download: bool = False  # torchvision sets: fetch into the root when missing (needs network)
+    image_size: int = 32  # side of the square images the backbone sees; 0 = the weights' crop size
     subset: int = 0  # use at most this many train (and val) samples; 0 = all of them
     val_fraction: float = 0.2  # held-out share when the dataset has no validation split
     epochs: int = 3
@@ -41,6 +42,10 @@ class TrialConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    augment: bool = False  # random crop (padding size/8) + horizontal flip of training batches
+    batching: str = "auto"  # auto | device (whole set on the device) | loader (DataLoader workers)
+    num_workers: int = 2  # DataLoader workers when batching is loader
+    compile: bool = False  # torch.compile the model (pays off only for long trials on CUDA)
 
     def __post_init__(self) -> None:
         # A private copy, so the frozen config cannot change through a caller's dict.

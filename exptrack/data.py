@@ -1,28 +1,42 @@
-"""Datasets as in-memory tensor splits, and batching that stays on the device the tensors live on.
+"""Datasets: a registry from name to loader, each giving uint8 image tensors split into train/val.
 
-`dataset` in a config is `NAME[:PATH]`. Every loader returns float images in [0, 1] at the config's
-`image_size` with 3 channels, and integer labels; normalisation for the backbone's weights is
-applied once by `normalize`. The validation split is seeded by a constant, not the trial's seed,
-so every trial of a study is scored on the same images.
+`dataset` in a config is `NAME[:PATH]` (`digits`, `synthetic:4096,10`, `imagefolder:/data/pets`,
+`cifar10:/data/cifar`). Images are kept as uint8 (N, 3, H, W) at the target size, and normalised
+per batch by `batching` with the weights' mean/std. Splits are seeded by a constant, not the
+trial's seed, so every trial of a study is scored on the same images.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch.nn import functional as F
 
+from exptrack import imagefiles
 from exptrack.config import TrialConfig
 from exptrack.errors import UserError
 
 SPLIT_SEED = 20241  # fixed: the same train/val split for every trial and every re-run
 
 
+class Geometry(NamedTuple):
+    """Target image side, and the shorter side photos are resized to before the centre crop
+    (the weights' own transforms: 256 -> 224 for most torchvision weights)."""
+
+    size: int
+    resize: int
+
+
 @dataclasses.dataclass
 class TensorSplit:
-    """Train and validation images (N, 3, H, W) float in [0, 1] and labels (N,) int64."""
+    """Train and validation images (N, 3, H, W) uint8 and labels (N,) int64.
+
+    uint8 at the target size keeps sets in memory: CIFAR-10 at 32 px is 60k x 3 x 32 x 32 = 184 MB
+    (fp32 would be 737 MB); at 224 px it would be 9 GB, so keep image_size modest for large sets.
+    """
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -34,6 +48,10 @@ class TensorSplit:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
     def to(self, device: torch.device) -> TensorSplit:
         return TensorSplit(*(t.to(device, non_blocking=True) for t in self.tensors()), self.classes)
 
@@ -41,12 +59,16 @@ class TensorSplit:
         return self.train_x, self.train_y, self.val_x, self.val_y
 
 
-Loader = Callable[[str | None, TrialConfig], TensorSplit]
+Loader = Callable[[str | None, TrialConfig, Geometry], TensorSplit]
 DATASETS: dict[str, Loader] = {}
+# Built splits of this process: trials of one study share the dataset instead of rebuilding it.
+# Two entries at most, so a study that searches image_size does not hold every size in memory.
+_CACHE: dict[tuple[str, Geometry, float], TensorSplit] = {}
+_CACHE_ENTRIES = 2
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Add a loader `(path, config) -> TensorSplit` under `name`; duplicates are refused."""
+    """Add a loader `(path, config, geometry) -> TensorSplit` under `name`; duplicates are refused."""
 
     def decorate(loader: Loader) -> Loader:
         if name in DATASETS:
@@ -64,16 +86,25 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
         raise UserError(
             f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))} (NAME[:PATH])"
         )
-    return name, (path if sep else None)
+    return name, (path if sep and path else None)
 
 
-def load(config: TrialConfig) -> TensorSplit:
+def load(config: TrialConfig, geometry: Geometry) -> TensorSplit:
+    """The config's dataset at `geometry`, from this process's cache when already built."""
     name, path = parse_spec(config.dataset)
-    split = DATASETS[name](path, config)
-    return _limit(split, config.subset)
+    key = (config.dataset, geometry, config.val_fraction)
+    if key not in _CACHE:
+        split = DATASETS[name](path, config, geometry)
+        if len(split.train_y) < 2 or len(split.val_y) < 1:
+            raise UserError(f"dataset {config.dataset}: too few images to train and validate")
+        while len(_CACHE) >= _CACHE_ENTRIES:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = split
+    return _limit(_CACHE[key], config.subset)
 
 
 def _limit(split: TensorSplit, subset: int) -> TensorSplit:
+    """The first `subset` samples; splits are stored shuffled, so these still mix all classes."""
     if subset <= 0:
         return split
     return TensorSplit(
@@ -85,63 +116,75 @@ def _limit(split: TensorSplit, subset: int) -> TensorSplit:
     )
 
 
-def split_by_fraction(
+def stratified_split(
     x: torch.Tensor, y: torch.Tensor, val_fraction: float, classes: list[str]
 ) -> TensorSplit:
-    """A seeded shuffle, then the last `val_fraction` of it held out."""
+    """Hold out `val_fraction` of every class (at least one image of each class with two or more),
+    by a seeded shuffle; both halves are then shuffled so a prefix mixes the classes."""
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    n_val = max(1, round(len(x) * val_fraction))
-    train, val = order[:-n_val], order[-n_val:]
+    gen = torch.Generator().manual_seed(SPLIT_SEED)
+    train_idx, val_idx = [], []
+    for label in range(len(classes)):
+        members = (y == label).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=gen)]
+        n_val = min(len(members) - 1, max(1, round(len(members) * val_fraction)))
+        val_idx.append(members[: max(0, n_val)])
+        train_idx.append(members[max(0, n_val) :])
+    train, val = torch.cat(train_idx), torch.cat(val_idx)
+    train = train[torch.randperm(len(train), generator=gen)]
+    val = val[torch.randperm(len(val), generator=gen)]
     return TensorSplit(x[train], y[train], x[val], y[val], classes)
 
 
-def to_rgb_size(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, C, h, w) in [0, 1] -> (N, 3, size, size): grey images repeated to 3 channels."""
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    if images.shape[-2:] != (size, size):
-        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    return images.clamp(0.0, 1.0).contiguous()
+def shuffled(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return x[order], y[order]
 
 
-def normalize(split: TensorSplit, mean: tuple[float, ...], std: tuple[float, ...]) -> TensorSplit:
-    m = torch.tensor(mean, device=split.train_x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=split.train_x.device).view(1, -1, 1, 1)
-    return TensorSplit(
-        (split.train_x - m) / s, split.train_y, (split.val_x - m) / s, split.val_y, split.classes
-    )
+def to_uint8_rgb(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, h, w) uint8 or float in [0, 1] -> (N, 3, size, size) uint8; grey repeated to 3 channels.
+    Resized in chunks of 256 so a float copy of a whole large set is never held."""
+    chunks = []
+    for part in images.split(256):
+        part = part.float() / 255.0 if part.dtype == torch.uint8 else part.float()
+        if part.shape[-2:] != (size, size):
+            part = F.interpolate(
+                part, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+        chunks.append((part.clamp(0, 1) * 255).round().to(torch.uint8))
+    out = torch.cat(chunks)
+    return (out.expand(-1, 3, -1, -1) if out.shape[1] == 1 else out).contiguous()
 
 
 @register_dataset("digits")
-def load_digits(path: str | None, config: TrialConfig) -> TensorSplit:
+def load_digits(path: str | None, config: TrialConfig, geometry: Geometry) -> TensorSplit:
     """scikit-learn's 1,797 handwritten 8x8 digits (ships with the package, works offline)."""
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = torch.tensor(bunch.target, dtype=torch.int64)
-    return split_by_fraction(
-        to_rgb_size(images, config.image_size),
-        labels,
-        config.val_fraction,
-        [str(c) for c in range(10)],
-    )
+    classes = [str(c) for c in range(10)]
+    return stratified_split(to_uint8_rgb(images, geometry.size), labels, config.val_fraction, classes)
 
 
 @register_dataset("synthetic")
-def load_synthetic(path: str | None, config: TrialConfig) -> TensorSplit:
+def load_synthetic(path: str | None, config: TrialConfig, geometry: Geometry) -> TensorSplit:
     """Learnable random images: each class is a fixed noise pattern plus per-sample noise.
     `synthetic` alone is 2,048 images of 10 classes; `synthetic:N` or `synthetic:N,C` set both."""
     count, classes = _synthetic_shape(path)
     gen = torch.Generator().manual_seed(SPLIT_SEED)
-    size = config.image_size
+    size = geometry.size
     prototypes = torch.rand(classes, 3, 8, 8, generator=gen)
     labels = torch.randint(0, classes, (count,), generator=gen)
-    images = F.interpolate(prototypes[labels], size=(size, size), mode="bilinear", align_corners=False)
-    images = (0.7 * images + 0.3 * torch.rand(count, 3, size, size, generator=gen)).clamp(0, 1)
-    return split_by_fraction(images, labels, config.val_fraction, [f"class{c}" for c in range(classes)])
+    chunks = []
+    for part in labels.split(512):  # float images exist 512 at a time, then become uint8
+        proto = F.interpolate(prototypes[part], size=(size, size), mode="bilinear", align_corners=False)
+        noisy = 0.7 * proto + 0.3 * torch.rand(len(part), 3, size, size, generator=gen)
+        chunks.append((noisy.clamp(0, 1) * 255).round().to(torch.uint8))
+    names = [f"class{c}" for c in range(classes)]
+    return stratified_split(torch.cat(chunks), labels, config.val_fraction, names)
 
 
 def _synthetic_shape(path: str | None) -> tuple[int, int]:
@@ -155,15 +198,66 @@ def _synthetic_shape(path: str | None) -> tuple[int, int]:
     return count, classes
 
 
-def batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None = None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches gathered on the tensors' own device; shuffled when a generator is given.
-    A trailing batch of one sample is dropped: batch norm cannot train on it."""
-    n = len(x)
-    order = torch.randperm(n, device=x.device, generator=generator) if generator is not None else None
-    for start in range(0, n, batch_size):
-        if generator is not None and n - start == 1 and start > 0:
-            break
-        idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
-        yield x[idx], y[idx]
+@register_dataset("imagefolder")
+def load_imagefolder(path: str | None, config: TrialConfig, geometry: Geometry) -> TensorSplit:
+    """Your own images: `PATH/train/<class>/` + `PATH/val/<class>/`, or `PATH/<class>/` split by
+    `val_fraction`."""
+    train, val = imagefiles.read_root(path, geometry.size, geometry.resize)
+    if val is None:
+        return stratified_split(train.images, train.labels, config.val_fraction, train.classes)
+    return TensorSplit(
+        *shuffled(train.images, train.labels), *shuffled(val.images, val.labels), train.classes
+    )
+
+
+# torchvision's classification sets: config name -> torchvision.datasets class name.
+TORCHVISION_SETS = {
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+    "mnist": "MNIST",
+    "fashionmnist": "FashionMNIST",
+    "kmnist": "KMNIST",
+}
+
+
+def _register_torchvision(name: str, class_name: str) -> None:
+    def loader(path: str | None, config: TrialConfig, geometry: Geometry) -> TensorSplit:
+        return load_torchvision(name, class_name, path, config.download, geometry.size)
+
+    loader.__doc__ = f"torchvision's {class_name} under a root folder: --set dataset={name}:/path/to/root"
+    register_dataset(name)(loader)
+
+
+def load_torchvision(name: str, class_name: str, root: str | None, download: bool, size: int) -> TensorSplit:
+    """The set's own train and test splits (test serves as validation), as uint8 RGB."""
+    import torchvision.datasets
+
+    if not root:
+        raise UserError(f"dataset={name} needs a root folder: --set dataset={name}:/path/to/root")
+    dataset_class = getattr(torchvision.datasets, class_name)
+    try:
+        parts = [dataset_class(root, train=train, download=download) for train in (True, False)]
+    except Exception as exc:
+        if not download:
+            raise UserError(
+                f"dataset {name}: no {class_name} files under {root}; "
+                "place them there or add --set download=true"
+            ) from exc
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
+        raise UserError(
+            f"dataset {name}: download into {root} failed ({first}); check the network or place the files there"
+        ) from exc
+    tensors = [_torchvision_tensors(part, size) for part in parts]
+    return TensorSplit(*shuffled(*tensors[0]), *shuffled(*tensors[1]), list(parts[0].classes))
+
+
+def _torchvision_tensors(dataset: object, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.as_tensor(dataset.data)  # type: ignore[attr-defined]
+    # MNIST-like sets hold (N, H, W); CIFAR holds (N, H, W, 3)
+    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+    labels = torch.as_tensor(dataset.targets, dtype=torch.int64)  # type: ignore[attr-defined]
+    return to_uint8_rgb(images, size), labels
+
+
+for _name, _class_name in TORCHVISION_SETS.items():
+    _register_torchvision(_name, _class_name)

@@ -1,23 +1,33 @@
-"""Backbones: torchvision models by name, their weight sources, head replacement and freezing by stage.
+"""Backbones: torchvision models by name, their stages, head replacement and freezing by stage.
 
 A *stage* is one step of a backbone's feature pyramid, so `freeze_depth` means the same idea on
 every family: stage 0 is the stem (the first layers that see pixels), stage 1 the blocks at the
-stem's resolution, and each later stage starts at a block that halves the resolution. ResNets have
-5 stages (stem = conv1+bn1, then layer1..layer4); ConvNeXt 5; EfficientNet-B0 and MobileNetV3 6;
-ViT has the patch embedding then one stage per encoder block (13 for ViT-B/16). The new head is
-never frozen.
+stem's resolution, and each later stage starts at a block that halves the resolution. The new
+head is never frozen. `freeze_depth: {int: [0, max]}` in a search space resolves `max` here.
+
+| family | stages | what they are |
+|---|---|---|
+| resnet18/34/50/101/152 | 5 | conv1+bn1 (stem), layer1, layer2, layer3, layer4 |
+| convnext_tiny | 5 | stem, stage 1, then downsample + stage for 2, 3, 4 |
+| mobilenet_v3_small/large | 5 / 6 | first conv, then `features` blocks grouped where stride 2 starts |
+| efficientnet_b0 | 6 | first conv, then MBConv blocks grouped where stride 2 starts |
+| vit_b_16 | 5 | patch embedding + class token + position embedding, then 4 groups of 3 encoder blocks |
+
+ViT has no pyramid: its 12 blocks are grouped in 4 so that depth 1..5 freezes a similar share of
+the network as on a ResNet. ViT accepts any image size that is a multiple of 16: the model is
+built for that size and ImageNet position embeddings are interpolated to it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
-from pathlib import Path
 
-import torch
 from torch import nn
 from torchvision import models as tvm
 
+from exptrack import weight_sources
 from exptrack.errors import UserError
 
 Stage = list[nn.Module | nn.Parameter]
@@ -49,12 +59,21 @@ def backbone(name: str) -> Backbone:
     return BACKBONES[name]
 
 
+@functools.cache
 def stage_count(name: str) -> int:
     """Number of stages, without downloading weights (the search space's `max` for freeze_depth)."""
-    return len(backbone(name).stages(_architecture(name)))
+    return len(backbone(name).stages(_architecture(name, 0)))
 
 
-def _architecture(name: str) -> nn.Module:
+def _architecture(name: str, image_size: int) -> nn.Module:
+    spec = backbone(name)
+    if image_size and image_size < spec.min_size:
+        raise UserError(f"image_size={image_size} is too small for {name}: use {spec.min_size} or more")
+    if name.startswith("vit_"):
+        patch = int(name.rsplit("_", 1)[1])
+        if image_size % patch:
+            raise UserError(f"image_size={image_size} does not suit {name}: use a multiple of {patch}")
+        return tvm.get_model(name, weights=None, image_size=image_size or 224)
     return tvm.get_model(name, weights=None)
 
 
@@ -91,33 +110,55 @@ def _features_stages(model: nn.Module) -> list[Stage]:
 
 def _vit_stages(model: nn.Module) -> list[Stage]:
     embed: Stage = [model.conv_proj, model.class_token, model.encoder.pos_embedding]
-    blocks: list[Stage] = [[block] for block in model.encoder.layers]
-    blocks[-1].append(model.encoder.ln)
-    return [embed, *blocks]
+    blocks = list(model.encoder.layers)
+    per = len(blocks) // 4
+    groups: list[Stage] = [list(blocks[i * per : (i + 1) * per]) for i in range(4)]
+    groups[-1] += [*blocks[4 * per :], model.encoder.ln]
+    return [embed, *groups]
 
 
 for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
     register_backbone(_name, _resnet_stages)
 for _name in ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny"):
     register_backbone(_name, _features_stages, min_size=32)
-register_backbone("vit_b_16", _vit_stages, min_size=224)
+register_backbone("vit_b_16", _vit_stages, min_size=16)
 
 
 # --- building --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """What the weights' own `transforms()` do: shorter side to `resize`, centre crop `crop`,
+    normalise by mean/std. Read from torchvision's weights metadata (no download)."""
+
+    crop: int
+    resize: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def geometry(self, image_size: int) -> tuple[int, int]:
+        """(size, resize) for a config's image_size (0 = the weights' crop), keeping the weights'
+        resize/crop ratio (256/224 for most) so photos are cropped as at pretraining."""
+        size = image_size or self.crop
+        return size, max(size, round(size * self.resize / self.crop))
+
+
+@functools.cache
+def preprocessing(name: str) -> Preprocess:
+    transforms = tvm.get_model_weights(backbone(name).name).DEFAULT.transforms()
+    return Preprocess(
+        transforms.crop_size[0], transforms.resize_size[0], tuple(transforms.mean), tuple(transforms.std)
+    )
 
 
 @dataclasses.dataclass
 class BuiltModel:
     model: nn.Module
     weights_source: str  # what the backbone actually started from, for the run's tags
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     frozen_modules: list[nn.Module]
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_unavailable_weights: set[str] = set()  # weights that failed once in this process: don't retry
 
 
 def build_model(
@@ -126,81 +167,35 @@ def build_model(
     num_classes: int,
     freeze_depth: int,
     warn: Callable[[str], None] = print,
+    image_size: int = 0,
 ) -> BuiltModel:
-    """The backbone with its weights loaded, a new `num_classes` head, and the first stages frozen."""
+    """The backbone with its weights loaded, a new `num_classes` head, and the first stages frozen.
+    ImageNet weights carry the 1000-class head, so the head is replaced after loading them; a
+    state dict from a file or MLflow usually carries the new head already, so it is replaced first."""
     spec = backbone(name)
-    model = _architecture(name)
-    source = _load_weights(model, name, weights, warn)
-    _replace_head(model, num_classes)
+    model = _architecture(name, image_size)
+    if weights == "imagenet":
+        source = weight_sources.load_imagenet(model, name, warn)
+        replace_head(model, num_classes)
+    else:
+        replace_head(model, num_classes)
+        source = weight_sources.load(model, weights, head_name(model))
     stages = spec.stages(model)
     if not 0 <= freeze_depth <= len(stages):
         raise UserError(f"freeze_depth={freeze_depth} is out of range for {name}: use 0..{len(stages)}")
     frozen = freeze(stages[:freeze_depth])
-    return BuiltModel(model, source, IMAGENET_MEAN, IMAGENET_STD, frozen)
+    prep = preprocessing(name)
+    return BuiltModel(model, source, prep.mean, prep.std, frozen)
 
 
-def _load_weights(model: nn.Module, name: str, weights: str, warn: Callable[[str], None]) -> str:
-    if weights == "none":
-        return "none"
-    if weights == "imagenet":
-        return _load_imagenet(model, name, warn)
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise UserError(
-            f"weights={weights!r}: no such file; use imagenet, none, a state-dict file or an MLflow URI"
-        )
-    load_state_dict_file(model, path)
-    return str(path)
-
-
-def _load_imagenet(model: nn.Module, name: str, warn: Callable[[str], None]) -> str:
-    weights_enum = tvm.get_model_weights(name).DEFAULT
-    if name in _unavailable_weights:
-        return "random (imagenet unavailable)"
-    try:  # torchvision caches under $TORCH_HOME/hub/checkpoints and downloads only when missing
-        state = weights_enum.get_state_dict(progress=False, check_hash=True)
-    except (OSError, RuntimeError) as exc:
-        _unavailable_weights.add(name)
-        warn(f"ImageNet weights for {name} unavailable ({_short(exc)}); training from random init")
-        return "random (imagenet unavailable)"
-    model.load_state_dict(state)
-    return f"imagenet:{weights_enum}"
-
-
-def load_state_dict_file(model: nn.Module, path: Path) -> None:
-    """Load a plain state dict saved with torch.save; a head of another size is left to replace."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"weights file {path} could not be read ({_short(exc)}); pass a state dict") from exc
-    if not isinstance(state, dict):
-        raise UserError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
-    own = model.state_dict()
-    state = {
-        k: v for k, v in state.items() if not (k in own and own[k].shape != v.shape and _is_head(model, k))
-    }
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not _is_head(model, k)]
-    if missing or unexpected:
-        first = (missing or unexpected)[0]
-        raise UserError(
-            f"weights file {path} does not fit this backbone ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected keys, e.g. {first!r}); pass weights of the same architecture"
-        )
-
-
-def _head_name(model: nn.Module) -> str:
+def head_name(model: nn.Module) -> str:
     """The last Linear layer is the classifier on every registered family."""
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
 
 
-def _is_head(model: nn.Module, key: str) -> bool:
-    return key.startswith(_head_name(model) + ".")
-
-
-def _replace_head(model: nn.Module, num_classes: int) -> None:
-    head_path = _head_name(model)
-    parent_path, _, attr = head_path.rpartition(".")
+def replace_head(model: nn.Module, num_classes: int) -> None:
+    path = head_name(model)
+    parent_path, _, attr = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     old = getattr(parent, attr)
     if old.out_features != num_classes:
@@ -212,10 +207,8 @@ def freeze(stages: list[Stage]) -> list[nn.Module]:
     batch-norm statistics fixed too (a frozen stage should not drift through its running stats)."""
     modules: list[nn.Module] = []
     for part in (p for stage in stages for p in stage):
-        if isinstance(part, nn.Parameter):
-            part.requires_grad_(False)
-        else:
-            part.requires_grad_(False)
+        part.requires_grad_(False)
+        if isinstance(part, nn.Module):
             modules.append(part)
     return modules
 
@@ -225,7 +218,3 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     return trainable, frozen
-
-
-def _short(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [exc.__class__.__name__])[0][:120]

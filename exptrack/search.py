@@ -142,7 +142,9 @@ class Search:
         self.name = options.study_name or study.name
         self.space = spaces.load(study.search_space_path())
         self.storage_url = resolve_storage(options.storage)
-        cfg.from_dict(self.space.sample(optuna.trial.FixedTrial(_first_point(self.space)), study.fixed))
+        train.check(
+            cfg.from_dict(self.space.sample(optuna.trial.FixedTrial(_first_point(self.space)), study.fixed))
+        )
         train.resolve_device(str(study.fixed.get("device", "auto")))
         epochs = int(study.fixed.get("epochs", cfg.TrialConfig.epochs))
         self.sampler = make_sampler(options.sampler or study.sampler, options.seed, self.space)

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from exptrack import resolvers
 from exptrack.errors import UserError, redact
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -45,6 +46,7 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.uri = resolve_tracking_uri(uri)
+        _weights_store[:] = [self.uri]
         self.client = MlflowClient(tracking_uri=self.uri)
         self.warn = warn
         self.failures: list[str] = []
@@ -241,3 +243,37 @@ def _metrics(values: Mapping[str, float], step: int) -> list[Any]:
 
     now = int(time.time() * 1000)
     return [Metric(key, float(value), now, step) for key, value in values.items()]
+
+
+# --- weights from MLflow: `--set weights=runs:/RUN_ID/model` or `models:/NAME/VERSION` ------------
+
+
+# The store `runs:/` and `models:/` resolve against: the last Tracker's, else the default one.
+_weights_store: list[str] = []
+
+
+def _mlflow_state_dict(uri: str) -> dict[str, Any]:
+    """The state dict of a model logged with `mlflow.pytorch.log_model` (as `exp train` does)."""
+    import mlflow
+    import mlflow.pytorch
+
+    store = (_weights_store or [resolve_tracking_uri(None)])[0]
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:  # load_model reads the fluent store URIs: point them at our store for this call only
+        mlflow.set_tracking_uri(store)
+        mlflow.set_registry_uri(store)
+        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:150]
+        raise UserError(
+            f"weights={uri}: MLflow could not load this model ({first}); "
+            f"check the URI and the store ({redact(store)}, set by --tracking-uri / MLFLOW_TRACKING_URI)"
+        ) from exc
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+    return model.state_dict()
+
+
+for _scheme in ("runs", "models"):
+    resolvers.register_resolver(_scheme)(_mlflow_state_dict)

@@ -8,7 +8,18 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "exptrack"
-TRAINING_SIDE = ["train.py", "data.py", "models.py", "losses.py", "profiling.py", "config.py"]
+TRAINING_SIDE = [
+    "train.py",
+    "data.py",
+    "models.py",
+    "losses.py",
+    "profiling.py",
+    "config.py",
+    "batching.py",
+    "imagefiles.py",
+    "resolvers.py",
+    "weight_sources.py",
+]
 
 
 def imported_roots(path: Path) -> set[str]:

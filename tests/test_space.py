@@ -70,19 +70,19 @@ def test_freeze_depth_max_follows_the_backbone_searched_above_it() -> None:
         backbone:
           choice:
             resnet18: {freeze_depth: {int: [0, max]}}
-            vit_b_16: {freeze_depth: {int: [0, max]}}
+            efficientnet_b0: {freeze_depth: {int: [0, max]}}
         """
     )
     study = optuna.create_study()
     highs = {}
-    for backbone in ("resnet18", "vit_b_16"):
+    for backbone in ("resnet18", "efficientnet_b0"):
         study.enqueue_trial({"backbone": backbone})
         trial = study.ask()
         values = searched.sample(trial, {})
         assert values["backbone"] == backbone
         highs[backbone] = trial.distributions[f"backbone.{backbone}.freeze_depth"].high
         study.tell(trial, 0.0)
-    assert highs == {"resnet18": 5, "vit_b_16": 13}
+    assert highs == {"resnet18": 5, "efficientnet_b0": 6}
 
 
 def test_exponents_without_a_dot_are_read_as_numbers() -> None:

@@ -1,0 +1,91 @@
+"""Where a backbone's starting weights come from: torchvision's ImageNet weights, none, a
+state-dict file, or a URI resolved through `resolvers` (MLflow `runs:/` and `models:/`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
+
+from exptrack import resolvers
+from exptrack.errors import UserError
+
+RANDOM_FALLBACK = "random (imagenet unavailable)"
+_unavailable: set[str] = set()  # ImageNet weights that failed once in this process: don't retry
+
+
+def load_imagenet(model: nn.Module, name: str, warn: Callable[[str], None]) -> str:
+    """torchvision's DEFAULT weights, cached under $TORCH_HOME/hub/checkpoints (downloaded only when
+    missing); offline -> one warning line and random initialisation."""
+    weights_enum = tvm.get_model_weights(name).DEFAULT
+    if name in _unavailable:
+        return RANDOM_FALLBACK
+    try:
+        state = weights_enum.get_state_dict(progress=False, check_hash=True)
+    except (OSError, RuntimeError) as exc:
+        _unavailable.add(name)
+        warn(f"ImageNet weights for {name} unavailable ({short(exc)}); training from random init")
+        return RANDOM_FALLBACK
+    if isinstance(model, VisionTransformer) and model.image_size != weights_enum.meta["min_size"][0]:
+        # ViT built for another size: resample its position embedding to the new patch grid
+        state = interpolate_embeddings(model.image_size, model.patch_size, state)
+    model.load_state_dict(state)
+    return f"imagenet:{weights_enum}"
+
+
+def load(model: nn.Module, weights: str, head: str) -> str:
+    """`none`, a URI with a registered scheme, or a state-dict file; returns what was loaded."""
+    if weights == "none":
+        return "none"
+    if resolvers.scheme_of(weights):
+        load_state(model, resolvers.resolve(weights), weights, head)
+        return weights
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UserError(
+            f"weights={weights!r}: no such file; use imagenet, none, a state-dict file, runs:/... or models:/..."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"weights file {path} could not be read ({short(exc)}); pass a state dict") from exc
+    if not isinstance(state, Mapping):
+        raise UserError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
+    load_state(model, state, str(path), head)
+    return str(path)
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], label: str, head: str) -> None:
+    """Load a state dict whose keys must match the backbone's; a head trained for another class
+    count is skipped (the new head stays randomly initialised)."""
+    own = model.state_dict()
+    is_head = lambda key: key.startswith(head + ".")  # noqa: E731
+    state = {k: v for k, v in state.items() if not (is_head(k) and k in own and own[k].shape != v.shape)}
+    resized = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    missing = sorted(k for k in set(own) - set(state) if not is_head(k))
+    unexpected = sorted(set(state) - set(own))
+    problems = [
+        _few(what, keys)
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", resized))
+        if keys
+    ]
+    if problems:
+        raise UserError(
+            f"weights {label} do not fit this backbone: {', '.join(problems)} keys; "
+            "pass weights of the same architecture (and image size for ViT)"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def _few(what: str, keys: list[str]) -> str:
+    shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+    return f"{len(keys)} {what} ({shown})"
+
+
+def short(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [exc.__class__.__name__])[0][:120]
