@@ -80,6 +80,25 @@ def test_train_reproduces_the_exported_trials_metric_and_registers_the_model(sea
     assert version.run_id == run_id and version.status == "READY"
     assert f"runs:/{run_id}/model" in trained.stdout
 
+    # the re-run's model seeds the next fine-tuning: --set weights=runs:/ID/model or models:/NAME/1
+    import mlflow.pytorch
+    import torch
+
+    from exptrack import models
+    from exptrack.tracking import Tracker
+
+    store = f"sqlite:///{searched.cwd / 'mlflow.db'}"
+    Tracker(store)
+    mlflow.set_tracking_uri(store)
+    try:
+        logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location="cpu").state_dict()
+    finally:
+        mlflow.set_tracking_uri(None)
+    for uri in (f"runs:/{run_id}/model", "models:/digits-best/1"):
+        built = models.build_model(config.backbone, uri, 10, 0, image_size=config.image_size)
+        assert built.weights_source == uri
+        assert all(torch.equal(v, logged[k]) for k, v in built.model.state_dict().items())
+
 
 def test_export_of_a_study_without_a_complete_trial_is_a_one_line_error(tmp_path: Path) -> None:
     study = optuna.create_study(study_name="empty", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
