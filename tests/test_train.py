@@ -1,0 +1,62 @@
+"""train.fit on its own (no Optuna, no MLflow): epochs reported in order, early stop, repeatability."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from exptrack import train
+from exptrack.config import TrialConfig
+
+TINY = TrialConfig(epochs=2, subset=96, image_size=16, weights="none", batch_size=32, device="cpu")
+
+
+class Recorder:
+    """A reporter that keeps what fit told it and asks to stop after `stop_after` epochs."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.setup: dict[str, Any] = {}
+        self.epochs: list[tuple[int, dict[str, float]]] = []
+        self.stop_after = stop_after
+
+    def on_setup(self, facts: Mapping[str, Any]) -> None:
+        self.setup = dict(facts)
+
+    def on_epoch(self, epoch: int, metrics: Mapping[str, float]) -> bool:
+        self.epochs.append((epoch, dict(metrics)))
+        return self.stop_after is not None and epoch >= self.stop_after
+
+
+def test_fit_reports_every_epoch_in_order_with_finite_metrics_and_a_profile() -> None:
+    reporter = Recorder()
+    result = train.fit(TINY, reporter, warn=lambda _: None)
+    assert [epoch for epoch, _ in reporter.epochs] == [1, 2]
+    for _, metrics in reporter.epochs:
+        assert set(metrics) == {"train_loss", "val_loss", "val_accuracy"}
+        assert all(math.isfinite(v) for v in metrics.values())
+        assert 0.0 <= metrics["val_accuracy"] <= 1.0
+    assert not result.stopped_early and result.final["epoch"] == 2
+    assert reporter.setup["num_classes"] == 10 and reporter.setup["device"] == "cpu"
+    assert reporter.setup["train_samples"] == 96 and 0 < reporter.setup["val_samples"] <= 96
+    for key in ("seconds_per_epoch", "train_samples_per_second", "compute_seconds", "trainable_params"):
+        assert result.profile[key] > 0, key
+
+
+def test_a_reporter_asking_to_stop_ends_training_after_that_epoch() -> None:
+    reporter = Recorder(stop_after=1)
+    result = train.fit(TINY.replace(epochs=3), reporter, warn=lambda _: None)
+    assert result.stopped_early and len(result.history) == 1 and len(reporter.epochs) == 1
+
+
+def test_the_same_config_and_seed_train_to_the_same_metrics() -> None:
+    first = train.fit(TINY.replace(epochs=1), warn=lambda _: None).final
+    second = train.fit(TINY.replace(epochs=1), warn=lambda _: None).final
+    assert first == second
+
+
+def test_a_diverging_learning_rate_stops_with_a_non_finite_loss_error() -> None:
+    with pytest.raises(train.NonFiniteLossError):
+        train.fit(TINY.replace(lr=1e12, epochs=1), warn=lambda _: None)
