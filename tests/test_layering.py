@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "exptrack"
-TRAINING_SIDE = ["train.py", "data.py", "models.py", "losses.py", "profiling.py", "config.py"]
+TRAINING_SIDE = ["train.py", "data.py", "models.py", "losses.py", "profiling.py", "config.py", "signals.py"]
 
 
 def imported_roots(path: Path) -> set[str]:
