@@ -210,7 +210,9 @@ def _fmt(value: Any) -> str:
 def main() -> None:
     """Entry point: a UserError becomes one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer returns 130 here for any KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(signals.exit_code() or code)
     except UserError as exc:
         err.print(f"error: {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
