@@ -168,3 +168,49 @@ def _port_open(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+# Runs each case through the CLI's real entry point (`exptrack.cli.main`) in its own working
+# directory, all in one interpreter: importing torch and MLflow once instead of per case.
+_BATCH = r"""
+import contextlib, io, json, os, sys
+from exptrack import cli
+results = []
+for case in json.load(sys.stdin):
+    os.chdir(case["cwd"])
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    sys.argv = ["exp", *case["args"]]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    results.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
+print(json.dumps(results))
+"""
+
+
+def run_cli_batch(
+    cases: list[tuple[Path, list[str]]], timeout: float = 300
+) -> list[subprocess.CompletedProcess[str]]:
+    """(cwd, args) cases through `exp`'s entry point in one process; a result per case, in order."""
+    import json
+
+    env = exp_env(cases[0][0])
+    env["OMP_NUM_THREADS"] = "1"
+    env["COLUMNS"] = "400"  # one-line messages stay on one line
+    payload = json.dumps([{"cwd": str(cwd), "args": args} for cwd, args in cases])
+    done = subprocess.run(
+        [sys.executable, "-c", _BATCH],
+        input=payload,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    return [
+        subprocess.CompletedProcess(args, r["code"], r["stdout"], r["stderr"])
+        for (_, args), r in zip(cases, results, strict=True)
+    ]
