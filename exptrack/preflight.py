@@ -59,15 +59,28 @@ def dashboard_path(spec: Study) -> Path | None:
 
 
 def check_storage_url(url: str) -> None:
-    """A storage URL SQLAlchemy can parse and has a dialect for (the server is tried later)."""
+    """A storage URL SQLAlchemy can parse; a database server must answer (a sqlite file is
+    created later, so it is not touched here)."""
+    from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
     try:
-        make_url(url).get_dialect()
+        parsed = make_url(url)
+        parsed.get_dialect()
     except Exception as exc:
         raise UserError(
             f"Optuna storage {redact(url)} is not a valid database URL ({type(exc).__name__}); "
             "fix --storage, e.g. sqlite:///optuna.db"
+        ) from exc
+    if parsed.get_backend_name() == "sqlite":
+        return
+    try:
+        with create_engine(parsed, connect_args={"connect_timeout": 10}).connect():
+            pass
+    except Exception as exc:
+        raise UserError(
+            f"Optuna storage {redact(url)} cannot be opened ({type(exc).__name__}); "
+            "start the database or fix --storage"
         ) from exc
 
 

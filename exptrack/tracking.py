@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import os
 import platform
 import tempfile
@@ -50,6 +51,8 @@ class Tracker:
     def __init__(self, uri: str | None = None, warn: Any = print) -> None:
         from mlflow import MlflowClient
 
+        # importing mlflow configured its loggers at INFO; its table-creation lines are noise here
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.uri = resolve_tracking_uri(uri)
         if self.uri.startswith(("http://", "https://")):
             for key, value in HTTP_DEFAULTS.items():
