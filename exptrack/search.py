@@ -289,6 +289,8 @@ class Search:
         if self.tracker is None or self.parent_run_id is None:
             return
         self.refresh_dashboard(force=True)
+        if self.experiment_id is not None:  # runs whose close failed while tracking was down
+            recovery.repair_runs(self.study, self.tracker, self.experiment_id)
         if self.options.worker:  # the coordinator closes the study's run once every worker is done
             return
         self.close_study_run(status)

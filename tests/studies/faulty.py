@@ -43,7 +43,9 @@ class FaultyLoss(nn.Module):
         if self.kind == "hang" and training and self.evals > 0:
             time.sleep(600)  # epoch 1's metrics are logged; a signal arrives here
         if self.kind == "gate" and training:
-            gate = Path(os.environ["EXPTRACK_GATE_DIR"]) / f"go-{self.index}"
+            folder = Path(os.environ["EXPTRACK_GATE_DIR"])
+            (folder / f"waiting-{self.index}").touch()  # the test knows training has begun
+            gate = folder / f"go-{self.index}"
             deadline = time.monotonic() + 120
             while not gate.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
