@@ -125,7 +125,7 @@ def search(
     worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
 ) -> None:
     """Tune a study: sample configs, train each, prune hopeless ones, log every trial to MLflow."""
-    from exptrack import preflight
+    from exptrack import locks, preflight
     from exptrack import workers as pool
     from exptrack.search import Search, SearchOptions, resolve_storage
     from exptrack.study import load_study_file
@@ -153,7 +153,8 @@ def search(
         None if no_tracking else Tracker(tracking_uri, warn=lambda m: err.print(f"[yellow]{m}[/yellow]"))
     )
     if tracker:
-        tracker.check()
+        with locks.storage_lock(resolve_storage(storage)):  # K processes at once: one creates the store
+            tracker.check()
     runner = Search(
         spec,
         options,
