@@ -51,7 +51,8 @@ def owner_is_dead(worker: str) -> bool:
     except PermissionError:
         return False  # alive, owned by someone else
     # Same pid, other start time: the pid was recycled and the owner is gone.
-    return started != "-" and _start_time(pid) != started
+    # An older host:pid record, or no /proc: the pid is alive, so take it for the owner.
+    return started not in ("", "-") and _start_time(pid) != started
 
 
 def repair_trials(study: optuna.Study, tracker: Tracker | None, retry: bool = True) -> list[int]:

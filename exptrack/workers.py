@@ -36,7 +36,9 @@ def run_workers(
         search.open_tracking()
     recovery.repair(search.study, search.tracker, search.experiment_id, notify)
     command = [sys.executable, "-m", "exptrack", *worker_args(argv, search.name)]
-    children = [subprocess.Popen(command) for _ in range(count)]
+    # Own sessions: a Ctrl-C in the terminal reaches them once, through `forward`, not twice
+    # (a second signal would make them exit at once instead of closing their trials).
+    children = [subprocess.Popen(command, start_new_session=True) for _ in range(count)]
     received: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:

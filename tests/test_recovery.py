@@ -40,3 +40,22 @@ def test_sigkill_during_trial_7_then_rerun_ends_with_20_finished_trials(project:
     assert "died while the trial ran" in killed_run.data.tags["exptrack.fail_reason"]
     assert runs[8][0].data.tags["exptrack.retry_of"] == "7"
     assert all(group[0].info.status == "FINISHED" for n, group in runs.items() if n != 7)
+
+
+def test_a_trial_owner_is_dead_only_when_its_exact_process_is_gone() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from exptrack.recovery import owner_is_dead, worker_id
+
+    host = os.uname().nodename
+    assert not owner_is_dead(worker_id())  # this very process
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    assert owner_is_dead(f"{host}:{gone.stdout.strip()}:12345")  # exited (and reaped)
+    recycled = worker_id().rsplit(":", 1)[0] + ":1"  # our pid, another start time: a recycled pid
+    assert owner_is_dead(recycled)
+    assert not owner_is_dead(f"other-host:{os.getpid()}:1")  # another machine: not ours to judge
+    assert not owner_is_dead(f"{host}:{os.getpid()}")  # an older record without start time, pid alive
