@@ -94,6 +94,8 @@ def send(process: subprocess.Popen[str], signum: int) -> None:
 
 
 def runs_by_trial(tracking_uri: str, experiment: str = "faulty") -> dict[int, list]:
+    """Trial runs by number. Pass an absolute sqlite URI: MLflow caches a store per URI string,
+    so a relative one would keep reading the first test's file."""
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     runs = client.search_runs([found.experiment_id]) if found else []

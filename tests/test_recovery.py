@@ -33,7 +33,7 @@ def test_sigkill_during_trial_7_then_rerun_ends_with_20_finished_trials(project:
     retry = found[8]
     assert retry.user_attrs["retry_of"] == 7 and retry.params == killed.params
 
-    runs = runs_by_trial("sqlite:///mlflow.db")
+    runs = runs_by_trial(f"sqlite:///{project}/mlflow.db")
     assert sorted(runs) == list(range(21)) and all(len(group) == 1 for group in runs.values())
     (killed_run,) = runs[7]
     assert killed_run.info.status == "FAILED" and killed_run.info.end_time is not None

@@ -33,7 +33,7 @@ def test_sigterm_fails_the_running_trial_keeps_its_metrics_and_exits_143(project
     (trial,) = trials(project)
     assert trial.state.name == "FAIL"
     assert trial.user_attrs["fail_reason"] == "interrupted by SIGTERM"
-    (run,) = runs_by_trial("sqlite:///mlflow.db")[0]
+    (run,) = runs_by_trial(f"sqlite:///{project}/mlflow.db")[0]
     assert run.info.status == "FAILED" and run.info.end_time is not None
     assert run.data.tags["exptrack.fail_reason"] == "interrupted by SIGTERM"
     assert run.data.metrics["val_loss"] == trial.intermediate_values[1]  # epoch 1, logged before the signal
@@ -56,6 +56,6 @@ def test_second_sigint_exits_at_once_and_the_next_start_repairs(project: Path) -
     assert found[0].state.name == "FAIL" and found[0].user_attrs["fail_reason"]
     assert [t.state.name for t in found.values()].count("COMPLETE") == 2
     assert "RUNNING" not in {t.state.name for t in found.values()}
-    runs = runs_by_trial("sqlite:///mlflow.db")
+    runs = runs_by_trial(f"sqlite:///{project}/mlflow.db")
     assert all(r.info.status != "RUNNING" and r.info.end_time for group in runs.values() for r in group)
     assert runs[0][0].info.status == "FAILED"

@@ -27,8 +27,8 @@ def test_faulty_trials_fail_with_reasons_and_the_search_goes_on(project: Path) -
         t.value is not None and t.value == t.value for t in by_number.values() if t.state.name == "COMPLETE"
     )
 
-    client = MlflowClient("sqlite:///mlflow.db")
-    runs = runs_by_trial("sqlite:///mlflow.db")
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    runs = runs_by_trial(f"sqlite:///{project}/mlflow.db")
     for number in (1, 2, 3, 4):
         (run,) = runs[number]
         assert run.info.status == "FAILED" and run.info.end_time is not None

@@ -22,13 +22,13 @@ def test_two_workers_on_empty_stores_finish_exactly_four_trials(project: Path) -
     workers = {t.user_attrs["worker"].split(":")[1] for t in found}
     assert len(workers) >= 2  # the trials really were shared out
 
-    client = MlflowClient("sqlite:///mlflow.db")
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
     (experiment,) = [e for e in client.search_experiments() if e.name != "Default"]
     assert experiment.name == "faulty"
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("exptrack.role") == "study"]
     assert parent.info.status == "FINISHED"
-    by_trial = runs_by_trial("sqlite:///mlflow.db")
+    by_trial = runs_by_trial(f"sqlite:///{project}/mlflow.db")
     assert sorted(by_trial) == list(range(4)) and all(len(group) == 1 for group in by_trial.values())
     for trial in found:
         (run,) = by_trial[trial.number]
