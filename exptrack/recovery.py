@@ -77,14 +77,15 @@ def repair_trials(study: optuna.Study, tracker: Tracker | None, retry: bool = Tr
 
 def repair_runs(study: optuna.Study, tracker: Tracker, experiment_id: str) -> list[str]:
     """Close MLflow trial runs left RUNNING whose trial is no longer running; returns their ids."""
-    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     closed = []
     for run_id, number in tracker.running_trial_runs(experiment_id):
-        state = states.get(number)
-        if state is None or state == TrialState.RUNNING or state == TrialState.WAITING:
+        trial = by_number.get(number)
+        if trial is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
-        status = RUN_STATUS.get(state.name, "FAILED")
-        tracker.close_stale_run(run_id, status, f"trial {number} is {state.name} in Optuna")
+        why = trial.user_attrs.get(FAIL_REASON_ATTR)
+        reason = f"trial {number} is {trial.state.name} in Optuna" + (f": {why}" if why else "")
+        tracker.close_stale_run(run_id, RUN_STATUS.get(trial.state.name, "FAILED"), reason)
         closed.append(run_id)
     return closed
 

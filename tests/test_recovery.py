@@ -6,12 +6,13 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.faultkit import runs_by_trial, send, start_search, trials, wait_running
+from tests.faultkit import runs_by_trial, send, start_search, trials, wait_for, wait_running
 
 
 def test_sigkill_during_trial_7_then_rerun_ends_with_20_finished_trials(project: Path) -> None:
     search = start_search(project, "--trials", "20", faults="7:gate", gate_dir=project)
     wait_running(project, 7, search)
+    wait_for(lambda: (project / "waiting-7").exists(), "trial 7 to train", process=search)
     send(search, signal.SIGKILL)
     search.communicate(timeout=30)
     assert search.returncode == -signal.SIGKILL
