@@ -149,11 +149,10 @@ def search(
         preflight.check_tracking_uri(resolve_tracking_uri(tracking_uri))
     preflight.prepare(spec, sampler, pruner, seed)
     progress = SearchProgress(spec.metric)
-    tracker = (
-        None if no_tracking else Tracker(tracking_uri, warn=lambda m: err.print(f"[yellow]{m}[/yellow]"))
-    )
-    if tracker:
-        with locks.storage_lock(resolve_storage(storage)):  # K processes at once: one creates the store
+    tracker = None
+    if not no_tracking:  # MLflow creates its tables here: one process at a time (K may start at once)
+        with locks.storage_lock(resolve_storage(storage)):
+            tracker = Tracker(tracking_uri, warn=lambda m: err.print(f"[yellow]{m}[/yellow]"))
             tracker.check()
     runner = Search(
         spec,

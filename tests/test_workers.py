@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from tests.faultkit import run_search, runs_by_trial, trials
+from tests.faultkit import run_search, runs_by_trial, start_search, trials
 
 
 def test_two_workers_on_empty_stores_finish_exactly_four_trials(project: Path) -> None:
@@ -35,3 +35,15 @@ def test_two_workers_on_empty_stores_finish_exactly_four_trials(project: Path) -
         assert run.info.run_id == trial.user_attrs["mlflow_run_id"]
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.status == "FINISHED"
+
+
+def test_two_searches_started_at_once_on_empty_stores_share_the_budget(project: Path) -> None:
+    first, second = (start_search(project, "--trials", "3") for _ in range(2))
+    for search in (first, second):
+        _, err = search.communicate(timeout=300)
+        assert search.returncode == 0, err
+        assert "Traceback" not in err
+    found = trials(project)
+    assert sorted(t.number for t in found) == [0, 1, 2]
+    assert [t.state.name for t in found] == ["COMPLETE"] * 3
+    assert sorted(runs_by_trial(f"sqlite:///{project}/mlflow.db")) == [0, 1, 2]
