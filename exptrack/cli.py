@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -16,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from exptrack import config as cfg
+from exptrack import signals
 from exptrack.errors import UserError, redact
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # its table-creation INFO lines are noise here
@@ -53,31 +51,6 @@ SetOpt = Annotated[
 @app.callback()
 def _commands() -> None:
     """exp search | trials | studies | export | train | ui | report"""
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM: unwinds like Ctrl-C so the running trial is closed as failed."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _install_signal_handlers() -> None:
-    """First signal: stop gracefully. Second: exit at once (the next start repairs the state)."""
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        if getattr(handle, "seen", False):
-            os._exit(128 + signum)
-        handle.seen = True  # type: ignore[attr-defined]
-        err.print(
-            f"[yellow]{signal.Signals(signum).name}: closing the running trial as failed "
-            "(send again to exit at once)[/yellow]"
-        )
-        raise Interrupted(signum)
-
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
 
 
 class SearchProgress:
@@ -142,27 +115,45 @@ def search(
     no_tracking: Annotated[
         bool, typer.Option("--no-tracking", help="Skip MLflow (Optuna records only)")
     ] = False,
+    max_failures: Annotated[
+        int, typer.Option(help="Stop the search after this many failed trials in a row (exit code 2)")
+    ] = 5,
+    new_study: Annotated[
+        bool, typer.Option("--new-study", help="If the stored study differs, start a new one (NAME-2)")
+    ] = False,
+    workers: Annotated[int, typer.Option(help="Processes working on the study at once")] = 1,
+    worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
 ) -> None:
     """Tune a study: sample configs, train each, prune hopeless ones, log every trial to MLflow."""
-    from exptrack.search import Search, SearchOptions
+    from exptrack import locks, preflight
+    from exptrack import workers as pool
+    from exptrack.search import Search, SearchOptions, resolve_storage
     from exptrack.study import load_study_file
-    from exptrack.tracking import Tracker
+    from exptrack.tracking import Tracker, resolve_tracking_uri
 
-    if trials < 1:
-        raise UserError(f"--trials must be at least 1, got {trials}")
+    for flag, value in (("--trials", trials), ("--max-failures", max_failures), ("--workers", workers)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
     if timeout is not None and timeout <= 0:
         raise UserError(f"--timeout must be positive seconds, got {timeout}")
     overrides = cfg.parse_overrides(set_ or [])
     if device is not None:
         overrides["device"] = device
     spec = load_study_file(study_file).with_overrides(overrides)
-    options = SearchOptions(trials, timeout, storage, study_name, sampler, pruner, seed)
-    progress = SearchProgress(spec.metric)
-    tracker = (
-        None if no_tracking else Tracker(tracking_uri, warn=lambda m: err.print(f"[yellow]{m}[/yellow]"))
+    options = SearchOptions(
+        trials, timeout, storage, study_name, sampler, pruner, seed, max_failures, new_study, worker
     )
-    if tracker:
-        tracker.check()
+    # Everything checkable without a store, before either store is created.
+    preflight.check_storage_url(resolve_storage(storage))
+    if not no_tracking:
+        preflight.check_tracking_uri(resolve_tracking_uri(tracking_uri))
+    preflight.prepare(spec, sampler, pruner, seed)
+    progress = SearchProgress(spec.metric)
+    tracker = None
+    if not no_tracking:  # MLflow creates its tables here: one process at a time (K may start at once)
+        with locks.storage_lock(resolve_storage(storage)):
+            tracker = Tracker(tracking_uri, warn=lambda m: err.print(f"[yellow]{m}[/yellow]"))
+            tracker.check()
     runner = Search(
         spec,
         options,
@@ -170,7 +161,11 @@ def search(
         progress,
         warn=lambda m: progress.bar.console.print(f"[yellow]{m}[/yellow]"),
     )
-    _install_signal_handlers()
+    if workers > 1:
+        summary = pool.run_workers(runner, workers, sys.argv[1:], notify=err.print)
+        _print_summary(summary, spec.metric, tracker)
+        return
+    signals.install(notify=lambda m: err.print(f"[yellow]{m}[/yellow]"))
     try:
         summary = runner.run()
     finally:
@@ -200,6 +195,12 @@ def _print_summary(summary: Any, metric: str, tracker: Any) -> None:
             f"[yellow]{len(summary.tracking_failures)} MLflow writes failed and were not recorded, first: "
             f"{summary.tracking_failures[0]}[/yellow]"
         )
+    if summary.unrecorded:
+        numbers = ", ".join(map(str, summary.unrecorded))
+        err.print(
+            f"[yellow]trials without an MLflow run (tracking was down; their results are in Optuna): "
+            f"{numbers}[/yellow]"
+        )
 
 
 def _fmt(value: Any) -> str:
@@ -209,14 +210,14 @@ def _fmt(value: Any) -> str:
 def main() -> None:
     """Entry point: a UserError becomes one line on stderr and exit code 2."""
     try:
-        code = app(standalone_mode=False)  # typer turns Ctrl-C into a returned 130 in this mode
+        code = app(standalone_mode=False)  # typer returns 130 here for any KeyboardInterrupt
         if isinstance(code, int) and code:
-            sys.exit(code)
+            sys.exit(signals.exit_code() or code)
     except UserError as exc:
         err.print(f"error: {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except Interrupted as exc:
-        sys.exit(128 + exc.signum)
+    except signals.Interrupted as exc:
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     except typer.Exit as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import os
 import platform
 import tempfile
@@ -28,6 +29,14 @@ ROLE_TAG, STUDY_TAG, TRIAL_TAG = "exptrack.role", "exptrack.study", "exptrack.tr
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 # MLflow 3 opens an experiment on its GenAI overview unless it is marked as model training.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# A dead tracking server must not stall each trial for minutes (MLflow's defaults: 7 retries with
+# exponential backoff, ~4 min; 120 s timeout): 2 quick retries (~2 s), then the write counts as failed.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -45,8 +54,13 @@ class Tracker:
     def __init__(self, uri: str | None = None, warn: Any = print) -> None:
         from mlflow import MlflowClient
 
+        # importing mlflow configured its loggers at INFO; its table-creation lines are noise here
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.uri = resolve_tracking_uri(uri)
         _weights_store[:] = [self.uri]
+        if self.uri.startswith(("http://", "https://")):
+            for key, value in HTTP_DEFAULTS.items():
+                os.environ.setdefault(key, value)  # a user's own setting wins
         self.client = MlflowClient(tracking_uri=self.uri)
         self.warn = warn
         self.failures: list[str] = []
@@ -227,6 +241,23 @@ class Tracker:
                 tags=[RunTag(k, redact(str(v))[:5000]) for k, v in (tags or {}).items()],
                 synchronous=True,
             )
+
+    def running_trial_runs(self, experiment_id: str) -> list[tuple[str, int]]:
+        """(run id, trial number) of the experiment's trial runs still marked RUNNING."""
+        with self._guard("find runs left RUNNING"):
+            runs = self.client.search_runs(
+                [experiment_id],
+                filter_string=f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'RUNNING'",
+                max_results=10000,
+            )
+            return [(r.info.run_id, int(r.data.tags[TRIAL_TAG])) for r in runs if TRIAL_TAG in r.data.tags]
+        return []
+
+    def close_stale_run(self, run_id: str, status: str, reason: str) -> None:
+        """Close a run a dead process left RUNNING, saying why."""
+        self._log(run_id, tags={"exptrack.fail_reason": reason})
+        with self._guard(f"close run {run_id}"):
+            self.client.set_terminated(run_id, status=status)
 
     def log_file(self, run_id: str | None, name: str, content: str) -> None:
         """A text file as an artifact (e.g. a traceback); written via a temporary directory."""

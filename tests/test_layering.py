@@ -19,6 +19,7 @@ TRAINING_SIDE = [
     "imagefiles.py",
     "resolvers.py",
     "weight_sources.py",
+    "signals.py",
 ]
 
 

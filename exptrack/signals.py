@@ -1,0 +1,73 @@
+"""SIGINT / SIGTERM during a search: the first closes the running trial as failed and exits 130 /
+143; a second exits at once (the next start repairs what was left RUNNING)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Iterator
+from types import FrameType
+
+_state: dict[str, int | bool | None] = {"requested": None, "interruptible": False, "installed": False}
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: unwinds like Ctrl-C so the running trial is closed as failed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+def install(notify: Callable[[str], None] = print) -> None:
+    """Handle SIGINT and SIGTERM in this (main) thread for the rest of the process."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if _state["requested"] is not None:
+            os._exit(128 + signum)
+        _state["requested"] = signum
+        notify(
+            f"{signal.Signals(signum).name}: closing the running trial as failed (send again to exit at once)"
+        )
+        # Inside training, unwind now; elsewhere (a store write) finish it and stop at check().
+        if _state["interruptible"]:
+            raise Interrupted(signum)
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+    _state["installed"] = True
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Mark training: a signal arriving here raises `Interrupted` at once."""
+    check()
+    _state["interruptible"] = True
+    try:
+        yield
+    finally:
+        _state["interruptible"] = False
+
+
+def check() -> None:
+    """Raise `Interrupted` if a signal arrived while a store write was in progress."""
+    signum = _state["requested"]
+    if isinstance(signum, int) and not isinstance(signum, bool):
+        raise Interrupted(signum)
+
+
+def exit_code() -> int | None:
+    """128 + the signal handled in this process (130 SIGINT, 143 SIGTERM); None without one."""
+    signum = _state["requested"]
+    return 128 + signum if isinstance(signum, int) and not isinstance(signum, bool) else None
+
+
+def reset() -> None:
+    """Forget a handled signal (tests running several searches in one process)."""
+    _state["requested"] = None
+    _state["interruptible"] = False

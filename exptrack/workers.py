@@ -1,0 +1,66 @@
+"""`--workers K`: K `exp search --worker` processes on one study. This process creates both stores
+and the study's run first (under the storage lock), waits for the workers, then closes the run."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from types import FrameType
+
+from exptrack import recovery
+from exptrack.errors import UserError
+from exptrack.search import Search, SearchSummary
+
+
+def worker_args(argv: list[str], study_name: str) -> list[str]:
+    """This command's arguments for one worker: one process, the study's resolved name."""
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers=") and arg != "--new-study":
+            args.append(arg)
+    # click keeps the last value of a repeated option, so these win over the user's.
+    return [*args, "--workers", "1", "--worker", "--study-name", study_name]
+
+
+def run_workers(
+    search: Search, count: int, argv: list[str], notify: Callable[[str], None] = print
+) -> SearchSummary:
+    """Run `count` workers to the study's budget; a signal here is passed on to each of them."""
+    with search.lock:
+        search.open_tracking()
+    recovery.repair(search.study, search.tracker, search.experiment_id, notify)
+    command = [sys.executable, "-m", "exptrack", *worker_args(argv, search.name)]
+    # Own sessions: a Ctrl-C in the terminal reaches them once, through `forward`, not twice
+    # (a second signal would make them exit at once instead of closing their trials).
+    children = [subprocess.Popen(command, start_new_session=True) for _ in range(count)]
+    received: list[int] = []
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        codes = [child.wait() for child in children]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    recovery.repair(search.study, search.tracker, search.experiment_id, notify)
+    failed = [code for code in codes if code != 0]
+    search.close_study_run("KILLED" if received else "FAILED" if failed else "FINISHED")
+    if received:
+        sys.exit(128 + received[0])
+    if failed:
+        raise UserError(
+            f"{len(failed)} of {count} workers ended with an error (exit codes {sorted(set(failed))}); "
+            "read their messages above, fix the cause and re-run the same command"
+        )
+    return search.summary(0)

@@ -1,0 +1,46 @@
+"""A real `mlflow server` stopped mid-search and started again on the same port: trials keep
+completing in Optuna, later trials are recorded again, and what could not be recorded is reported."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.faultkit import MlflowServer, runs_by_trial, start_search, trials, wait_for
+
+
+@pytest.fixture
+def server(project: Path) -> Iterator[MlflowServer]:
+    (project / "server").mkdir()
+    running = MlflowServer(project / "server")
+    running.start()
+    yield running
+    running.stop()
+
+
+def test_search_survives_a_tracking_outage_and_reports_what_was_not_recorded(
+    project: Path, server: MlflowServer
+) -> None:
+    search = start_search(
+        project, "--trials", "6", "--tracking-uri", server.uri, faults="2:gate,3:gate", gate_dir=project
+    )
+    wait_for(lambda: (project / "waiting-2").exists(), "trial 2 to train", process=search)
+    server.stop()  # trial 2's run is open; its close and trial 3's run will fail
+    (project / "go-2").touch()
+    wait_for(lambda: (project / "waiting-3").exists(), "trial 3 to train", process=search)
+    server.start()  # same port, same store
+    (project / "go-3").touch()
+    _, err = search.communicate(timeout=240)
+    assert search.returncode == 0, err
+
+    assert [t.state.name for t in trials(project)] == ["COMPLETE"] * 6
+    assert "MLflow tracking failed" in err
+    assert "trials without an MLflow run (tracking was down; their results are in Optuna): 3" in err
+    runs = runs_by_trial(server.uri)
+    assert sorted(runs) == [0, 1, 2, 4, 5]  # trial 3 ran while the server was down
+    assert all(group[0].info.status == "FINISHED" for group in runs.values())
+    assert "mlflow_run_id" not in trials(project)[3].user_attrs
+    for number in (4, 5):  # recorded again once the server was back
+        assert runs[number][0].data.metrics["val_loss"] == trials(project)[number].value
