@@ -129,7 +129,7 @@ def search(
     from exptrack import workers as pool
     from exptrack.search import Search, SearchOptions, resolve_storage
     from exptrack.study import load_study_file
-    from exptrack.tracking import Tracker, resolve_tracking_uri
+    from exptrack.tracking import Tracker, resolve_tracking_uri, use_store_for_weights
 
     for flag, value in (("--trials", trials), ("--max-failures", max_failures), ("--workers", workers)):
         if value < 1:
@@ -147,7 +147,8 @@ def search(
     preflight.check_storage_url(resolve_storage(storage))
     if not no_tracking:
         preflight.check_tracking_uri(resolve_tracking_uri(tracking_uri))
-    preflight.prepare(spec, sampler, pruner, seed)
+    use_store_for_weights(resolve_tracking_uri(tracking_uri))  # --set weights=runs:/... is checked next
+    prepared = preflight.prepare(spec, sampler, pruner, seed)
     progress = SearchProgress(spec.metric)
     tracker = None
     if not no_tracking:  # MLflow creates its tables here: one process at a time (K may start at once)
@@ -160,6 +161,7 @@ def search(
         tracker,
         progress,
         warn=lambda m: progress.bar.console.print(f"[yellow]{m}[/yellow]"),
+        prepared=prepared,
     )
     if workers > 1:
         summary = pool.run_workers(runner, workers, sys.argv[1:], notify=err.print)

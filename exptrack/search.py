@@ -92,6 +92,7 @@ class Search:
         tracker: Tracker | None,
         progress: Progress | None = None,
         warn: Callable[[str], None] = print,
+        prepared: preflight.Prepared | None = None,  # the CLI's own preflight, not repeated
     ) -> None:
         self.spec, self.options, self.tracker, self.progress, self.warn = (
             study,
@@ -103,7 +104,7 @@ class Search:
         self.name = options.study_name or study.name
         self.storage_url = resolve_storage(options.storage)
         preflight.check_storage_url(self.storage_url)
-        prepared = preflight.prepare(study, options.sampler, options.pruner, options.seed)
+        prepared = prepared or preflight.prepare(study, options.sampler, options.pruner, options.seed)
         self.space, self.sampler, self.pruner = prepared.space, prepared.sampler, prepared.pruner
         self.dashboard = prepared.dashboard
         self.lock = locks.storage_lock(self.storage_url)

@@ -57,7 +57,7 @@ class Tracker:
         # importing mlflow configured its loggers at INFO; its table-creation lines are noise here
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.uri = resolve_tracking_uri(uri)
-        _weights_store[:] = [self.uri]
+        use_store_for_weights(self.uri)
         if self.uri.startswith(("http://", "https://")):
             for key, value in HTTP_DEFAULTS.items():
                 os.environ.setdefault(key, value)  # a user's own setting wins
@@ -281,6 +281,12 @@ def _metrics(values: Mapping[str, float], step: int) -> list[Any]:
 
 # The store `runs:/` and `models:/` resolve against: the last Tracker's, else the default one.
 _weights_store: list[str] = []
+
+
+def use_store_for_weights(uri: str) -> None:
+    """Resolve `runs:/` and `models:/` weights against this store (the search's --tracking-uri),
+    also when weights are checked before any Tracker exists."""
+    _weights_store[:] = [uri]
 
 
 def _mlflow_state_dict(uri: str) -> dict[str, Any]:
