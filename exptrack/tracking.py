@@ -291,25 +291,45 @@ def use_store_for_weights(uri: str) -> None:
 
 def _mlflow_state_dict(uri: str) -> dict[str, Any]:
     """The state dict of a model logged with `mlflow.pytorch.log_model` (as `exp train` does)."""
-    import mlflow
     import mlflow.pytorch
 
     store = (_weights_store or [resolve_tracking_uri(None)])[0]
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    try:  # load_model reads the fluent store URIs: point them at our store for this call only
-        mlflow.set_tracking_uri(store)
-        mlflow.set_registry_uri(store)
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    try:
+        with _fluent_stores(store):  # load_model resolves runs:/ and models:/ through the fluent URIs
+            model = mlflow.pytorch.load_model(uri, map_location="cpu")
     except Exception as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:150]
         raise UserError(
             f"weights={uri}: MLflow could not load this model ({first}); "
             f"check the URI and the store ({redact(store)}, set by --tracking-uri / MLFLOW_TRACKING_URI)"
         ) from exc
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
     return model.state_dict()
+
+
+@contextlib.contextmanager
+def _fluent_stores(store: str) -> Iterator[None]:
+    """Point MLflow's fluent tracking and registry URIs at `store` for one call, then put back
+    exactly what was there: `mlflow.set_*_uri` also writes MLFLOW_*_URI into the environment,
+    which would otherwise pin every later call (and child process) to this store."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {key: os.environ.get(key) for key in keys}
+    saved = tracking._tracking_uri, registry._registry_uri
+    try:
+        mlflow.set_tracking_uri(store)
+        mlflow.set_registry_uri(store)
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        registry._registry_uri = saved[1]
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 for _scheme in ("runs", "models"):

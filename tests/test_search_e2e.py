@@ -20,7 +20,7 @@ def test_three_trials_twice_leave_three_finished_trials_under_one_parent(exp, pr
     states = [t.state.name for t in study.trials]
     assert len(states) == 3 and set(states) <= {"COMPLETE", "PRUNED"}
 
-    client = MlflowClient("sqlite:///mlflow.db")
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")  # absolute: MLflow caches a store per URI
     experiment = client.get_experiment_by_name("finetune")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("exptrack.role") == "study"]
