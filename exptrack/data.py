@@ -53,7 +53,8 @@ class TensorSplit:
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
     def to(self, device: torch.device) -> TensorSplit:
-        return TensorSplit(*(t.to(device, non_blocking=True) for t in self.tensors()), self.classes)
+        moved = [t.to(device, non_blocking=True) for t in self.tensors()]
+        return TensorSplit(moved[0], moved[1], moved[2], moved[3], self.classes)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return self.train_x, self.train_y, self.val_x, self.val_y

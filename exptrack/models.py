@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 from torchvision import models as tvm
@@ -94,7 +95,7 @@ def _split_by_resolution(children: list[nn.Module]) -> list[Stage]:
     return [s for s in stages if s]
 
 
-def _resnet_stages(model: nn.Module) -> list[Stage]:
+def _resnet_stages(model: Any) -> list[Stage]:  # torchvision's attributes are untyped
     return [
         [model.conv1, model.bn1],
         [model.layer1],
@@ -104,11 +105,11 @@ def _resnet_stages(model: nn.Module) -> list[Stage]:
     ]
 
 
-def _features_stages(model: nn.Module) -> list[Stage]:
+def _features_stages(model: Any) -> list[Stage]:  # torchvision's attributes are untyped
     return _split_by_resolution(list(model.features.children()))
 
 
-def _vit_stages(model: nn.Module) -> list[Stage]:
+def _vit_stages(model: Any) -> list[Stage]:  # torchvision's attributes are untyped
     embed: Stage = [model.conv_proj, model.class_token, model.encoder.pos_embedding]
     blocks = list(model.encoder.layers)
     per = len(blocks) // 4

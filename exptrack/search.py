@@ -132,7 +132,7 @@ class Search:
                 storage=storage,
                 sampler=self.sampler,
                 pruner=self.pruner,
-                direction=self.spec.direction,
+                direction=self.spec.direction,  # type: ignore[arg-type]  # Study checks maximize|minimize
                 load_if_exists=True,
             )
             attrs = {

@@ -245,8 +245,12 @@ def _suggest(param: Param, trial: Suggester, values: Mapping[str, Any], source: 
         high = _resolve_max(param, values, source)
         return trial.suggest_int(param.name, int(param.low), high, step=int(param.step or 1), log=param.log)  # type: ignore[arg-type]
     return trial.suggest_float(
-        param.name, float(param.low), float(param.high), step=param.step, log=param.log
-    )  # type: ignore[arg-type]
+        param.name,
+        float(param.low),  # type: ignore[arg-type]
+        float(param.high),  # type: ignore[arg-type]
+        step=param.step,  # type: ignore[arg-type]
+        log=param.log,
+    )
 
 
 def _resolve_max(param: Param, values: Mapping[str, Any], source: str) -> int:

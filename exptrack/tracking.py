@@ -64,7 +64,7 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         self.warn = warn
         self.failures: list[str] = []
-        self._pending: dict[str, list[concurrent.futures.Future[None]]] = {}
+        self._pending: dict[str, list[concurrent.futures.Future[Any]]] = {}
         self._background = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="exptrack-mlflow"
         )
@@ -323,7 +323,7 @@ def _fluent_stores(store: str) -> Iterator[None]:
         mlflow.set_registry_uri(store)
         yield
     finally:
-        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_tracking_uri(saved[0])  # type: ignore[arg-type]  # None = back to the default
         registry._registry_uri = saved[1]
         for key, value in saved_env.items():
             if value is None:

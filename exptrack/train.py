@@ -150,7 +150,7 @@ def check(config: TrialConfig) -> None:
 
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type == "cuda":
-        return model.to(device, memory_format=torch.channels_last)
+        return model.to(device).to(memory_format=torch.channels_last)
     return model.to(device)
 
 
