@@ -13,6 +13,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from exptrack import registry
 from exptrack.errors import UserError
 
 PanelFn = Callable[[optuna.Study, Mapping[str, Any]], Any]
@@ -20,16 +21,8 @@ PANELS: dict[str, PanelFn] = {}
 PROFILE_ATTR = "profile"  # trial user attr holding the profiling figures (set by the search)
 
 
-def register_panel(name: str) -> Callable[[PanelFn], PanelFn]:
-    """Add a panel builder `(study, options) -> plotly Figure`; duplicates are refused."""
-
-    def decorate(fn: PanelFn) -> PanelFn:
-        if name in PANELS:
-            raise ValueError(f"a panel named {name!r} is already registered")
-        PANELS[name] = fn
-        return fn
-
-    return decorate
+# `@register_panel(name)` on a builder `(study, options) -> plotly Figure`; a duplicate name is refused.
+register_panel = registry.registrar(PANELS, "panel")
 
 
 def load(path: Path) -> tuple[str, list[tuple[str, dict[str, Any]]]]:

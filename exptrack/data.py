@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
-from exptrack import imagefiles
+from exptrack import imagefiles, registry
 from exptrack.config import TrialConfig
 from exptrack.errors import UserError
 
@@ -68,16 +68,8 @@ _CACHE: dict[tuple[str, Geometry, float], TensorSplit] = {}
 _CACHE_ENTRIES = 2
 
 
-def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Add a loader `(path, config, geometry) -> TensorSplit` under `name`; duplicates are refused."""
-
-    def decorate(loader: Loader) -> Loader:
-        if name in DATASETS:
-            raise ValueError(f"a dataset named {name!r} is already registered")
-        DATASETS[name] = loader
-        return loader
-
-    return decorate
+# `@register_dataset(name)` on a loader `(path, config, geometry) -> TensorSplit`; a duplicate name is refused.
+register_dataset = registry.registrar(DATASETS, "dataset")
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:

@@ -12,22 +12,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from exptrack import registry
 from exptrack.errors import UserError
 
 LossBuilder = Callable[..., nn.Module]
 LOSSES: dict[str, LossBuilder] = {}
 
 
-def register_loss(name: str) -> Callable[[LossBuilder], LossBuilder]:
-    """Add a builder under `name`; a second builder under the same name is refused."""
-
-    def decorate(builder: LossBuilder) -> LossBuilder:
-        if name in LOSSES:
-            raise ValueError(f"a loss named {name!r} is already registered")
-        LOSSES[name] = builder
-        return builder
-
-    return decorate
+# `@register_loss(name)` on a builder `(**params) -> nn.Module`; a duplicate name is refused.
+register_loss = registry.registrar(LOSSES, "loss")
 
 
 def loss_parameters(name: str) -> list[str]:

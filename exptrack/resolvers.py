@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from exptrack import registry
 from exptrack.errors import UserError
 
 Resolver = Callable[[str], dict[str, torch.Tensor]]
@@ -18,16 +19,8 @@ RESOLVERS: dict[str, Resolver] = {}
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):/")
 
 
-def register_resolver(scheme: str) -> Callable[[Resolver], Resolver]:
-    """Add a resolver for `scheme:/...` weight URIs; duplicates are refused."""
-
-    def decorate(resolver: Resolver) -> Resolver:
-        if scheme in RESOLVERS:
-            raise ValueError(f"a weights resolver for {scheme!r} is already registered")
-        RESOLVERS[scheme] = resolver
-        return resolver
-
-    return decorate
+# `@register_resolver(scheme)` on `uri -> state dict` for `scheme:/...` weights; a duplicate name is refused.
+register_resolver = registry.registrar(RESOLVERS, "weights resolver")
 
 
 def scheme_of(weights: str) -> str | None:

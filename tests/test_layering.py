@@ -20,6 +20,7 @@ TRAINING_SIDE = [
     "resolvers.py",
     "weight_sources.py",
     "signals.py",
+    "registry.py",
 ]
 
 
