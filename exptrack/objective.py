@@ -18,11 +18,9 @@ from exptrack import config as cfg
 from exptrack import dashboards, signals, train
 from exptrack import space as spaces
 from exptrack.errors import UserError, redact
-from exptrack.stores import RUN_ID_ATTR
+from exptrack.stores import CONFIG_ATTR, FAIL_REASON_ATTR, RETRY_ATTR, RUN_ID_ATTR
 from exptrack.study import Study
 from exptrack.tracking import Tracker
-
-FAIL_REASON_ATTR = "fail_reason"
 
 
 class Progress(Protocol):
@@ -97,7 +95,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> str:
 
 
 def _start_run(ctx: TrialContext, trial: optuna.Trial, config: cfg.TrialConfig) -> str | None:
-    trial.set_user_attr("config", config.to_dict())
+    trial.set_user_attr(CONFIG_ATTR, config.to_dict())
     if ctx.tracker is None or ctx.experiment_id is None or ctx.parent_run_id is None:
         return None
     run_id = ctx.tracker.start_trial(
@@ -112,10 +110,10 @@ def _start_run(ctx: TrialContext, trial: optuna.Trial, config: cfg.TrialConfig) 
         ctx.unrecorded.append(trial.number)
         return None
     trial.set_user_attr(RUN_ID_ATTR, run_id)
-    ctx.tracker.log(run_id, tags={"optuna.storage": redact(ctx.storage_url)})
-    retry_of = trial.user_attrs.get("retry_of")
-    if retry_of is not None:
-        ctx.tracker.log(run_id, tags={"exptrack.retry_of": str(retry_of)})
+    tags = {"optuna.storage": redact(ctx.storage_url)}
+    if RETRY_ATTR in trial.user_attrs:
+        tags["exptrack.retry_of"] = str(trial.user_attrs[RETRY_ATTR])
+    ctx.tracker.log(run_id, tags=tags)
     return run_id
 
 

@@ -14,12 +14,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from exptrack.objective import FAIL_REASON_ATTR
-from exptrack.stores import RUN_ID_ATTR
+from exptrack.stores import FAIL_REASON_ATTR, RETRY_ATTR, RUN_ID_ATTR
 from exptrack.tracking import RUN_STATUS, Tracker
 
 WORKER_ATTR = "worker"
-RETRY_ATTR = "retry_of"
 
 
 def worker_id(pid: int | None = None) -> str:

@@ -21,7 +21,13 @@ from exptrack import dashboards, locks, objective, preflight, recovery, resume, 
 from exptrack.errors import UserError, redact
 from exptrack.objective import Progress, TrialReporter
 from exptrack.samplers import PRUNERS, SAMPLERS, make_pruner, make_sampler
-from exptrack.stores import DEFAULT_STORAGE, RUN_ID_ATTR, load_existing_study, resolve_storage
+from exptrack.stores import (
+    DEFAULT_STORAGE,
+    FAIL_REASON_ATTR,
+    RUN_ID_ATTR,
+    load_existing_study,
+    resolve_storage,
+)
 from exptrack.study import Study
 from exptrack.tracking import Tracker
 
@@ -226,7 +232,7 @@ class Search:
 
     def _last_fail_reason(self) -> str:
         failed = self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        return str(failed[-1].user_attrs.get(objective.FAIL_REASON_ATTR, "?"))[:200] if failed else "?"
+        return str(failed[-1].user_attrs.get(FAIL_REASON_ATTR, "?"))[:200] if failed else "?"
 
     def summary(self, ran: int) -> SearchSummary:
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

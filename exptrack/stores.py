@@ -15,6 +15,8 @@ from exptrack.errors import UserError, redact
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's user attr holding its MLflow run id
 CONFIG_ATTR = "config"  # the trial's user attr holding its full TrialConfig as a dict
+FAIL_REASON_ATTR = "fail_reason"  # why a trial failed (exception, signal, dead worker)
+RETRY_ATTR = "retry_of"  # on a retried trial: the number of the killed trial it repeats
 
 
 def resolve_storage(url: str | None) -> str:
