@@ -3,7 +3,7 @@
     python benchmarks/throughput.py --model resnet18 --image-size 64 --batch 64 --steps 20 --trials 3
 
 Plain: what a typical script does (fp32, `DataLoader` over normalised CPU float tensors, AdamW).
-exptrack: `train.fit` on the same synthetic images (uint8, device batching, and on CUDA bf16 autocast,
+exptrack: `fit.fit` on the same synthetic images (uint8, device batching, and on CUDA bf16 autocast,
 channels_last, fused AdamW). Both warm up first and time `steps` optimizer steps. Then `--trials`
 trials of studies/synthetic.py through `Search` with real sqlite stores. One line per figure.
 """
@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision import models as tvm
 
 from exptrack import config as cfg
-from exptrack import data, models, train
-from exptrack.search import Search, SearchOptions
+from exptrack.search.loop import Search, SearchOptions
 from exptrack.study import load_study_file
-from exptrack.tracking import Tracker
+from exptrack.tracking.tracker import Tracker
+from exptrack.training import backbones, datasets, fit
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = 10
@@ -50,8 +50,8 @@ def exptrack_config(args: argparse.Namespace, train_images: int, **extra: object
 def plain_loop(args: argparse.Namespace, device: torch.device) -> float:
     """Samples/s of a plain fp32 PyTorch loop over `steps` timed steps after `warmup`."""
     config = exptrack_config(args, args.batch * (args.steps + args.warmup))
-    split = data.load(config, data.Geometry(args.image_size, args.image_size))
-    prep = models.preprocessing(args.model)
+    split = datasets.load(config, datasets.Geometry(args.image_size, args.image_size))
+    prep = backbones.preprocessing(args.model)
     mean, std = torch.tensor(prep.mean).view(1, 3, 1, 1), torch.tensor(prep.std).view(1, 3, 1, 1)
     x = (split.train_x.float() / 255 - mean) / std
     loader = DataLoader(TensorDataset(x, split.train_y), batch_size=args.batch, shuffle=True, drop_last=True)
@@ -72,10 +72,10 @@ def plain_loop(args: argparse.Namespace, device: torch.device) -> float:
 
 
 def exptrack_loop(args: argparse.Namespace) -> tuple[float, float]:
-    """Samples/s of `train.fit` over the same number of steps, after a warm-up fit."""
+    """Samples/s of `fit.fit` over the same number of steps, after a warm-up fit."""
     extra = {"compile": args.compile, "precision": args.precision}
-    train.fit(exptrack_config(args, args.batch * args.warmup, **extra), warn=lambda m: None)
-    result = train.fit(exptrack_config(args, args.batch * args.steps, **extra), warn=lambda m: None)
+    fit.fit(exptrack_config(args, args.batch * args.warmup, **extra), warn=lambda m: None)
+    result = fit.fit(exptrack_config(args, args.batch * args.steps, **extra), warn=lambda m: None)
     return result.profile["train_samples_per_second"], result.profile["train_seconds"]
 
 
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--study-images", type=int, default=1000)
     parser.add_argument("--study-epochs", type=int, default=1)
     args = parser.parse_args()
-    device = train.resolve_device(args.device)
+    device = fit.resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # both arms: pick the fastest convolution kernels
     print(f"setup: {args.model}, {args.image_size} px, batch {args.batch}, {args.steps} steps, {device}")
@@ -132,7 +132,7 @@ def main() -> None:
         ours.append(exptrack_loop(args)[0])
     plain, mine = statistics.median(plains), statistics.median(ours)
     print(f"plain PyTorch loop (fp32, DataLoader): {plain:9.1f} samples/s (median of {_fmt(plains)})")
-    print(f"exptrack train.fit:                    {mine:9.1f} samples/s (median of {_fmt(ours)})")
+    print(f"exptrack fit.fit:                    {mine:9.1f} samples/s (median of {_fmt(ours)})")
     print(f"ratio exptrack / plain:                {mine / plain:9.2f}x")
     if args.trials:
         wall = study_wall_time(args)

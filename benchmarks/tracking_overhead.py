@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from exptrack import config as cfg
-from exptrack import train
-from exptrack.search import Search, SearchOptions
+from exptrack.search.loop import Search, SearchOptions
 from exptrack.study import load_study_file
-from exptrack.tracking import Tracker
+from exptrack.tracking.tracker import Tracker
+from exptrack.training import fit
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,8 +51,8 @@ def main() -> None:
             )
             tracker = Tracker(f"sqlite:///{tmp}/mlflow.db") if arm == "tracked" else None
             arms[arm] = Search(spec, options, tracker, warn=lambda m: None)
-        arms["tracked"].open_tracking()
-        train.fit(
+        arms["tracked"].open()
+        fit.fit(
             cfg.from_dict(spec.fixed), warn=lambda m: None
         )  # warm-up: first-touch allocations, lazy imports
         times: dict[str, list[float]] = {arm: [] for arm in arms}

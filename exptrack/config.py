@@ -15,9 +15,17 @@ from typing import Any
 
 import yaml
 
+from exptrack import records
 from exptrack.errors import UserError
 
 PARAMS_SUFFIX = "_params"  # `loss_params` holds the parameters of the chosen `loss`
+# Config fields that take one of a few names: checked once, when a config is built.
+NAMED_VALUES = {
+    "device": ("auto", "cpu", "cuda"),
+    "precision": ("auto", "fp32", "bf16"),  # auto: bf16 on CUDA, fp32 on CPU
+    "optimizer": ("adamw", "sgd"),
+    "batching": ("auto", "device", "loader"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +58,11 @@ class TrialConfig:
     def __post_init__(self) -> None:
         # A private copy, so the frozen config cannot change through a caller's dict.
         object.__setattr__(self, "loss_params", dict(sorted(self.loss_params.items())))
+        for key, allowed in NAMED_VALUES.items():
+            if getattr(self, key) not in allowed:
+                raise UserError(f"unknown {key} {getattr(self, key)!r}; use {', '.join(allowed)}")
+        if self.num_workers < 0:
+            raise UserError(f"num_workers must be 0 or more, got {self.num_workers}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -66,10 +79,6 @@ class TrialConfig:
 
     def replace(self, **changes: Any) -> TrialConfig:
         return from_dict({**self.to_dict(), **changes})
-
-
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrialConfig)]
 
 
 def field_types() -> dict[str, Any]:
@@ -89,7 +98,7 @@ def from_dict(values: Mapping[str, Any], *, source: str = "config") -> TrialConf
 def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     origin = typing.get_origin(annotation)
     if annotation in (int, float) and isinstance(value, str):
-        value = _parse_number(value)  # YAML 1.1 reads `1e-3` as a string
+        value = parse_number(value)
     if origin is dict:
         if not isinstance(value, Mapping):
             raise UserError(f"{source}: {key} must be a mapping, got {value!r}")
@@ -116,11 +125,15 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     raise UserError(f"{source}: {key} must be of type {name}, got {value!r}")
 
 
-def _parse_number(text: str) -> Any:
-    try:
-        return float(text)
-    except ValueError:
-        return text
+def parse_number(value: Any) -> Any:
+    """YAML 1.1 reads `1e-3` (no dot) as a string; users write it, so take it as a float. Anything
+    that is not such a string comes back unchanged, for the caller's own type check."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -158,7 +171,7 @@ def dump_yaml(config: TrialConfig, provenance: Mapping[str, Any] | None = None) 
     header = "# Reproduce with: exp train THIS_FILE.yaml\n"
     body = yaml.safe_dump(config.to_dict(), sort_keys=False)
     if provenance:
-        body += yaml.safe_dump({"provenance": dict(provenance)}, sort_keys=False)
+        body += yaml.safe_dump({records.PROVENANCE_BLOCK: dict(provenance)}, sort_keys=False)
     return header + body
 
 
@@ -172,5 +185,5 @@ def read_yaml(path: Path) -> tuple[TrialConfig, dict[str, Any]]:
         raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the file") from exc
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
-    provenance = data.pop("provenance", None) or {}
+    provenance = data.pop(records.PROVENANCE_BLOCK, None) or {}
     return from_dict(data, source=str(path)), dict(provenance)

@@ -1,4 +1,5 @@
-"""The one error type for anything a user can fix: the CLI prints its message and exits 2."""
+"""The one error type for anything a user can fix (the CLI prints its message and exits 2), and
+the helpers that keep messages to one line without a password in them."""
 
 from __future__ import annotations
 
@@ -17,3 +18,9 @@ class UserError(Exception):
 def redact(text: str) -> str:
     """Replace any password inside a URL (`scheme://user:pw@host`) by `***`."""
     return _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's first line, password-free, for a one-line message; its type when it is silent."""
+    lines = str(exc).strip().splitlines()
+    return redact(lines[0] if lines else type(exc).__name__)[:limit]

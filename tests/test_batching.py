@@ -5,19 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from exptrack import batching, data
 from exptrack import config as cfg
+from exptrack.training import batching, datasets
 
 CPU = torch.device("cpu")
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
 @pytest.fixture(scope="module")
-def split() -> data.TensorSplit:
+def split() -> datasets.TensorSplit:
     """37 training images whose pixels encode (image index, position), so every crop is traceable."""
     x = torch.arange(37 * 3 * 8 * 8).reshape(37, 3, 8, 8).remainder(251).to(torch.uint8)
     y = torch.arange(37) % 5
-    return data.TensorSplit(x, y, x[:9], y[:9], [str(c) for c in range(5)])
+    return datasets.TensorSplit(x, y, x[:9], y[:9], [str(c) for c in range(5)])
 
 
 def epoch_batches(source: batching.DeviceBatches | batching.LoaderBatches, epoch: int) -> list:
@@ -26,7 +26,7 @@ def epoch_batches(source: batching.DeviceBatches | batching.LoaderBatches, epoch
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_device_and_loader_batches_are_identical_for_one_config(
-    split: data.TensorSplit, workers: int
+    split: datasets.TensorSplit, workers: int
 ) -> None:
     config = cfg.from_dict({"batch_size": 8, "augment": True, "seed": 3, "num_workers": workers})
     device = batching.DeviceBatches(split, CPU, config, MEAN, STD)
@@ -41,7 +41,7 @@ def test_device_and_loader_batches_are_identical_for_one_config(
     ] == [True] * 3
 
 
-def test_each_epoch_covers_every_image_once_in_a_new_seeded_order(split: data.TensorSplit) -> None:
+def test_each_epoch_covers_every_image_once_in_a_new_seeded_order(split: datasets.TensorSplit) -> None:
     order = {e: batching.epoch_order(37, seed=3, epoch=e, device=CPU) for e in (1, 2)}
     assert sorted(order[1].tolist()) == list(range(37))
     assert not torch.equal(order[1], order[2])
@@ -52,7 +52,9 @@ def test_each_epoch_covers_every_image_once_in_a_new_seeded_order(split: data.Te
     assert len(labels) == 36 and torch.equal(labels, split.train_y[order[1][:36]])
 
 
-def test_augmentation_is_a_padded_crop_possibly_mirrored_of_the_same_image(split: data.TensorSplit) -> None:
+def test_augmentation_is_a_padded_crop_possibly_mirrored_of_the_same_image(
+    split: datasets.TensorSplit,
+) -> None:
     x = split.train_x[:16]
     out = batching.augment(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.dtype == torch.uint8
@@ -67,14 +69,16 @@ def test_augmentation_is_a_padded_crop_possibly_mirrored_of_the_same_image(split
     assert 0 < flipped < 16  # about half the images are flipped
 
 
-def test_batches_are_normalised_with_the_weights_mean_and_std(split: data.TensorSplit) -> None:
+def test_batches_are_normalised_with_the_weights_mean_and_std(split: datasets.TensorSplit) -> None:
     config = cfg.from_dict({"batch_size": 64})
     x, _ = next(iter(batching.DeviceBatches(split, CPU, config, MEAN, STD).val(64)))
     expected = (split.val_x.float() / 255 - 0.5) / 0.25
     assert x.dtype == torch.float32 and torch.allclose(x, expected, atol=1e-5)
 
 
-def test_auto_batching_keeps_a_cpu_set_in_memory_and_rejects_unknown_modes(split: data.TensorSplit) -> None:
+def test_auto_batching_keeps_a_cpu_set_in_memory_and_rejects_unknown_modes(
+    split: datasets.TensorSplit,
+) -> None:
     assert batching.choose(cfg.from_dict({}), split, CPU) == "device"
     assert batching.choose(cfg.from_dict({"batching": "loader"}), split, CPU) == "loader"
     with pytest.raises(Exception, match="unknown batching 'gpu'"):
@@ -82,7 +86,9 @@ def test_auto_batching_keeps_a_cpu_set_in_memory_and_rejects_unknown_modes(split
 
 
 @pytest.mark.gpu
-def test_on_cuda_the_set_stays_on_the_gpu_and_both_paths_give_the_same_order(split: data.TensorSplit) -> None:
+def test_on_cuda_the_set_stays_on_the_gpu_and_both_paths_give_the_same_order(
+    split: datasets.TensorSplit,
+) -> None:
     cuda = torch.device("cuda")
     config = cfg.from_dict({"batch_size": 8, "seed": 3, "num_workers": 2})
     device = batching.DeviceBatches(split, cuda, config, MEAN, STD)
@@ -96,7 +102,7 @@ def test_on_cuda_the_set_stays_on_the_gpu_and_both_paths_give_the_same_order(spl
 
 @pytest.mark.gpu
 def test_fit_on_cuda_batches_on_the_gpu_in_bf16() -> None:
-    from exptrack import train
+    from exptrack.training import fit
 
     facts: dict[str, object] = {}
 
@@ -110,6 +116,6 @@ def test_fit_on_cuda_batches_on_the_gpu_in_bf16() -> None:
     config = cfg.from_dict(
         {"dataset": "synthetic:256,4", "image_size": 32, "weights": "none", "epochs": 2, "augment": True}
     )
-    result = train.fit(config.replace(device="cuda"), Recorder())
+    result = fit.fit(config.replace(device="cuda"), Recorder())
     assert facts["batching"] == "DeviceBatches" and facts["device"].startswith("cuda")
     assert result.profile["peak_cuda_memory_mb"] > 0 and len(result.history) == 2

@@ -9,8 +9,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from exptrack import dashboards
 from exptrack.errors import UserError
+from exptrack.results import dashboards
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,15 +9,15 @@ import torch
 import torchvision
 
 from exptrack import config as cfg
-from exptrack import data
 from exptrack.errors import UserError
+from exptrack.training import datasets
 from tests.imagegen import write_image, write_image_folder, write_mnist_raw
 
-GEOMETRY = data.Geometry(16, 18)
+GEOMETRY = datasets.Geometry(16, 18)
 
 
-def load(dataset: str, **values: object) -> data.TensorSplit:
-    return data.load(cfg.from_dict({"dataset": dataset, **values}), GEOMETRY)
+def load(dataset: str, **values: object) -> datasets.TensorSplit:
+    return datasets.load(cfg.from_dict({"dataset": dataset, **values}), GEOMETRY)
 
 
 def test_image_folder_of_mixed_modes_becomes_uint8_rgb_with_every_class_in_val(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from exptrack.errors import UserError
-from exptrack.search import Search, SearchOptions
+from exptrack.search.loop import Search, SearchOptions
 from exptrack.study import load_study_file
 from tests.conftest import TINY
 from tests.imagegen import write_image_folder

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from exptrack import space
+from exptrack.search import space
 from exptrack.study import load_study_file
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,8 +10,8 @@ import yaml
 from mlflow import MlflowClient
 
 from exptrack import config as cfg
-from exptrack import export, results
 from exptrack.config import TrialConfig
+from exptrack.results import export, tables
 from tests.conftest import run_exp
 from tests.fixtures_search import STUDY, Searched
 
@@ -61,7 +61,7 @@ def test_train_reproduces_the_exported_trials_metric_and_registers_the_model(sea
     trial = best_trial(searched.study())
     path = searched.cwd / "repro" / f"trial-{trial.number:03d}.yaml"
     config = cfg.from_dict(trial.user_attrs["config"])
-    (written,) = export.write(export.export(searched.study(), top=1), path.parent)  # as `exp export`
+    (written,) = export.write(export.export_trials(searched.study(), top=1), path.parent)  # as `exp export`
     assert written == path
 
     trained = searched.exp("train", str(path), "--register", "digits-best")
@@ -84,18 +84,18 @@ def test_train_reproduces_the_exported_trials_metric_and_registers_the_model(sea
     import mlflow.pytorch
     import torch
 
-    from exptrack import models
-    from exptrack.tracking import Tracker
+    from exptrack.tracking import logged_models
+    from exptrack.training import backbones, weights
 
     store = f"sqlite:///{searched.cwd / 'mlflow.db'}"
-    Tracker(store)
+    weights.use_resolvers(logged_models.weight_resolvers(store))
     mlflow.set_tracking_uri(store)
     try:
         logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location="cpu").state_dict()
     finally:
         mlflow.set_tracking_uri(None)
     for uri in (f"runs:/{run_id}/model", "models:/digits-best/1"):
-        built = models.build_model(config.backbone, uri, 10, 0, image_size=config.image_size)
+        built = backbones.build_model(config.backbone, uri, 10, 0, image_size=config.image_size)
         assert built.weights_source == uri
         assert all(torch.equal(v, logged[k]) for k, v in built.model.state_dict().items())
 
@@ -110,7 +110,7 @@ def test_export_of_a_study_without_a_complete_trial_is_a_one_line_error(tmp_path
 
 
 def test_train_overrides_apply_on_top_of_the_file(tmp_path: Path) -> None:
-    from exptrack.reproduce import load_config
+    from exptrack.results.reproduce import load_config
 
     path = tmp_path / "c.yaml"
     path.write_text(
@@ -129,11 +129,11 @@ def test_a_multi_objective_study_exports_its_pareto_set(tmp_path: Path) -> None:
         trial = study.ask()
         trial.set_user_attr("config", TrialConfig(lr=10.0 ** -(i + 2)).to_dict())
         study.tell(trial, values)
-    items = export.export(study, top=None)
+    items = export.export_trials(study, top=None)
     assert [item.trial.number for item in items] == [0, 1]
     assert items[1].provenance["value"] == [0.8, 1.0]
     paths = export.write(items, tmp_path / "best")
     assert [cfg.read_yaml(p)[0].lr for p in paths] == [1e-2, 1e-3]
-    frame = results.trials_frame(study, [])
+    frame = tables.trials_frame(study, [])
     assert list(frame.columns[:4]) == ["number", "state", "value_0", "value_1"]
-    assert list(results.select(frame, study)["number"]) == [0, 1, 2]
+    assert list(tables.select(frame, study)["number"]) == [0, 1, 2]

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from exptrack import losses
 from exptrack.errors import UserError
+from exptrack.training import losses
 
 LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1.0, 1.0, 1.0]])
 TARGET = torch.tensor([0, 2, 1])

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from exptrack import results
 from exptrack.errors import UserError
+from exptrack.results import tables
 from tests.conftest import exp_env
 from tests.fixtures_search import STUDY, TRIALS, Searched
 
@@ -81,18 +81,18 @@ def test_unknown_study_is_one_line_error_exit_2(searched: Searched) -> None:
 
 def test_unknown_sort_column_or_state_names_the_valid_ones(searched: Searched) -> None:
     study = searched.study()
-    frame = results.trials_frame(study, [])
+    frame = tables.trials_frame(study, [])
     with pytest.raises(UserError, match="--sort 'colour': no such column; use best or one of number, state"):
-        results.select(frame, study, sort="colour")
+        tables.select(frame, study, sort="colour")
     with pytest.raises(UserError, match="--state 'done' is not one of complete, pruned"):
-        results.select(frame, study, state="done")
+        tables.select(frame, study, state="done")
     # without MLflow the run ids still come from the trials' own links
     assert list(frame["run_id"]) == [t.user_attrs["mlflow_run_id"] for t in study.trials]
 
 
 def test_markdown_is_a_github_table_with_blank_missing_cells() -> None:
     frame = pd.DataFrame({"number": [3, 1], "loss": ["focal", "a|b"], "gamma": [2.5, float("nan")]})
-    assert results.to_markdown(frame).splitlines() == [
+    assert tables.to_markdown(frame).splitlines() == [
         "| number | loss | gamma |",
         "|---|---|---|",
         "| 3 | focal | 2.5 |",

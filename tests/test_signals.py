@@ -14,13 +14,19 @@ TWO_EPOCHS = ("--trials", "2", "--set", "epochs=2")
 
 
 def _wait_in_epoch_2(project: Path, number: int, process) -> None:  # type: ignore[no-untyped-def]
-    """Until trial `number` has reported epoch 1 (the faulty loss then hangs in epoch 2)."""
+    """Until trial `number` has reported epoch 1 to Optuna and MLflow holds that epoch's metrics
+    (the faulty loss then hangs in epoch 2)."""
     wait_for(
         lambda: 1 in {t.number: t for t in trials(project)}[number].intermediate_values,
         f"epoch 1 of trial {number}",
         process=process,
     )
-    time.sleep(0.3)  # the epoch's metrics are on their way to MLflow
+
+    def epoch_1_in_mlflow() -> bool:
+        runs = runs_by_trial(f"sqlite:///{project}/mlflow.db").get(number, [])
+        return bool(runs) and "val_loss" in runs[0].data.metrics
+
+    wait_for(epoch_1_in_mlflow, f"epoch 1 metrics of trial {number} in MLflow", process=process)
 
 
 def test_sigterm_fails_the_running_trial_keeps_its_metrics_and_exits_143(project: Path) -> None:

@@ -8,8 +8,8 @@ import optuna
 import pytest
 import yaml
 
-from exptrack import space
 from exptrack.errors import UserError
+from exptrack.search import space
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""train.fit on its own (no Optuna, no MLflow): epochs reported in order, early stop, repeatability."""
+"""fit on its own (no Optuna, no MLflow): epochs reported in order, early stop, repeatability."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from exptrack import train
 from exptrack.config import TrialConfig
+from exptrack.training import fit
 
 TINY = TrialConfig(epochs=2, subset=96, image_size=16, weights="none", batch_size=32, device="cpu")
 
@@ -32,7 +32,7 @@ class Recorder:
 
 def test_fit_reports_every_epoch_in_order_with_finite_metrics_and_a_profile() -> None:
     reporter = Recorder()
-    result = train.fit(TINY, reporter, warn=lambda _: None)
+    result = fit.fit(TINY, reporter, warn=lambda _: None)
     assert [epoch for epoch, _ in reporter.epochs] == [1, 2]
     for _, metrics in reporter.epochs:
         assert set(metrics) == {"train_loss", "val_loss", "val_accuracy"}
@@ -47,16 +47,16 @@ def test_fit_reports_every_epoch_in_order_with_finite_metrics_and_a_profile() ->
 
 def test_a_reporter_asking_to_stop_ends_training_after_that_epoch() -> None:
     reporter = Recorder(stop_after=1)
-    result = train.fit(TINY.replace(epochs=3), reporter, warn=lambda _: None)
+    result = fit.fit(TINY.replace(epochs=3), reporter, warn=lambda _: None)
     assert result.stopped_early and len(result.history) == 1 and len(reporter.epochs) == 1
 
 
 def test_the_same_config_and_seed_train_to_the_same_metrics() -> None:
-    first = train.fit(TINY.replace(epochs=1), warn=lambda _: None).final
-    second = train.fit(TINY.replace(epochs=1), warn=lambda _: None).final
+    first = fit.fit(TINY.replace(epochs=1), warn=lambda _: None).final
+    second = fit.fit(TINY.replace(epochs=1), warn=lambda _: None).final
     assert first == second
 
 
 def test_a_diverging_learning_rate_stops_with_a_non_finite_loss_error() -> None:
-    with pytest.raises(train.NonFiniteLossError):
-        train.fit(TINY.replace(lr=1e12, epochs=1), warn=lambda _: None)
+    with pytest.raises(fit.NonFiniteLossError):
+        fit.fit(TINY.replace(lr=1e12, epochs=1), warn=lambda _: None)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torchvision import models as tvm
 
-from exptrack import models, resolvers
 from exptrack.errors import UserError
+from exptrack.training import backbones, weights
 
 NAME = "mobilenet_v3_small"  # the smallest registered backbone: 2.5M parameters
 
@@ -38,7 +38,7 @@ def test_imagenet_weights_load_from_the_torch_home_cache(
     checkpoint.parent.mkdir(parents=True)
     state = tvm.get_model(NAME, weights=None).state_dict()
     torch.save(state, checkpoint)
-    built = models.build_model(NAME, "imagenet", num_classes=3, freeze_depth=0, image_size=32)
+    built = backbones.build_model(NAME, "imagenet", num_classes=3, freeze_depth=0, image_size=32)
     assert built.weights_source == f"imagenet:{weights}"
     assert backbone_equal(built.model, state)
     assert built.model.classifier[-1].out_features == 3  # the 1000-class head was replaced
@@ -53,7 +53,7 @@ def test_imagenet_vit_weights_fit_a_small_image_size_by_resampling_positions(
     checkpoint.parent.mkdir(parents=True)
     state = tvm.get_model("vit_b_16", weights=None).state_dict()  # 224 px: 14 x 14 + 1 positions
     torch.save(state, checkpoint)
-    built = models.build_model("vit_b_16", "imagenet", num_classes=2, freeze_depth=0, image_size=32)
+    built = backbones.build_model("vit_b_16", "imagenet", num_classes=2, freeze_depth=0, image_size=32)
     assert built.weights_source.startswith("imagenet:")
     loaded = built.model.state_dict()
     assert loaded["encoder.pos_embedding"].shape == (1, 2 * 2 + 1, 768)
@@ -63,14 +63,14 @@ def test_imagenet_vit_weights_fit_a_small_image_size_by_resampling_positions(
 
 
 def test_a_state_dict_file_with_the_new_head_loads_whole(tmp_path: Path) -> None:
-    trained = models.build_model(NAME, "none", 3, 0, image_size=32).model
+    trained = backbones.build_model(NAME, "none", 3, 0, image_size=32).model
     path = tmp_path / "trained.pt"
     torch.save(trained.state_dict(), path)
-    built = models.build_model(NAME, str(path), 3, 0, image_size=32)
+    built = backbones.build_model(NAME, str(path), 3, 0, image_size=32)
     assert built.weights_source == str(path)
     assert same_weights(built.model, trained)
     # for another class count the backbone loads and the head starts afresh
-    other = models.build_model(NAME, str(path), 5, 0, image_size=32).model
+    other = backbones.build_model(NAME, str(path), 5, 0, image_size=32).model
     assert backbone_equal(other, trained.state_dict()) and other.classifier[-1].out_features == 5
 
 
@@ -78,15 +78,15 @@ def test_a_mismatched_or_unreadable_file_is_a_one_line_error_naming_keys(tmp_pat
     path = tmp_path / "resnet.pt"
     torch.save(tvm.get_model("resnet18", weights=None).state_dict(), path)
     with pytest.raises(UserError) as info:
-        models.build_model(NAME, str(path), 3, 0, image_size=32)
+        backbones.build_model(NAME, str(path), 3, 0, image_size=32)
     message = str(info.value)
     assert "do not fit this backbone: 242 missing (classifier.0.bias, classifier.0.weight, " in message
     assert "122 unexpected (bn1.bias, " in message and "\n" not in message
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match=r"junk\.pt could not be read"):
-        models.build_model(NAME, str(tmp_path / "junk.pt"), 3, 0, image_size=32)
+        backbones.build_model(NAME, str(tmp_path / "junk.pt"), 3, 0, image_size=32)
     with pytest.raises(UserError, match="no such file"):
-        models.build_model(NAME, str(tmp_path / "absent.pt"), 3, 0, image_size=32)
+        backbones.build_model(NAME, str(tmp_path / "absent.pt"), 3, 0, image_size=32)
 
 
 def test_mlflow_runs_and_models_uris_give_back_the_logged_model(
@@ -94,7 +94,7 @@ def test_mlflow_runs_and_models_uris_give_back_the_logged_model(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    trained = models.build_model(NAME, "none", 4, 0, image_size=32).model
+    trained = backbones.build_model(NAME, "none", 4, 0, image_size=32).model
     mlflow.set_tracking_uri(store)
     with mlflow.start_run() as run:  # as `exp train` logs its model: MLflow 3's default pt2 format
         example = torch.zeros(2, 3, 32, 32).numpy()
@@ -104,18 +104,19 @@ def test_mlflow_runs_and_models_uris_give_back_the_logged_model(
     version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "tiny-net").version
     mlflow.set_tracking_uri(None)
 
-    from exptrack.tracking import Tracker
+    from exptrack.tracking import logged_models
 
-    Tracker(store)  # what the CLI does: runs:/ and models:/ now resolve against this store
+    # what exp search and exp train do: runs:/ and models:/ now resolve against this store
+    weights.use_resolvers(logged_models.weight_resolvers(store))
     for uri in (f"runs:/{run.info.run_id}/model", f"models:/tiny-net/{version}"):
-        built = models.build_model(NAME, uri, 4, 0, image_size=32)
+        built = backbones.build_model(NAME, uri, 4, 0, image_size=32)
         assert built.weights_source == uri
         assert same_weights(built.model, trained)
     with pytest.raises(UserError, match="MLflow could not load this model"):
-        models.build_model(NAME, "models:/no-such-model/1", 4, 0, image_size=32)
+        backbones.build_model(NAME, "models:/no-such-model/1", 4, 0, image_size=32)
 
 
 def test_an_unregistered_uri_scheme_says_what_is_accepted() -> None:
     with pytest.raises(UserError, match="no resolver for this URI scheme"):
-        resolvers.resolve("s3://bucket/model.pt")
-    assert resolvers.scheme_of("C:/models/net.pt") is None  # a Windows path stays a path
+        weights.resolve("s3://bucket/model.pt")
+    assert weights.scheme_of("C:/models/net.pt") is None  # a Windows path stays a path

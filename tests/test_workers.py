@@ -20,7 +20,7 @@ def test_two_workers_on_empty_stores_finish_exactly_four_trials(project: Path) -
     assert sorted(numbers) == list(range(len(numbers)))  # numbers unique and dense
     assert [t.state.name for t in found] == ["COMPLETE"] * 4  # none over budget, none lost
     workers = {t.user_attrs["worker"].split(":")[1] for t in found}
-    assert len(workers) >= 2  # the trials really were shared out
+    assert len(workers) == 2  # both worker processes took trials: the budget really was shared
 
     client = MlflowClient(f"sqlite:///{project}/mlflow.db")
     (experiment,) = [e for e in client.search_experiments() if e.name != "Default"]

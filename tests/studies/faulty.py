@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from exptrack import Study
-from exptrack.losses import LOSSES, register_loss
+from exptrack.training.losses import LOSSES, register_loss
 
 _built = [0]
 

@@ -18,8 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from exptrack.config import TrialConfig
-from exptrack.data import TensorSplit
-from exptrack.errors import UserError
+from exptrack.training.datasets import TensorSplit
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 # A dataset goes on the GPU when it takes at most this share of the free memory: the rest is
@@ -29,8 +28,6 @@ DEVICE_MEMORY_FRACTION = 0.4
 
 def choose(config: TrialConfig, split: TensorSplit, device: torch.device) -> str:
     """`device` or `loader` for `batching=auto|device|loader`."""
-    if config.batching not in ("auto", "device", "loader"):
-        raise UserError(f"unknown batching {config.batching!r}; use auto, device or loader")
     if config.batching != "auto":
         return config.batching
     if device.type != "cuda":
@@ -162,8 +159,6 @@ class LoaderBatches:
         mean: tuple[float, ...],
         std: tuple[float, ...],
     ) -> None:
-        if config.num_workers < 0:
-            raise UserError(f"num_workers must be 0 or more, got {config.num_workers}")
         self.split, self.device, self.config = split, device, config
         self.normalize = Normalizer(device, mean, std)
 

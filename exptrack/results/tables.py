@@ -1,5 +1,5 @@
 """Tables of results: a study's trials (Optuna joined to MLflow) and the studies in a storage,
-as pandas DataFrames, rendered as a rich table, CSV, JSON or markdown.
+as pandas DataFrames, rendered as a rich table, CSV, JSON or markdown. No torch is loaded here.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from exptrack import stores
+from exptrack import records, study_store
 from exptrack.errors import UserError
+from exptrack.tracking.tracker import read_experiment_ids, read_trial_runs
 
 STATES = ("complete", "pruned", "fail", "running", "waiting", "all")
 FORMATS = ("table", "csv", "json", "markdown")
@@ -31,7 +32,7 @@ def value_columns(study: optuna.Study) -> list[str]:
 def trials_frame(study: optuna.Study, runs: list[Any]) -> pd.DataFrame:
     """One row per trial: number, state, value(s), every sampled parameter (dotted names),
     duration, MLflow run id and status, profile figures. `runs` is the study's trial runs."""
-    by_trial = {int(r.data.tags["exptrack.trial"]): r for r in runs if "exptrack.trial" in r.data.tags}
+    by_trial = {int(r.data.tags[records.TRIAL_TAG]): r for r in runs if records.TRIAL_TAG in r.data.tags}
     rows = [
         _trial_row(t, value_columns(study), by_trial.get(t.number)) for t in study.get_trials(deepcopy=False)
     ]
@@ -44,6 +45,22 @@ def trials_frame(study: optuna.Study, runs: list[Any]) -> pd.DataFrame:
     return frame.reindex(columns=[*fixed, *params, *tail])
 
 
+def trials_table(
+    study_name: str,
+    storage: str | None,
+    tracking_uri: str | None,
+    state: str = "all",
+    sort: str = "best",
+    top: int | None = None,
+    warn: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """`exp trials`: the study's trials from Optuna joined to their MLflow runs (one query), then
+    filtered, sorted and cut. MLflow being unreadable only costs the run columns."""
+    study = study_store.load_existing_study(study_name, storage)
+    runs = read_trial_runs(study_name, tracking_uri, warn)
+    return select(trials_frame(study, runs), study, state, sort, top)
+
+
 def _trial_row(trial: FrozenTrial, value_cols: list[str], run: Any | None) -> dict[str, Any]:
     row: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
     values = trial.values or [math.nan] * len(value_cols)
@@ -52,7 +69,7 @@ def _trial_row(trial: FrozenTrial, value_cols: list[str], run: Any | None) -> di
     start, end = trial.datetime_start, trial.datetime_complete
     row["duration_s"] = (end - start).total_seconds() if start and end else math.nan
     # MLflow's record wins; the trial's own link still names the run when MLflow is elsewhere.
-    row["run_id"] = run.info.run_id if run else trial.user_attrs.get(stores.RUN_ID_ATTR)
+    row["run_id"] = run.info.run_id if run else trial.user_attrs.get(records.RUN_ID_ATTR)
     row["run_status"] = run.info.status if run else None
     for key in PROFILE_METRICS:
         row[key] = run.data.metrics.get(key, math.nan) if run else math.nan
@@ -73,7 +90,7 @@ def select(
         if len(study.directions) > 1:
             key, descending = "number", False
         else:
-            key, descending = "value", study.direction == optuna.study.StudyDirection.MAXIMIZE
+            key, descending = "value", study_store.is_maximized(study)
     if key not in frame.columns:
         raise UserError(f"--sort {sort!r}: no such column; use best or one of {', '.join(frame.columns)}")
     frame = frame.sort_values(key, ascending=not descending, na_position="last", kind="stable")
@@ -84,10 +101,12 @@ def select(
     return frame.reset_index(drop=True)
 
 
-def studies_frame(storage: str | None) -> pd.DataFrame:
-    """One row per study: name, direction(s), trials by state, best value."""
-    url = stores.resolve_storage(storage)
-    stores.study_names(url)  # a readable storage, or one line saying it is not
+def studies_frame(
+    storage: str | None, tracking_uri: str | None = None, warn: Callable[[str], None] = print
+) -> pd.DataFrame:
+    """One row per study: name, direction(s), trials by state, best value, MLflow experiment id."""
+    url = study_store.resolve_storage(storage)
+    study_store.study_names(url)  # a readable storage, or one line saying it is not
     rows = []
     for summary in optuna.get_all_study_summaries(storage=url, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=url)
@@ -101,9 +120,11 @@ def studies_frame(storage: str | None) -> pd.DataFrame:
             row[state.name.lower()] = sum(t.state == state for t in trials)
         row["best_value"] = _best_value(study)
         rows.append(row)
-    return pd.DataFrame(
-        rows, columns=["study", "direction", "trials", "complete", "pruned", "fail", "running", "best_value"]
-    )
+    experiments = read_experiment_ids(tracking_uri, warn) if rows else {}
+    for row in rows:
+        row["mlflow_experiment"] = experiments.get(row["study"])
+    columns = ["study", "direction", "trials", "complete", "pruned", "fail", "running", "best_value"]
+    return pd.DataFrame(rows, columns=[*columns, "mlflow_experiment"])
 
 
 def _best_value(study: optuna.Study) -> float:

@@ -65,9 +65,3 @@ def exit_code() -> int | None:
     """128 + the signal handled in this process (130 SIGINT, 143 SIGTERM); None without one."""
     signum = _state["requested"]
     return 128 + signum if isinstance(signum, int) and not isinstance(signum, bool) else None
-
-
-def reset() -> None:
-    """Forget a handled signal (tests running several searches in one process)."""
-    _state["requested"] = None
-    _state["interruptible"] = False

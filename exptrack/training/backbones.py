@@ -28,8 +28,9 @@ from typing import Any
 from torch import nn
 from torchvision import models as tvm
 
-from exptrack import weight_sources
+from exptrack import registry
 from exptrack.errors import UserError
+from exptrack.training import weights as weight_sources
 
 Stage = list[nn.Module | nn.Parameter]
 StageFn = Callable[[nn.Module], list[Stage]]
@@ -49,9 +50,7 @@ BACKBONES: dict[str, Backbone] = {}
 
 def register_backbone(name: str, stages: StageFn, min_size: int = 1) -> None:
     """Add a torchvision architecture under its `get_model` name; duplicates are refused."""
-    if name in BACKBONES:
-        raise ValueError(f"a backbone named {name!r} is already registered")
-    BACKBONES[name] = Backbone(name, stages, min_size)
+    registry.add(BACKBONES, "backbone", name, Backbone(name, stages, min_size))
 
 
 def backbone(name: str) -> Backbone:

@@ -6,12 +6,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from types import FrameType
 
-from exptrack import recovery
 from exptrack.errors import UserError
-from exptrack.search import Search, SearchSummary
+from exptrack.search.loop import Search, SearchSummary
 
 
 def worker_args(argv: list[str], study_name: str) -> list[str]:
@@ -28,13 +26,9 @@ def worker_args(argv: list[str], study_name: str) -> list[str]:
     return [*args, "--workers", "1", "--worker", "--study-name", study_name]
 
 
-def run_workers(
-    search: Search, count: int, argv: list[str], notify: Callable[[str], None] = print
-) -> SearchSummary:
+def run_workers(search: Search, count: int, argv: list[str]) -> SearchSummary:
     """Run `count` workers to the study's budget; a signal here is passed on to each of them."""
-    with search.lock:
-        search.open_tracking()
-    recovery.repair(search.study, search.tracker, search.experiment_id, notify)
+    search.open()
     command = [sys.executable, "-m", "exptrack", *worker_args(argv, search.name)]
     # Own sessions: a Ctrl-C in the terminal reaches them once, through `forward`, not twice
     # (a second signal would make them exit at once instead of closing their trials).
@@ -53,9 +47,8 @@ def run_workers(
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    recovery.repair(search.study, search.tracker, search.experiment_id, notify)
     failed = [code for code in codes if code != 0]
-    search.close_study_run("KILLED" if received else "FAILED" if failed else "FINISHED")
+    search.finish("KILLED" if received else "FAILED" if failed else "FINISHED")
     if received:
         sys.exit(128 + received[0])
     if failed:
@@ -63,4 +56,4 @@ def run_workers(
             f"{len(failed)} of {count} workers ended with an error (exit codes {sorted(set(failed))}); "
             "read their messages above, fix the cause and re-run the same command"
         )
-    return search.summary(0)
+    return search.summary()

@@ -15,9 +15,10 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
-from exptrack import imagefiles, registry
+from exptrack import registry
 from exptrack.config import TrialConfig
-from exptrack.errors import UserError
+from exptrack.errors import UserError, first_line
+from exptrack.training import imagefiles
 
 SPLIT_SEED = 20241  # fixed: the same train/val split for every trial and every re-run
 
@@ -236,9 +237,9 @@ def load_torchvision(name: str, class_name: str, root: str | None, download: boo
                 f"dataset {name}: no {class_name} files under {root}; "
                 "place them there or add --set download=true"
             ) from exc
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
         raise UserError(
-            f"dataset {name}: download into {root} failed ({first}); check the network or place the files there"
+            f"dataset {name}: download into {root} failed ({first_line(exc, 100)}); "
+            "check the network or place the files there"
         ) from exc
     tensors = [_torchvision_tensors(part, size) for part in parts]
     return TensorSplit(*shuffled(*tensors[0]), *shuffled(*tensors[1]), list(parts[0].classes))

@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from exptrack import records
 from exptrack.errors import UserError, redact
-from exptrack.stores import missing_sqlite_file
-from exptrack.tracking import ROLE_TAG, STUDY_TAG, resolve_tracking_uri
+from exptrack.study_store import missing_sqlite_file
+from exptrack.tracking.tracker import resolve_tracking_uri
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 120.0  # a cold `mlflow server` on 2 busy cores takes ~10-30 s
@@ -86,15 +87,16 @@ def study_urls(tracking_uri: str, base: str) -> list[tuple[str, str]]:
     client = MlflowClient(tracking_uri=tracking_uri)
     urls = []
     for experiment in client.search_experiments(order_by=["creation_time DESC"]):
-        if STUDY_TAG not in experiment.tags:
+        if records.STUDY_TAG not in experiment.tags:
             continue
         parents = client.search_runs(
-            [experiment.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'study'", max_results=1
+            [experiment.experiment_id],
+            filter_string=f"tags.`{records.ROLE_TAG}` = '{records.ROLE_STUDY}'",
+            max_results=1,
         )
         tags = parents[0].data.tags if parents else {}
-        url = runs_url(
-            base, experiment.experiment_id, tags.get("metric"), tags.get("direction") != "minimize"
-        )
+        maximize = tags.get(records.DIRECTION_TAG) != "minimize"
+        url = runs_url(base, experiment.experiment_id, tags.get(records.METRIC_TAG), maximize)
         urls.append((experiment.name, url))
     return urls
 

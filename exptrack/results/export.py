@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import platform
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from exptrack import config as cfg
-from exptrack import stores
-from exptrack.dashboards import PROFILE_ATTR
+from exptrack import records, study_store
 from exptrack.errors import UserError
+from exptrack.tracking.tracker import read_trial_runs
 
 PACKAGES = ("exptrack", "torch", "torchvision", "optuna", "mlflow")
 
@@ -32,7 +33,7 @@ class Exported:
 
     @property
     def filename(self) -> str:
-        return f"trial-{self.trial.number:03d}.yaml"
+        return f"{records.trial_run_name(self.trial.number)}.yaml"
 
     def yaml(self) -> str:
         return cfg.dump_yaml(self.config, self.provenance)
@@ -47,9 +48,7 @@ def best_trials(study: optuna.Study, top: int | None) -> list[FrozenTrial]:
         chosen = pareto if top is None else pareto[:top]
     else:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
-        ranked = sorted(complete, key=lambda t: sign * float(t.value or 0.0), reverse=True)
-        chosen = ranked[: top or 1]
+        chosen = study_store.best_first(complete, study_store.is_maximized(study))[: top or 1]
     if not chosen:
         raise UserError(
             f"study {study.study_name!r} has no complete trial to export; "
@@ -58,31 +57,36 @@ def best_trials(study: optuna.Study, top: int | None) -> list[FrozenTrial]:
     return chosen
 
 
-def export_trial(study: optuna.Study, trial: FrozenTrial) -> Exported:
-    stored = trial.user_attrs.get(stores.CONFIG_ATTR)
+def export_trial(study: optuna.Study, trial: FrozenTrial, run_id: str | None = None) -> Exported:
+    stored = trial.user_attrs.get(records.CONFIG_ATTR)
     if not isinstance(stored, dict):
         raise UserError(
             f"trial {trial.number} of {study.study_name!r} has no stored config "
             "(it predates exptrack's records); re-run the study with exp search"
         )
     config = cfg.from_dict(stored, source=f"trial {trial.number}")
-    return Exported(trial, config, provenance(study, trial, config))
+    return Exported(trial, config, provenance(study, trial, config, run_id))
 
 
-def provenance(study: optuna.Study, trial: FrozenTrial, config: cfg.TrialConfig) -> dict[str, Any]:
+def provenance(
+    study: optuna.Study, trial: FrozenTrial, config: cfg.TrialConfig, run_id: str | None = None
+) -> dict[str, Any]:
     """Where a config came from: enough to find the trial and its run, and to rebuild the setup."""
     values = [float(v) for v in trial.values or []]
-    facts: dict[str, Any] = {"study": study.study_name, "trial": trial.number}
-    facts["value"] = values[0] if len(values) == 1 else values
-    metric = study.user_attrs.get("metric")
+    facts: dict[str, Any] = {
+        records.PROVENANCE_STUDY: study.study_name,
+        records.PROVENANCE_TRIAL: trial.number,
+    }
+    facts[records.PROVENANCE_VALUE] = values[0] if len(values) == 1 else values
+    metric = study.user_attrs.get(records.STUDY_METRIC_ATTR)
     if metric:
-        facts["metric"] = metric
-    facts["mlflow_run_id"] = trial.user_attrs.get(stores.RUN_ID_ATTR)
-    facts["seed"] = config.seed
-    threads = trial.user_attrs.get(PROFILE_ATTR, {}).get("torch_threads")
+        facts[records.PROVENANCE_METRIC] = metric
+    facts[records.PROVENANCE_RUN_ID] = run_id or trial.user_attrs.get(records.RUN_ID_ATTR)
+    facts[records.PROVENANCE_SEED] = config.seed
+    threads = trial.user_attrs.get(records.PROFILE_ATTR, {}).get(records.TORCH_THREADS)
     if threads and math.isfinite(threads):
-        facts["torch_threads"] = int(threads)  # `exp train` applies it: CPU sums depend on it
-    facts["versions"] = versions()
+        facts[records.TORCH_THREADS] = int(threads)  # `exp train` applies it: CPU sums depend on it
+    facts[records.PROVENANCE_VERSIONS] = versions()
     return facts
 
 
@@ -97,8 +101,26 @@ def versions() -> dict[str, str]:
     return found
 
 
-def export(study: optuna.Study, top: int | None) -> list[Exported]:
-    return [export_trial(study, t) for t in best_trials(study, top)]
+def export_trials(
+    study: optuna.Study, top: int | None, run_ids: Mapping[int, str] | None = None
+) -> list[Exported]:
+    """The `top` best trials of a study (its Pareto set when multi-objective) as configs."""
+    return [export_trial(study, t, (run_ids or {}).get(t.number)) for t in best_trials(study, top)]
+
+
+def export_study(
+    study_name: str,
+    top: int | None,
+    storage: str | None,
+    tracking_uri: str | None,
+    warn: Callable[[str], None] = print,
+) -> list[Exported]:
+    """The best trials of a stored study as configs with provenance; their MLflow run ids come
+    from the tracking store (one query) where it can be read, else from the trials' own links."""
+    study = study_store.load_existing_study(study_name, storage)
+    best_trials(study, top)  # nothing to export is one line, before MLflow is asked
+    runs = read_trial_runs(study_name, tracking_uri, warn)
+    return export_trials(study, top, {int(r.data.tags[records.TRIAL_TAG]): r.info.run_id for r in runs})
 
 
 def write(exported: list[Exported], out: Path) -> list[Path]:

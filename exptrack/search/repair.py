@@ -14,10 +14,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from exptrack.stores import FAIL_REASON_ATTR, RETRY_ATTR, RUN_ID_ATTR
-from exptrack.tracking import RUN_STATUS, Tracker
-
-WORKER_ATTR = "worker"
+from exptrack import records
+from exptrack.tracking.tracker import Tracker
 
 
 def worker_id(pid: int | None = None) -> str:
@@ -59,17 +57,17 @@ def repair_trials(study: optuna.Study, tracker: Tracker | None, retry: bool = Tr
     parameters are queued once more, linked by the `retry_of` user attribute."""
     repaired = []
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = frozen.user_attrs.get(WORKER_ATTR)
+        worker = frozen.user_attrs.get(records.WORKER_ATTR)
         if not isinstance(worker, str) or not owner_is_dead(worker):
             continue
         reason = f"worker process {worker} died while the trial ran (killed or crashed)"
-        study._storage.set_trial_user_attr(frozen._trial_id, FAIL_REASON_ATTR, reason)
+        study._storage.set_trial_user_attr(frozen._trial_id, records.FAIL_REASON_ATTR, reason)
         study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
-        run_id = frozen.user_attrs.get(RUN_ID_ATTR)
+        run_id = frozen.user_attrs.get(records.RUN_ID_ATTR)
         if tracker and run_id:
             tracker.close_stale_run(run_id, "FAILED", reason)
-        if retry and RETRY_ATTR not in frozen.user_attrs and frozen.params:
-            study.enqueue_trial(frozen.params, user_attrs={RETRY_ATTR: frozen.number})
+        if retry and records.RETRY_ATTR not in frozen.user_attrs and frozen.params:
+            study.enqueue_trial(frozen.params, user_attrs={records.RETRY_ATTR: frozen.number})
         repaired.append(frozen.number)
     return repaired
 
@@ -82,9 +80,9 @@ def repair_runs(study: optuna.Study, tracker: Tracker, experiment_id: str) -> li
         trial = by_number.get(number)
         if trial is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
-        why = trial.user_attrs.get(FAIL_REASON_ATTR)
+        why = trial.user_attrs.get(records.FAIL_REASON_ATTR)
         reason = f"trial {number} is {trial.state.name} in Optuna" + (f": {why}" if why else "")
-        tracker.close_stale_run(run_id, RUN_STATUS.get(trial.state.name, "FAILED"), reason)
+        tracker.close_stale_run(run_id, records.RUN_STATUS.get(trial.state.name, "FAILED"), reason)
         closed.append(run_id)
     return closed
 

@@ -1,8 +1,11 @@
 """Dashboards: a dashboard file (which panels to draw for a study) rendered to one standalone HTML
-page, plotly.js inlined so it opens offline and inside the MLflow UI's artifact viewer."""
+page, plotly.js inlined so it opens offline and inside the MLflow UI's artifact viewer. `exp
+report` publishes one on demand; the search gets a renderer from `renderer_for` and republishes
+it on the study's run as trials end."""
 
 from __future__ import annotations
 
+import functools
 import html
 import warnings
 from collections.abc import Callable, Mapping
@@ -13,12 +16,13 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from exptrack import registry
+from exptrack import records, registry, study_store
 from exptrack.errors import UserError
+from exptrack.study import Study
+from exptrack.tracking.tracker import Tracker
 
 PanelFn = Callable[[optuna.Study, Mapping[str, Any]], Any]
 PANELS: dict[str, PanelFn] = {}
-PROFILE_ATTR = "profile"  # trial user attr holding the profiling figures (set by the search)
 
 
 # `@register_panel(name)` on a builder `(study, options) -> plotly Figure`; a duplicate name is refused.
@@ -46,6 +50,37 @@ def _panel_entry(entry: Any, path: Path) -> tuple[str, dict[str, Any]]:
     if name not in PANELS:
         raise UserError(f"{path}: unknown panel {name!r}; choose from {', '.join(PANELS)}")
     return str(name), dict(options or {})
+
+
+def renderer_for(spec: Study) -> Callable[[optuna.Study], str] | None:
+    """The study's dashboard as a renderer, its file validated now (before any store is created);
+    None when the study names no dashboard or its default file is absent."""
+    if not spec.dashboard:
+        return None
+    path = spec.resolve(spec.dashboard)
+    if not path.is_file():
+        return None
+    load(path)
+    return functools.partial(render, dashboard=path)
+
+
+def publish(
+    study_name: str,
+    dashboard: Path,
+    target: Path,
+    storage: str | None,
+    tracking_uri: str | None,
+    warn: Callable[[str], None] = print,
+) -> str | None:
+    """`exp report`: write the page to `target` and log it on the study's MLflow run; returns
+    that run's id, or None when MLflow has no record of the study or the write failed."""
+    study = study_store.load_existing_study(study_name, storage)
+    page = render(study, dashboard)
+    target.write_text(page)
+    tracker = Tracker(tracking_uri, warn=warn)
+    run_id = tracker.study_run_id(study_name)
+    tracker.log_file(run_id, records.DASHBOARD_ARTIFACT, page)
+    return run_id if run_id and not tracker.failures else None
 
 
 def render(study: optuna.Study, dashboard: Path) -> str:
@@ -134,7 +169,7 @@ def learning_curves(study: optuna.Study, options: Mapping[str, Any]) -> Any:
         )
     if not figure.data:
         return None
-    metric = study.user_attrs.get("metric", "value")
+    metric = study.user_attrs.get(records.STUDY_METRIC_ATTR, "value")
     figure.update_layout(xaxis_title="epoch", yaxis_title=metric, height=450)
     return figure
 
@@ -144,7 +179,7 @@ def profile_breakdown(study: optuna.Study, options: Mapping[str, Any]) -> Any:
     """Stacked data / compute / eval seconds per trial, with training samples/s on a second axis."""
     import plotly.graph_objects as go
 
-    trials = [t for t in study.get_trials(deepcopy=False) if PROFILE_ATTR in t.user_attrs]
+    trials = [t for t in study.get_trials(deepcopy=False) if records.PROFILE_ATTR in t.user_attrs]
     if not trials:
         return None
     labels = [f"trial {t.number}" for t in trials]
@@ -153,14 +188,14 @@ def profile_breakdown(study: optuna.Study, options: Mapping[str, Any]) -> Any:
         figure.add_trace(
             go.Bar(
                 x=labels,
-                y=[t.user_attrs[PROFILE_ATTR].get(f"{phase}_seconds", 0.0) for t in trials],
+                y=[t.user_attrs[records.PROFILE_ATTR].get(f"{phase}_seconds", 0.0) for t in trials],
                 name=f"{phase} s",
             )
         )
     figure.add_trace(
         go.Scatter(
             x=labels,
-            y=[t.user_attrs[PROFILE_ATTR].get("train_samples_per_second", 0.0) for t in trials],
+            y=[t.user_attrs[records.PROFILE_ATTR].get("train_samples_per_second", 0.0) for t in trials],
             name="train samples/s",
             yaxis="y2",
             mode="markers+lines",

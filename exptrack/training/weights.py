@@ -1,9 +1,13 @@
 """Where a backbone's starting weights come from: torchvision's ImageNet weights, none, a
-state-dict file, or a URI resolved through `resolvers` (MLflow `runs:/` and `models:/`).
+state-dict file, or a URI (`scheme:/...`) resolved by a resolver registered for its scheme.
+
+No MLflow here: `runs:/` and `models:/` are enabled by an explicit `use_resolvers` call from the
+side that knows the tracking store (the search and `exp train`), bound to that store's URI.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -12,11 +16,41 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
 
-from exptrack import resolvers
-from exptrack.errors import UserError
+from exptrack import registry
+from exptrack.errors import UserError, first_line
 
 RANDOM_FALLBACK = "random (imagenet unavailable)"
 _unavailable: set[str] = set()  # ImageNet weights that failed once in this process: don't retry
+
+Resolver = Callable[[str], Mapping[str, torch.Tensor]]  # URI -> state dict
+RESOLVERS: dict[str, Resolver] = {}
+# `scheme:/...`: two letters at least, so a Windows drive (`C:/...`) stays a path
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):/")
+
+# `@register_resolver(scheme)` on `uri -> state dict` for a scheme of your own; a duplicate is refused.
+register_resolver = registry.registrar(RESOLVERS, "weights resolver")
+
+
+def use_resolvers(resolvers: Mapping[str, Resolver]) -> None:
+    """Resolve `scheme:/...` weights with these from now on, replacing earlier ones of the same
+    schemes: the caller binds them to its store (MLflow `runs:/` to the search's --tracking-uri)."""
+    RESOLVERS.update(resolvers)
+
+
+def scheme_of(weights: str) -> str | None:
+    match = _SCHEME.match(weights)
+    return match["scheme"] if match else None
+
+
+def resolve(uri: str) -> Mapping[str, torch.Tensor]:
+    scheme = scheme_of(uri)
+    if scheme is None or scheme not in RESOLVERS:
+        known = ", ".join(f"{s}:/..." for s in sorted(RESOLVERS)) or "none enabled"
+        raise UserError(
+            f"weights={uri!r}: no resolver for this URI scheme ({known}); "
+            "use imagenet, none, a state-dict file, or runs:/... and models:/... through exp search or exp train"
+        )
+    return RESOLVERS[scheme](uri)
 
 
 def load_imagenet(model: nn.Module, name: str, warn: Callable[[str], None]) -> str:
@@ -29,7 +63,7 @@ def load_imagenet(model: nn.Module, name: str, warn: Callable[[str], None]) -> s
         state = weights_enum.get_state_dict(progress=False, check_hash=True)
     except (OSError, RuntimeError) as exc:
         _unavailable.add(name)
-        warn(f"ImageNet weights for {name} unavailable ({short(exc)}); training from random init")
+        warn(f"ImageNet weights for {name} unavailable ({first_line(exc, 120)}); training from random init")
         return RANDOM_FALLBACK
     if isinstance(model, VisionTransformer) and model.image_size != weights_enum.meta["min_size"][0]:
         # ViT built for another size: resample its position embedding to the new patch grid
@@ -42,8 +76,8 @@ def load(model: nn.Module, weights: str, head: str) -> str:
     """`none`, a URI with a registered scheme, or a state-dict file; returns what was loaded."""
     if weights == "none":
         return "none"
-    if resolvers.scheme_of(weights):
-        load_state(model, resolvers.resolve(weights), weights, head)
+    if scheme_of(weights):
+        load_state(model, resolve(weights), weights, head)
         return weights
     path = Path(weights).expanduser()
     if not path.is_file():
@@ -53,7 +87,9 @@ def load(model: nn.Module, weights: str, head: str) -> str:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"weights file {path} could not be read ({short(exc)}); pass a state dict") from exc
+        raise UserError(
+            f"weights file {path} could not be read ({first_line(exc, 120)}); pass a state dict"
+        ) from exc
     if not isinstance(state, Mapping):
         raise UserError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
     load_state(model, state, str(path), head)
@@ -85,7 +121,3 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], label: str, 
 def _few(what: str, keys: list[str]) -> str:
     shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
     return f"{len(keys)} {what} ({shown})"
-
-
-def short(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [exc.__class__.__name__])[0][:120]

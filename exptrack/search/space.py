@@ -19,8 +19,8 @@ from typing import Any, Protocol
 import yaml
 
 from exptrack import config as cfg
-from exptrack import losses, models
 from exptrack.errors import UserError
+from exptrack.training import backbones, losses
 
 KINDS = ("float", "int", "choice")
 OPTIONS = ("log", "step")
@@ -118,8 +118,8 @@ def _parse_range(name: str, field: str, kind: str, spec: dict[str, Any], where: 
     bounds = spec[kind]
     if not isinstance(bounds, list) or len(bounds) != 2:
         raise UserError(f"{where}: {kind} needs [low, high], got {bounds!r}")
-    low, high = (_number(b) for b in bounds)
-    log, step = bool(spec.get("log", False)), _number(spec.get("step"))
+    low, high = (cfg.parse_number(b) for b in bounds)
+    log, step = bool(spec.get("log", False)), cfg.parse_number(spec.get("step"))
     if high == "max" and field == "freeze_depth" and kind == "int":
         high_num = math.inf
     elif not _is_number(high):
@@ -183,7 +183,7 @@ def _parse_branch(name: str, field: str, option: str, sub: Any, source: str) -> 
                     f"{where}: loss {option!r} takes no parameter {key!r}; it takes: {', '.join(accepted) or 'none'}"
                 )
     elif field == "backbone":
-        models.backbone(option)  # raises for an unknown backbone
+        backbones.backbone(option)  # raises for an unknown backbone
     for key in sub:
         if field != "loss" and (key not in cfg.field_types() or key == field):
             raise UserError(f"{where}: unknown parameter {key!r}; it must be a config key")
@@ -203,16 +203,6 @@ def _check_field_kind(field: str, kind: str, where: str) -> None:
         raise UserError(f"{where}: {field} is a whole number; use int instead of float")
     if expected is str:
         raise UserError(f"{where}: {field} takes names; use choice: [...]")
-
-
-def _number(value: Any) -> Any:
-    """YAML 1.1 reads `1e-5` (no dot) as a string; users write it, so accept it as a float."""
-    if isinstance(value, str) and value != "max":
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def _is_number(value: Any) -> bool:
@@ -257,7 +247,7 @@ def _resolve_max(param: Param, values: Mapping[str, Any], source: str) -> int:
     if param.high != "max":
         return int(param.high)  # type: ignore[arg-type]
     name = values.get("backbone", cfg.TrialConfig.backbone)
-    stages = models.stage_count(name)
+    stages = backbones.stage_count(name)
     if int(param.low) > stages:  # type: ignore[arg-type]
         raise UserError(
             f"{source}: parameter {param.name!r}: low {param.low} exceeds {name}'s {stages} stages"

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 
 import torch
 
+from exptrack import records
+
 
 @dataclasses.dataclass
 class Profile:
@@ -22,7 +24,6 @@ class Profile:
     compute_seconds: float = 0.0  # forward + backward + optimizer step
     eval_seconds: float = 0.0
     train_samples: int = 0
-    epochs: int = 0
     epoch_seconds: list[float] = dataclasses.field(default_factory=list)
 
     @contextlib.contextmanager
@@ -46,7 +47,7 @@ class Profile:
             "trainable_params": float(trainable),
             "frozen_params": float(frozen),
             # CPU results are bit-identical only at the same intra-op thread count: `exp train` reuses it
-            "torch_threads": float(torch.get_num_threads()),
+            records.TORCH_THREADS: float(torch.get_num_threads()),
         }
         figures.update(peak_memory(device))
         return figures

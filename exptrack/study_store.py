@@ -1,22 +1,24 @@
-"""Finding what a search wrote: the Optuna storage URL, an existing study, the trial -> run link.
+"""The Optuna store of studies, as both the search and the results commands read it: which URL,
+opening it, finding a stored study, and ranking its trials best first.
 
 Kept light (optuna only, no torch) so `exp trials`, `exp studies` and `exp export` start fast.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from exptrack.errors import UserError, redact
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
-RUN_ID_ATTR = "mlflow_run_id"  # the trial's user attr holding its MLflow run id
-CONFIG_ATTR = "config"  # the trial's user attr holding its full TrialConfig as a dict
-FAIL_REASON_ATTR = "fail_reason"  # why a trial failed (exception, signal, dead worker)
-RETRY_ATTR = "retry_of"  # on a retried trial: the number of the killed trial it repeats
+SQLITE_BUSY_TIMEOUT_S = 60  # several processes on one file: wait for the lock, don't fail
 
 
 def resolve_storage(url: str | None) -> str:
@@ -30,6 +32,21 @@ def missing_sqlite_file(url: str) -> Path | None:
         return None
     path = Path(url.removeprefix("sqlite:///").split("?")[0])
     return None if path.exists() else path
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The RDB storage at `url` (creating its tables when new); one line when it cannot be opened."""
+    engine: dict[str, Any] = (
+        {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+        if url.startswith("sqlite")
+        else {"pool_pre_ping": True}
+    )
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    except Exception as exc:
+        raise UserError(
+            f"Optuna storage {redact(url)} cannot be opened ({type(exc).__name__}); fix --storage"
+        ) from exc
 
 
 def study_names(storage: str | None) -> list[str]:
@@ -54,3 +71,19 @@ def load_existing_study(name: str, storage: str | None) -> optuna.Study:
         known = ", ".join(sorted(names)) or "none yet: run exp search first"
         raise UserError(f"no study named {name!r} in {redact(url)}; studies there: {known}")
     return optuna.load_study(study_name=name, storage=url)
+
+
+def counted_trials(study: optuna.Study) -> int:
+    """Trials that count toward --trials: those that ran to an end (complete or pruned)."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def best_first(trials: Iterable[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
+    """Trials with a value, best first for the direction (ties keep trial order)."""
+    sign = -1.0 if maximize else 1.0
+    valued = [t for t in trials if t.value is not None and not math.isnan(t.value)]
+    return sorted(valued, key=lambda t: sign * float(t.value or 0.0))
+
+
+def is_maximized(study: optuna.Study) -> bool:
+    return study.direction == optuna.study.StudyDirection.MAXIMIZE

@@ -1,20 +1,33 @@
-"""Resume safety: a stored study is continued only when its direction, metric and search space are
-the ones the study file declares now; otherwise the run is refused with the difference shown."""
+"""Refusing a changed study: a stored study is continued only when its direction, metric and
+search space are the ones the study file declares now; otherwise the search is refused with the
+difference shown (or, with --new-study, runs as a new study `NAME-2`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any
 
 import optuna
 
+from exptrack import records
 from exptrack.errors import UserError
 
 FIX = "use --new-study or --study-name NEW"
 
 
-def stored_declaration(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:
+@dataclasses.dataclass(frozen=True)
+class Declaration:
+    """What a study is declared with; a stored study continues only under the same declaration.
+    A field that an older store did not record is None and is not compared."""
+
+    direction: str | None
+    metric: str | None
+    search_space: Mapping[str, Any] | None
+
+
+def stored_declaration(storage: optuna.storages.BaseStorage, name: str) -> Declaration | None:
     """direction, metric and search space of the stored study `name`; None when there is none."""
     try:
         study_id = storage.get_study_id_from_name(name)
@@ -22,19 +35,20 @@ def stored_declaration(storage: optuna.storages.BaseStorage, name: str) -> dict[
         return None
     attrs = storage.get_study_user_attrs(study_id)
     directions = storage.get_study_directions(study_id)
-    return {
-        "direction": directions[0].name.lower(),
-        "metric": attrs.get("metric"),
-        "search_space": attrs.get("search_space"),
-    }
+    return Declaration(
+        directions[0].name.lower(), attrs.get(records.STUDY_METRIC_ATTR), attrs.get(records.STUDY_SPACE_ATTR)
+    )
 
 
-def difference(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+def difference(stored: Declaration, current: Declaration) -> str | None:
     """The first difference, as `metric=val_accuracy, now val_loss`; None when they match."""
-    for key in ("direction", "metric"):
-        if stored.get(key) is not None and stored[key] != current[key]:
-            return f"{key}={stored[key]}, now {current[key]}"
-    old, new = stored.get("search_space"), _plain(current["search_space"])
+    for key, old_value, new_value in (
+        ("direction", stored.direction, current.direction),
+        ("metric", stored.metric, current.metric),
+    ):
+        if old_value is not None and old_value != new_value:
+            return f"{key}={old_value}, now {new_value}"
+    old, new = stored.search_space, _plain(current.search_space)
     if old is None or old == new:
         return None
     for param in sorted(set(old) | set(new)):
@@ -56,9 +70,7 @@ def free_name(storage: optuna.storages.BaseStorage, name: str) -> str:
     return f"{name}-{number}"
 
 
-def check(
-    storage: optuna.storages.BaseStorage, name: str, current: Mapping[str, Any], new_study: bool
-) -> str:
+def check(storage: optuna.storages.BaseStorage, name: str, current: Declaration, new_study: bool) -> str:
     """The study name to use: `name` when new or unchanged; a fresh name with `new_study`.
     A changed study without `new_study` is refused."""
     stored = stored_declaration(storage, name)

@@ -1,4 +1,5 @@
-"""Every MLflow call: the study's parent run, one nested child run per trial, statuses and links.
+"""The `Tracker`: a study's MLflow records (its experiment, the parent run, one nested child run
+per trial, metrics, artifacts, statuses and links both ways).
 
 `MlflowClient` with explicit run ids (never the fluent `mlflow.start_run` globals, which break as
 soon as two trials run at once). A tracking failure never stops training: each call is guarded,
@@ -20,15 +21,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from exptrack import resolvers
-from exptrack.errors import UserError, redact
+from exptrack import records
+from exptrack.errors import UserError, first_line, redact
+from exptrack.records import ROLE_TAG, RUN_STATUS, STUDY_TAG, TRIAL_TAG
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-ROLE_TAG, STUDY_TAG, TRIAL_TAG = "exptrack.role", "exptrack.study", "exptrack.trial"
-# Optuna state -> MLflow run status, the mapping the design promises.
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
-# MLflow 3 opens an experiment on its GenAI overview unless it is marked as model training.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # A dead tracking server must not stall each trial for minutes (MLflow's defaults: 7 retries with
 # exponential backoff, ~4 min; 120 s timeout): 2 quick retries (~2 s), then the write counts as failed.
 HTTP_DEFAULTS = {
@@ -44,10 +41,6 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def trial_run_name(number: int) -> str:
-    return f"trial-{number:03d}"
-
-
 class Tracker:
     """MLflow records of one study. Construct with the tracking URI; `check()` before trial 1."""
 
@@ -57,7 +50,6 @@ class Tracker:
         # importing mlflow configured its loggers at INFO; its table-creation lines are noise here
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.uri = resolve_tracking_uri(uri)
-        use_store_for_weights(self.uri)
         if self.uri.startswith(("http://", "https://")):
             for key, value in HTTP_DEFAULTS.items():
                 os.environ.setdefault(key, value)  # a user's own setting wins
@@ -77,7 +69,7 @@ class Tracker:
         try:
             yield
         except Exception as exc:
-            message = f"{what}: {type(exc).__name__}: {redact(str(exc).splitlines()[0] if str(exc) else '')}"
+            message = f"{what}: {type(exc).__name__}: {first_line(exc, 1000) if str(exc).strip() else ''}"
             if not self.failures:
                 self.warn(
                     f"MLflow tracking failed ({message}); the search goes on and reports what was not recorded"
@@ -99,7 +91,9 @@ class Tracker:
     def experiment_id(self, study_name: str) -> str:
         experiment = self.client.get_experiment_by_name(study_name)
         if experiment is None:
-            return self.client.create_experiment(study_name, tags={STUDY_TAG: study_name, **EXPERIMENT_KIND})
+            return self.client.create_experiment(
+                study_name, tags={STUDY_TAG: study_name, **records.EXPERIMENT_KIND_TAGS}
+            )
         if experiment.lifecycle_stage == "deleted":
             self.client.restore_experiment(experiment.experiment_id)
         return str(experiment.experiment_id)
@@ -107,7 +101,7 @@ class Tracker:
     def find_study_run(self, experiment_id: str, study_name: str) -> str | None:
         runs = self.client.search_runs(
             [experiment_id],
-            filter_string=f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{study_name}'",
+            filter_string=f"tags.`{ROLE_TAG}` = '{records.ROLE_STUDY}' and tags.`{STUDY_TAG}` = '{study_name}'",
             order_by=["attributes.start_time ASC"],
             max_results=1,
         )
@@ -130,7 +124,7 @@ class Tracker:
         while True:  # 1000 runs a page
             page = self.client.search_runs(
                 [experiment.experiment_id],
-                filter_string=f"tags.`{ROLE_TAG}` = 'trial'",
+                filter_string=f"tags.`{ROLE_TAG}` = '{records.ROLE_TRIAL}'",
                 page_token=token,
             )
             runs.extend(page)
@@ -138,17 +132,27 @@ class Tracker:
             if not token:
                 return runs
 
+    def study_experiments(self) -> dict[str, str]:
+        """Study name -> experiment id, for the experiments a search created."""
+        experiments = self.client.search_experiments(filter_string=f"tags.`{STUDY_TAG}` != ''")
+        return {e.name: str(e.experiment_id) for e in experiments}
+
     def open_study_run(self, study_name: str, tags: Mapping[str, str], files: list[Path]) -> tuple[str, str]:
         """(experiment id, parent run id): the study's existing parent run, or a new one."""
         experiment_id = self.experiment_id(study_name)
         run_id = self.find_study_run(experiment_id, study_name)
-        all_tags = {ROLE_TAG: "study", STUDY_TAG: study_name, "host": platform.node(), **tags}
+        all_tags = {
+            ROLE_TAG: records.ROLE_STUDY,
+            STUDY_TAG: study_name,
+            records.HOST_TAG: platform.node(),
+            **tags,
+        }
         if run_id is None:
             run = self.client.create_run(experiment_id, run_name=study_name, tags=all_tags)
             run_id = run.info.run_id
             for path in files:
                 with self._guard(f"log {path.name} on the study run"):
-                    self.client.log_artifact(run_id, str(path), artifact_path="study")
+                    self.client.log_artifact(run_id, str(path), artifact_path=records.STUDY_FILES_DIR)
         else:
             self.client.update_run(run_id, status="RUNNING")
             self._log(run_id, tags=all_tags)
@@ -172,19 +176,27 @@ class Tracker:
     ) -> str | None:
         """Open the trial's nested run with its params and config; None if MLflow is down."""
         tags = {
-            "mlflow.parentRunId": parent_run_id,
-            ROLE_TAG: "trial",
+            records.PARENT_RUN_TAG: parent_run_id,
+            ROLE_TAG: records.ROLE_TRIAL,
             STUDY_TAG: study_name,
             TRIAL_TAG: str(number),
         }
         with self._guard(f"open the run of trial {number}"):
-            run = self.client.create_run(experiment_id, run_name=trial_run_name(number), tags=tags)
+            run = self.client.create_run(experiment_id, run_name=records.trial_run_name(number), tags=tags)
             run_id = run.info.run_id
             self._log(run_id, params=params)
             with self._guard(f"log the config of trial {number}"):
-                self.client.log_text(run_id, config_yaml, "config.yaml")
+                self.client.log_text(run_id, config_yaml, records.CONFIG_ARTIFACT)
             return run_id
         return None
+
+    def start_run(
+        self, experiment_id: str, name: str, tags: Mapping[str, str], params: Mapping[str, str]
+    ) -> str:
+        """A standalone run (not a trial), e.g. `exp train`'s; raises when MLflow refuses it."""
+        run_id = self.client.create_run(experiment_id, run_name=name, tags=dict(tags)).info.run_id
+        self.log(run_id, params=params)
+        return run_id
 
     def log_epoch(self, run_id: str | None, epoch: int, metrics: Mapping[str, float]) -> None:
         """One epoch's metrics, asynchronously: training does not wait for the store."""
@@ -247,7 +259,7 @@ class Tracker:
         with self._guard("find runs left RUNNING"):
             runs = self.client.search_runs(
                 [experiment_id],
-                filter_string=f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'RUNNING'",
+                filter_string=f"tags.`{ROLE_TAG}` = '{records.ROLE_TRIAL}' and attributes.status = 'RUNNING'",
                 max_results=10000,
             )
             return [(r.info.run_id, int(r.data.tags[TRIAL_TAG])) for r in runs if TRIAL_TAG in r.data.tags]
@@ -255,7 +267,7 @@ class Tracker:
 
     def close_stale_run(self, run_id: str, status: str, reason: str) -> None:
         """Close a run a dead process left RUNNING, saying why."""
-        self._log(run_id, tags={"exptrack.fail_reason": reason})
+        self._log(run_id, tags={records.FAIL_REASON_TAG: reason})
         with self._guard(f"close run {run_id}"):
             self.client.set_terminated(run_id, status=status)
 
@@ -276,61 +288,29 @@ def _metrics(values: Mapping[str, float], step: int) -> list[Any]:
     return [Metric(key, float(value), now, step) for key, value in values.items()]
 
 
-# --- weights from MLflow: `--set weights=runs:/RUN_ID/model` or `models:/NAME/VERSION` ------------
+def read_trial_runs(study_name: str, uri: str | None, warn: Any = print) -> list[Any]:
+    """A stored study's trial runs for a results command (one paged query), or [] when the
+    tracking store cannot be read: the Optuna side alone still answers."""
+    runs = _read_store(uri, warn, lambda tracker: tracker.trial_runs(study_name))
+    return [r for r in runs or [] if TRIAL_TAG in r.data.tags]
 
 
-# The store `runs:/` and `models:/` resolve against: the last Tracker's, else the default one.
-_weights_store: list[str] = []
+def read_experiment_ids(uri: str | None, warn: Any = print) -> dict[str, str]:
+    """Study name -> MLflow experiment id for every experiment a search created (one query)."""
+    found = _read_store(uri, warn, lambda tracker: tracker.study_experiments())
+    return found or {}
 
 
-def use_store_for_weights(uri: str) -> None:
-    """Resolve `runs:/` and `models:/` weights against this store (the search's --tracking-uri),
-    also when weights are checked before any Tracker exists."""
-    _weights_store[:] = [uri]
+def _read_store(uri: str | None, warn: Any, read: Any) -> Any:
+    """`read(tracker)` for a results command; None, with a warning, when the store cannot be read.
+    A missing sqlite file is never created by looking."""
+    from exptrack.study_store import missing_sqlite_file
 
-
-def _mlflow_state_dict(uri: str) -> dict[str, Any]:
-    """The state dict of a model logged with `mlflow.pytorch.log_model` (as `exp train` does)."""
-    import mlflow.pytorch
-
-    store = (_weights_store or [resolve_tracking_uri(None)])[0]
+    tracker = Tracker(uri, warn=warn)
+    if missing_sqlite_file(tracker.uri):
+        return None
     try:
-        with _fluent_stores(store):  # load_model resolves runs:/ and models:/ through the fluent URIs
-            model = mlflow.pytorch.load_model(uri, map_location="cpu")
+        return read(tracker)
     except Exception as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:150]
-        raise UserError(
-            f"weights={uri}: MLflow could not load this model ({first}); "
-            f"check the URI and the store ({redact(store)}, set by --tracking-uri / MLFLOW_TRACKING_URI)"
-        ) from exc
-    return model.state_dict()
-
-
-@contextlib.contextmanager
-def _fluent_stores(store: str) -> Iterator[None]:
-    """Point MLflow's fluent tracking and registry URIs at `store` for one call, then put back
-    exactly what was there: `mlflow.set_*_uri` also writes MLFLOW_*_URI into the environment,
-    which would otherwise pin every later call (and child process) to this store."""
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry
-    from mlflow.tracking._tracking_service import utils as tracking
-
-    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved_env = {key: os.environ.get(key) for key in keys}
-    saved = tracking._tracking_uri, registry._registry_uri
-    try:
-        mlflow.set_tracking_uri(store)
-        mlflow.set_registry_uri(store)
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved[0])  # type: ignore[arg-type]  # None = back to the default
-        registry._registry_uri = saved[1]
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-for _scheme in ("runs", "models"):
-    resolvers.register_resolver(_scheme)(_mlflow_state_dict)
+        warn(f"MLflow {redact(tracker.uri)} not read ({type(exc).__name__}); showing what Optuna has")
+        return None

@@ -1,19 +1,19 @@
 """Checks done before any store is opened, so a bad input ends with one line and writes nothing:
-search space, fixed config, device, sampler, pruner, dashboard, storage and tracking URLs."""
+search space, fixed config, device, sampler, pruner, storage and tracking URLs."""
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import optuna
 
 from exptrack import config as cfg
-from exptrack import dashboards, data, losses, models, samplers, train
-from exptrack import space as spaces
 from exptrack.errors import UserError, redact
+from exptrack.search import samplers
+from exptrack.search import space as spaces
 from exptrack.study import Study
+from exptrack.training import backbones, datasets, fit, losses
 
 TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
 
@@ -25,7 +25,6 @@ class Prepared:
     space: spaces.SearchSpace
     sampler: optuna.samplers.BaseSampler
     pruner: optuna.pruners.BasePruner
-    dashboard: Path | None
 
 
 def prepare(spec: Study, sampler: str | None, pruner: str | None, seed: int | None) -> Prepared:
@@ -34,29 +33,17 @@ def prepare(spec: Study, sampler: str | None, pruner: str | None, seed: int | No
     samplers.check_names(sampler_name, pruner_name)
     space = spaces.load(spec.search_space_path())
     config = cfg.from_dict(space.sample(optuna.trial.FixedTrial(first_point(space)), spec.fixed))
-    models.backbone(config.backbone)  # unknown names end here, before any store is opened
-    data.parse_spec(config.dataset)
+    backbones.backbone(config.backbone)  # unknown names end here, before any store is opened
+    datasets.parse_spec(config.dataset)
     losses.loss_parameters(config.loss)
-    train.resolve_device(config.device)
-    train.check(config)  # dataset files, image size, weights file/URI: before any store is opened
+    fit.resolve_device(config.device)
+    fit.check(config)  # dataset files, image size, weights file/URI: before any store is opened
     epochs = int(spec.fixed.get("epochs", cfg.TrialConfig.epochs))
     return Prepared(
         space,
         samplers.make_sampler(sampler_name, seed, space),
         samplers.make_pruner(pruner_name, epochs),
-        dashboard_path(spec),
     )
-
-
-def dashboard_path(spec: Study) -> Path | None:
-    """The study's dashboard file, validated now; a missing default one just means no dashboard."""
-    if not spec.dashboard:
-        return None
-    path = spec.resolve(spec.dashboard)
-    if not path.is_file():
-        return None
-    dashboards.load(path)
-    return path
 
 
 def check_storage_url(url: str) -> None:

@@ -18,10 +18,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from exptrack import batching, data, losses, models
 from exptrack.config import TrialConfig
 from exptrack.errors import UserError
-from exptrack.profiling import Profile, reset_peak_memory
+from exptrack.training import backbones, batching, datasets, losses
+from exptrack.training.profiling import Profile, reset_peak_memory
 
 
 class Reporter(Protocol):
@@ -58,12 +58,11 @@ class FitResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when present, else CPU; `cuda` without CUDA is the user's to fix."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda but no CUDA device is visible; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)
 
 
@@ -72,8 +71,6 @@ def autocast_dtype(config: TrialConfig, device: torch.device) -> torch.dtype | N
     precision = config.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision not in ("fp32", "bf16"):
-        raise UserError(f"unknown precision {config.precision!r}; use auto, fp32 or bf16")
     return torch.bfloat16 if precision == "bf16" else None
 
 
@@ -85,9 +82,9 @@ def fit(
     device = resolve_device(config.device)
     amp = autocast_dtype(config, device)
     torch.manual_seed(config.seed)
-    size, resize = models.preprocessing(config.backbone).geometry(config.image_size)
-    split = data.load(config, data.Geometry(size, resize))
-    built = models.build_model(
+    size, resize = backbones.preprocessing(config.backbone).geometry(config.image_size)
+    split = datasets.load(config, datasets.Geometry(size, resize))
+    built = backbones.build_model(
         config.backbone, config.weights, split.num_classes, config.freeze_depth, warn, size
     )
     source = batching.make(config, split, device, built.mean, built.std)
@@ -95,7 +92,7 @@ def fit(
     forward = _compiled_step(config, model)
     loss_fn = losses.build_loss(config.loss, config.loss_params)
     optimizer = _optimizer(config, model, device)
-    trainable, frozen = models.parameter_counts(model)
+    trainable, frozen = backbones.parameter_counts(model)
     reporter.on_setup(
         {
             "weights_source": built.weights_source,
@@ -140,12 +137,10 @@ def fit(
 def check(config: TrialConfig) -> None:
     """Fail before trial 1 on what a user can fix: dataset name/path/files, backbone, image size,
     weights. Builds the dataset once (cached for the trials) and the model with random init."""
-    size, resize = models.preprocessing(config.backbone).geometry(config.image_size)
-    split = data.load(config, data.Geometry(size, resize))
+    size, resize = backbones.preprocessing(config.backbone).geometry(config.image_size)
+    split = datasets.load(config, datasets.Geometry(size, resize))
     weights = "none" if config.weights == "imagenet" else config.weights  # no download here
-    models.build_model(config.backbone, weights, split.num_classes, config.freeze_depth, print, size)
-    if config.batching not in ("auto", "device", "loader"):
-        raise UserError(f"unknown batching {config.batching!r}; use auto, device or loader")
+    backbones.build_model(config.backbone, weights, split.num_classes, config.freeze_depth, print, size)
 
 
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
@@ -156,15 +151,13 @@ def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
 
 def _optimizer(config: TrialConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "adamw":
-        # fused: one kernel for all parameters instead of several per tensor (CUDA only)
-        fused = device.type == "cuda"
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=config.lr, weight_decay=config.weight_decay, momentum=0.9, nesterov=True
         )
-    raise UserError(f"unknown optimizer {config.optimizer!r}; use adamw or sgd")
+    # adamw; fused: one kernel for all parameters instead of several per tensor (CUDA only)
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 def _compiled_step(config: TrialConfig, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -1,4 +1,4 @@
-"""`exp train`: one config file through the same `train.fit` as a search trial, as a standalone
+"""`exp train`: one config file through the same `fit` as a search trial, as a standalone
 MLflow run with the trained model logged (and optionally registered in the model registry).
 
 Exactness on CPU: the same config and seed give bit-identical metrics only at the same torch
@@ -8,7 +8,6 @@ intra-op thread count (reduction order changes with it), so the trial's count is
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import platform
 from collections.abc import Callable, Mapping
@@ -18,13 +17,13 @@ from typing import Any
 import torch
 
 from exptrack import config as cfg
-from exptrack import train
+from exptrack import records
 from exptrack.errors import UserError
-from exptrack.tracking import ROLE_TAG, STUDY_TAG, Tracker
+from exptrack.tracking import logged_models
+from exptrack.tracking.tracker import Tracker
+from exptrack.training import fit, weights
 
 DEFAULT_EXPERIMENT = "exptrack-train"
-REPRODUCES_TAG, SOURCE_RUN_TAG = "exptrack.reproduces", "exptrack.source_run_id"
-MODEL_NAME = "model"  # the model lands at runs:/<run id>/model
 
 
 @dataclasses.dataclass
@@ -41,13 +40,13 @@ class TrainOutcome:
 
 
 class RunReporter:
-    """train.fit's reporter for a standalone run: setup facts as tags, epoch metrics with step=epoch."""
+    """fit's reporter for a standalone run: setup facts as tags, epoch metrics with step=epoch."""
 
     def __init__(self, tracker: Tracker, run_id: str) -> None:
         self.tracker, self.run_id = tracker, run_id
 
     def on_setup(self, facts: Mapping[str, Any]) -> None:
-        self.tracker.log(self.run_id, tags={f"exptrack.{k}": str(v) for k, v in facts.items()})
+        self.tracker.log(self.run_id, tags=records.setup_tags(dict(facts)))
 
     def on_epoch(self, epoch: int, metrics: Mapping[str, float]) -> bool:
         self.tracker.log_epoch(self.run_id, epoch, metrics)
@@ -65,7 +64,7 @@ def load_config(path: Path, overrides: list[str]) -> tuple[cfg.TrialConfig, dict
 
 def apply_threads(provenance: Mapping[str, Any], threads: int | None) -> int:
     """Use the thread count given, else the one the trial ran with, else torch's default."""
-    wanted = threads or provenance.get("torch_threads")
+    wanted = threads or provenance.get(records.TORCH_THREADS)
     if wanted is not None:
         if int(wanted) < 1:
             raise UserError(f"--threads must be at least 1, got {wanted}")
@@ -74,12 +73,17 @@ def apply_threads(provenance: Mapping[str, Any], threads: int | None) -> int:
 
 
 def run_tags(path: Path, provenance: Mapping[str, Any]) -> dict[str, str]:
-    tags = {ROLE_TAG: "train", "exptrack.config_file": str(path), "host": platform.node()}
-    if "study" in provenance and "trial" in provenance:
-        tags[STUDY_TAG] = str(provenance["study"])
-        tags[REPRODUCES_TAG] = f"{provenance['study']}/trial-{int(provenance['trial']):03d}"
-    if provenance.get("mlflow_run_id"):
-        tags[SOURCE_RUN_TAG] = str(provenance["mlflow_run_id"])
+    tags = {
+        records.ROLE_TAG: records.ROLE_TRAIN,
+        records.CONFIG_FILE_TAG: str(path),
+        records.HOST_TAG: platform.node(),
+    }
+    study, trial = provenance.get(records.PROVENANCE_STUDY), provenance.get(records.PROVENANCE_TRIAL)
+    if study is not None and trial is not None:
+        tags[records.STUDY_TAG] = str(study)
+        tags[records.REPRODUCES_TAG] = f"{study}/{records.trial_run_name(int(trial))}"
+    if provenance.get(records.PROVENANCE_RUN_ID):
+        tags[records.SOURCE_RUN_TAG] = str(provenance[records.PROVENANCE_RUN_ID])
     return tags
 
 
@@ -96,23 +100,24 @@ def reproduce(
     used_threads = apply_threads(provenance, threads)
     tracker = Tracker(tracking_uri, warn=warn)
     tracker.check()
-    experiment = str(provenance.get("study") or DEFAULT_EXPERIMENT)
+    weights.use_resolvers(logged_models.weight_resolvers(tracker.uri))  # weights=runs:/... from here
+    experiment = str(provenance.get(records.PROVENANCE_STUDY) or DEFAULT_EXPERIMENT)
     experiment_id = tracker.experiment_id(experiment)
-    name = f"train-{path.stem}"
-    run_id = tracker.client.create_run(
-        experiment_id, run_name=name, tags=run_tags(path, provenance)
-    ).info.run_id
-    tracker.log(run_id, params=config.flat_params())
-    tracker.log_text(run_id, cfg.dump_yaml(config, provenance), "config.yaml")
+    run_id = tracker.start_run(
+        experiment_id, f"train-{path.stem}", run_tags(path, provenance), config.flat_params()
+    )
+    tracker.log_text(run_id, cfg.dump_yaml(config, provenance), records.CONFIG_ARTIFACT)
     try:
-        result = train.fit(config, RunReporter(tracker, run_id), warn)
-        model_uri, registered = _log_model(tracker, experiment_id, run_id, result.model, register)
+        result = fit.fit(config, RunReporter(tracker, run_id), warn)
+        model_uri, registered = logged_models.log_model(
+            tracker, experiment_id, run_id, result.model, register
+        )
     except BaseException as exc:  # never leave the run RUNNING
-        tracker.log(run_id, tags={"exptrack.fail_reason": f"{type(exc).__name__}: {exc}"[:1000]})
+        tracker.log(run_id, tags={records.FAIL_REASON_TAG: f"{type(exc).__name__}: {exc}"[:1000]})
         tracker.finish_trial(run_id, "FAIL", {})
         raise
     final = {k: v for k, v in result.final.items() if k != "epoch"}
-    figures = {**result.profile, **{f"final_{k}": v for k, v in final.items()}}
+    figures = {**result.profile, **{f"{records.FINAL_PREFIX}{k}": v for k, v in final.items()}}
     tracker.finish_trial(run_id, "COMPLETE", figures)
     if tracker.failures:
         raise UserError(f"MLflow did not record this run completely: {tracker.failures[0]}")
@@ -121,45 +126,10 @@ def reproduce(
     )
 
 
-def _log_model(
-    tracker: Tracker, experiment_id: str, run_id: str, model: torch.nn.Module, register: str | None
-) -> tuple[str | None, str | None]:
-    """Log the model under the run (`runs:/<id>/model`); register a version when asked."""
-    import mlflow
-    import torchvision
-
-    # One process, one run: the fluent API is safe here, and log_model resolves its client from it.
-    mlflow.set_tracking_uri(tracker.uri)
-    # pickle is chosen on purpose (below) and `runs:/` resolves to the logged model: quiet both notes
-    for logger in ("mlflow.pytorch", "mlflow.tracking._model_registry.fluent"):
-        logging.getLogger(logger).setLevel(logging.ERROR)
-    # log_model puts the model in the *current* experiment even with run_id given; registering
-    # then looks for it in the run's experiment, so the two must agree.
-    mlflow.set_experiment(experiment_id=experiment_id)
-    # Pinned requirements skip MLflow's inference, which re-imports the model in a subprocess (~10 s).
-    requirements = [
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"torchvision=={torchvision.__version__.split('+')[0]}",
-    ]
-    # pickle, not MLflow 3's default pt2: no example input to trace, and `mlflow.pytorch.load_model`
-    # gives back the same nn.Module, so its state_dict keys match the backbone's.
-    info = mlflow.pytorch.log_model(
-        model.cpu().eval(),
-        name=MODEL_NAME,
-        run_id=run_id,
-        pip_requirements=requirements,
-        serialization_format="pickle",
-    )
-    registered = None
-    if register:
-        version = mlflow.register_model(f"runs:/{run_id}/{MODEL_NAME}", register)
-        registered = f"{version.name} version {version.version}"
-    return info.model_uri, registered
-
-
 def compare_line(outcome: TrainOutcome) -> str | None:
     """`val_accuracy: trial 0.8125, this run 0.8125 (identical)` when the file came from a trial."""
-    metric, value = outcome.provenance.get("metric"), outcome.provenance.get("value")
+    metric = outcome.provenance.get(records.PROVENANCE_METRIC)
+    value = outcome.provenance.get(records.PROVENANCE_VALUE)
     if not isinstance(metric, str) or not isinstance(value, int | float) or metric not in outcome.final:
         return None
     now = outcome.final[metric]

@@ -1,0 +1,161 @@
+"""`exp search` and `exp report`: their flags, the progress bar and the summary; the work is
+`search.run.run_search` and `results.dashboards.publish`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from exptrack import config as cfg
+from exptrack import records
+from exptrack.cli.options import SetOpt, StorageOpt, TrackingOpt, err, out, warn
+from exptrack.errors import redact
+
+
+class SearchProgress:
+    """Rich progress bar: trials done / total, best value so far, the current trial."""
+
+    def __init__(self) -> None:
+        self.metric = ""
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[best]}"),
+            TextColumn("{task.fields[current]}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+        )
+        self.task: Any = None
+
+    def start(self, done: int, total: int, metric: str) -> None:
+        self.metric = metric
+        self.bar.start()
+        self.task = self.bar.add_task("trials", total=total, completed=min(done, total), best="", current="")
+
+    def trial_started(self, number: int, config: cfg.TrialConfig) -> None:
+        self.bar.update(
+            self.task,
+            current=f"running trial {number} (lr={config.lr:.2g}, bs={config.batch_size}, "
+            f"freeze={config.freeze_depth}, {config.loss})",
+        )
+
+    def trial_finished(self, number: int, state: str, value: float | None, best: float | None) -> None:
+        if state in ("COMPLETE", "PRUNED"):
+            self.bar.advance(self.task)
+        if best is not None:
+            self.bar.update(self.task, best=f"best {self.metric}={best:.4f}")
+        shown = "" if value is None else f" {value:.4f}"
+        self.bar.console.print(f"trial {number}: {state}{shown}")
+
+    def warn(self, message: str) -> None:
+        """A warning above the bar, so the bar is not torn."""
+        self.bar.console.print(f"[yellow]{message}[/yellow]")
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def search(
+    study_file: Annotated[Path, typer.Argument(help="A study file, e.g. studies/finetune.py")],
+    trials: Annotated[
+        int, typer.Option("--trials", "-n", help="Total finished trials the study should have")
+    ] = 20,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop starting trials after this many seconds")
+    ] = None,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+    study_name: Annotated[str | None, typer.Option(help="Study name [default: the study file's]")] = None,
+    sampler: Annotated[str | None, typer.Option(help="tpe | random | cmaes | gp | qmc | grid")] = None,
+    pruner: Annotated[str | None, typer.Option(help="none | median | hyperband")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Sampler seed, for a repeatable sequence of trials")
+    ] = None,
+    set_: SetOpt = None,
+    no_tracking: Annotated[
+        bool, typer.Option("--no-tracking", help="Skip MLflow (Optuna records only)")
+    ] = False,
+    max_failures: Annotated[
+        int, typer.Option(help="Stop the search after this many failed trials in a row (exit code 2)")
+    ] = 5,
+    new_study: Annotated[
+        bool, typer.Option("--new-study", help="If the stored study differs, start a new one (NAME-2)")
+    ] = False,
+    workers: Annotated[int, typer.Option(help="Processes working on the study at once")] = 1,
+    worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
+) -> None:
+    """Tune a study: sample configs, train each, prune hopeless ones, log every trial to MLflow."""
+    from exptrack.results import dashboards
+    from exptrack.search.loop import SearchOptions
+    from exptrack.search.run import run_search
+
+    overrides = cfg.parse_overrides(set_ or [])
+    if device is not None:
+        overrides["device"] = device
+    options = SearchOptions(
+        trials, timeout, storage, study_name, sampler, pruner, seed, max_failures, new_study, worker,
+        tracking_uri, not no_tracking, workers,
+    )  # fmt: skip
+    progress = SearchProgress()
+    try:
+        summary = run_search(study_file, options, overrides, progress, progress.warn, dashboards.renderer_for)
+    finally:
+        progress.stop()
+    print_summary(summary)
+
+
+def print_summary(summary: Any) -> None:
+    """The best trials, where MLflow has them, and what tracking could not record."""
+    title = f"{summary.study_name}: best trials ({summary.finished} finished, {summary.ran} run now)"
+    table = Table(title=title)
+    for column in ("trial", summary.metric, "params", "MLflow run"):
+        table.add_column(column)
+    for trial in summary.best:
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+        run_id = trial.user_attrs.get(records.RUN_ID_ATTR, "-")
+        table.add_row(str(trial.number), _fmt(trial.value), params, run_id)
+    out.print(table)
+    if summary.tracking_uri and summary.experiment_id:
+        out.print(
+            f"MLflow: {redact(summary.tracking_uri)}, experiment {summary.study_name!r} "
+            f"(id {summary.experiment_id}), study run {summary.parent_run_id}; browse with `exp ui`"
+        )
+    if summary.tracking_failures:
+        warn(
+            f"{len(summary.tracking_failures)} MLflow writes failed and were not recorded, first: "
+            f"{summary.tracking_failures[0]}"
+        )
+    if summary.unrecorded:
+        numbers = ", ".join(map(str, summary.unrecorded))
+        warn(f"trials without an MLflow run (tracking was down; their results are in Optuna): {numbers}")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def report(
+    study_name: Annotated[str, typer.Argument(help="The study's name, e.g. finetune")],
+    dashboard: Annotated[Path, typer.Option(help="Dashboard file: which panels to draw")] = Path(
+        "dashboards/study.yaml"
+    ),
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="HTML file to write [default: STUDY-dashboard.html]")
+    ] = None,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Render a study's dashboard to a standalone HTML page and log it on the study's MLflow run."""
+    from exptrack.results import dashboards
+
+    target = out_file or Path(f"{study_name}-dashboard.html")
+    run_id = dashboards.publish(study_name, dashboard, target, storage, tracking_uri, warn)
+    where = f" and on MLflow run {run_id}" if run_id else ""
+    out.print(f"dashboard written to {target}{where}")

@@ -1,0 +1,75 @@
+"""Every name a record is filed under: Optuna user-attr keys, MLflow tag keys, artifact and figure
+names, the Optuna state -> MLflow run status map and the trial run name format.
+
+Written once here so the search that files a record and the command that reads it back cannot
+drift apart; no other module spells one of these strings.
+"""
+
+from __future__ import annotations
+
+# --- Optuna study user attrs: what the study was declared with (checked on resume) -------------
+STUDY_METRIC_ATTR = "metric"
+STUDY_SPACE_ATTR = "search_space"
+STUDY_FIXED_ATTR = "fixed"
+
+# --- Optuna trial user attrs ---------------------------------------------------------------------
+RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run id
+CONFIG_ATTR = "config"  # the trial's full TrialConfig as a dict
+FAIL_REASON_ATTR = "fail_reason"  # why a trial failed (exception, signal, dead worker)
+RETRY_ATTR = "retry_of"  # on a retried trial: the number of the killed trial it repeats
+WORKER_ATTR = "worker"  # the process running the trial, as host:pid:start-time
+PROFILE_ATTR = "profile"  # the trial's profiling figures
+
+# --- MLflow experiment tags ----------------------------------------------------------------------
+# MLflow 3 opens an experiment on its GenAI overview unless it is marked as model training.
+EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+# --- MLflow run tags ------------------------------------------------------------------------------
+ROLE_TAG = "exptrack.role"  # which of the roles below a run plays
+ROLE_STUDY, ROLE_TRIAL, ROLE_TRAIN = "study", "trial", "train"
+STUDY_TAG = "exptrack.study"  # the Optuna study name (on experiments and runs)
+TRIAL_TAG = "exptrack.trial"  # the trial number, on a trial run
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own nesting of a trial run under the study run
+HOST_TAG = "host"
+FAIL_REASON_TAG = "exptrack.fail_reason"
+RETRY_OF_TAG = "exptrack.retry_of"
+TRIAL_STORAGE_TAG = "optuna.storage"  # on a trial run: where its Optuna trial lives (password removed)
+# on the study's parent run
+STORAGE_TAG, SAMPLER_TAG, PRUNER_TAG = "storage", "sampler", "pruner"
+METRIC_TAG, DIRECTION_TAG, OPTUNA_STUDY_TAG = "metric", "direction", "optuna_study"
+# on an `exp train` run
+REPRODUCES_TAG = "exptrack.reproduces"  # study/trial-NNN
+SOURCE_RUN_TAG = "exptrack.source_run_id"  # the trial run it reproduces
+CONFIG_FILE_TAG = "exptrack.config_file"
+SETUP_TAG_PREFIX = "exptrack."  # + a fact training reports at setup (weights_source, device, ...)
+
+# --- MLflow params, metrics and artifacts -----------------------------------------------------------
+SEARCH_SPACE_PARAM = "search_space"  # on the study run
+FINISHED_TRIALS_METRIC = "finished_trials"
+BEST_PREFIX, FINAL_PREFIX = "best_", "final_"  # best_val_accuracy, final_val_loss, ...
+CONFIG_ARTIFACT = "config.yaml"
+TRACEBACK_ARTIFACT = "traceback.txt"
+DASHBOARD_ARTIFACT = "dashboard.html"
+STUDY_FILES_DIR = "study"  # the study file and its search space, on the study run
+MODEL_ARTIFACT = "model"  # a trained model lands at runs:/<run id>/model
+
+# Optuna state -> MLflow run status, the mapping the design promises.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def trial_run_name(number: int) -> str:
+    """`trial-007`: the run name, the exported file's stem and the `reproduces` tag's tail."""
+    return f"trial-{number:03d}"
+
+
+def setup_tags(facts: dict[str, object]) -> dict[str, str]:
+    """Training's setup facts as run tags (`exptrack.weights_source`, ...)."""
+    return {f"{SETUP_TAG_PREFIX}{key}": str(value) for key, value in facts.items()}
+
+
+# --- the `provenance:` block of an exported config (read back by `exp train`) ------------------------
+PROVENANCE_BLOCK = "provenance"
+PROVENANCE_STUDY, PROVENANCE_TRIAL, PROVENANCE_VALUE = "study", "trial", "value"
+PROVENANCE_METRIC, PROVENANCE_RUN_ID, PROVENANCE_SEED = "metric", "mlflow_run_id", "seed"
+PROVENANCE_VERSIONS = "versions"
+TORCH_THREADS = "torch_threads"  # a profiling figure, and the provenance key `exp train` applies

@@ -1,0 +1,71 @@
+"""`run_search`: everything `exp search` does after parsing its flags, in the order that keeps a
+bad input from writing anything: load the study file, check every input, then create the stores,
+then search (in this process, or in `--workers` processes)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from exptrack.errors import UserError
+from exptrack.search import locks, preflight, signals, workers
+from exptrack.search.loop import DashboardRenderer, Search, SearchOptions, SearchSummary
+from exptrack.search.trial import Progress
+from exptrack.study import Study, load_study_file
+from exptrack.study_store import resolve_storage
+from exptrack.tracking import logged_models
+from exptrack.tracking.tracker import Tracker, resolve_tracking_uri
+from exptrack.training import weights
+
+# The study -> its dashboard renderer (None: no dashboard), validated before any store is created.
+DashboardFactory = Callable[[Study], DashboardRenderer | None]
+
+
+def run_search(
+    study_file: Path,
+    options: SearchOptions,
+    overrides: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+    warn: Callable[[str], None] = print,
+    dashboard: DashboardFactory | None = None,
+) -> SearchSummary:
+    """Tune the study in `study_file` to `options.trials` finished trials; `overrides` are the
+    `--set` values (and `--device`) applied to every trial."""
+    check_options(options)
+    spec = load_study_file(study_file).with_overrides(overrides or {})
+    storage_url = resolve_storage(options.storage)
+    tracking_uri = resolve_tracking_uri(options.tracking_uri)
+    # Everything checkable without a store, before either store is created.
+    preflight.check_storage_url(storage_url)
+    if options.tracking:
+        preflight.check_tracking_uri(tracking_uri)
+    # --set weights=runs:/... and models:/... load from this store (checked next, in preflight)
+    weights.use_resolvers(logged_models.weight_resolvers(tracking_uri))
+    prepared = preflight.prepare(spec, options.sampler, options.pruner, options.seed)
+    render = dashboard(spec) if dashboard else None
+    tracker = None
+    if options.tracking:  # MLflow creates its tables here: one process at a time (K may start at once)
+        with locks.storage_lock(storage_url):
+            tracker = Tracker(tracking_uri, warn=warn)
+            tracker.check()
+    search = Search(spec, options, tracker, progress, warn, prepared, render)
+    if options.workers > 1:
+        return workers.run_workers(search, options.workers, sys.argv[1:])
+    signals.install(notify=warn)
+    return search.run()
+
+
+def check_options(options: SearchOptions) -> None:
+    """Counts and times a user typed, before anything is loaded."""
+    counts = (
+        ("--trials", options.trials),
+        ("--max-failures", options.max_failures),
+        ("--workers", options.workers),
+    )
+    for flag, value in counts:
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    if options.timeout is not None and options.timeout <= 0:
+        raise UserError(f"--timeout must be positive seconds, got {options.timeout}")

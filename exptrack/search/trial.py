@@ -1,0 +1,184 @@
+"""One trial, ask to close: sample a `TrialConfig`, open its MLflow run, `fit`, then tell Optuna
+and close the run with the matching status. Failures of any kind end only this trial.
+
+A trial reads the stores and the study's declaration from its search (`TrialSearch`, which
+`loop.Search` satisfies), so nothing is copied per trial.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from exptrack import config as cfg
+from exptrack import records
+from exptrack.errors import UserError, redact
+from exptrack.search import signals
+from exptrack.search.space import SearchSpace
+from exptrack.study import Study
+from exptrack.tracking.tracker import Tracker
+from exptrack.training import fit
+
+
+class Progress(Protocol):
+    """What the CLI shows while a search runs."""
+
+    def start(self, done: int, total: int, metric: str) -> None: ...
+    def trial_started(self, number: int, config: cfg.TrialConfig) -> None: ...
+    def trial_finished(self, number: int, state: str, value: float | None, best: float | None) -> None: ...
+
+
+class TrialSearch(Protocol):
+    """What a trial reads from the search running it."""
+
+    study: optuna.Study
+    spec: Study
+    space: SearchSpace
+    name: str
+    storage_url: str
+    tracker: Tracker | None
+    experiment_id: str | None
+    parent_run_id: str | None
+    progress: Progress | None
+    warn: Callable[[str], None]
+    unrecorded: list[int]
+
+
+class TrialReporter:
+    """fit's reporter for one trial: Optuna pruning + MLflow per-epoch metrics."""
+
+    def __init__(self, trial: optuna.Trial, tracker: Tracker | None, run_id: str | None, metric: str) -> None:
+        self.trial, self.tracker, self.run_id, self.metric = trial, tracker, run_id, metric
+
+    def on_setup(self, facts: Mapping[str, Any]) -> None:
+        if self.tracker:
+            self.tracker.log(self.run_id, tags=records.setup_tags(dict(facts)))
+
+    def on_epoch(self, epoch: int, metrics: Mapping[str, float]) -> bool:
+        if self.tracker:
+            self.tracker.log_epoch(self.run_id, epoch, metrics)
+        value = metrics[self.metric]
+        if not math.isfinite(value):
+            raise fit.NonFiniteLossError(f"{self.metric} is {value} at epoch {epoch}")
+        self.trial.report(value, epoch)
+        return self.trial.should_prune()
+
+
+def run_trial(search: TrialSearch, trial: optuna.Trial) -> str:
+    """Train an asked trial and tell its outcome; returns the trial's final state name."""
+    try:
+        config = cfg.from_dict(search.space.sample(trial, search.spec.fixed), source=search.space.source)
+    except BaseException as exc:
+        fail(search, trial, None, exc)
+        raise
+    run_id = _start_run(search, trial, config)
+    if search.progress:
+        search.progress.trial_started(trial.number, config)
+    reporter = TrialReporter(trial, search.tracker, run_id, search.spec.metric)
+    try:
+        with signals.interruptible():
+            result = fit.fit(config, reporter, search.warn)
+    except BaseException as exc:
+        fail(search, trial, run_id, exc)
+        if isinstance(exc, KeyboardInterrupt | UserError | SystemExit):
+            raise
+        out_of_memory = isinstance(exc, torch.OutOfMemoryError)
+    else:
+        return _tell(search, trial, run_id, result)
+    if out_of_memory:  # after the except block, so the exception's frames (and tensors) are gone
+        release_memory()
+    return "FAIL"
+
+
+def _start_run(search: TrialSearch, trial: optuna.Trial, config: cfg.TrialConfig) -> str | None:
+    trial.set_user_attr(records.CONFIG_ATTR, config.to_dict())
+    if search.tracker is None or search.experiment_id is None or search.parent_run_id is None:
+        return None
+    run_id = search.tracker.start_trial(
+        search.experiment_id,
+        search.parent_run_id,
+        search.name,
+        trial.number,
+        config.flat_params(),
+        cfg.dump_yaml(
+            config, {records.PROVENANCE_STUDY: search.name, records.PROVENANCE_TRIAL: trial.number}
+        ),
+    )
+    if run_id is None:
+        search.unrecorded.append(trial.number)
+        return None
+    trial.set_user_attr(records.RUN_ID_ATTR, run_id)
+    tags = {records.TRIAL_STORAGE_TAG: redact(search.storage_url)}
+    if records.RETRY_ATTR in trial.user_attrs:
+        tags[records.RETRY_OF_TAG] = str(trial.user_attrs[records.RETRY_ATTR])
+    search.tracker.log(run_id, tags=tags)
+    return run_id
+
+
+def _tell(search: TrialSearch, trial: optuna.Trial, run_id: str | None, result: fit.FitResult) -> str:
+    metric = search.spec.metric
+    final = dict(result.final)
+    final.pop("epoch", None)
+    figures = {**result.profile, **{f"{records.FINAL_PREFIX}{k}": v for k, v in final.items()}}
+    values = [h[metric] for h in result.history]
+    if values:
+        figures[f"{records.BEST_PREFIX}{metric}"] = (max if search.spec.direction == "maximize" else min)(
+            values
+        )
+    trial.set_user_attr(records.PROFILE_ATTR, result.profile)
+    if result.stopped_early:
+        state = "PRUNED"
+        search.study.tell(trial, state=TrialState.PRUNED)
+    else:
+        value = final.get(metric, math.nan)
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return fail(search, trial, run_id, ValueError(f"objective value {value} is not a finite number"))
+        state = "COMPLETE"
+        search.study.tell(trial, value)
+    if search.tracker:
+        search.tracker.finish_trial(run_id, state, figures)
+    _report(search, trial.number, state)
+    return state
+
+
+def fail(search: TrialSearch, trial: optuna.Trial, run_id: str | None, exc: BaseException) -> str:
+    """Record a failed trial in both stores, with the reason; never leave it RUNNING."""
+    reason = (
+        f"interrupted by {exc}" if isinstance(exc, signals.Interrupted) else f"{type(exc).__name__}: {exc}"
+    )
+    trial.set_user_attr(records.FAIL_REASON_ATTR, redact(reason)[:1000])
+    search.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    if search.tracker:
+        search.tracker.log(run_id, tags={records.FAIL_REASON_TAG: reason[:1000]})
+        if not isinstance(exc, KeyboardInterrupt):
+            search.tracker.log_file(
+                run_id, records.TRACEBACK_ARTIFACT, "".join(traceback.format_exception(exc))
+            )
+        search.tracker.finish_trial(run_id, "FAIL", {})
+    _report(search, trial.number, "FAIL")
+    return "FAIL"
+
+
+def release_memory() -> None:
+    """Give the failed trial's memory back so the next trial can allocate it."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _report(search: TrialSearch, number: int, state: str) -> None:
+    if search.progress is None:
+        return
+    frozen = search.study.get_trials(deepcopy=False)[number]
+    try:
+        best = search.study.best_value
+    except ValueError:
+        best = None
+    search.progress.trial_finished(number, state, frozen.value, best)

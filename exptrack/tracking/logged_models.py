@@ -1,0 +1,110 @@
+"""Models in MLflow: logging a trained model on a run (`runs:/<id>/model`), registering a version,
+and loading one back as a state dict for `--set weights=runs:/...` or `models:/NAME/VERSION`.
+
+torch is imported inside the functions that need it, so the results tables that import this
+package stay light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from exptrack import records
+from exptrack.errors import UserError, first_line, redact
+from exptrack.tracking.tracker import Tracker
+
+if TYPE_CHECKING:
+    import torch
+
+WEIGHT_SCHEMES = ("runs", "models")  # the weight URIs MLflow resolves
+
+
+def weight_resolvers(tracking_uri: str) -> dict[str, Callable[[str], Mapping[str, Any]]]:
+    """`runs:/` and `models:/` weight resolvers bound to this tracking store, for
+    `training.weights.use_resolvers` (training itself never imports MLflow)."""
+    load = functools.partial(load_state_dict, store=tracking_uri)
+    return dict.fromkeys(WEIGHT_SCHEMES, load)
+
+
+def load_state_dict(uri: str, store: str) -> dict[str, Any]:
+    """The state dict of a model logged with `mlflow.pytorch.log_model` (as `exp train` does)."""
+    import mlflow.pytorch
+
+    try:
+        with _fluent_stores(store):  # load_model resolves runs:/ and models:/ through the fluent URIs
+            model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    except Exception as exc:
+        raise UserError(
+            f"weights={uri}: MLflow could not load this model ({first_line(exc, 150)}); "
+            f"check the URI and the store ({redact(store)}, set by --tracking-uri / MLFLOW_TRACKING_URI)"
+        ) from exc
+    return dict(model.state_dict())
+
+
+def log_model(
+    tracker: Tracker, experiment_id: str, run_id: str, model: torch.nn.Module, register: str | None
+) -> tuple[str, str | None]:
+    """Log the model under the run (`runs:/<id>/model`); register a version when asked.
+    Returns (model URI, "NAME version N" or None)."""
+    import mlflow
+    import torch
+    import torchvision
+
+    # pickle is chosen on purpose (below) and `runs:/` resolves to the logged model: quiet both notes
+    for logger in ("mlflow.pytorch", "mlflow.tracking._model_registry.fluent"):
+        logging.getLogger(logger).setLevel(logging.ERROR)
+    # Pinned requirements skip MLflow's inference, which re-imports the model in a subprocess (~10 s).
+    requirements = [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"torchvision=={torchvision.__version__.split('+')[0]}",
+    ]
+    # One process, one run: the fluent API is safe here, and log_model resolves its client from it.
+    with _fluent_stores(tracker.uri):
+        # log_model puts the model in the *current* experiment even with run_id given; registering
+        # then looks for it in the run's experiment, so the two must agree.
+        mlflow.set_experiment(experiment_id=experiment_id)
+        # pickle, not MLflow 3's default pt2: no example input to trace, and `load_model` gives
+        # back the same nn.Module, so its state_dict keys match the backbone's.
+        info = mlflow.pytorch.log_model(
+            model.cpu().eval(),
+            name=records.MODEL_ARTIFACT,
+            run_id=run_id,
+            pip_requirements=requirements,
+            serialization_format="pickle",
+        )
+        registered = None
+        if register:
+            version = mlflow.register_model(f"runs:/{run_id}/{records.MODEL_ARTIFACT}", register)
+            registered = f"{version.name} version {version.version}"
+    return info.model_uri, registered
+
+
+@contextlib.contextmanager
+def _fluent_stores(store: str) -> Iterator[None]:
+    """Point MLflow's fluent tracking and registry URIs at `store` for one call, then put back
+    exactly what was there: `mlflow.set_*_uri` also writes MLFLOW_*_URI into the environment,
+    which would otherwise pin every later call (and child process) to this store."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {key: os.environ.get(key) for key in keys}
+    saved = tracking._tracking_uri, registry._registry_uri
+    try:
+        mlflow.set_tracking_uri(store)
+        mlflow.set_registry_uri(store)
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])  # type: ignore[arg-type]  # None = back to the default
+        registry._registry_uri = saved[1]
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,0 +1,7 @@
+"""Training: one `TrialConfig` in, per-epoch metrics out through a reporter (`fit.fit`), with the
+datasets, image files, batching, backbones, losses, weight sources and profiling it is built from.
+
+May import the core modules (`config`, `errors`, `registry`) and nothing else of exptrack; never
+optuna or mlflow, directly or through anything it imports (`tests/test_layering.py`), so `fit`
+runs on its own, as `exp train` and the tests use it.
+"""
