@@ -52,9 +52,17 @@ TRACEBACK_ARTIFACT = "traceback.txt"
 DASHBOARD_ARTIFACT = "dashboard.html"
 STUDY_FILES_DIR = "study"  # the study file and its search space, on the study run
 MODEL_ARTIFACT = "model"  # a trained model lands at runs:/<run id>/model
+# Cost figures keep bare names in training and in Optuna (`seconds_per_epoch`); on MLflow they are
+# filed under this prefix, so the UI groups them apart from the learning curves.
+PROFILE_PREFIX = "profile/"
 
 # Optuna state -> MLflow run status, the mapping the design promises.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def profile_metric(figure: str) -> str:
+    """`seconds_per_epoch` -> `profile/seconds_per_epoch`, its name on MLflow."""
+    return f"{PROFILE_PREFIX}{figure}"
 
 
 def trial_run_name(number: int) -> str:

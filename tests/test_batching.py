@@ -118,4 +118,4 @@ def test_fit_on_cuda_batches_on_the_gpu_in_bf16() -> None:
     )
     result = fit.fit(config.replace(device="cuda"), Recorder())
     assert facts["batching"] == "DeviceBatches" and facts["device"].startswith("cuda")
-    assert result.profile["peak_cuda_memory_mb"] > 0 and len(result.history) == 2
+    assert result.profile["peak_cuda_allocated_mb"] > 0 and len(result.history) == 2

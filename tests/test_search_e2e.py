@@ -62,9 +62,10 @@ def test_three_trials_twice_leave_three_finished_trials_under_one_parent(exp, pr
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert [m.step for m in history] == [1]
         assert history[0].value == trial.intermediate_values[1]
+        for key in ("train_loss", "val_loss", "final_val_accuracy", "best_val_accuracy"):
+            assert key in run.data.metrics, key
+        # cost figures grouped under profile/, apart from the learning curves
         for key in (
-            "train_loss",
-            "val_loss",
             "seconds_per_epoch",
             "train_samples_per_second",
             "data_seconds",
@@ -72,7 +73,9 @@ def test_three_trials_twice_leave_three_finished_trials_under_one_parent(exp, pr
             "eval_seconds",
             "trainable_params",
             "frozen_params",
+            "flops_per_sample",
+            "peak_rss_mb",
         ):
-            assert key in run.data.metrics, key
+            assert f"profile/{key}" in run.data.metrics and key not in run.data.metrics, key
         assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
     assert "3 finished" in again.stdout and "0 run now" in again.stdout

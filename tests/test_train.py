@@ -43,6 +43,9 @@ def test_fit_reports_every_epoch_in_order_with_finite_metrics_and_a_profile() ->
     assert reporter.setup["train_samples"] == 96 and 0 < reporter.setup["val_samples"] <= 96
     for key in ("seconds_per_epoch", "train_samples_per_second", "compute_seconds", "trainable_params"):
         assert result.profile[key] > 0, key
+    # resnet18 at 16 px: ~92 MFLOP per sample forward + backward (~3x the forward's ~30 MFLOP)
+    assert 5e7 < result.profile["flops_per_sample"] < 2e8 and result.profile["achieved_tflops"] > 0
+    assert "mfu" not in result.profile  # no peak to compare a CPU with
 
 
 def test_a_reporter_asking_to_stop_ends_training_after_that_epoch() -> None:
@@ -60,3 +63,12 @@ def test_the_same_config_and_seed_train_to_the_same_metrics() -> None:
 def test_a_diverging_learning_rate_stops_with_a_non_finite_loss_error() -> None:
     with pytest.raises(fit.NonFiniteLossError):
         fit.fit(TINY.replace(lr=1e12, epochs=1), warn=lambda _: None)
+
+
+def test_memory_figures_are_each_trials_own_peak_not_the_processes_high_water_mark() -> None:
+    big = fit.fit(TINY.replace(epochs=1, subset=192, image_size=48, batch_size=96), warn=lambda _: None)
+    small = fit.fit(TINY.replace(epochs=1), warn=lambda _: None)
+    # less work, lower peak: the figures restart per trial (a process's high-water mark never falls)
+    assert 0 < small.profile["peak_rss_mb"] < big.profile["peak_rss_mb"]
+    assert 0 < small.profile["peak_rss_growth_mb"] < big.profile["peak_rss_growth_mb"]
+    assert "process_peak_rss_mb" not in small.profile

@@ -117,8 +117,8 @@ def reproduce(
         tracker.finish_trial(run_id, "FAIL", {})
         raise
     final = {k: v for k, v in result.final.items() if k != "epoch"}
-    figures = {**result.profile, **{f"{records.FINAL_PREFIX}{k}": v for k, v in final.items()}}
-    tracker.finish_trial(run_id, "COMPLETE", figures)
+    figures = {f"{records.FINAL_PREFIX}{k}": v for k, v in final.items()}
+    tracker.finish_trial(run_id, "COMPLETE", figures, result.profile)
     if tracker.failures:
         raise UserError(f"MLflow did not record this run completely: {tracker.failures[0]}")
     return TrainOutcome(

@@ -72,8 +72,15 @@ def _trial_row(trial: FrozenTrial, value_cols: list[str], run: Any | None) -> di
     row["run_id"] = run.info.run_id if run else trial.user_attrs.get(records.RUN_ID_ATTR)
     row["run_status"] = run.info.status if run else None
     for key in PROFILE_METRICS:
-        row[key] = run.data.metrics.get(key, math.nan) if run else math.nan
+        row[key] = _figure(trial, run, key)
     return row
+
+
+def _figure(trial: FrozenTrial, run: Any | None, name: str) -> float:
+    """A cost figure: MLflow's record (under `profile/`), else the trial's own copy in Optuna."""
+    if run is not None and records.profile_metric(name) in run.data.metrics:
+        return float(run.data.metrics[records.profile_metric(name)])
+    return float(trial.user_attrs.get(records.PROFILE_ATTR, {}).get(name, math.nan))
 
 
 def select(

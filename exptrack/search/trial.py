@@ -126,7 +126,7 @@ def _tell(search: TrialSearch, trial: optuna.Trial, run_id: str | None, result: 
     metric = search.spec.metric
     final = dict(result.final)
     final.pop("epoch", None)
-    figures = {**result.profile, **{f"{records.FINAL_PREFIX}{k}": v for k, v in final.items()}}
+    figures = {f"{records.FINAL_PREFIX}{k}": v for k, v in final.items()}
     values = [h[metric] for h in result.history]
     if values:
         figures[f"{records.BEST_PREFIX}{metric}"] = (max if search.spec.direction == "maximize" else min)(
@@ -143,7 +143,7 @@ def _tell(search: TrialSearch, trial: optuna.Trial, run_id: str | None, result: 
         state = "COMPLETE"
         search.study.tell(trial, value)
     if search.tracker:
-        search.tracker.finish_trial(run_id, state, figures)
+        search.tracker.finish_trial(run_id, state, figures, result.profile)
     _report(search, trial.number, state)
     return state
 

@@ -223,15 +223,22 @@ class Tracker:
         with self._guard(f"log {artifact_file}"):
             self.client.log_text(run_id, text, artifact_file)
 
-    def finish_trial(self, run_id: str | None, state: str, metrics: Mapping[str, float]) -> None:
-        """Wait for the trial's pending epoch logs, log its final figures, and close it with the
-        status matching its Optuna state."""
+    def finish_trial(
+        self,
+        run_id: str | None,
+        state: str,
+        metrics: Mapping[str, float],
+        profile: Mapping[str, float] | None = None,
+    ) -> None:
+        """Wait for the trial's pending epoch logs, log its final figures (`profile`'s cost figures
+        under `profile/`), and close it with the status matching its Optuna state."""
         if run_id is None:
             return
         for future in self._pending.pop(run_id, []):
             with self._guard("log epoch metrics"):
                 future.result()
-        self._log(run_id, metrics=metrics)
+        costs = {records.profile_metric(k): v for k, v in (profile or {}).items()}
+        self._log(run_id, metrics={**metrics, **costs})
         with self._guard(f"close run {run_id}"):
             self.client.set_terminated(run_id, status=RUN_STATUS[state])
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any, Protocol
 
 import torch
@@ -20,8 +21,8 @@ from torch import nn
 
 from exptrack.config import TrialConfig
 from exptrack.errors import UserError
-from exptrack.training import backbones, batching, datasets, losses
-from exptrack.training.profiling import Profile, reset_peak_memory
+from exptrack.training import backbones, batching, datasets, flops, losses
+from exptrack.training.profiling import Profile, TrialMemory
 
 
 class Reporter(Protocol):
@@ -47,7 +48,7 @@ class NonFiniteLossError(RuntimeError):
 @dataclasses.dataclass
 class FitResult:
     history: list[dict[str, float]]  # one entry per finished epoch, with "epoch"
-    profile: dict[str, float]
+    profile: dict[str, float]  # cost figures under bare names (`seconds_per_epoch`, `flops_per_sample`)
     stopped_early: bool  # the reporter asked to stop (a pruned trial)
     weights_source: str
     model: nn.Module
@@ -80,6 +81,7 @@ def fit(
     """Train `config` for its epochs, evaluating after each; the reporter may stop it early."""
     reporter = reporter or NullReporter()
     device = resolve_device(config.device)
+    memory = TrialMemory(device)  # before the data and model: they are this trial's memory too
     amp = autocast_dtype(config, device)
     torch.manual_seed(config.seed)
     size, resize = backbones.preprocessing(config.backbone).geometry(config.image_size)
@@ -105,18 +107,29 @@ def fit(
             "frozen_params": frozen,
         }
     )
-    profile, history = Profile(), []
-    reset_peak_memory(device)
+    profile, history = Profile(device), []
+    # FLOPs depend on the architecture, what is frozen and the input shape (appended per batch)
+    flop_key = (config.backbone, config.freeze_depth, split.num_classes)
     stopped = False
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         train_loss = _train_epoch(
-            model, forward, built.frozen_modules, source.train(epoch), loss_fn, optimizer, amp, profile
+            model,
+            forward,
+            built.frozen_modules,
+            source.train(epoch),
+            loss_fn,
+            optimizer,
+            amp,
+            profile,
+            flop_key,
         )
+        profile.train_seconds += time.perf_counter() - start  # _train_epoch ends synchronized
         with profile.phase("eval"):
             val_loss, val_acc = evaluate(model, source.val(max(config.batch_size, 256)), loss_fn, amp)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+            profile.settle()
         profile.epoch_seconds.append(time.perf_counter() - start)
         history.append(
             {
@@ -129,9 +142,9 @@ def fit(
         if reporter.on_epoch(epoch, {k: v for k, v in history[-1].items() if k != "epoch"}):
             stopped = True
             break
-    figures = profile.summary(device, trainable, frozen)
-    figures["train_seconds"] = profile.data_seconds + profile.compute_seconds
-    return FitResult(history, figures, stopped, built.weights_source, model)
+    return FitResult(
+        history, profile.summary(trainable, frozen, memory), stopped, built.weights_source, model
+    )
 
 
 def check(config: TrialConfig) -> None:
@@ -179,6 +192,7 @@ def _train_epoch(
     optimizer: torch.optim.Optimizer,
     amp: torch.dtype | None,
     profile: Profile,
+    flop_key: tuple[Hashable, ...],
 ) -> float:
     model.train()
     for module in frozen:  # frozen stages keep their batch-norm statistics
@@ -192,7 +206,13 @@ def _train_epoch(
                 break
             x, y = batch
         with profile.phase("compute"):
-            loss = _step(forward, loss_fn, optimizer, x, y, amp)
+            if profile.flops_per_sample is None:  # the trial's first step, counted on the eager model
+                step_fn = functools.partial(_step, model, loss_fn, optimizer, x, y, amp)
+                loss, profile.flops_per_sample = flops.counted_step(
+                    (*flop_key, *x.shape[1:]), step_fn, len(y)
+                )
+            else:
+                loss = _step(forward, loss_fn, optimizer, x, y, amp)
             total = loss.detach() * len(y) if total is None else total + loss.detach() * len(y)
             count += len(y)
             # On CUDA a per-step finiteness check would sync every step; check every 16 steps.
