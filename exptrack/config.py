@@ -68,17 +68,19 @@ class TrialConfig:
         return dataclasses.asdict(self)
 
     def flat_params(self) -> dict[str, str]:
-        """Every field as a string param, dict fields flattened (`loss_params.gamma`)."""
-        flat: dict[str, str] = {}
-        for key, value in self.to_dict().items():
-            if isinstance(value, dict):
-                flat.update({f"{key}.{k}": str(v) for k, v in value.items()})
-            else:
-                flat[key] = str(value)
+        """Every field as a string param; a loss parameter under the name the search space gives
+        it (`loss.focal.gamma`), so Optuna, MLflow and `exp trials` call it the same."""
+        flat = {key: str(value) for key, value in self.to_dict().items() if key != "loss_params"}
+        flat.update({loss_param_name(self.loss, k): str(v) for k, v in self.loss_params.items()})
         return flat
 
     def replace(self, **changes: Any) -> TrialConfig:
         return from_dict({**self.to_dict(), **changes})
+
+
+def loss_param_name(loss: str, key: str) -> str:
+    """`loss.focal.gamma`: a loss parameter's one name (Optuna's, MLflow's, `exp trials`' column)."""
+    return f"loss.{loss}.{key}"
 
 
 def field_types() -> dict[str, Any]:
@@ -137,7 +139,8 @@ def parse_number(value: Any) -> Any:
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """Turn `--set key=value` strings into typed values; `loss_params.gamma=2` sets one entry."""
+    """Turn `--set key=value` strings into typed values; `loss_params.gamma=2` sets one entry, and
+    so does its search-space name `loss.focal.gamma=2`."""
     overrides: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -145,6 +148,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise UserError(f"--set {pair!r}: expected key=value, e.g. --set epochs=2")
         value = yaml.safe_load(raw) if raw.strip() else ""
+        if key.startswith("loss.") and key.count(".") == 2:  # loss.focal.gamma -> loss_params.gamma
+            key = f"loss{PARAMS_SUFFIX}.{key.rsplit('.', 1)[1]}"
         head, dot, sub = key.partition(".")
         if dot:
             if head not in field_types() or typing.get_origin(field_types()[head]) is not dict:

@@ -19,6 +19,10 @@ FAIL_REASON_ATTR = "fail_reason"  # why a trial failed (exception, signal, dead 
 RETRY_ATTR = "retry_of"  # on a retried trial: the number of the killed trial it repeats
 WORKER_ATTR = "worker"  # the process running the trial, as host:pid:start-time
 PROFILE_ATTR = "profile"  # the trial's profiling figures
+# When the weights asked for could not be had (ImageNet offline), the trial trains with what it
+# could get and its config says so (`weights: none`); this records what was asked for. Also the
+# name of the MLflow param and of the provenance key that carry the same note.
+WEIGHTS_REQUESTED = "weights_requested"
 
 # --- MLflow experiment tags ----------------------------------------------------------------------
 # MLflow 3 opens an experiment on its GenAI overview unless it is marked as model training.
@@ -34,6 +38,9 @@ HOST_TAG = "host"
 FAIL_REASON_TAG = "exptrack.fail_reason"
 RETRY_OF_TAG = "exptrack.retry_of"
 TRIAL_STORAGE_TAG = "optuna.storage"  # on a trial run: where its Optuna trial lives (password removed)
+# On a trial run: its Optuna state (COMPLETE, PRUNED, FAIL), readable where MLflow's status icon
+# shows a pruned trial like a failure, and the epoch a pruned trial stopped after.
+STATE_TAG, PRUNED_EPOCH_TAG = "state", "pruned_at_epoch"
 # on the study's parent run
 STORAGE_TAG, SAMPLER_TAG, PRUNER_TAG = "storage", "sampler", "pruner"
 METRIC_TAG, DIRECTION_TAG, OPTUNA_STUDY_TAG = "metric", "direction", "optuna_study"

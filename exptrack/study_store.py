@@ -26,6 +26,15 @@ def resolve_storage(url: str | None) -> str:
     return url or os.environ.get("OPTUNA_STORAGE") or DEFAULT_STORAGE
 
 
+def absolute_url(url: str) -> str:
+    """A sqlite URL with its file made absolute (`sqlite:///optuna.db` -> `sqlite:////work/optuna.db`),
+    for records that must name the same file whichever directory reads them."""
+    if not url.startswith("sqlite:///") or url.startswith("sqlite:////") or ":memory:" in url:
+        return url
+    path, sep, query = url.removeprefix("sqlite:///").partition("?")
+    return f"sqlite:///{Path(path).resolve()}{sep}{query}"
+
+
 def missing_sqlite_file(url: str) -> Path | None:
     """The file a `sqlite:///` URL names, when it does not exist (opening it would create it empty)."""
     if not url.startswith("sqlite:///") or url.endswith(":memory:"):

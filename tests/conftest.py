@@ -17,6 +17,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # Shrinks any study to seconds on a CPU: a digits subset at 16 px, one epoch, no weight download.
 TINY = ["--set", "epochs=1", "--set", "subset=96", "--set", "image_size=16", "--set", "weights=none"]
+# A process with these is offline for real: every download goes through a proxy on a closed
+# loopback port and fails at once, while servers a test starts on loopback stay reachable.
+OFFLINE = {
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "NO_PROXY": "127.0.0.1,localhost,::1",
+}
 
 
 @pytest.fixture
@@ -42,13 +49,14 @@ def exp_env(cwd: Path) -> dict[str, str]:
 
 
 def run_exp(
-    cwd: Path, *args: str, timeout: float = 600, check: bool = False
+    cwd: Path, *args: str, timeout: float = 600, check: bool = False, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run `exp ARGS` as a user would (a real process), returning its exit code and output."""
+    """Run `exp ARGS` as a user would (a real process), returning its exit code and output;
+    `env` adds to the environment (e.g. OFFLINE)."""
     result = subprocess.run(
         [sys.executable, "-m", "exptrack", *args],
         cwd=cwd,
-        env=exp_env(cwd),
+        env={**exp_env(cwd), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -15,9 +15,13 @@ TRIALS = 2  # enough for an order and a top-2; each costs ~5-10 s on 2 cores
 
 @dataclasses.dataclass(frozen=True)
 class Searched:
-    """A directory where `exp search` ran, with its sqlite stores (optuna.db, mlflow.db) in it."""
+    """A directory where `exp search` ran, with its sqlite stores (optuna.db, mlflow.db) in it, and
+    what the search printed. It ran offline with the study's `weights: imagenet`, as a user without
+    network would: the trials fell back to random init, and say so."""
 
     cwd: Path
+    stdout: str = ""
+    stderr: str = ""
 
     def study(self) -> optuna.Study:
         return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{self.cwd / 'optuna.db'}")
@@ -30,11 +34,12 @@ class Searched:
 
 @pytest.fixture(scope="session")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> Searched:
-    from tests.conftest import REPO, TINY, run_exp  # here: conftest imports this module
+    from tests.conftest import OFFLINE, REPO, TINY, run_exp  # here: conftest imports this module
 
     cwd = tmp_path_factory.mktemp("searched")
     for folder in ("studies", "search_spaces", "dashboards"):
         shutil.copytree(REPO / folder, cwd / folder)
     args = ["search", "studies/finetune.py", "--trials", str(TRIALS), "--pruner", "none", "--seed", "0"]
-    run_exp(cwd, *args, *TINY, check=True)
-    return Searched(cwd)
+    tiny = TINY[: TINY.index("weights=none") - 1]  # keeps the study's weights: imagenet
+    done = run_exp(cwd, *args, *tiny, check=True, env=OFFLINE)
+    return Searched(cwd, done.stdout, done.stderr)

@@ -45,11 +45,17 @@ def test_yaml_round_trip_gives_the_same_config_and_provenance(tmp_path: Path) ->
     assert provenance == {"study": "finetune", "trial": 7}
 
 
-def test_flat_params_hold_only_the_active_loss_parameters() -> None:
+def test_flat_params_hold_only_the_active_loss_parameters_under_their_search_space_names() -> None:
     plain = cfg.TrialConfig(loss="cross_entropy").flat_params()
-    assert not any(k.startswith("loss_params") for k in plain)
+    assert not any(k.startswith("loss") and k != "loss" for k in plain)
     focal = cfg.TrialConfig(loss="focal", loss_params={"gamma": 2.0}).flat_params()
-    assert focal["loss_params.gamma"] == "2.0" and focal["loss"] == "focal"
+    # the name Optuna gives it (and `exp trials` shows), not loss_params.gamma or gamma
+    assert focal["loss.focal.gamma"] == "2.0" and focal["loss"] == "focal"
+    assert "loss_params" not in focal and "loss_params.gamma" not in focal
+
+
+def test_set_takes_a_loss_parameter_by_its_search_space_name_too() -> None:
+    assert cfg.parse_overrides(["loss.focal.gamma=2"]) == cfg.parse_overrides(["loss_params.gamma=2"])
 
 
 def test_a_config_cannot_be_changed_after_it_is_built() -> None:

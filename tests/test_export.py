@@ -38,6 +38,8 @@ def test_export_writes_the_best_trials_as_yaml_that_reads_back_as_their_configs(
         assert provenance["study"] == STUDY and provenance["trial"] == trial.number
         assert provenance["value"] == trial.value and provenance["seed"] == config.seed
         assert provenance["mlflow_run_id"] == trial.user_attrs["mlflow_run_id"]
+        # ran offline: the config is what trained (weights: none), with a note of what was asked for
+        assert provenance["weights_requested"] == "imagenet"
         assert set(provenance["versions"]) == {
             "python",
             "exptrack",

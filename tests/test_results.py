@@ -10,6 +10,7 @@ import sys
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from rich.console import Console
 
 from exptrack.errors import UserError
 from exptrack.results import tables
@@ -24,10 +25,11 @@ def test_trials_csv_and_json_list_every_trial_with_state_value_params_and_run_id
     study = searched.study()
     client = MlflowClient(f"sqlite:///{searched.cwd / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(STUDY)
-    mlflow_ids = {
-        int(r.data.tags["exptrack.trial"]): r.info.run_id
-        for r in client.search_runs([experiment.experiment_id], "tags.`exptrack.role` = 'trial'")
-    }
+    trial_runs = client.search_runs([experiment.experiment_id], "tags.`exptrack.role` = 'trial'")
+    mlflow_ids = {int(r.data.tags["exptrack.trial"]): r.info.run_id for r in trial_runs}
+    for run in trial_runs:  # the params say what trained, and what was asked for
+        assert (run.data.params["weights"], run.data.params["weights_requested"]) == ("none", "imagenet")
+    assert "weights: imagenet could not be had" in searched.stderr  # and so does the search summary
     assert len(table) == TRIALS
     # best first: the study maximizes val_accuracy
     assert list(table["value"]) == sorted(table["value"], reverse=True)
@@ -37,6 +39,8 @@ def test_trials_csv_and_json_list_every_trial_with_state_value_params_and_run_id
         assert row.run_id == trial.user_attrs["mlflow_run_id"] == mlflow_ids[row.number]
         assert row.lr == trial.params["lr"] and row.batch_size == trial.params["batch_size"]
         assert row.duration_s > 0 and row.run_status == "FINISHED"
+        # offline, ImageNet could not be had: the trial says what it trained from and what was asked
+        assert row.weights == "none (imagenet unavailable)"
 
     json_out = searched.exp("trials", STUDY, "--format", "json", "--state", "complete", "--top", "2")
     assert json_out.returncode == 0, json_out.stderr
@@ -50,21 +54,36 @@ def test_trials_csv_and_json_list_every_trial_with_state_value_params_and_run_id
             assert (r.get(column) is not None) == (r["loss"] == loss)
 
 
-def test_studies_lists_the_study_with_trials_by_state_and_best_value_without_torch(
-    searched: Searched,
-) -> None:
-    # the real command, in a process that then reports whether it loaded torch (it must not: ~3 s)
-    code = "import sys\nfrom exptrack.cli import main\nsys.argv = ['exp', 'studies', '--format', 'json']\n"
+def run_without_torch(searched: Searched, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real command, in a process that then reports whether it loaded torch (it must not: ~3 s)."""
+    code = f"import sys\nfrom exptrack.cli import main\nsys.argv = ['exp', *{list(args)!r}]\n"
     code += "main()\nprint('torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr)"
-    listed = subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-c", code],
         cwd=searched.cwd,
         env=exp_env(searched.cwd),
         capture_output=True,
         text=True,
     )
-    assert listed.returncode == 0, listed.stderr
-    assert listed.stderr.strip().endswith("no torch")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().endswith("no torch"), done.stderr
+    return done
+
+
+def test_trials_table_loads_no_torch_and_heads_every_parameter_by_its_one_name(searched: Searched) -> None:
+    shown = run_without_torch(searched, "trials", STUDY)
+    header = next(line for line in shown.stdout.splitlines() if line.lstrip().startswith("number"))
+    assert header.split()[:3] == ["number", "state", "value"] and "weight_decay" in header.split()
+    frame = pd.DataFrame({"number": [0], "loss.focal.gamma": [2.5], "loss.label_smoothing.smoothing": [None]})
+    console = Console(width=200, record=True)
+    console.print(tables.to_rich(frame, "t"))
+    assert "loss.focal.gamma" in console.export_text() and " gamma " not in console.export_text()
+
+
+def test_studies_lists_the_study_with_trials_by_state_and_best_value_without_torch(
+    searched: Searched,
+) -> None:
+    listed = run_without_torch(searched, "studies", "--format", "json")
     (row,) = json.loads(listed.stdout)
     assert row["study"] == STUDY and row["direction"] == "maximize"
     assert row["trials"] == row["complete"] == TRIALS and row["pruned"] == row["fail"] == 0

@@ -8,6 +8,7 @@ import optuna
 import pytest
 import yaml
 
+from exptrack import config as cfg
 from exptrack.errors import UserError
 from exptrack.search import space
 
@@ -109,3 +110,49 @@ def test_grid_needs_a_discrete_space() -> None:
     assert parse("batch_size: {choice: [8, 16]}\nfreeze_depth: {int: [0, 2]}").is_discrete()
     assert not parse("lr: {float: [0.001, 0.1]}").is_discrete()
     assert parse("lr: {float: [0.01, 0.1], step: 0.01}").is_discrete()
+
+
+def test_set_on_a_searched_parameter_pins_it_and_keeps_the_chosen_branch_searched() -> None:
+    shipped = space.load(REPO / "search_spaces" / "finetune.yaml")
+    pinned = shipped.pin({"lr": 0.5, "loss": "focal", "freeze_depth": 2})
+    assert pinned.pins == {"lr": 0.5, "loss": "focal", "freeze_depth": 2}
+    assert pinned.names() == ["batch_size", "weight_decay", "loss.focal.gamma"]
+    fixed = {"backbone": "resnet18", "lr": 0.5, "loss": "focal", "freeze_depth": 2}
+    study = optuna.create_study()
+    trial = study.ask()
+    values = pinned.sample(trial, fixed)
+    assert values["lr"] == 0.5 and values["loss"] == "focal" and values["freeze_depth"] == 2
+    assert set(trial.params) == {"batch_size", "weight_decay", "loss.focal.gamma"}
+    assert set(values["loss_params"]) == {"gamma"}
+    # a pinned space is another space: resuming the study without the pin is refused
+    assert pinned.describe()["lr"] == {"pinned": 0.5} and pinned.describe() != shipped.describe()
+    assert shipped.pin({"epochs": 3}) == shipped  # not a searched parameter: nothing to pin
+
+
+def test_a_pinned_loss_parameter_holds_whenever_its_loss_is_chosen() -> None:
+    shipped = space.load(REPO / "search_spaces" / "finetune.yaml")
+    pinned = shipped.pin({"loss_params": {"gamma": 2.0}})
+    assert "loss.focal.gamma" not in pinned.names() and pinned.pins == {"loss.focal.gamma": 2.0}
+    study = optuna.create_study()
+    chosen = {}
+    for loss in ("focal", "label_smoothing"):
+        study.enqueue_trial({"loss": loss})
+        chosen[loss] = pinned.sample(study.ask(), {"loss_params": {"gamma": 2.0}})["loss_params"]
+    assert chosen["focal"] == {"gamma": 2.0}  # pinned, not sampled
+    assert set(chosen["label_smoothing"]) == {"smoothing"}  # a loss without gamma never gets it
+
+
+def test_searched_parameters_are_named_as_optuna_names_them_in_every_record() -> None:
+    branched = parse(
+        """
+        backbone:
+          choice:
+            resnet18: {freeze_depth: {int: [0, max]}}
+        loss: {choice: {focal: {gamma: {float: [0.5, 5.0]}}}}
+        """
+    )
+    trial = optuna.create_study().ask()
+    values = branched.sample(trial, {})
+    named = branched.named_params(cfg.from_dict(values).flat_params(), trial.params)
+    assert set(trial.params) <= set(named)  # backbone.resnet18.freeze_depth, loss.focal.gamma, ...
+    assert "freeze_depth" not in named and "loss_params.gamma" not in named

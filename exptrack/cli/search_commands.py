@@ -122,6 +122,18 @@ def print_summary(summary: Any) -> None:
         run_id = trial.user_attrs.get(records.RUN_ID_ATTR, "-")
         table.add_row(str(trial.number), _fmt(trial.value), params, run_id)
     out.print(table)
+    asked = sorted(
+        {
+            str(t.user_attrs[records.WEIGHTS_REQUESTED])
+            for t in summary.best
+            if records.WEIGHTS_REQUESTED in t.user_attrs
+        }
+    )
+    if asked:
+        warn(
+            f"weights: {', '.join(asked)} could not be had, so these trials trained from random init; "
+            "their params, configs and exports say weights=none"
+        )
     if summary.tracking_uri and summary.experiment_id:
         out.print(
             f"MLflow: {redact(summary.tracking_uri)}, experiment {summary.study_name!r} "

@@ -83,6 +83,8 @@ def provenance(
         facts[records.PROVENANCE_METRIC] = metric
     facts[records.PROVENANCE_RUN_ID] = run_id or trial.user_attrs.get(records.RUN_ID_ATTR)
     facts[records.PROVENANCE_SEED] = config.seed
+    if records.WEIGHTS_REQUESTED in trial.user_attrs:  # e.g. imagenet, unavailable: the config says none
+        facts[records.WEIGHTS_REQUESTED] = trial.user_attrs[records.WEIGHTS_REQUESTED]
     threads = trial.user_attrs.get(records.PROFILE_ATTR, {}).get(records.TORCH_THREADS)
     if threads and math.isfinite(threads):
         facts[records.TORCH_THREADS] = int(threads)  # `exp train` applies it: CPU sums depend on it

@@ -101,10 +101,13 @@ def reproduce(
     tracker = Tracker(tracking_uri, warn=warn)
     tracker.check()
     weights.use_resolvers(logged_models.weight_resolvers(tracker.uri))  # weights=runs:/... from here
+    asked, config = config.weights, fit.with_available_weights(config, warn)
+    note = {records.WEIGHTS_REQUESTED: asked} if asked != config.weights else {}
+    provenance = {**provenance, **note}
     experiment = str(provenance.get(records.PROVENANCE_STUDY) or DEFAULT_EXPERIMENT)
     experiment_id = tracker.experiment_id(experiment)
     run_id = tracker.start_run(
-        experiment_id, f"train-{path.stem}", run_tags(path, provenance), config.flat_params()
+        experiment_id, f"train-{path.stem}", run_tags(path, provenance), {**config.flat_params(), **note}
     )
     tracker.log_text(run_id, cfg.dump_yaml(config, provenance), records.CONFIG_ARTIFACT)
     try:

@@ -40,7 +40,7 @@ def trials_frame(study: optuna.Study, runs: list[Any]) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=["number", "state", *value_columns(study), "duration_s", "run_id"])
     fixed = ["number", "state", *value_columns(study)]
-    tail = ["duration_s", "run_id", "run_status", *PROFILE_METRICS]
+    tail = ["weights", "duration_s", "run_id", "run_status", *PROFILE_METRICS]
     params = sorted(c for c in frame.columns if c not in fixed and c not in tail)
     return frame.reindex(columns=[*fixed, *params, *tail])
 
@@ -66,6 +66,7 @@ def _trial_row(trial: FrozenTrial, value_cols: list[str], run: Any | None) -> di
     values = trial.values or [math.nan] * len(value_cols)
     row.update(zip(value_cols, values, strict=True))
     row.update(trial.params)
+    row["weights"] = _weights(trial)
     start, end = trial.datetime_start, trial.datetime_complete
     row["duration_s"] = (end - start).total_seconds() if start and end else math.nan
     # MLflow's record wins; the trial's own link still names the run when MLflow is elsewhere.
@@ -81,6 +82,14 @@ def _figure(trial: FrozenTrial, run: Any | None, name: str) -> float:
     if run is not None and records.profile_metric(name) in run.data.metrics:
         return float(run.data.metrics[records.profile_metric(name)])
     return float(trial.user_attrs.get(records.PROFILE_ATTR, {}).get(name, math.nan))
+
+
+def _weights(trial: FrozenTrial) -> str | None:
+    """The weights the trial started from, and what was asked for when that could not be had:
+    `none (imagenet unavailable)`."""
+    used = (trial.user_attrs.get(records.CONFIG_ATTR) or {}).get("weights")
+    asked = trial.user_attrs.get(records.WEIGHTS_REQUESTED)
+    return f"{used} ({asked} unavailable)" if asked and used else used
 
 
 def select(
@@ -175,16 +184,15 @@ def to_markdown(frame: pd.DataFrame) -> str:
 
 
 def to_rich(frame: pd.DataFrame, title: str) -> Any:
-    """The terminal view: run status and profile figures stay in csv/json, to keep it narrow, and a
-    conditional parameter is headed by its last name (`gamma`) when that is unambiguous."""
+    """The terminal view: run status and profile figures stay in csv/json, to keep it narrow. Every
+    column is headed by the parameter's one name (`loss.focal.gamma`, as in Optuna and MLflow)."""
     from rich import box
     from rich.table import Table
 
     frame = frame.drop(columns=["run_status", *PROFILE_METRICS], errors="ignore")
-    leaves = [str(c).rsplit(".", 1)[-1] for c in frame.columns]
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for column, leaf in zip(frame.columns, leaves, strict=True):
-        table.add_column(leaf if leaves.count(leaf) == 1 else str(column), no_wrap=True)
+    for column in frame.columns:
+        table.add_column(str(column), no_wrap=True)
     for row in frame.itertuples(index=False):
         table.add_row(*(cell(v) for v in row))
     return table

@@ -21,7 +21,7 @@ from exptrack.errors import UserError, redact
 from exptrack.search import changed_study, locks, preflight, repair, signals, trial
 from exptrack.search.trial import Progress
 from exptrack.study import Study
-from exptrack.study_store import best_first, counted_trials, open_storage, resolve_storage
+from exptrack.study_store import absolute_url, best_first, counted_trials, open_storage, resolve_storage
 from exptrack.tracking.tracker import Tracker
 
 MAX_CONSECUTIVE_FAILURES = 5
@@ -216,7 +216,7 @@ class Search:
         if self.tracker is None:
             return
         tags = {
-            records.STORAGE_TAG: redact(self.storage_url),
+            records.STORAGE_TAG: redact(absolute_url(self.storage_url)),
             records.SAMPLER_TAG: type(self.sampler).__name__,
             records.PRUNER_TAG: type(self.pruner).__name__,
             records.METRIC_TAG: self.spec.metric,

@@ -4,6 +4,7 @@ search space, fixed config, device, sampler, pruner, storage and tracking URLs."
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -27,11 +28,18 @@ class Prepared:
     pruner: optuna.pruners.BasePruner
 
 
-def prepare(spec: Study, sampler: str | None, pruner: str | None, seed: int | None) -> Prepared:
-    """Validate the study against its space and build its sampler and pruner."""
+def prepare(
+    spec: Study,
+    sampler: str | None,
+    pruner: str | None,
+    seed: int | None,
+    pins: Mapping[str, Any] | None = None,
+) -> Prepared:
+    """Validate the study against its space and build its sampler and pruner. `pins` (the `--set`
+    values) take the parameters they name out of the space: those are fixed for the study."""
     sampler_name, pruner_name = sampler or spec.sampler, pruner or spec.pruner
     samplers.check_names(sampler_name, pruner_name)
-    space = spaces.load(spec.search_space_path())
+    space = spaces.load(spec.search_space_path()).pin(pins or {})
     config = cfg.from_dict(space.sample(optuna.trial.FixedTrial(first_point(space)), spec.fixed))
     backbones.backbone(config.backbone)  # unknown names end here, before any store is opened
     datasets.parse_spec(config.dataset)

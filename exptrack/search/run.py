@@ -43,7 +43,11 @@ def run_search(
         preflight.check_tracking_uri(tracking_uri)
     # --set weights=runs:/... and models:/... load from this store (checked next, in preflight)
     weights.use_resolvers(logged_models.weight_resolvers(tracking_uri))
-    prepared = preflight.prepare(spec, options.sampler, options.pruner, options.seed)
+    prepared = preflight.prepare(spec, options.sampler, options.pruner, options.seed, overrides)
+    if prepared.space.pins and not options.worker:  # workers repeat the command: said once
+        pinned = ", ".join(f"{name}={value}" for name, value in prepared.space.pins.items())
+        where = Path(prepared.space.source).name
+        warn(f"--set {pinned}: pinned for this study (taken out of the search space {where})")
     render = dashboard(spec) if dashboard else None
     tracker = None
     if options.tracking:  # MLflow creates its tables here: one process at a time (K may start at once)

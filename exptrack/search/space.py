@@ -55,6 +55,8 @@ class Param:
 class SearchSpace:
     params: tuple[Param, ...]
     source: str
+    # Optuna name -> value, for parameters `--set` pinned for this study (taken out of `params`)
+    pins: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def sample(self, trial: Suggester, fixed: Mapping[str, Any]) -> dict[str, Any]:
         """Config values (fixed merged with sampled) for one trial."""
@@ -64,8 +66,33 @@ class SearchSpace:
         return values
 
     def describe(self) -> dict[str, Any]:
-        """A plain, comparable form of the space, for logging and for spotting a changed space."""
-        return {p.name: _describe(p) for p in self.params}
+        """A plain, comparable form of the space, for logging and for spotting a changed space
+        (a pinned parameter reads `{pinned: VALUE}`, so pinning one is a change of space)."""
+        pinned = {name: {"pinned": value} for name, value in self.pins.items()}
+        return {**{p.name: _describe(p) for p in self.params}, **pinned}
+
+    def names(self) -> list[str]:
+        """Every searched parameter's Optuna name, conditional ones included, in file order."""
+        return [name for p in self.params for name in _names(p)]
+
+    def pin(self, overrides: Mapping[str, Any]) -> SearchSpace:
+        """This space without the parameters that `overrides` (`--set`) fix: each takes the value
+        given for the whole study. Pinning a conditional choice keeps the chosen branch's own
+        parameters searched (`--set loss=focal` still searches `loss.focal.gamma`)."""
+        pins: dict[str, Any] = {}
+        params = _pinned(self.params, overrides, pins)
+        return dataclasses.replace(self, params=params, pins={**self.pins, **pins})
+
+    def named_params(self, params: Mapping[str, str], sampled: Mapping[str, Any]) -> dict[str, str]:
+        """A config's flat params with each sampled parameter under its Optuna name: a field
+        searched under a branch (`freeze_depth` under `backbone`) becomes `backbone.resnet18.freeze_depth`,
+        so the MLflow param, the Optuna param and the `exp trials` column share one name."""
+        named = dict(params)
+        for name in sampled:
+            head, _, field = name.rpartition(".")
+            if head and not _is_loss_param(name) and field in named:
+                named[name] = named.pop(field)
+        return named
 
     def is_discrete(self) -> bool:
         return all(_discrete(p) for p in self.params)
@@ -216,16 +243,55 @@ def _sample_into(param: Param, trial: Suggester, values: dict[str, Any], source:
     if param.branches:
         option = trial.suggest_categorical(param.name, list(param.choices))
         values[param.field] = option
-        if param.field == "loss":
-            values[f"loss{cfg.PARAMS_SUFFIX}"] = {}
+        if param.field == "loss":  # a fixed (pinned) loss parameter stays where the loss takes it
+            key = f"loss{cfg.PARAMS_SUFFIX}"
+            accepted = losses.loss_parameters(str(option))
+            values[key] = {k: v for k, v in (values.get(key) or {}).items() if k in accepted}
         for sub in param.branches[option]:
             _sample_into(sub, trial, values, source)
         return
     value = _suggest(param, trial, values, source)
-    if "." in param.name and param.name.split(".")[0] == "loss":
+    if _is_loss_param(param.name):
         values.setdefault(f"loss{cfg.PARAMS_SUFFIX}", {})[param.field] = value
     else:
         values[param.field] = value
+
+
+def _is_loss_param(name: str) -> bool:
+    """`loss.focal.gamma`: a parameter of a loss branch, which goes to `loss_params`."""
+    return "." in name and name.split(".")[0] == "loss"
+
+
+# --- pinning (`--set` on a searched parameter) ----------------------------------------------------
+
+_UNSET = object()
+
+
+def _pinned(
+    params: tuple[Param, ...], overrides: Mapping[str, Any], pins: dict[str, Any]
+) -> tuple[Param, ...]:
+    kept: list[Param] = []
+    for param in params:
+        if _is_loss_param(param.name):
+            value = (overrides.get(f"loss{cfg.PARAMS_SUFFIX}") or {}).get(param.field, _UNSET)
+        else:
+            value = overrides.get(param.field, _UNSET)
+        if value is _UNSET:
+            if param.branches:
+                branches = {o: _pinned(subs, overrides, pins) for o, subs in param.branches.items()}
+                param = dataclasses.replace(param, branches=branches)
+            kept.append(param)
+            continue
+        pins[param.name] = value
+        if param.branches:  # the pinned option's own parameters are still searched
+            kept.extend(_pinned(param.branches.get(str(value), ()), overrides, pins))
+    return tuple(kept)
+
+
+def _names(param: Param) -> list[str]:
+    if not param.branches:
+        return [param.name]
+    return [param.name, *(n for subs in param.branches.values() for p in subs for n in _names(p))]
 
 
 def _suggest(param: Param, trial: Suggester, values: Mapping[str, Any], source: str) -> Any:

@@ -23,6 +23,7 @@ from exptrack.errors import UserError, redact
 from exptrack.search import signals
 from exptrack.search.space import SearchSpace
 from exptrack.study import Study
+from exptrack.study_store import absolute_url
 from exptrack.tracking.tracker import Tracker
 from exptrack.training import fit
 
@@ -54,8 +55,11 @@ class TrialSearch(Protocol):
 class TrialReporter:
     """fit's reporter for one trial: Optuna pruning + MLflow per-epoch metrics."""
 
-    def __init__(self, trial: optuna.Trial, tracker: Tracker | None, run_id: str | None, metric: str) -> None:
+    def __init__(
+        self, trial: optuna.Trial, tracker: Tracker | None, run_id: str | None, metric: str, epochs: int
+    ) -> None:
         self.trial, self.tracker, self.run_id, self.metric = trial, tracker, run_id, metric
+        self.epochs = epochs
 
     def on_setup(self, facts: Mapping[str, Any]) -> None:
         if self.tracker:
@@ -68,20 +72,23 @@ class TrialReporter:
         if not math.isfinite(value):
             raise fit.NonFiniteLossError(f"{self.metric} is {value} at epoch {epoch}")
         self.trial.report(value, epoch)
-        return self.trial.should_prune()
+        # A trial whose training is complete is never pruned: after its last epoch there is
+        # nothing left to save, and its value is as final as any complete trial's.
+        return epoch < self.epochs and self.trial.should_prune()
 
 
 def run_trial(search: TrialSearch, trial: optuna.Trial) -> str:
     """Train an asked trial and tell its outcome; returns the trial's final state name."""
     try:
-        config = cfg.from_dict(search.space.sample(trial, search.spec.fixed), source=search.space.source)
+        asked = cfg.from_dict(search.space.sample(trial, search.spec.fixed), source=search.space.source)
+        config = fit.with_available_weights(asked, search.warn)
     except BaseException as exc:
         fail(search, trial, None, exc)
         raise
-    run_id = _start_run(search, trial, config)
+    run_id = _start_run(search, trial, config, asked.weights)
     if search.progress:
         search.progress.trial_started(trial.number, config)
-    reporter = TrialReporter(trial, search.tracker, run_id, search.spec.metric)
+    reporter = TrialReporter(trial, search.tracker, run_id, search.spec.metric, config.epochs)
     try:
         with signals.interruptible():
             result = fit.fit(config, reporter, search.warn)
@@ -97,25 +104,31 @@ def run_trial(search: TrialSearch, trial: optuna.Trial) -> str:
     return "FAIL"
 
 
-def _start_run(search: TrialSearch, trial: optuna.Trial, config: cfg.TrialConfig) -> str | None:
+def _start_run(
+    search: TrialSearch, trial: optuna.Trial, config: cfg.TrialConfig, asked_weights: str
+) -> str | None:
+    """Store the config on the trial and open its run; when the weights asked for could not be
+    had, both records carry what ran (`weights: none`) and a note of what was asked for."""
     trial.set_user_attr(records.CONFIG_ATTR, config.to_dict())
+    note = {records.WEIGHTS_REQUESTED: asked_weights} if asked_weights != config.weights else {}
+    if note:
+        trial.set_user_attr(records.WEIGHTS_REQUESTED, asked_weights)
     if search.tracker is None or search.experiment_id is None or search.parent_run_id is None:
         return None
+    provenance = {records.PROVENANCE_STUDY: search.name, records.PROVENANCE_TRIAL: trial.number, **note}
     run_id = search.tracker.start_trial(
         search.experiment_id,
         search.parent_run_id,
         search.name,
         trial.number,
-        config.flat_params(),
-        cfg.dump_yaml(
-            config, {records.PROVENANCE_STUDY: search.name, records.PROVENANCE_TRIAL: trial.number}
-        ),
+        {**search.space.named_params(config.flat_params(), trial.params), **note},
+        cfg.dump_yaml(config, provenance),
     )
     if run_id is None:
         search.unrecorded.append(trial.number)
         return None
     trial.set_user_attr(records.RUN_ID_ATTR, run_id)
-    tags = {records.TRIAL_STORAGE_TAG: redact(search.storage_url)}
+    tags = {records.TRIAL_STORAGE_TAG: redact(absolute_url(search.storage_url))}
     if records.RETRY_ATTR in trial.user_attrs:
         tags[records.RETRY_OF_TAG] = str(trial.user_attrs[records.RETRY_ATTR])
     search.tracker.log(run_id, tags=tags)
@@ -143,7 +156,8 @@ def _tell(search: TrialSearch, trial: optuna.Trial, run_id: str | None, result: 
         state = "COMPLETE"
         search.study.tell(trial, value)
     if search.tracker:
-        search.tracker.finish_trial(run_id, state, figures, result.profile)
+        pruned = {records.PRUNED_EPOCH_TAG: str(len(result.history))} if state == "PRUNED" else {}
+        search.tracker.finish_trial(run_id, state, figures, result.profile, pruned)
     _report(search, trial.number, state)
     return state
 

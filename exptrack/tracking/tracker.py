@@ -229,16 +229,19 @@ class Tracker:
         state: str,
         metrics: Mapping[str, float],
         profile: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         """Wait for the trial's pending epoch logs, log its final figures (`profile`'s cost figures
-        under `profile/`), and close it with the status matching its Optuna state."""
+        under `profile/`), and close it with the status matching its Optuna state; the state
+        itself goes in a tag too, since MLflow shows a pruned run (KILLED) like a failed one."""
         if run_id is None:
             return
         for future in self._pending.pop(run_id, []):
             with self._guard("log epoch metrics"):
                 future.result()
         costs = {records.profile_metric(k): v for k, v in (profile or {}).items()}
-        self._log(run_id, metrics={**metrics, **costs})
+        tags = {records.STATE_TAG: state, **(tags or {})}
+        self._log(run_id, metrics={**metrics, **costs}, tags=tags)
         with self._guard(f"close run {run_id}"):
             self.client.set_terminated(run_id, status=RUN_STATUS[state])
 
@@ -274,7 +277,8 @@ class Tracker:
 
     def close_stale_run(self, run_id: str, status: str, reason: str) -> None:
         """Close a run a dead process left RUNNING, saying why."""
-        self._log(run_id, tags={records.FAIL_REASON_TAG: reason})
+        state = {v: k for k, v in RUN_STATUS.items()}.get(status, "FAIL")
+        self._log(run_id, tags={records.FAIL_REASON_TAG: reason, records.STATE_TAG: state})
         with self._guard(f"close run {run_id}"):
             self.client.set_terminated(run_id, status=status)
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from exptrack.config import TrialConfig
 from exptrack.errors import UserError
-from exptrack.training import backbones, batching, datasets, flops, losses
+from exptrack.training import backbones, batching, datasets, flops, losses, weights
 from exptrack.training.profiling import Profile, TrialMemory
 
 
@@ -147,13 +147,21 @@ def fit(
     )
 
 
+def with_available_weights(config: TrialConfig, warn: Callable[[str], None] = print) -> TrialConfig:
+    """The config that will really run: ImageNet weights that cannot be had (offline) become
+    `weights: none`, so what is recorded (params, stored config, export) is what trained."""
+    if config.weights == "imagenet" and not weights.imagenet_available(config.backbone, warn):
+        return config.replace(weights="none")
+    return config
+
+
 def check(config: TrialConfig) -> None:
     """Fail before trial 1 on what a user can fix: dataset name/path/files, backbone, image size,
     weights. Builds the dataset once (cached for the trials) and the model with random init."""
     size, resize = backbones.preprocessing(config.backbone).geometry(config.image_size)
     split = datasets.load(config, datasets.Geometry(size, resize))
-    weights = "none" if config.weights == "imagenet" else config.weights  # no download here
-    backbones.build_model(config.backbone, weights, split.num_classes, config.freeze_depth, print, size)
+    start_from = "none" if config.weights == "imagenet" else config.weights  # no download here
+    backbones.build_model(config.backbone, start_from, split.num_classes, config.freeze_depth, print, size)
 
 
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:

@@ -7,7 +7,10 @@ side that knows the tracking store (the search and `exp train`), bound to that s
 
 from __future__ import annotations
 
+import hashlib
 import re
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from torchvision.models.vision_transformer import VisionTransformer, interpolate
 
 from exptrack import registry
 from exptrack.errors import UserError, first_line
+from exptrack.training import progress
 
 RANDOM_FALLBACK = "random (imagenet unavailable)"
 _unavailable: set[str] = set()  # ImageNet weights that failed once in this process: don't retry
@@ -26,6 +30,7 @@ Resolver = Callable[[str], Mapping[str, torch.Tensor]]  # URI -> state dict
 RESOLVERS: dict[str, Resolver] = {}
 # `scheme:/...`: two letters at least, so a Windows drive (`C:/...`) stays a path
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):/")
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")  # torchvision's checkpoint names carry a sha256 prefix
 
 # `@register_resolver(scheme)` on `uri -> state dict` for a scheme of your own; a duplicate is refused.
 register_resolver = registry.registrar(RESOLVERS, "weights resolver")
@@ -53,17 +58,57 @@ def resolve(uri: str) -> Mapping[str, torch.Tensor]:
     return RESOLVERS[scheme](uri)
 
 
-def load_imagenet(model: nn.Module, name: str, warn: Callable[[str], None]) -> str:
-    """torchvision's DEFAULT weights, cached under $TORCH_HOME/hub/checkpoints (downloaded only when
-    missing); offline -> one warning line and random initialisation."""
-    weights_enum = tvm.get_model_weights(name).DEFAULT
+def imagenet_available(name: str, warn: Callable[[str], None]) -> bool:
+    """Whether torchvision's ImageNet weights for `name` can be had: in the cache under
+    $TORCH_HOME/hub/checkpoints, or downloaded there now (with a progress bar). Offline: one
+    warning line, remembered for this process, so later trials do not try again."""
     if name in _unavailable:
-        return RANDOM_FALLBACK
+        return False
+    url = tvm.get_model_weights(name).DEFAULT.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(url).path).name
+    if path.is_file():
+        return True
     try:
-        state = weights_enum.get_state_dict(progress=False, check_hash=True)
-    except (OSError, RuntimeError) as exc:
+        download(url, path, f"{name} ImageNet weights")
+    except (OSError, ValueError) as exc:
         _unavailable.add(name)
         warn(f"ImageNet weights for {name} unavailable ({first_line(exc, 120)}); training from random init")
+        return False
+    return True
+
+
+def download(url: str, path: Path, what: str) -> None:
+    """`url` to `path` with a progress bar, checked against the sha256 prefix in its file name
+    (`resnet18-f37072fd.pth`) as torch.hub does; nothing is left at `path` unless it is whole.
+    Ours rather than `torch.hub.download_url_to_file`, whose bar is tqdm's, printed past ours."""
+    expected = _HASH_IN_NAME.search(path.name)
+    digest = hashlib.sha256()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with urllib.request.urlopen(url, timeout=30) as reply, partial.open("wb") as sink:
+        size = int(reply.headers.get("Content-Length") or 0)
+        with progress.task(f"downloading {what} (MB)", size / 2**20 or None) as bar:
+            while chunk := reply.read(1 << 20):  # 1 MiB at a time
+                sink.write(chunk)
+                digest.update(chunk)
+                bar.advance(len(chunk) / 2**20)
+    if expected and not digest.hexdigest().startswith(expected[1]):
+        partial.unlink()
+        raise ValueError(f"{url} arrived corrupted (sha256 does not start with {expected[1]})")
+    partial.replace(path)
+
+
+def load_imagenet(model: nn.Module, name: str, warn: Callable[[str], None]) -> str:
+    """torchvision's DEFAULT weights from the cache (downloaded first when missing); unavailable
+    -> one warning line and random initialisation."""
+    weights_enum = tvm.get_model_weights(name).DEFAULT
+    if not imagenet_available(name, warn):
+        return RANDOM_FALLBACK
+    try:
+        state = weights_enum.get_state_dict(progress=False, check_hash=True)  # from the cache file
+    except (OSError, RuntimeError) as exc:
+        _unavailable.add(name)
+        warn(f"ImageNet weights for {name} unreadable ({first_line(exc, 120)}); training from random init")
         return RANDOM_FALLBACK
     if isinstance(model, VisionTransformer) and model.image_size != weights_enum.meta["min_size"][0]:
         # ViT built for another size: resample its position embedding to the new patch grid
