@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -56,11 +57,13 @@ def search_runs(base: str, experiment_id: str) -> list[dict]:
 def screenshot(url: str, target: Path) -> None:
     target.parent.mkdir(exist_ok=True)
     target.unlink(missing_ok=True)
-    subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={target}",
-         "--window-size=1400,900", "--virtual-time-budget=4000", url],
-        capture_output=True, timeout=120, check=False,
-    )  # fmt: skip
+    # A profile of its own: chromium runs that share one (the default) wait on each other's lock.
+    with tempfile.TemporaryDirectory(prefix="exptrack-chromium-") as profile:
+        subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+             f"--screenshot={target}", "--window-size=1400,900", "--virtual-time-budget=4000", url],
+            capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
 
 
 def assert_rendered(path: Path) -> None:
