@@ -11,6 +11,7 @@ from __future__ import annotations
 STUDY_METRIC_ATTR = "metric"
 STUDY_SPACE_ATTR = "search_space"
 STUDY_FIXED_ATTR = "fixed"
+STUDY_DASHBOARD_ATTR = "dashboard"  # the dashboard file the study was searched with (path and text)
 
 # --- Optuna trial user attrs ---------------------------------------------------------------------
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run id
@@ -23,10 +24,14 @@ PROFILE_ATTR = "profile"  # the trial's profiling figures
 # could get and its config says so (`weights: none`); this records what was asked for. Also the
 # name of the MLflow param and of the provenance key that carry the same note.
 WEIGHTS_REQUESTED = "weights_requested"
+RUN_URL_ATTR = "mlflow_run_url"  # the trial's MLflow run page, when the tracking store is a server
 
 # --- MLflow experiment tags ----------------------------------------------------------------------
 # MLflow 3 opens an experiment on its GenAI overview unless it is marked as model training.
 EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+# A saved view of the experiment's runs table (the MLflow UI's own "Save view"), which `exp ui` links to.
+RUNS_VIEW_TAG = "mlflow.sharedViewState.exptrack"
+RUNS_VIEW_KEY = RUNS_VIEW_TAG.rsplit(".", 1)[1]  # the URL's viewStateShareKey
 
 # --- MLflow run tags ------------------------------------------------------------------------------
 ROLE_TAG = "exptrack.role"  # which of the roles below a run plays

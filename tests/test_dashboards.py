@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import threading
+import urllib.request
 from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import optuna
 import pytest
@@ -11,6 +16,7 @@ from optuna.trial import TrialState, create_trial
 
 from exptrack.errors import UserError
 from exptrack.results import dashboards
+from tests.fixtures_search import Searched
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,3 +79,55 @@ def test_an_unknown_panel_is_a_user_error(tmp_path: Path) -> None:
     path.write_text("title: x\npanels: [optimisation_history]\n")
     with pytest.raises(UserError, match="unknown panel 'optimisation_history'"):
         dashboards.load(path)
+
+
+def test_panels_tick_whole_numbers_keep_costs_non_negative_and_make_room_for_labels() -> None:
+    study = study_with_trials()
+    curves = dashboards._tidy(dashboards.learning_curves(study, {}))
+    assert (curves.layout.xaxis.tickmode, curves.layout.xaxis.dtick) == ("linear", 1)  # no epoch 1.5
+    assert curves.layout.yaxis.title.text == "val_accuracy"
+    history = dashboards._tidy(dashboards.optimization_history(study, {}))
+    assert history.layout.xaxis.dtick == 1 and history.layout.yaxis.title.text == "val_accuracy"
+    costs = dashboards._tidy(dashboards.profile_breakdown(study, {}))
+    assert costs.layout.yaxis.rangemode == costs.layout.yaxis2.rangemode == "tozero"  # no negative samples/s
+    for figure in (curves, history, costs):  # long names push the margins out instead of being cut
+        assert figure.layout.xaxis.automargin and figure.layout.yaxis.automargin
+        assert figure.layout.legend.orientation == "h"  # above the plot, clear of a right-hand axis
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # the request log is noise here
+        pass
+
+
+def test_optuna_dashboard_reads_the_study_with_its_objective_named_and_readable_attrs(
+    searched: Searched,
+) -> None:
+    optuna_dashboard = pytest.importorskip("optuna_dashboard")  # the dev extra installs it
+    app = optuna_dashboard.wsgi(f"sqlite:///{searched.cwd / 'optuna.db'}")
+    server = make_server("127.0.0.1", 0, app, handler_class=_Quiet)  # a real server on loopback
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        (summary,) = get_json(f"{base}/api/studies")["study_summaries"]
+        detail = get_json(f"{base}/api/studies/{summary['study_id']}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert detail["objective_names"] == ["val_accuracy"]  # not "Objective 0"
+    study = searched.study()
+    for trial in detail["trials"]:
+        attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+        # the config whole, as a mapping the dashboard shows as JSON (not cut at its 1024 characters)
+        assert json.loads(attrs["config"]) == study.trials[trial["number"]].user_attrs["config"]
+        assert attrs["mlflow_run_id"] == study.trials[trial["number"]].user_attrs["mlflow_run_id"]
+        # a numeric choice in numeric order: the slice and parallel-coordinate plots place a
+        # choice by its index (internal value), so they show 32 < 64 < 128 < 256
+        batch = next(p for p in trial["params"] if p["name"] == "batch_size")
+        assert [c["value"] for c in batch["distribution"]["choices"]] == ["32", "64", "128", "256"]
+        assert batch["param_internal_value"] == [32, 64, 128, 256].index(int(batch["param_external_value"]))
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=60) as reply:
+        return json.load(reply)

@@ -156,3 +156,11 @@ def test_searched_parameters_are_named_as_optuna_names_them_in_every_record() ->
     named = branched.named_params(cfg.from_dict(values).flat_params(), trial.params)
     assert set(trial.params) <= set(named)  # backbone.resnet18.freeze_depth, loss.focal.gamma, ...
     assert "freeze_depth" not in named and "loss_params.gamma" not in named
+
+
+def test_numeric_choices_are_kept_in_numeric_order() -> None:
+    parsed = parse("batch_size: {choice: [256, 32, 128, 64]}\nloss: {choice: [focal, cross_entropy]}")
+    assert parsed.describe() == {
+        "batch_size": {"choice": [32, 64, 128, 256]},  # plots that place a choice by index read 32 < 64
+        "loss": {"choice": ["focal", "cross_entropy"]},  # names keep the file's order
+    }

@@ -44,3 +44,7 @@ def test_search_survives_a_tracking_outage_and_reports_what_was_not_recorded(
     assert "mlflow_run_id" not in trials(project)[3].user_attrs
     for number in (4, 5):  # recorded again once the server was back
         assert runs[number][0].data.metrics["val_loss"] == trials(project)[number].value
+    # on a tracking server, each trial links to its run page (optuna-dashboard shows the link)
+    link = trials(project)[4].user_attrs["mlflow_run_url"]
+    assert link.startswith(f"{server.uri}/#/experiments/") and link.endswith("?workflowType=machine_learning")
+    assert runs[4][0].info.run_id in link

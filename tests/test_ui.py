@@ -1,5 +1,7 @@
 """`exp ui` as a real process: the MLflow REST API answers with the study's runs, the printed
-URL shows the trial runs table (headless Chromium screenshot), and Ctrl-C stops it cleanly."""
+URLs show the trial runs table with the metric, state and searched parameters as columns and the
+study run in the model-training layout (headless Chromium: screenshot and DOM), and Ctrl-C stops
+it cleanly."""
 
 from __future__ import annotations
 
@@ -17,12 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from exptrack.tracking.ui_server import is_loopback, runs_url
+from exptrack.tracking.ui_links import run_url, runs_url, runs_view_url, server_base
+from exptrack.tracking.ui_server import is_loopback
 from tests.conftest import REPO, exp_env
 from tests.fixtures_search import STUDY, Searched
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOT = REPO / "test-artifacts" / "exp-ui-runs.png"  # ignored by git; kept for a human to look at
+# ignored by git; kept for a human to look at
+SCREENSHOT, RUN_SCREENSHOT = (
+    REPO / "test-artifacts" / f"exp-ui-{page}.png" for page in ("runs", "study-run")
+)
+WINDOW = (2400, 900)  # wide: the runs table draws only the columns in view
 
 
 def free_port() -> int:
@@ -54,16 +61,21 @@ def search_runs(base: str, experiment_id: str) -> list[dict]:
         return json.load(reply)["runs"]
 
 
-def screenshot(url: str, target: Path) -> None:
+def browse(url: str, target: Path) -> str:
+    """Open `url` in headless Chromium: a screenshot to `target`, and the page's DOM once its
+    scripts have run (one browser start for both)."""
     target.parent.mkdir(exist_ok=True)
     target.unlink(missing_ok=True)
     # A profile of its own: chromium runs that share one (the default) wait on each other's lock.
     with tempfile.TemporaryDirectory(prefix="exptrack-chromium-") as profile:
-        subprocess.run(
+        done = subprocess.run(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
-             f"--screenshot={target}", "--window-size=1400,900", "--virtual-time-budget=4000", url],
-            capture_output=True, timeout=120, check=False,
+             f"--screenshot={target}", "--dump-dom", f"--window-size={WINDOW[0]},{WINDOW[1]}",
+             "--virtual-time-budget=8000", url],
+            capture_output=True, text=True, timeout=180, check=False,
         )  # fmt: skip
+    assert_rendered(target)
+    return done.stdout
 
 
 def assert_rendered(path: Path) -> None:
@@ -72,7 +84,7 @@ def assert_rendered(path: Path) -> None:
     from PIL import Image
 
     with Image.open(path) as shot:
-        assert shot.size == (1400, 900)
+        assert shot.size == WINDOW
         colours = shot.convert("RGB").getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 100, f"the page in {path} looks blank ({len(colours)} colours)"
 
@@ -86,7 +98,9 @@ def test_ui_serves_the_study_runs_and_stops_cleanly_on_ctrl_c(searched: Searched
     try:
         base = read_until(process, r"MLflow UI: (http://127\.0\.0\.1:\d+)", timeout=120)[1]
         url = read_until(process, rf"{STUDY}: (http\S+)", timeout=30)[1]
+        study_run_url = read_until(process, rf"{STUDY} study run .*: (http\S+)", timeout=30)[1]
         experiment_id = re.search(r"#/experiments/(\d+)/runs\?workflowType=machine_learning", url)[1]  # type: ignore[index]
+        assert url == runs_view_url(base, experiment_id)  # the study's saved view of its runs
         runs = search_runs(base, experiment_id)
         trial_ids = {t.user_attrs["mlflow_run_id"] for t in searched.study().trials}
         assert trial_ids <= {r["info"]["run_id"] for r in runs}
@@ -95,9 +109,19 @@ def test_ui_serves_the_study_runs_and_stops_cleanly_on_ctrl_c(searched: Searched
 
         if not Path(CHROMIUM).exists():
             pytest.skip("chromium is not installed (scripts/test.sh installs it): no screenshot taken")
-        screenshot(url, SCREENSHOT)
-        assert_rendered(SCREENSHOT)
+        table = browse(url, SCREENSHOT)
         print(f"screenshot of {url}: {SCREENSHOT}")
+        assert f"{STUDY}: trials" in table  # the saved view is the one open
+        # the metric, each trial's state and every searched parameter are columns, not hidden
+        searched_params = {p for t in searched.study().trials for p in t.params}
+        wanted = {"metrics.`val_accuracy`", "tags.`state`", *(f"params.`{p}`" for p in searched_params)}
+        assert wanted <= set(re.findall(r'col-id="([^"]+)"', table)), table[-3000:]
+        assert "COMPLETE" in table and "trial-000" in table
+
+        # the study run opens in the model-training layout, not under GenAI evaluations
+        study_run = browse(study_run_url, RUN_SCREENSHOT)
+        assert STUDY in study_run and ">Runs<" in study_run
+        assert "Evaluation runs" not in study_run and "Evaluations" not in study_run
     finally:
         process.send_signal(signal.SIGINT)
         code = process.wait(timeout=60)
@@ -113,5 +137,12 @@ def test_ui_url_lands_on_the_model_training_runs_table_sorted_by_the_metric() ->
         "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
         "&orderByKey=metrics.%60val_loss%60&orderByAsc=true"
     )
+    assert (
+        run_url("http://h:5000", "7", "abc")
+        == "http://h:5000/#/experiments/7/runs/abc?workflowType=machine_learning"
+    )
+    # a tracking server's address is linked to without its password; a database store is not a page
+    assert server_base("https://user:secret@mlflow.example:8443/") == "https://mlflow.example:8443"
+    assert server_base("sqlite:///mlflow.db") is None
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")

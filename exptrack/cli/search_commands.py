@@ -14,6 +14,7 @@ from exptrack import config as cfg
 from exptrack import records
 from exptrack.cli.options import SetOpt, StorageOpt, TrackingOpt, err, out, warn
 from exptrack.errors import redact
+from exptrack.tracking import ui_links
 
 
 class SearchProgress:
@@ -139,6 +140,10 @@ def print_summary(summary: Any) -> None:
             f"MLflow: {redact(summary.tracking_uri)}, experiment {summary.study_name!r} "
             f"(id {summary.experiment_id}), study run {summary.parent_run_id}; browse with `exp ui`"
         )
+        base = ui_links.server_base(summary.tracking_uri)
+        if base and summary.parent_run_id:  # a server: its pages can be linked to directly
+            out.print(f"runs: {ui_links.runs_view_url(base, summary.experiment_id)}")
+            out.print(f"study run: {ui_links.run_url(base, summary.experiment_id, summary.parent_run_id)}")
     if summary.tracking_failures:
         warn(
             f"{len(summary.tracking_failures)} MLflow writes failed and were not recorded, first: "

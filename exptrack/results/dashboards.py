@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import html
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -109,7 +110,16 @@ def _panel_html(study: optuna.Study, name: str, options: Mapping[str, Any]) -> s
         return f"<p class='note'>not drawn yet: {html.escape(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}</p>"
     if figure is None:
         return "<p class='note'>no data yet</p>"
-    return str(figure.to_html(full_html=False, include_plotlyjs=False))
+    return str(_tidy(figure).to_html(full_html=False, include_plotlyjs=False))
+
+
+def _tidy(figure: Any) -> Any:
+    """Room for every label: axes grow their margins to fit long names (`loss.focal.gamma`), and
+    the legend sits above the plot, where it cannot cover a second axis on the right."""
+    figure.update_xaxes(automargin=True)
+    figure.update_yaxes(automargin=True)
+    figure.update_layout(legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0})
+    return figure
 
 
 def _counts(study: optuna.Study) -> str:
@@ -122,18 +132,32 @@ def _completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
+def _metric(study: optuna.Study) -> str:
+    """The objective's name (`val_accuracy`), for axis titles instead of "Objective Value"."""
+    return str(study.user_attrs.get(records.STUDY_METRIC_ATTR, "Objective Value"))
+
+
+def _whole_number_ticks(last: int) -> dict[str, Any]:
+    """Ticks on whole numbers only (epochs, trial numbers; plotly would put one at 1.5), ten at most."""
+    return {"tickmode": "linear", "tick0": 0, "dtick": max(1, math.ceil(last / 10))}
+
+
 @register_panel("optimization_history")
 def optimization_history(study: optuna.Study, options: Mapping[str, Any]) -> Any:
     if not _completed(study):
         return None
-    return optuna.visualization.plot_optimization_history(study)
+    figure = optuna.visualization.plot_optimization_history(study, target_name=_metric(study))
+    last = max(t.number for t in study.get_trials(deepcopy=False))
+    return figure.update_xaxes(**_whole_number_ticks(last))
 
 
 @register_panel("param_importances")
 def param_importances(study: optuna.Study, options: Mapping[str, Any]) -> Any:
     if len(_completed(study)) < 2:
         raise ValueError("parameter importances need at least 2 complete trials")
-    return optuna.visualization.plot_param_importances(study, params=options.get("params"))
+    return optuna.visualization.plot_param_importances(
+        study, params=options.get("params"), target_name=_metric(study)
+    )
 
 
 @register_panel("parallel_coordinate")
@@ -143,7 +167,9 @@ def parallel_coordinate(study: optuna.Study, options: Mapping[str, Any]) -> Any:
         return None
     seen = {p for t in completed for p in t.params}
     params = [p for p in options.get("params", sorted(seen)) if p in seen]
-    return optuna.visualization.plot_parallel_coordinate(study, params=params or None)
+    return optuna.visualization.plot_parallel_coordinate(
+        study, params=params or None, target_name=_metric(study)
+    )
 
 
 @register_panel("learning_curves")
@@ -169,9 +195,9 @@ def learning_curves(study: optuna.Study, options: Mapping[str, Any]) -> Any:
         )
     if not figure.data:
         return None
-    metric = study.user_attrs.get(records.STUDY_METRIC_ATTR, "value")
-    figure.update_layout(xaxis_title="epoch", yaxis_title=metric, height=450)
-    return figure
+    last = max(max(t.intermediate_values) for t in study.get_trials(deepcopy=False) if t.intermediate_values)
+    figure.update_layout(xaxis={"title": "epoch", **_whole_number_ticks(last)}, yaxis_title=_metric(study))
+    return figure.update_layout(height=450)
 
 
 @register_panel("profile_breakdown")
@@ -201,10 +227,10 @@ def profile_breakdown(study: optuna.Study, options: Mapping[str, Any]) -> Any:
             mode="markers+lines",
         )
     )
-    figure.update_layout(
+    figure.update_layout(  # from zero: neither seconds nor samples/s can be negative
         barmode="stack",
         height=450,
-        yaxis={"title": "seconds"},
-        yaxis2={"title": "samples/s", "overlaying": "y", "side": "right"},
+        yaxis={"title": "seconds", "rangemode": "tozero"},
+        yaxis2={"title": "samples/s", "overlaying": "y", "side": "right", "rangemode": "tozero"},
     )
     return figure

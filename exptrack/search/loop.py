@@ -122,6 +122,8 @@ class Search:
             for key, value in attrs.items():
                 if key not in study.user_attrs:
                     study.set_user_attr(key, value)
+            if study.metric_names is None and len(study.directions) == 1:
+                study.set_metric_names([self.spec.metric])  # optuna-dashboard names the objective
         return study
 
     # --- the whole search -------------------------------------------------------------------
@@ -226,6 +228,10 @@ class Search:
         files = [p for p in (self.spec.source_path, self.spec.search_space_path()) if p is not None]
         self.experiment_id, self.parent_run_id = self.tracker.open_study_run(self.name, tags, files)
         self.tracker.log(self.parent_run_id, params={records.SEARCH_SPACE_PARAM: str(self.space.describe())})
+        maximize = self.spec.direction == "maximize"
+        self.tracker.save_runs_view(
+            self.experiment_id, self.name, self.spec.metric, maximize, self.space.names()
+        )
 
     def refresh_dashboard(self, force: bool = False) -> None:
         """Re-render the study's dashboard onto its parent run as `dashboard.html`."""

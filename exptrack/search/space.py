@@ -194,6 +194,10 @@ def _parse_choice(name: str, field: str, spec: dict[str, Any], where: str, sourc
     if field == "loss":
         for option in options:
             losses.loss_parameters(str(option))  # raises for an unknown loss
+    if all(_is_number(o) for o in options):
+        # In numeric order: plots that place a choice by its index (optuna-dashboard's slice and
+        # parallel coordinates) then show batch sizes 32 < 64 < 128 whatever order the file lists.
+        options = sorted(options)
     return Param(name, field, "choice", choices=tuple(options))
 
 

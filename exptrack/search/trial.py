@@ -24,6 +24,7 @@ from exptrack.search import signals
 from exptrack.search.space import SearchSpace
 from exptrack.study import Study
 from exptrack.study_store import absolute_url
+from exptrack.tracking import ui_links
 from exptrack.tracking.tracker import Tracker
 from exptrack.training import fit
 
@@ -128,6 +129,9 @@ def _start_run(
         search.unrecorded.append(trial.number)
         return None
     trial.set_user_attr(records.RUN_ID_ATTR, run_id)
+    base = ui_links.server_base(search.tracker.uri)
+    if base:  # a link optuna-dashboard shows beside the trial (and that opens in a browser)
+        trial.set_user_attr(records.RUN_URL_ATTR, ui_links.run_url(base, search.experiment_id, run_id))
     tags = {records.TRIAL_STORAGE_TAG: redact(absolute_url(search.storage_url))}
     if records.RETRY_ATTR in trial.user_attrs:
         tags[records.RETRY_OF_TAG] = str(trial.user_attrs[records.RETRY_ATTR])

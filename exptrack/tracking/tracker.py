@@ -158,6 +158,16 @@ class Tracker:
             self._log(run_id, tags=all_tags)
         return experiment_id, run_id
 
+    def save_runs_view(
+        self, experiment_id: str, study_name: str, metric: str, maximize: bool, params: list[str]
+    ) -> None:
+        """The study's saved view of its runs table (`ui_links.runs_view_tag`), which `exp ui` opens."""
+        from exptrack.tracking import ui_links
+
+        key, value = ui_links.runs_view_tag(study_name, metric, maximize, params)
+        with self._guard("save the runs table view"):
+            self.client.set_experiment_tag(experiment_id, key, value)
+
     def close_study_run(self, run_id: str, status: str, metrics: Mapping[str, float]) -> None:
         self._log(run_id, metrics=metrics)
         with self._guard("close the study run"):

@@ -1,8 +1,5 @@
 """`exp ui`: the MLflow UI as a child process over the tracking store a search wrote, the URLs
-of each study's runs table, and a clean stop on Ctrl-C.
-
-MLflow 3 opens an experiment on its GenAI overview; `?workflowType=machine_learning` on the runs
-page is what lands on the model-training runs table (the experiment tag alone did not).
+of each study's runs table and study run (`ui_links`), and a clean stop on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,21 +22,11 @@ from typing import Any
 from exptrack import records
 from exptrack.errors import UserError, redact
 from exptrack.study_store import missing_sqlite_file
+from exptrack.tracking import ui_links
 from exptrack.tracking.tracker import resolve_tracking_uri
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 120.0  # a cold `mlflow server` on 2 busy cores takes ~10-30 s
-
-
-def runs_url(base: str, experiment_id: str, metric: str | None = None, maximize: bool = True) -> str:
-    """The experiment's runs table in the model-training view. Sorting by a metric also lists the
-    trial runs flat (sorted by start time, MLflow folds them under the study's parent run)."""
-    url = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    if metric:
-        url += (
-            f"&orderByKey={urllib.parse.quote(f'metrics.`{metric}`')}&orderByAsc={str(not maximize).lower()}"
-        )
-    return url
 
 
 def is_loopback(host: str) -> bool:
@@ -80,8 +66,9 @@ def server_command(tracking_uri: str, host: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def study_urls(tracking_uri: str, base: str) -> list[tuple[str, str]]:
-    """(study, runs-table URL sorted by the study's metric) for every experiment a search created."""
+def study_urls(tracking_uri: str, base: str) -> list[tuple[str, str, str | None]]:
+    """(study, runs-table URL, study-run URL) for every experiment a search created: the table
+    opens on the study's saved view (or, for a study searched before views, sorted by its metric)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -95,9 +82,15 @@ def study_urls(tracking_uri: str, base: str) -> list[tuple[str, str]]:
             max_results=1,
         )
         tags = parents[0].data.tags if parents else {}
-        maximize = tags.get(records.DIRECTION_TAG) != "minimize"
-        url = runs_url(base, experiment.experiment_id, tags.get(records.METRIC_TAG), maximize)
-        urls.append((experiment.name, url))
+        if records.RUNS_VIEW_TAG in experiment.tags:
+            table = ui_links.runs_view_url(base, experiment.experiment_id)
+        else:
+            maximize = tags.get(records.DIRECTION_TAG) != "minimize"
+            table = ui_links.runs_url(base, experiment.experiment_id, tags.get(records.METRIC_TAG), maximize)
+        study_run = (
+            ui_links.run_url(base, experiment.experiment_id, parents[0].info.run_id) if parents else None
+        )
+        urls.append((experiment.name, table, study_run))
     return urls
 
 
@@ -163,8 +156,10 @@ def serve(tracking_uri: str | None, host: str, port: int, say: Callable[[str], N
         urls = functools.partial(study_urls, resolve_tracking_uri(tracking_uri))
         with running_server(tracking_uri, host, port, urls) as (process, base, found):
             say(f"MLflow UI: {base}  (Ctrl-C stops it)")
-            for study, url in found:
-                say(f"  {study}: {url}")
+            for study, table, study_run in found:
+                say(f"  {study}: {table}")
+                if study_run:
+                    say(f"  {study} study run (dashboard.html under Artifacts): {study_run}")
             return process.wait()
     except KeyboardInterrupt:
         say("MLflow UI stopped")  # the server is down by now: running_server's exit stopped it
