@@ -5,10 +5,9 @@ the next start repairs what it left."""
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
-from tests.faultkit import runs_by_trial, send, start_search, trials, wait_for
+from tests.faultkit import runs_by_trial, send, start_search, trial_state, trials, wait_for
 
 TWO_EPOCHS = ("--trials", "2", "--set", "epochs=2")
 
@@ -46,14 +45,18 @@ def test_sigterm_fails_the_running_trial_keeps_its_metrics_and_exits_143(project
 
 
 def test_second_sigint_exits_at_once_and_the_next_start_repairs(project: Path) -> None:
-    search = start_search(project, *TWO_EPOCHS, faults="0:hang")
+    # The trial swallows the first SIGINT (a stuck native call would), so only the second can end
+    # the process: it must exit at once, leaving the trial for the next start to repair.
+    search = start_search(project, *TWO_EPOCHS, faults="0:stuck", gate_dir=project)
     _wait_in_epoch_2(project, 0, search)
     send(search, signal.SIGINT)
+    wait_for(
+        lambda: (project / "interrupted-0").exists(), "the first SIGINT to reach training", process=search
+    )
     send(search, signal.SIGINT)
-    started = time.monotonic()
-    search.communicate(timeout=30)
+    search.communicate(timeout=60)
     assert search.returncode == 130
-    assert time.monotonic() - started < 5
+    assert trial_state(project, 0) == "RUNNING"  # no clean-up ran: the process ended at once
 
     again = start_search(project, *TWO_EPOCHS)
     _, err = again.communicate(timeout=180)

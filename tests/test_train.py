@@ -66,9 +66,10 @@ def test_a_diverging_learning_rate_stops_with_a_non_finite_loss_error() -> None:
 
 
 def test_memory_figures_are_each_trials_own_peak_not_the_processes_high_water_mark() -> None:
-    big = fit.fit(TINY.replace(epochs=1, subset=192, image_size=48, batch_size=96), warn=lambda _: None)
+    # resnet18 activations at 96 px, batch 128: a few hundred MB; at 16 px, batch 64: a few MB
+    big = fit.fit(TINY.replace(epochs=1, subset=256, image_size=96, batch_size=128), warn=lambda _: None)
     small = fit.fit(TINY.replace(epochs=1), warn=lambda _: None)
-    # less work, lower peak: the figures restart per trial (a process's high-water mark never falls)
-    assert 0 < small.profile["peak_rss_mb"] < big.profile["peak_rss_mb"]
-    assert 0 < small.profile["peak_rss_growth_mb"] < big.profile["peak_rss_growth_mb"]
+    # less work, lower peak: the figures restart per trial (a process's high-water mark never falls,
+    # so without the reset the small trial would report the big one's peak)
+    assert 0 < small.profile["peak_rss_growth_mb"] < big.profile["peak_rss_growth_mb"] / 2
     assert "process_peak_rss_mb" not in small.profile

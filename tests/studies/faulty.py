@@ -2,7 +2,8 @@
 
 EXPTRACK_FAULTS="2:raise,3:oom" makes the 3rd and 4th loss built in this process raise / run out
 of memory; "*:raise" faults every trial. Kinds: raise, oom (the exception type), oom_real (on CUDA), nan (training loss), nan_eval (the
-validation loss), hang (training blocks in its 2nd epoch), gate (blocks until EXPTRACK_GATE_DIR/go-N).
+validation loss), hang (training blocks in its 2nd epoch), stuck (like hang, but swallows a first
+signal, writing EXPTRACK_GATE_DIR/interrupted-N), gate (blocks until EXPTRACK_GATE_DIR/go-N).
 Run: EXPTRACK_FAULTS=1:raise exp search tests/studies/faulty.py --trials 3
 """
 
@@ -42,6 +43,12 @@ class FaultyLoss(nn.Module):
             return loss * float("nan")
         if self.kind == "hang" and training and self.evals > 0:
             time.sleep(600)  # epoch 1's metrics are logged; a signal arrives here
+        if self.kind == "stuck" and training and self.evals > 0:
+            while True:  # swallows the first signal, as a stuck native call would: only a second ends it
+                try:
+                    time.sleep(600)
+                except KeyboardInterrupt:
+                    (Path(os.environ["EXPTRACK_GATE_DIR"]) / f"interrupted-{self.index}").touch()
         if self.kind == "gate" and training:
             folder = Path(os.environ["EXPTRACK_GATE_DIR"])
             (folder / f"waiting-{self.index}").touch()  # the test knows training has begun
