@@ -64,6 +64,14 @@ class Study:
                 return base / path
         return bases[0] / path
 
+    def dashboard_path(self) -> Path | None:
+        """The dashboard file the study names, found as `resolve` finds files; None when it names
+        none or the file is absent (the default one is optional)."""
+        if not self.dashboard:
+            return None
+        path = self.resolve(self.dashboard)
+        return path.resolve() if path.is_file() else None
+
     def search_space_path(self) -> Path:
         path = self.resolve(self.search_space)
         if not path.is_file():

@@ -16,7 +16,8 @@ from optuna.trial import TrialState, create_trial
 
 from exptrack.errors import UserError
 from exptrack.results import dashboards
-from tests.fixtures_search import Searched
+from tests.conftest import run_exp
+from tests.fixtures_search import STUDY, Searched
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -131,3 +132,17 @@ def test_optuna_dashboard_reads_the_study_with_its_objective_named_and_readable_
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=60) as reply:
         return json.load(reply)
+
+
+def test_report_draws_the_dashboard_the_study_was_searched_with_from_any_directory(
+    searched: Searched, tmp_path: Path
+) -> None:
+    recorded = searched.study().user_attrs["dashboard"]
+    assert recorded["path"] == str((searched.cwd / "dashboards" / "study.yaml").resolve())
+    stores = ["--storage", f"sqlite:///{searched.cwd / 'optuna.db'}"]
+    stores += ["--tracking-uri", f"sqlite:///{searched.cwd / 'mlflow.db'}"]
+    done = run_exp(tmp_path, "report", STUDY, *stores)  # a directory without dashboards/
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / f"{STUDY}-dashboard.html").read_text()
+    assert f"{STUDY}: search overview" in page and "<h2>learning curves</h2>" in page
+    assert "on MLflow run" in done.stdout  # logged on the study's run as well

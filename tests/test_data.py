@@ -116,3 +116,15 @@ def test_unknown_dataset_and_bad_synthetic_spec_are_user_errors() -> None:
         load("pets:/x")
     with pytest.raises(UserError, match="synthetic:COUNT,CLASSES"):
         load("synthetic:many")
+
+
+def test_reading_an_image_folder_shows_its_progress_image_by_image(tmp_path: Path) -> None:
+    from exptrack.training import imagefiles
+    from tests.progress_recorder import recording
+
+    root = write_image_folder(tmp_path / "pets", classes=2, per_class=5)
+    with recording() as tasks:
+        imagefiles.read_root(str(root), 16, 16)
+    (task,) = tasks
+    assert task.description == f"reading 10 images from {root}" and task.total == 10
+    assert task.steps == [1] * 10

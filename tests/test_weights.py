@@ -4,6 +4,7 @@ state-dict file (fitting and mismatched), and models logged to a real MLflow sto
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -120,3 +121,47 @@ def test_an_unregistered_uri_scheme_says_what_is_accepted() -> None:
     with pytest.raises(UserError, match="no resolver for this URI scheme"):
         weights.resolve("s3://bucket/model.pt")
     assert weights.scheme_of("C:/models/net.pt") is None  # a Windows path stays a path
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, bytes]]:
+    """A checkpoint served over HTTP on loopback, named as torchvision names them (`-<sha256 prefix>.`)."""
+    import hashlib
+    import http.server
+    import threading
+    from functools import partial
+
+    payload = bytes(range(256)) * 8192  # 2 MiB: two chunks of the download loop
+    name = f"net-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / name).write_bytes(payload)
+    (tmp_path / "www" / "bad-0123abcd.pth").write_bytes(payload)  # its name promises another hash
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # the request log is noise here
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=tmp_path / "www"))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/{name}", payload
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_weight_download_shows_its_progress_and_keeps_only_a_whole_file(
+    served: tuple[str, bytes], tmp_path: Path
+) -> None:
+    from tests.progress_recorder import recording
+
+    url, payload = served
+    target = tmp_path / "cache" / url.rsplit("/", 1)[1]
+    with recording() as tasks:
+        weights.download(url, target, "net ImageNet weights")
+    assert target.read_bytes() == payload
+    (task,) = tasks
+    assert task.description == "downloading net ImageNet weights (MB)" and task.total == 2.0
+    assert sum(task.steps) == 2.0 and len(task.steps) == 2
+    corrupt = tmp_path / "cache" / "bad-0123abcd.pth"
+    with pytest.raises(ValueError, match="arrived corrupted"):
+        weights.download(url.rsplit("/", 1)[0] + "/bad-0123abcd.pth", corrupt, "bad")
+    assert sorted(p.name for p in corrupt.parent.iterdir()) == [target.name]  # nothing half-written

@@ -9,23 +9,37 @@ May import every package.
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
+from exptrack import __version__
 from exptrack.cli import results_commands, search_commands
 from exptrack.cli.options import err
 from exptrack.errors import UserError
 from exptrack.search import signals
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,  # typer's own --install-completion / --show-completion (bash, zsh, fish)
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Hyperparameter search and experiment tracking for PyTorch fine-tuning.",
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"exp (exptrack) {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _commands() -> None:
+def _commands(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version and exit."),
+    ] = False,
+) -> None:
     """exp search | trials | studies | export | train | ui | report"""
 
 

@@ -3,16 +3,57 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # its table-creation INFO lines are noise here
 
-err = Console(stderr=True)
-out = Console()
+# soft_wrap: a line is never broken by us, so a run id, URL or path stays whole in a log file or
+# a pipe (where rich would otherwise wrap at 80 columns); a terminal wraps it if it must.
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+
+def default(text: str) -> str:
+    """`[default: TEXT]` for a help string, escaped: typer renders help as rich markup, where an
+    unescaped `[default: ...]` is taken for a style tag and silently dropped."""
+    return f"\\[default: {text}]"
+
+
+class RichTasks:
+    """Training's long setup work (`training.progress`: a weight download, reading an image folder)
+    drawn with rich: a task on `live` (the search's bar) while that runs, else a bar of its own
+    that goes away when the work is done."""
+
+    def __init__(self, live: Progress | None = None) -> None:
+        self.live = live
+
+    @contextlib.contextmanager
+    def __call__(self, description: str, total: float | None) -> Iterator[_Task]:
+        if self.live is not None and self.live.live.is_started:
+            task = self.live.add_task(description, total=total, best="", current="")
+            try:
+                yield _Task(self.live, task)
+            finally:
+                self.live.remove_task(task)
+            return
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err, transient=True) as bar:
+            yield _Task(bar, bar.add_task(description, total=total))
+
+
+class _Task:
+    def __init__(self, bar: Progress, task: TaskID) -> None:
+        self.bar, self.task = bar, task
+
+    def advance(self, amount: float) -> None:
+        self.bar.advance(self.task, amount)
 
 
 def warn(message: str) -> None:
@@ -25,7 +66,7 @@ StorageOpt = Annotated[
     typer.Option(
         "--storage",
         envvar="OPTUNA_STORAGE",
-        help="Optuna storage URL [default: sqlite:///optuna.db]",
+        help=f"Optuna storage URL {default('sqlite:///optuna.db')}",
     ),
 ]
 TrackingOpt = Annotated[
@@ -33,11 +74,11 @@ TrackingOpt = Annotated[
     typer.Option(
         "--tracking-uri",
         envvar="MLFLOW_TRACKING_URI",
-        help="MLflow tracking URI [default: sqlite:///mlflow.db]",
+        help=f"MLflow tracking URI {default('sqlite:///mlflow.db')}",
     ),
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a config value: --set epochs=2 (repeatable)"),
+    typer.Option("--set", metavar="KEY=VALUE", help="Override a config value: --set epochs=2 (repeatable)"),
 ]
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="table | csv | json | markdown")]

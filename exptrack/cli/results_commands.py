@@ -9,7 +9,17 @@ from typing import Annotated
 import typer
 
 from exptrack import records
-from exptrack.cli.options import FormatOpt, SetOpt, StorageOpt, TrackingOpt, err, out, warn
+from exptrack.cli.options import (
+    FormatOpt,
+    RichTasks,
+    SetOpt,
+    StorageOpt,
+    TrackingOpt,
+    default,
+    err,
+    out,
+    warn,
+)
 from exptrack.errors import UserError, redact
 
 
@@ -60,7 +70,7 @@ def export(
     study_name: Annotated[str, typer.Argument(help="The study's name, e.g. finetune")],
     top: Annotated[
         int | None,
-        typer.Option(help="How many of the best trials [default: 1; multi-objective: the Pareto set]"),
+        typer.Option(help=f"How many of the best trials {default('1; multi-objective: the Pareto set')}"),
     ] = None,
     out_dir: Annotated[
         str, typer.Option("--out", help="Directory for trial-NNN.yaml files, or - for stdout")
@@ -96,13 +106,15 @@ def train(
         str | None, typer.Option(help="Register the trained model under this name in the MLflow registry")
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(help="torch CPU threads [default: the trial's, for identical results]")
+        int | None, typer.Option(help="torch CPU threads " + default("the trial's, for identical results"))
     ] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Train one config as a standalone MLflow run, logging the trained model."""
     from exptrack.results import reproduce
+    from exptrack.training import progress
 
+    progress.use(RichTasks())  # a weight download or an image folder draws a bar while it runs
     outcome = reproduce.reproduce(config_file, set_ or [], tracking_uri, register, threads, warn)
     final = ", ".join(f"{k}={v:.4f}" for k, v in outcome.final.items())
     say = lambda line: out.print(line, highlight=False, soft_wrap=True)  # noqa: E731

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from exptrack import config as cfg
 from exptrack import records
-from exptrack.cli.options import SetOpt, StorageOpt, TrackingOpt, err, out, warn
+from exptrack.cli.options import RichTasks, SetOpt, StorageOpt, TrackingOpt, default, err, out, warn
 from exptrack.errors import redact
 from exptrack.tracking import ui_links
 
@@ -72,7 +72,7 @@ def search(
     ] = None,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
-    study_name: Annotated[str | None, typer.Option(help="Study name [default: the study file's]")] = None,
+    study_name: Annotated[str | None, typer.Option(help="Study name " + default("the study file's"))] = None,
     sampler: Annotated[str | None, typer.Option(help="tpe | random | cmaes | gp | qmc | grid")] = None,
     pruner: Annotated[str | None, typer.Option(help="none | median | hyperband")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
@@ -96,6 +96,7 @@ def search(
     from exptrack.results import dashboards
     from exptrack.search.loop import SearchOptions
     from exptrack.search.run import run_search
+    from exptrack.training import progress as training_progress
 
     overrides = cfg.parse_overrides(set_ or [])
     if device is not None:
@@ -105,24 +106,33 @@ def search(
         tracking_uri, not no_tracking, workers,
     )  # fmt: skip
     progress = SearchProgress()
+    training_progress.use(RichTasks(progress.bar))  # a download or image folder: a task on the bar
     try:
         summary = run_search(study_file, options, overrides, progress, progress.warn, dashboards.renderer_for)
     finally:
         progress.stop()
+        training_progress.use(None)
     print_summary(summary)
 
 
 def print_summary(summary: Any) -> None:
     """The best trials, where MLflow has them, and what tracking could not record."""
+    from exptrack.results import tables
+
     title = f"{summary.study_name}: best trials ({summary.finished} finished, {summary.ran} run now)"
     table = Table(title=title)
-    for column in ("trial", summary.metric, "params", "MLflow run"):
-        table.add_column(column)
+    for column in ("trial", summary.metric, "weights"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("params", overflow="fold")  # the one column a narrow terminal may fold
+    table.add_column("MLflow run", no_wrap=True, min_width=32)  # a run id is never cut or wrapped
     for trial in summary.best:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
         run_id = trial.user_attrs.get(records.RUN_ID_ATTR, "-")
-        table.add_row(str(trial.number), _fmt(trial.value), params, run_id)
-    out.print(table)
+        table.add_row(str(trial.number), _fmt(trial.value), tables.weights_used(trial) or "-", params, run_id)
+    if out.is_terminal:
+        out.print(table)
+    else:  # a log file or a pipe has no width to fit: the table at its natural width
+        tables.print_wide(out, table)
     asked = sorted(
         {
             str(t.user_attrs[records.WEIGHTS_REQUESTED])
@@ -160,11 +170,15 @@ def _fmt(value: Any) -> str:
 
 def report(
     study_name: Annotated[str, typer.Argument(help="The study's name, e.g. finetune")],
-    dashboard: Annotated[Path, typer.Option(help="Dashboard file: which panels to draw")] = Path(
-        "dashboards/study.yaml"
-    ),
+    dashboard: Annotated[
+        Path | None,
+        typer.Option(
+            help="Dashboard file: which panels to draw "
+            + default("the one the study was searched with, else dashboards/study.yaml")
+        ),
+    ] = None,
     out_file: Annotated[
-        Path | None, typer.Option("--out", help="HTML file to write [default: STUDY-dashboard.html]")
+        Path | None, typer.Option("--out", help=f"HTML file to write {default('STUDY-dashboard.html')}")
     ] = None,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,

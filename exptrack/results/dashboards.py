@@ -30,21 +30,46 @@ PANELS: dict[str, PanelFn] = {}
 register_panel = registry.registrar(PANELS, "panel")
 
 
-def load(path: Path) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+Dashboard = tuple[str, list[tuple[str, dict[str, Any]]]]  # (title template, [(panel, options)])
+DEFAULT_FILE = Path("dashboards/study.yaml")
+
+
+def load(path: Path) -> Dashboard:
     """(title template, [(panel, options)]) from a dashboard file, validated."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
     except FileNotFoundError as exc:
         raise UserError(f"dashboard file {path} not found; pass --dashboard or create it") from exc
+    return parse(text, str(path))
+
+
+def parse(text: str, source: str) -> Dashboard:
+    """A dashboard from its YAML text (a file's, or the copy recorded on a study), validated."""
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the file") from exc
+        raise UserError(f"{source}: not valid YAML ({exc.__class__.__name__}); fix the file") from exc
     if not isinstance(data, dict) or not isinstance(data.get("panels"), list) or not data["panels"]:
-        raise UserError(f"{path}: expected `title:` and a non-empty `panels:` list")
-    panels = [_panel_entry(entry, path) for entry in data["panels"]]
+        raise UserError(f"{source}: expected `title:` and a non-empty `panels:` list")
+    panels = [_panel_entry(entry, source) for entry in data["panels"]]
     return str(data.get("title", "{study}")), panels
 
 
-def _panel_entry(entry: Any, path: Path) -> tuple[str, dict[str, Any]]:
+def recorded(study: optuna.Study) -> Dashboard:
+    """The dashboard the study was searched with (recorded on it by the search), else
+    `dashboards/study.yaml` in the working directory."""
+    copy = study.user_attrs.get(records.STUDY_DASHBOARD_ATTR)
+    if isinstance(copy, dict) and isinstance(copy.get("text"), str):
+        return parse(copy["text"], f"{copy.get('path')} (as recorded on study {study.study_name!r})")
+    if DEFAULT_FILE.is_file():
+        return load(DEFAULT_FILE)
+    raise UserError(
+        f"study {study.study_name!r} has no recorded dashboard and there is no {DEFAULT_FILE} here; "
+        "pass --dashboard FILE"
+    )
+
+
+def _panel_entry(entry: Any, path: str) -> tuple[str, dict[str, Any]]:
     name, options = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()), (None, None))
     if not isinstance(entry, str | dict) or (isinstance(entry, dict) and len(entry) != 1):
         raise UserError(f"{path}: a panel is a name or `name: {{options}}`, got {entry!r}")
@@ -56,27 +81,25 @@ def _panel_entry(entry: Any, path: Path) -> tuple[str, dict[str, Any]]:
 def renderer_for(spec: Study) -> Callable[[optuna.Study], str] | None:
     """The study's dashboard as a renderer, its file validated now (before any store is created);
     None when the study names no dashboard or its default file is absent."""
-    if not spec.dashboard:
+    path = spec.dashboard_path()
+    if path is None:
         return None
-    path = spec.resolve(spec.dashboard)
-    if not path.is_file():
-        return None
-    load(path)
-    return functools.partial(render, dashboard=path)
+    return functools.partial(render, dashboard=load(path))
 
 
 def publish(
     study_name: str,
-    dashboard: Path,
+    dashboard: Path | None,
     target: Path,
     storage: str | None,
     tracking_uri: str | None,
     warn: Callable[[str], None] = print,
 ) -> str | None:
     """`exp report`: write the page to `target` and log it on the study's MLflow run; returns
-    that run's id, or None when MLflow has no record of the study or the write failed."""
+    that run's id, or None when MLflow has no record of the study or the write failed.
+    Without `dashboard`, the one the study was searched with."""
     study = study_store.load_existing_study(study_name, storage)
-    page = render(study, dashboard)
+    page = render(study, load(dashboard) if dashboard else recorded(study))
     target.write_text(page)
     tracker = Tracker(tracking_uri, warn=warn)
     run_id = tracker.study_run_id(study_name)
@@ -84,11 +107,11 @@ def publish(
     return run_id if run_id and not tracker.failures else None
 
 
-def render(study: optuna.Study, dashboard: Path) -> str:
+def render(study: optuna.Study, dashboard: Path | Dashboard) -> str:
     """The whole page. A panel that cannot be drawn yet (too few trials) says so in its place."""
     import plotly.offline
 
-    title, panels = load(dashboard)
+    title, panels = load(dashboard) if isinstance(dashboard, Path) else dashboard
     title = title.format(study=study.study_name)
     sections = [f"<h1>{html.escape(title)}</h1>", f"<p>{_counts(study)}</p>"]
     for name, options in panels:

@@ -66,7 +66,7 @@ def _trial_row(trial: FrozenTrial, value_cols: list[str], run: Any | None) -> di
     values = trial.values or [math.nan] * len(value_cols)
     row.update(zip(value_cols, values, strict=True))
     row.update(trial.params)
-    row["weights"] = _weights(trial)
+    row["weights"] = weights_used(trial)
     start, end = trial.datetime_start, trial.datetime_complete
     row["duration_s"] = (end - start).total_seconds() if start and end else math.nan
     # MLflow's record wins; the trial's own link still names the run when MLflow is elsewhere.
@@ -84,7 +84,7 @@ def _figure(trial: FrozenTrial, run: Any | None, name: str) -> float:
     return float(trial.user_attrs.get(records.PROFILE_ATTR, {}).get(name, math.nan))
 
 
-def _weights(trial: FrozenTrial) -> str | None:
+def weights_used(trial: FrozenTrial) -> str | None:
     """The weights the trial started from, and what was asked for when that could not be had:
     `none (imagenet unavailable)`."""
     used = (trial.user_attrs.get(records.CONFIG_ATTR) or {}).get("weights")

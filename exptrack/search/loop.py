@@ -122,6 +122,11 @@ class Search:
             for key, value in attrs.items():
                 if key not in study.user_attrs:
                     study.set_user_attr(key, value)
+            dashboard = self.spec.dashboard_path() if self.render_dashboard else None
+            if dashboard:  # `exp report` draws what the search drew, from any directory
+                study.set_user_attr(
+                    records.STUDY_DASHBOARD_ATTR, {"path": str(dashboard), "text": dashboard.read_text()}
+                )
             if study.metric_names is None and len(study.directions) == 1:
                 study.set_metric_names([self.spec.metric])  # optuna-dashboard names the objective
         return study

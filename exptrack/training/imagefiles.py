@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from exptrack.errors import UserError
+from exptrack.training import progress
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -51,13 +52,19 @@ def read_classes(path: Path, size: int, resize: int) -> Folder:
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise UserError(f"image folder {path} has no class subfolders; put images in {path}/<class>/")
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        files = sorted(f for f in (path / name).iterdir() if f.suffix.lower() in EXTENSIONS)
-        if not files:
+    files = {}
+    for name in classes:
+        files[name] = sorted(f for f in (path / name).iterdir() if f.suffix.lower() in EXTENSIONS)
+        if not files[name]:
             raise UserError(f"class folder {path / name} holds no images ({', '.join(sorted(EXTENSIONS))})")
-        images += [read_image(f, size, resize) for f in files]
-        labels += [label] * len(files)
+    images, labels = [], []
+    total = sum(map(len, files.values()))
+    with progress.task(f"reading {total:,} images from {path}", total) as bar:
+        for label, name in enumerate(classes):
+            for file in files[name]:
+                images.append(read_image(file, size, resize))
+                bar.advance(1)
+            labels += [label] * len(files[name])
     return Folder(torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes)
 
 
