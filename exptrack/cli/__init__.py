@@ -9,11 +9,11 @@ May import every package.
 from __future__ import annotations
 
 import sys
+from importlib import metadata
 from typing import Annotated
 
 import typer
 
-from exptrack import __version__
 from exptrack.cli import results_commands, search_commands
 from exptrack.cli.options import err
 from exptrack.errors import UserError
@@ -28,8 +28,8 @@ app = typer.Typer(
 
 
 def _show_version(value: bool) -> None:
-    if value:
-        typer.echo(f"exp (exptrack) {__version__}")
+    if value:  # from the installed package's metadata (pyproject.toml), like pip show
+        typer.echo(f"exp (exptrack) {metadata.version('exptrack')}")
         raise typer.Exit()
 
 
