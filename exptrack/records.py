@@ -12,6 +12,7 @@ STUDY_METRIC_ATTR = "metric"
 STUDY_SPACE_ATTR = "search_space"
 STUDY_FIXED_ATTR = "fixed"
 STUDY_DASHBOARD_ATTR = "dashboard"  # the dashboard file the study was searched with (path and text)
+STUDY_UID_ATTR = "study_uid"  # set once when the study is created: which MLflow parent run is its own
 
 # --- Optuna trial user attrs ---------------------------------------------------------------------
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run id
@@ -49,6 +50,7 @@ STATE_TAG, PRUNED_EPOCH_TAG = "state", "pruned_at_epoch"
 # on the study's parent run
 STORAGE_TAG, SAMPLER_TAG, PRUNER_TAG = "storage", "sampler", "pruner"
 METRIC_TAG, DIRECTION_TAG, OPTUNA_STUDY_TAG = "metric", "direction", "optuna_study"
+STUDY_UID_TAG = "exptrack.study_uid"  # the Optuna study's STUDY_UID_ATTR: the parent run belongs to it
 # on an `exp train` run
 REPRODUCES_TAG = "exptrack.reproduces"  # study/trial-NNN
 SOURCE_RUN_TAG = "exptrack.source_run_id"  # the trial run it reproduces

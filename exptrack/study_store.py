@@ -1,29 +1,43 @@
 """The Optuna store of studies, as both the search and the results commands read it: which URL,
-opening it, finding a stored study, and ranking its trials best first.
+opening it (created whole, with the trial heartbeat, waiting out a database restart), finding a
+stored study, and ranking its trials best first.
 
 Kept light (optuna only, no torch) so `exp trials`, `exp studies` and `exp export` start fast.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from exptrack import coordination
 from exptrack.errors import UserError, redact
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 SQLITE_BUSY_TIMEOUT_S = 60  # several processes on one file: wait for the lock, don't fail
+# Per worker process: its main thread and its trial's heartbeat thread each hold a connection at
+# most; 2 more absorb a burst. Pre-ping drops connections a database restart killed, recycle those
+# a firewall may have cut while a long trial trained.
+POSTGRES_ENGINE = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 300}
 
 
 def resolve_storage(url: str | None) -> str:
-    """Flag, then OPTUNA_STORAGE, then a sqlite file in the working directory."""
-    return url or os.environ.get("OPTUNA_STORAGE") or DEFAULT_STORAGE
+    """Flag, then OPTUNA_STORAGE, then a sqlite file in the working directory; a PostgreSQL URL
+    gets the psycopg 3 driver of the `postgres` extra."""
+    return coordination.with_postgres_driver(url or os.environ.get("OPTUNA_STORAGE") or DEFAULT_STORAGE)
+
+
+def heartbeat_every(grace_period: int) -> int:
+    """Seconds between a running trial's heartbeats: six chances to beat within the grace period."""
+    return max(1, grace_period // 6)
 
 
 def absolute_url(url: str) -> str:
@@ -43,19 +57,86 @@ def missing_sqlite_file(url: str) -> Path | None:
     return None if path.exists() else path
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """The RDB storage at `url` (creating its tables when new); one line when it cannot be opened."""
-    engine: dict[str, Any] = (
-        {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-        if url.startswith("sqlite")
-        else {"pool_pre_ping": True}
-    )
+def open_storage(url: str, grace_period: int | None = None) -> optuna.storages.RDBStorage:
+    """The RDB storage at `url`, its tables created when new (a sqlite file whole or not at all; a
+    database server under its advisory lock). With `grace_period`, running trials record Optuna's
+    heartbeat and count as abandoned after that many seconds without one."""
+    heartbeat: dict[str, Any] = {}
+    if grace_period is not None:
+        heartbeat = {"heartbeat_interval": heartbeat_every(grace_period), "grace_period": grace_period}
+    engine = _engine_kwargs(url)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        path = coordination.sqlite_path(url)
+        if path is not None:
+            coordination.create_sqlite_once(path, lambda temp: _dispose(RDBStorage(temp)))
+            return ResilientStorage(url, engine_kwargs=engine, **heartbeat)
+        with coordination.store_lock(url):  # tables created by one process at a time
+            return ResilientStorage(url, engine_kwargs=engine, **heartbeat)
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(
             f"Optuna storage {redact(url)} cannot be opened ({type(exc).__name__}); fix --storage"
         ) from exc
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    if coordination.is_postgres(url):
+        return {**POSTGRES_ENGINE, "connect_args": {"connect_timeout": 10}}
+    return {"pool_pre_ping": True}
+
+
+def _dispose(storage: optuna.storages.RDBStorage) -> None:
+    storage.engine.dispose()  # closes the file before it is linked into place
+
+
+RDBStorage = optuna.storages.RDBStorage
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """A lost or refused database connection (a restart, a network cut), not a bad request."""
+    from sqlalchemy import exc as sa
+
+    cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) else exc
+    return isinstance(cause, sa.OperationalError | sa.InterfaceError) or (
+        isinstance(cause, sa.DBAPIError) and cause.connection_invalidated
+    )
+
+
+def _waits_out_outages(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + coordination.OUTAGE_S
+        retried = False
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # a retried tell whose first attempt committed before the connection dropped
+                if retried and method.__name__ == "set_trial_state_values":
+                    return True
+                raise
+            except Exception as exc:
+                if not _is_outage(exc) or time.monotonic() > deadline:
+                    raise
+            retried = True
+            time.sleep(1.0)
+
+    return call
+
+
+class ResilientStorage(RDBStorage):
+    """Optuna's RDB storage whose calls wait out a database restart instead of
+    failing the trial (`coordination.OUTAGE_S`): each call is one transaction, so repeating it
+    after a refused connection is safe. A trial created twice (its commit landed, the reply was lost) stays RUNNING without an
+    owner, and the next ask marks it FAIL (search.ownership)."""
+
+
+_STORE_CALLS = [n for n, v in vars(optuna.storages.BaseStorage).items() if callable(v) and n[0] != "_"]
+for _name in [*_STORE_CALLS, "record_heartbeat", "_get_stale_trial_ids"]:
+    setattr(ResilientStorage, _name, _waits_out_outages(getattr(RDBStorage, _name)))
 
 
 def study_names(storage: str | None) -> list[str]:

@@ -24,18 +24,25 @@ SMALL = [*TINY[:-2], "--set", "subset=32", "--set", "image_size=8"]
 
 
 def start_search(
-    cwd: Path, *args: str, faults: str = "", gate_dir: Path | None = None
+    cwd: Path,
+    *args: str,
+    faults: str = "",
+    gate_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
 ) -> subprocess.Popen[str]:
-    """`exp search FAULTY ARGS` as a background process, faults injected through the environment."""
-    env = exp_env(cwd)
-    env["EXPTRACK_FAULTS"] = faults
-    env["OMP_NUM_THREADS"] = "1"  # 2 cores shared by the test and its processes
+    """`exp search FAULTY ARGS` as a background process, faults injected through the environment;
+    `env` adds variables, `prefix` wraps the command (e.g. in `unshare` for another host)."""
+    environment = exp_env(cwd)
+    environment["EXPTRACK_FAULTS"] = faults
+    environment["OMP_NUM_THREADS"] = "1"  # 2 cores shared by the test and its processes
     if gate_dir is not None:
-        env["EXPTRACK_GATE_DIR"] = str(gate_dir)
+        environment["EXPTRACK_GATE_DIR"] = str(gate_dir)
+    environment.update(env or {})
     return subprocess.Popen(
-        [sys.executable, "-m", "exptrack", "search", FAULTY, *SMALL, *args],
+        [*prefix, sys.executable, "-m", "exptrack", "search", FAULTY, *SMALL, *args],
         cwd=cwd,
-        env=env,
+        env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -193,12 +200,12 @@ print(json.dumps(results))
 
 
 def run_cli_batch(
-    cases: list[tuple[Path, list[str]]], timeout: float = 300
+    cases: list[tuple[Path, list[str]]], timeout: float = 300, env: dict[str, str] | None = None
 ) -> list[subprocess.CompletedProcess[str]]:
     """(cwd, args) cases through `exp`'s entry point in one process; a result per case, in order."""
     import json
 
-    env = exp_env(cases[0][0])
+    env = {**exp_env(cases[0][0]), **(env or {})}
     env["OMP_NUM_THREADS"] = "1"
     env["COLUMNS"] = "400"  # one-line messages stay on one line
     payload = json.dumps([{"cwd": str(cwd), "args": args} for cwd, args in cases])

@@ -90,6 +90,13 @@ def search(
         bool, typer.Option("--new-study", help="If the stored study differs, start a new one (NAME-2)")
     ] = False,
     workers: Annotated[int, typer.Option(help="Processes working on the study at once")] = 1,
+    grace_period: Annotated[
+        int,
+        typer.Option(
+            help="Seconds without a heartbeat before a trial of a dead worker (any machine) is failed "
+            "and retried; give every worker of a study the same value"
+        ),
+    ] = 180,
     worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
 ) -> None:
     """Tune a study: sample configs, train each, prune hopeless ones, log every trial to MLflow."""
@@ -103,7 +110,7 @@ def search(
         overrides["device"] = device
     options = SearchOptions(
         trials, timeout, storage, study_name, sampler, pruner, seed, max_failures, new_study, worker,
-        tracking_uri, not no_tracking, workers,
+        tracking_uri, not no_tracking, workers, grace_period,
     )  # fmt: skip
     progress = SearchProgress()
     training_progress.use(RichTasks(progress.bar))  # a download or image folder: a task on the bar
@@ -159,6 +166,8 @@ def print_summary(summary: Any) -> None:
             f"{len(summary.tracking_failures)} MLflow writes failed and were not recorded, first: "
             f"{summary.tracking_failures[0]}"
         )
+    for note in summary.notes:
+        warn(note)
     if summary.unrecorded:
         numbers = ", ".join(map(str, summary.unrecorded))
         warn(f"trials without an MLflow run (tracking was down; their results are in Optuna): {numbers}")

@@ -102,7 +102,7 @@ def publish(
     page = render(study, load(dashboard) if dashboard else recorded(study))
     target.write_text(page)
     tracker = Tracker(tracking_uri, warn=warn)
-    run_id = tracker.study_run_id(study_name)
+    run_id = tracker.study_run_id(study_name, study.user_attrs.get(records.STUDY_UID_ATTR))
     tracker.log_file(run_id, records.DASHBOARD_ARTIFACT, page)
     return run_id if run_id and not tracker.failures else None
 

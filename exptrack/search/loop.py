@@ -10,15 +10,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 
 import optuna
 from optuna.trial import TrialState
 
-from exptrack import records
+from exptrack import coordination, records
 from exptrack.errors import UserError, redact
-from exptrack.search import changed_study, locks, preflight, repair, signals, trial
+from exptrack.search import changed_study, ownership, preflight, repair, signals, trial
 from exptrack.search.trial import Progress
 from exptrack.study import Study
 from exptrack.study_store import absolute_url, best_first, counted_trials, open_storage, resolve_storage
@@ -27,8 +28,13 @@ from exptrack.tracking.tracker import Tracker
 MAX_CONSECUTIVE_FAILURES = 5
 DASHBOARD_EVERY_S = 30.0  # a page inlines 4.8 MB of plotly.js: re-render at most this often, and at the end
 BUDGET_POLL_S = 0.5  # a worker whose budget is all running elsewhere looks again this often
+# A worker killed on another machine: its trial is failed and retried this long after its last
+# heartbeat. Minutes: a trial's heartbeat must not miss it while its database restarts.
+GRACE_PERIOD_S = 180
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# ask/tell with Optuna's heartbeat is what we mean: our loop records it (search.ownership)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 DashboardRenderer = Callable[[optuna.Study], str]  # the study -> a standalone HTML page
 
@@ -48,6 +54,7 @@ class SearchOptions:
     tracking_uri: str | None = None
     tracking: bool = True  # False: Optuna records only (--no-tracking)
     workers: int = 1  # processes working on the study at once
+    grace_period: int = GRACE_PERIOD_S  # seconds without a heartbeat before a trial counts as abandoned
 
 
 @dataclasses.dataclass
@@ -62,6 +69,7 @@ class SearchSummary:
     tracking_uri: str | None  # None without tracking
     tracking_failures: list[str]
     unrecorded: list[int] = dataclasses.field(default_factory=list)  # trials without an MLflow run
+    notes: list[str] = dataclasses.field(default_factory=list)  # what the summary must also say
 
 
 class TooManyFailures(UserError):
@@ -90,17 +98,20 @@ class Search:
             preflight.check_storage_url(self.storage_url)
             prepared = preflight.prepare(study, options.sampler, options.pruner, options.seed)
         self.space, self.sampler, self.pruner = prepared.space, prepared.sampler, prepared.pruner
-        self.lock = locks.storage_lock(self.storage_url)
+        self.lock = coordination.store_lock(self.storage_url)
+        self.uid = ""  # the Optuna study's identity (records.STUDY_UID_ATTR), set by _open_study
+        self.adopt_untagged = False  # a study from before the identity: its untagged parent run is its own
         self.study = self._open_study()
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self.unrecorded: list[int] = []  # trials whose MLflow run could not be opened (tracking outage)
+        self.notes: list[str] = []
         self._dashboard_at = -math.inf
 
     def _open_study(self) -> optuna.Study:
-        """Create or load the study, once per machine at a time (several workers may start at once)."""
+        """Create or load the study under the store lock (workers on any machine may start at once)."""
+        storage = open_storage(self.storage_url, self.options.grace_period)
         with self.lock:
-            storage = open_storage(self.storage_url)
             declared = changed_study.Declaration(self.spec.direction, self.spec.metric, self.space.describe())
             name = changed_study.check(storage, self.name, declared, self.options.new_study)
             if name != self.name:
@@ -119,6 +130,10 @@ class Search:
                 records.STUDY_SPACE_ATTR: declared.search_space,
                 records.STUDY_FIXED_ATTR: dict(self.spec.fixed),
             }
+            fresh = not study.trials  # a study with no trial yet has no parent run to keep
+            if records.STUDY_UID_ATTR not in study.user_attrs:
+                self.adopt_untagged = not fresh  # created by an exptrack without study identities
+                attrs[records.STUDY_UID_ATTR] = uuid.uuid4().hex
             for key, value in attrs.items():
                 if key not in study.user_attrs:
                     study.set_user_attr(key, value)
@@ -129,6 +144,7 @@ class Search:
                 )
             if study.metric_names is None and len(study.directions) == 1:
                 study.set_metric_names([self.spec.metric])  # optuna-dashboard names the objective
+            self.uid = str(study.user_attrs[records.STUDY_UID_ATTR])
         return study
 
     # --- the whole search -------------------------------------------------------------------
@@ -147,8 +163,7 @@ class Search:
                 signals.check()
                 state = self.run_trial()
                 if state is None:  # the rest of the budget is running in other workers
-                    repair.repair_trials(self.study, self.tracker)
-                    time.sleep(BUDGET_POLL_S)
+                    time.sleep(BUDGET_POLL_S)  # the next ask fails theirs if they die
                     continue
                 self.refresh_dashboard()
                 ran += 1
@@ -167,36 +182,26 @@ class Search:
         return self.summary(ran)
 
     def open(self) -> None:
-        """The study's MLflow experiment and parent run (the first of several workers creates them,
-        under the storage lock), then the repair of what dead processes left."""
+        """The study's MLflow experiment and parent run (the first of several workers, on any
+        machine, creates them under the store lock), then the repair of what dead processes left."""
         with self.lock:
             self._open_tracking()
-        repair.repair(self.study, self.tracker, self.experiment_id, self.warn)
+        repair.repair(self.study, self.lock, self.tracker, self.experiment_id, self.parent_run_id, self.warn)
 
     def finish(self, status: str) -> None:
         """After every worker is done: repair what they left, close the study's run with `status`."""
-        repair.repair(self.study, self.tracker, self.experiment_id, self.warn)
+        repair.repair(self.study, self.lock, self.tracker, self.experiment_id, self.parent_run_id, self.warn)
         self._close_study_run(status)
 
     def run_trial(self) -> str | None:
-        """Ask, train, tell; the trial's final state name, or None when the budget is all taken."""
-        asked = self._ask()
+        """Ask, train, tell; the trial's final state name, or None when the budget is all taken.
+        The ask fails abandoned trials first and is exact across workers (`ownership.ask`)."""
+        asked, abandoned = ownership.ask(self.study, self.lock, self.options.trials)
+        repair.report_abandoned(self.tracker, abandoned, self.warn)
         if asked is None:
             return None
-        return trial.run_trial(self, asked)
-
-    def _ask(self) -> optuna.Trial | None:
-        """A new trial, unless finished + running trials already fill --trials. Under the storage
-        lock, so K workers never start more trials than the budget between them."""
-        with self.lock:
-            taken = self.study.get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-            )
-            if len(taken) >= self.options.trials:
-                return None
-            asked = self.study.ask()
-            asked.set_user_attr(records.WORKER_ATTR, repair.worker_id())
-        return asked
+        with ownership.Heartbeat(self.study, asked._trial_id):
+            return trial.run_trial(self, asked)
 
     def _last_fail_reason(self) -> str:
         failed = self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
@@ -215,6 +220,7 @@ class Search:
             self.tracker.uri if self.tracker else None,
             list(self.tracker.failures) if self.tracker else [],
             list(self.unrecorded),
+            list(self.notes),
         )
 
     # --- the study's MLflow run ---------------------------------------------------------------
@@ -231,7 +237,15 @@ class Search:
             records.OPTUNA_STUDY_TAG: self.name,
         }
         files = [p for p in (self.spec.source_path, self.spec.search_space_path()) if p is not None]
-        self.experiment_id, self.parent_run_id = self.tracker.open_study_run(self.name, tags, files)
+        self.experiment_id, self.parent_run_id, other = self.tracker.open_study_run(
+            self.name, self.uid, tags, files, self.adopt_untagged
+        )
+        if other is not None:
+            self.notes.append(
+                f"MLflow experiment {self.name!r} already held parent run {other} of another Optuna "
+                f"study named {self.name!r} (its Optuna store was reset or replaced); this study's "
+                f"trials are under a new parent run {self.parent_run_id}"
+            )
         self.tracker.log(self.parent_run_id, params={records.SEARCH_SPACE_PARAM: str(self.space.describe())})
         maximize = self.spec.direction == "maximize"
         self.tracker.save_runs_view(
@@ -254,10 +268,13 @@ class Search:
             return
         self.refresh_dashboard(force=True)
         if self.experiment_id is not None:  # runs whose close failed while tracking was down
-            repair.repair_runs(self.study, self.tracker, self.experiment_id)
+            repair.repair_runs(self.study, self.tracker, self.experiment_id, self.parent_run_id)
         if self.options.worker:  # the coordinator closes the study's run once every worker is done
             return
-        self._close_study_run(status)
+        with self.lock:  # the last worker out closes it: none of the study's trials still runs
+            running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running:
+            self._close_study_run(status)
 
     def _close_study_run(self, status: str) -> None:
         if self.tracker is None or self.parent_run_id is None:

@@ -1,82 +1,35 @@
-"""Repair what a killed process left behind: trials RUNNING in Optuna whose worker process is dead
-become FAIL (with a reason) and their MLflow runs FAILED; runs RUNNING of finished trials are closed.
-
-A trial records its worker as host:pid:start-time, so a recycled pid is not taken for the owner.
-Trials of workers on other hosts cannot be judged from here and are left alone.
+"""Repair what a killed process left behind: trials it left RUNNING become FAIL with a reason and
+their parameters are queued once more (`ownership.fail_abandoned`, under the store lock), their
+MLflow runs are closed FAILED, and MLflow runs left RUNNING by finished trials are closed.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from exptrack import records
+from exptrack.coordination import StoreLock
+from exptrack.search.ownership import Abandoned, fail_abandoned
 from exptrack.tracking.tracker import Tracker
 
 
-def worker_id(pid: int | None = None) -> str:
-    """This process (or `pid`) as host:pid:start-time."""
-    pid = os.getpid() if pid is None else pid
-    return f"{os.uname().nodename}:{pid}:{_start_time(pid)}"
+def close_abandoned_runs(tracker: Tracker | None, abandoned: list[Abandoned]) -> None:
+    """Close the MLflow runs of trials this process marked FAIL, saying why."""
+    for trial in abandoned:
+        if tracker and trial.run_id:
+            tracker.close_stale_run(trial.run_id, "FAILED", trial.reason)
 
 
-def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot (Linux); '-' where /proc is missing."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "-"
-    fields = stat.rsplit(")", 1)[1].split()
-    return "-" if fields[0] == "Z" else fields[19]  # field 22 of stat; a zombie counts as gone
-
-
-def owner_is_dead(worker: str) -> bool:
-    """True when `worker` names a process of this host that no longer runs."""
-    host, _, rest = worker.partition(":")
-    pid_text, _, started = rest.partition(":")
-    if host != os.uname().nodename or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, owned by someone else
-    # Same pid, other start time: the pid was recycled and the owner is gone.
-    # An older host:pid record, or no /proc: the pid is alive, so take it for the owner.
-    return started not in ("", "-") and _start_time(pid) != started
-
-
-def repair_trials(study: optuna.Study, tracker: Tracker | None, retry: bool = True) -> list[int]:
-    """Fail the RUNNING trials of dead workers; returns their numbers. With `retry`, each one's
-    parameters are queued once more, linked by the `retry_of` user attribute."""
-    repaired = []
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = frozen.user_attrs.get(records.WORKER_ATTR)
-        if not isinstance(worker, str) or not owner_is_dead(worker):
-            continue
-        reason = f"worker process {worker} died while the trial ran (killed or crashed)"
-        study._storage.set_trial_user_attr(frozen._trial_id, records.FAIL_REASON_ATTR, reason)
-        study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
-        run_id = frozen.user_attrs.get(records.RUN_ID_ATTR)
-        if tracker and run_id:
-            tracker.close_stale_run(run_id, "FAILED", reason)
-        if retry and records.RETRY_ATTR not in frozen.user_attrs and frozen.params:
-            study.enqueue_trial(frozen.params, user_attrs={records.RETRY_ATTR: frozen.number})
-        repaired.append(frozen.number)
-    return repaired
-
-
-def repair_runs(study: optuna.Study, tracker: Tracker, experiment_id: str) -> list[str]:
-    """Close MLflow trial runs left RUNNING whose trial is no longer running; returns their ids."""
+def repair_runs(
+    study: optuna.Study, tracker: Tracker, experiment_id: str, parent_run_id: str | None
+) -> list[str]:
+    """Close this study's MLflow trial runs left RUNNING whose trial is no longer running."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     closed = []
-    for run_id, number in tracker.running_trial_runs(experiment_id):
+    for run_id, number in tracker.running_trial_runs(experiment_id, parent_run_id):
         trial = by_number.get(number)
         if trial is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
@@ -89,16 +42,28 @@ def repair_runs(study: optuna.Study, tracker: Tracker, experiment_id: str) -> li
 
 def repair(
     study: optuna.Study,
+    lock: StoreLock,
     tracker: Tracker | None,
     experiment_id: str | None,
+    parent_run_id: str | None,
     warn: Callable[[str], None] = print,
 ) -> None:
     """Both repairs, at the start of a search; says what it fixed."""
-    failed = repair_trials(study, tracker)
-    if failed:
-        numbers = ", ".join(map(str, failed))
-        warn(f"trial(s) {numbers} were left RUNNING by a dead process: marked FAIL and queued once more")
+    with lock:
+        abandoned = fail_abandoned(study, lock)
+    report_abandoned(tracker, abandoned, warn)
     if tracker and experiment_id:
-        closed = repair_runs(study, tracker, experiment_id)
+        closed = repair_runs(study, tracker, experiment_id, parent_run_id)
         if closed:
             warn(f"closed {len(closed)} MLflow run(s) left RUNNING by an interrupted search")
+
+
+def report_abandoned(
+    tracker: Tracker | None, abandoned: list[Abandoned], warn: Callable[[str], None]
+) -> None:
+    """Close their runs and say which trials were repaired."""
+    if not abandoned:
+        return
+    close_abandoned_runs(tracker, abandoned)
+    numbers = ", ".join(str(t.number) for t in abandoned)
+    warn(f"trial(s) {numbers} were left RUNNING by a dead process: marked FAIL and queued once more")

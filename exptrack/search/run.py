@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from exptrack.errors import UserError
-from exptrack.search import locks, preflight, signals, workers
+from exptrack.search import preflight, signals, workers
 from exptrack.search.loop import DashboardRenderer, Search, SearchOptions, SearchSummary
 from exptrack.search.trial import Progress
 from exptrack.study import Study, load_study_file
@@ -19,6 +19,9 @@ from exptrack.tracking import logged_models
 from exptrack.tracking.tracker import Tracker, resolve_tracking_uri
 from exptrack.training import weights
 
+CREATING = (
+    "stopping while the stores are created (each is created whole or not at all; re-run the same command)"
+)
 # The study -> its dashboard renderer (None: no dashboard), validated before any store is created.
 DashboardFactory = Callable[[Study], DashboardRenderer | None]
 
@@ -34,6 +37,8 @@ def run_search(
     """Tune the study in `study_file` to `options.trials` finished trials; `overrides` are the
     `--set` values (and `--device`) applied to every trial."""
     check_options(options)
+    if options.worker:
+        workers.follow_coordinator()
     spec = load_study_file(study_file).with_overrides(overrides or {})
     storage_url = resolve_storage(options.storage)
     tracking_uri = resolve_tracking_uri(options.tracking_uri)
@@ -49,15 +54,16 @@ def run_search(
         where = Path(prepared.space.source).name
         warn(f"--set {pinned}: pinned for this study (taken out of the search space {where})")
     render = dashboard(spec) if dashboard else None
-    tracker = None
-    if options.tracking:  # MLflow creates its tables here: one process at a time (K may start at once)
-        with locks.storage_lock(storage_url):
+    # From here on stores are written: a signal is reported, and ends the search cleanly.
+    signals.install(notify=warn)
+    with signals.interruptible(CREATING):  # each store is created whole or not at all
+        tracker = None
+        if options.tracking:
             tracker = Tracker(tracking_uri, warn=warn)
             tracker.check()
-    search = Search(spec, options, tracker, progress, warn, prepared, render)
+        search = Search(spec, options, tracker, progress, warn, prepared, render)
     if options.workers > 1:
         return workers.run_workers(search, options.workers, sys.argv[1:])
-    signals.install(notify=warn)
     return search.run()
 
 
@@ -67,6 +73,7 @@ def check_options(options: SearchOptions) -> None:
         ("--trials", options.trials),
         ("--max-failures", options.max_failures),
         ("--workers", options.workers),
+        ("--grace-period", options.grace_period),
     )
     for flag, value in counts:
         if value < 1:

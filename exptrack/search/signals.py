@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 
 _state: dict[str, int | bool | None] = {"requested": None, "interruptible": False, "installed": False}
+CLOSING_TRIAL = "closing the running trial as failed"
+_doing = [CLOSING_TRIAL]  # what the first signal does, as its notice says
 
 
 class Interrupted(KeyboardInterrupt):
@@ -31,9 +33,7 @@ def install(notify: Callable[[str], None] = print) -> None:
         if _state["requested"] is not None:
             os._exit(128 + signum)
         _state["requested"] = signum
-        notify(
-            f"{signal.Signals(signum).name}: closing the running trial as failed (send again to exit at once)"
-        )
+        notify(f"{signal.Signals(signum).name}: {_doing[-1]} (send again to exit at once)")
         # Inside training, unwind now; elsewhere (a store write) finish it and stop at check().
         if _state["interruptible"]:
             raise Interrupted(signum)
@@ -44,14 +44,17 @@ def install(notify: Callable[[str], None] = print) -> None:
 
 
 @contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """Mark training: a signal arriving here raises `Interrupted` at once."""
+def interruptible(doing: str = CLOSING_TRIAL) -> Iterator[None]:
+    """Mark training (or creating the stores, which `doing` then names): a signal arriving here
+    raises `Interrupted` at once."""
     check()
     _state["interruptible"] = True
+    _doing.append(doing)
     try:
         yield
     finally:
         _state["interruptible"] = False
+        _doing.pop()
 
 
 def check() -> None:

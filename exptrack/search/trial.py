@@ -7,6 +7,7 @@ A trial reads the stores and the study's declaration from its search (`TrialSear
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import traceback
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 
 import optuna
 import torch
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from exptrack import config as cfg
@@ -27,6 +29,8 @@ from exptrack.study_store import absolute_url
 from exptrack.tracking import ui_links
 from exptrack.tracking.tracker import Tracker
 from exptrack.training import fit
+
+TAKEN_OVER = "another worker marked this trial FAIL: no heartbeat reached it within the grace period"
 
 
 class Progress(Protocol):
@@ -99,7 +103,10 @@ def run_trial(search: TrialSearch, trial: optuna.Trial) -> str:
             raise
         out_of_memory = isinstance(exc, torch.OutOfMemoryError)
     else:
-        return _tell(search, trial, run_id, result)
+        try:
+            return _tell(search, trial, run_id, result)
+        except UpdateFinishedTrialError:
+            return _taken_over(search, trial, run_id)
     if out_of_memory:  # after the except block, so the exception's frames (and tensors) are gone
         release_memory()
     return "FAIL"
@@ -171,7 +178,8 @@ def fail(search: TrialSearch, trial: optuna.Trial, run_id: str | None, exc: Base
     reason = (
         f"interrupted by {exc}" if isinstance(exc, signals.Interrupted) else f"{type(exc).__name__}: {exc}"
     )
-    trial.set_user_attr(records.FAIL_REASON_ATTR, redact(reason)[:1000])
+    with contextlib.suppress(UpdateFinishedTrialError):  # already failed by another worker
+        trial.set_user_attr(records.FAIL_REASON_ATTR, redact(reason)[:1000])
     search.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     if search.tracker:
         search.tracker.log(run_id, tags={records.FAIL_REASON_TAG: reason[:1000]})
@@ -179,6 +187,16 @@ def fail(search: TrialSearch, trial: optuna.Trial, run_id: str | None, exc: Base
             search.tracker.log_file(
                 run_id, records.TRACEBACK_ARTIFACT, "".join(traceback.format_exception(exc))
             )
+        search.tracker.finish_trial(run_id, "FAIL", {})
+    _report(search, trial.number, "FAIL")
+    return "FAIL"
+
+
+def _taken_over(search: TrialSearch, trial: optuna.Trial, run_id: str | None) -> str:
+    """Another worker marked this trial FAIL while it trained (its heartbeat missed the grace
+    period, e.g. the database was unreachable) and queued its retry: the result stays unused."""
+    if search.tracker:
+        search.tracker.log(run_id, tags={records.FAIL_REASON_TAG: TAKEN_OVER})
         search.tracker.finish_trial(run_id, "FAIL", {})
     _report(search, trial.number, "FAIL")
     return "FAIL"

@@ -1,8 +1,12 @@
 """`--workers K`: K `exp search --worker` processes on one study. This process creates both stores
-and the study's run first (under the storage lock), waits for the workers, then closes the run."""
+and the study's run first (under the store lock), waits for the workers, then closes the run.
+A worker gets SIGTERM when this process dies, even by SIGKILL (Linux's parent-death signal), so
+none keeps training for a coordinator that is gone; the next start repairs the study's run."""
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -10,6 +14,9 @@ from types import FrameType
 
 from exptrack.errors import UserError
 from exptrack.search.loop import Search, SearchSummary
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+COORDINATOR_ENV = "EXPTRACK_COORDINATOR_PID"  # tells a worker whose death it follows
 
 
 def worker_args(argv: list[str], study_name: str) -> list[str]:
@@ -32,7 +39,8 @@ def run_workers(search: Search, count: int, argv: list[str]) -> SearchSummary:
     command = [sys.executable, "-m", "exptrack", *worker_args(argv, search.name)]
     # Own sessions: a Ctrl-C in the terminal reaches them once, through `forward`, not twice
     # (a second signal would make them exit at once instead of closing their trials).
-    children = [subprocess.Popen(command, start_new_session=True) for _ in range(count)]
+    env = {**os.environ, COORDINATOR_ENV: str(os.getpid())}
+    children = [subprocess.Popen(command, start_new_session=True, env=env) for _ in range(count)]
     received: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:
@@ -57,3 +65,15 @@ def run_workers(search: Search, count: int, argv: list[str]) -> SearchSummary:
             "read their messages above, fix the cause and re-run the same command"
         )
     return search.summary()
+
+
+def follow_coordinator() -> None:
+    """In a worker: get SIGTERM when the coordinator dies (it closes the running trial as failed),
+    and stop at once if it died before this line ran."""
+    parent = os.environ.get(COORDINATOR_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != int(parent):
+        raise UserError("the --workers coordinator that started this worker is gone; re-run the search")

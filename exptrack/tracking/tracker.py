@@ -21,9 +21,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from exptrack import records
+from exptrack import coordination, records
 from exptrack.errors import UserError, first_line, redact
 from exptrack.records import ROLE_TAG, RUN_STATUS, STUDY_TAG, TRIAL_TAG
+from exptrack.tracking import store_setup
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # A dead tracking server must not stall each trial for minutes (MLflow's defaults: 7 retries with
@@ -37,8 +38,11 @@ HTTP_DEFAULTS = {
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    """Flag, then MLFLOW_TRACKING_URI, then a sqlite file in the working directory."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """Flag, then MLFLOW_TRACKING_URI, then a sqlite file in the working directory (a PostgreSQL
+    URI gets the psycopg 3 driver of the `postgres` extra)."""
+    return coordination.with_postgres_driver(
+        uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    )
 
 
 class Tracker:
@@ -53,6 +57,7 @@ class Tracker:
         if self.uri.startswith(("http://", "https://")):
             for key, value in HTTP_DEFAULTS.items():
                 os.environ.setdefault(key, value)  # a user's own setting wins
+        store_setup.ensure_store(self.uri)  # before MlflowClient, which would create it unguarded
         self.client = MlflowClient(tracking_uri=self.uri)
         self.warn = warn
         self.failures: list[str] = []
@@ -91,27 +96,43 @@ class Tracker:
     def experiment_id(self, study_name: str) -> str:
         experiment = self.client.get_experiment_by_name(study_name)
         if experiment is None:
-            return self.client.create_experiment(
-                study_name, tags={STUDY_TAG: study_name, **records.EXPERIMENT_KIND_TAGS}
-            )
+            from mlflow.exceptions import MlflowException
+
+            try:
+                return self.client.create_experiment(
+                    study_name, tags={STUDY_TAG: study_name, **records.EXPERIMENT_KIND_TAGS}
+                )
+            except MlflowException as exc:  # another search (other Optuna store) created it just now
+                experiment = self.client.get_experiment_by_name(study_name)
+                if experiment is None:
+                    raise exc from None
         if experiment.lifecycle_stage == "deleted":
             self.client.restore_experiment(experiment.experiment_id)
         return str(experiment.experiment_id)
 
-    def find_study_run(self, experiment_id: str, study_name: str) -> str | None:
-        runs = self.client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{ROLE_TAG}` = '{records.ROLE_STUDY}' and tags.`{STUDY_TAG}` = '{study_name}'",
-            order_by=["attributes.start_time ASC"],
-            max_results=1,
+    def study_runs(self, experiment_id: str, study_name: str) -> list[Any]:
+        """Every parent run for a study of this name, oldest first (one per Optuna study)."""
+        return list(
+            self.client.search_runs(
+                [experiment_id],
+                filter_string=f"tags.`{ROLE_TAG}` = '{records.ROLE_STUDY}' and tags.`{STUDY_TAG}` = '{study_name}'",
+                order_by=["attributes.start_time ASC"],
+                max_results=1000,
+            )
         )
-        return runs[0].info.run_id if runs else None
 
-    def study_run_id(self, study_name: str) -> str | None:
+    def find_study_run(self, experiment_id: str, study_name: str, uid: str | None = None) -> str | None:
+        """The parent run of the Optuna study tagged `uid`, else the newest of its name."""
+        runs = self.study_runs(experiment_id, study_name)
+        mine = [r for r in runs if uid is not None and r.data.tags.get(records.STUDY_UID_TAG) == uid]
+        found = mine or runs
+        return found[-1].info.run_id if found else None
+
+    def study_run_id(self, study_name: str, uid: str | None = None) -> str | None:
         """The study's parent run, or None when MLflow has no record of the study."""
         with self._guard("find the study run"):
             experiment = self.client.get_experiment_by_name(study_name)
-            return self.find_study_run(experiment.experiment_id, study_name) if experiment else None
+            return self.find_study_run(experiment.experiment_id, study_name, uid) if experiment else None
         return None
 
     def trial_runs(self, study_name: str) -> list[Any]:
@@ -137,26 +158,35 @@ class Tracker:
         experiments = self.client.search_experiments(filter_string=f"tags.`{STUDY_TAG}` != ''")
         return {e.name: str(e.experiment_id) for e in experiments}
 
-    def open_study_run(self, study_name: str, tags: Mapping[str, str], files: list[Path]) -> tuple[str, str]:
-        """(experiment id, parent run id): the study's existing parent run, or a new one."""
+    def open_study_run(
+        self, study_name: str, uid: str, tags: Mapping[str, str], files: list[Path], adopt_untagged: bool
+    ) -> tuple[str, str, str | None]:
+        """(experiment id, parent run id, another study's parent run or None). The parent run
+        belongs to one Optuna study, the one whose `uid` it is tagged with: a new study of the same
+        name (its Optuna store reset) gets a new parent run, and the older one is returned third.
+        `adopt_untagged`: a study older than the tag takes the untagged parent run of its name."""
         experiment_id = self.experiment_id(study_name)
-        run_id = self.find_study_run(experiment_id, study_name)
+        runs = self.study_runs(experiment_id, study_name)
+        mine = [r for r in runs if r.data.tags.get(records.STUDY_UID_TAG) == uid]
+        if not mine and adopt_untagged:
+            mine = [r for r in runs if records.STUDY_UID_TAG not in r.data.tags][:1]
         all_tags = {
             ROLE_TAG: records.ROLE_STUDY,
             STUDY_TAG: study_name,
+            records.STUDY_UID_TAG: uid,
             records.HOST_TAG: platform.node(),
             **tags,
         }
-        if run_id is None:
-            run = self.client.create_run(experiment_id, run_name=study_name, tags=all_tags)
-            run_id = run.info.run_id
-            for path in files:
-                with self._guard(f"log {path.name} on the study run"):
-                    self.client.log_artifact(run_id, str(path), artifact_path=records.STUDY_FILES_DIR)
-        else:
+        if mine:
+            run_id = mine[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             self._log(run_id, tags=all_tags)
-        return experiment_id, run_id
+            return experiment_id, run_id, None
+        run_id = self.client.create_run(experiment_id, run_name=study_name, tags=all_tags).info.run_id
+        for path in files:
+            with self._guard(f"log {path.name} on the study run"):
+                self.client.log_artifact(run_id, str(path), artifact_path=records.STUDY_FILES_DIR)
+        return experiment_id, run_id, (runs[-1].info.run_id if runs else None)
 
     def save_runs_view(
         self, experiment_id: str, study_name: str, metric: str, maximize: bool, params: list[str]
@@ -274,12 +304,14 @@ class Tracker:
                 synchronous=True,
             )
 
-    def running_trial_runs(self, experiment_id: str) -> list[tuple[str, int]]:
-        """(run id, trial number) of the experiment's trial runs still marked RUNNING."""
+    def running_trial_runs(self, experiment_id: str, parent_run_id: str | None) -> list[tuple[str, int]]:
+        """(run id, trial number) of the trial runs under `parent_run_id` still marked RUNNING."""
+        nested = f" and tags.`{records.PARENT_RUN_TAG}` = '{parent_run_id}'" if parent_run_id else ""
         with self._guard("find runs left RUNNING"):
             runs = self.client.search_runs(
                 [experiment_id],
-                filter_string=f"tags.`{ROLE_TAG}` = '{records.ROLE_TRIAL}' and attributes.status = 'RUNNING'",
+                filter_string=f"tags.`{ROLE_TAG}` = '{records.ROLE_TRIAL}' and attributes.status = 'RUNNING'"
+                + nested,
                 max_results=10000,
             )
             return [(r.info.run_id, int(r.data.tags[TRIAL_TAG])) for r in runs if TRIAL_TAG in r.data.tags]

@@ -1,0 +1,169 @@
+"""Who owns a running trial, and when it counts as abandoned: one mechanism on one machine and on many.
+
+A trial is asked under the store's lock (`coordination.store_lock`: a directory flock for sqlite, a
+PostgreSQL advisory lock), and before the lock is released it holds its first Optuna heartbeat and
+its worker (host:pid:start-time). So, seen under that lock, a RUNNING trial without a worker was
+asked by a process that died inside the lock: abandoned at once. A trial whose worker is a dead
+process of this host is abandoned at once too (the fast path); any other is abandoned when its
+heartbeat is older than the grace period (Optuna's own test, `_get_stale_trial_ids`).
+
+Abandoned trials become FAIL with the reason written first (Optuna refuses attributes on a finished
+trial, so its `fail_stale_trials` would lose the reason), and their parameters are queued once more,
+linked by `retry_of`. The process whose state change wins does the retry: there is exactly one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from pathlib import Path
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from exptrack import records
+from exptrack.coordination import StoreLock
+
+ORPHAN_REASON = "asked by a process that died before it recorded itself as the trial's worker"
+
+
+@dataclasses.dataclass(frozen=True)
+class Abandoned:
+    """A trial this process marked FAIL; its MLflow run (if any) is closed by the caller."""
+
+    number: int
+    run_id: str | None
+    reason: str
+
+
+def worker_id(pid: int | None = None) -> str:
+    """This process (or `pid`) as host:pid:start-time."""
+    pid = os.getpid() if pid is None else pid
+    return f"{os.uname().nodename}:{pid}:{_start_time(pid)}"
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux); '-' where /proc is missing."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "-"
+    fields = stat.rsplit(")", 1)[1].split()
+    return "-" if fields[0] == "Z" else fields[19]  # field 22 of stat; a zombie counts as gone
+
+
+def owner_is_dead(worker: str) -> bool:
+    """True when `worker` names a process of this host that no longer runs."""
+    host, _, rest = worker.partition(":")
+    pid_text, _, started = rest.partition(":")
+    if host != os.uname().nodename or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, owned by someone else
+    # Same pid, other start time: the pid was recycled and the owner is gone.
+    # An older host:pid record, or no /proc: the pid is alive, so take it for the owner.
+    return started not in ("", "-") and _start_time(pid) != started
+
+
+def ask(study: optuna.Study, lock: StoreLock, budget: int) -> tuple[optuna.Trial | None, list[Abandoned]]:
+    """Under the store lock: fail abandoned trials, then ask a new trial if finished + running ones
+    leave room in `budget`, and record its heartbeat and worker before anyone else looks."""
+    with lock:
+        abandoned = fail_abandoned(study, lock)
+        taken = study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        )
+        if len(taken) >= budget:
+            return None, abandoned
+        trial = study.ask()
+        if _heartbeat_interval(study) is not None:
+            study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+        trial.set_user_attr(records.WORKER_ATTR, worker_id())
+    return trial, abandoned
+
+
+def fail_abandoned(study: optuna.Study, lock: StoreLock) -> list[Abandoned]:
+    """Mark the abandoned RUNNING trials FAIL (hold `lock`); a retry is queued for each that ran."""
+    stale = set(_stale_trial_ids(study))
+    failed = []
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = _why_abandoned(frozen, frozen._trial_id in stale, lock.locks_processes, study)
+        if reason and _fail(study, frozen, reason):
+            failed.append(Abandoned(frozen.number, frozen.user_attrs.get(records.RUN_ID_ATTR), reason))
+    return failed
+
+
+def _why_abandoned(
+    frozen: optuna.trial.FrozenTrial, stale: bool, exclusive: bool, study: optuna.Study
+) -> str | None:
+    worker = frozen.user_attrs.get(records.WORKER_ATTR)
+    if not isinstance(worker, str):
+        # Only a lock that keeps other processes out proves the asker died inside it.
+        return ORPHAN_REASON if exclusive else None
+    if owner_is_dead(worker):
+        return f"worker process {worker} died while the trial ran (killed or crashed)"
+    if stale:
+        backend = getattr(study._storage, "_backend", study._storage)  # Optuna wraps it in a cache
+        grace = getattr(backend, "grace_period", None)
+        return f"worker process {worker} sent no heartbeat for {grace} s (killed, crashed or cut off)"
+    return None
+
+
+def _fail(study: optuna.Study, frozen: optuna.trial.FrozenTrial, reason: str) -> bool:
+    """FAIL with `reason`, then one retry; False when another process finished the trial first."""
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(frozen._trial_id, records.FAIL_REASON_ATTR, reason)
+        storage.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL)
+    except UpdateFinishedTrialError:
+        return False
+    if frozen.params and records.RETRY_ATTR not in frozen.user_attrs:
+        study.enqueue_trial(frozen.params, user_attrs={records.RETRY_ATTR: frozen.number})
+    return True
+
+
+def _heartbeat_interval(study: optuna.Study) -> int | None:
+    getter = getattr(study._storage, "get_heartbeat_interval", None)
+    return getter() if getter else None
+
+
+def _stale_trial_ids(study: optuna.Study) -> list[int]:
+    if _heartbeat_interval(study) is None:
+        return []
+    return list(study._storage._get_stale_trial_ids(study._study_id))  # type: ignore[attr-defined]
+
+
+class Heartbeat:
+    """Beats for one trial until stopped: Optuna's heartbeat thread stops for good at the first
+    database error (a restart would then get a live trial failed), so this one carries on."""
+
+    def __init__(self, study: optuna.Study, trial_id: int) -> None:
+        self.interval = _heartbeat_interval(study)
+        self.storage, self.trial_id = study._storage, trial_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="exptrack-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        if self.interval is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)  # a beat waiting out a database restart is left to finish
+
+    def _beat(self) -> None:
+        assert self.interval is not None
+        while not self._stop.wait(self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)  # type: ignore[attr-defined]
+            except Exception:  # the next beat tries again; the grace period covers a gap
+                continue
