@@ -35,7 +35,9 @@ _CREATE_MLFLOW_STORE = (
     "import sys; from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore; "
     "SqlAlchemyStore(sys.argv[1], sys.argv[2])"
 )
-_OPEN_MLFLOW_STORE = "import sys; from mlflow import MlflowClient; MlflowClient(sys.argv[1]).search_experiments()"
+_OPEN_MLFLOW_STORE = (
+    "import sys; from mlflow import MlflowClient; MlflowClient(sys.argv[1]).search_experiments()"
+)
 
 
 def _kill_mlflow_mid_migration(path: Path) -> None:

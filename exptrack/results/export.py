@@ -121,7 +121,7 @@ def export_study(
     from the tracking store (one query) where it can be read, else from the trials' own links."""
     study = study_store.load_existing_study(study_name, storage)
     best_trials(study, top)  # nothing to export is one line, before MLflow is asked
-    runs = read_trial_runs(study_name, tracking_uri, warn)
+    runs = read_trial_runs(study_name, tracking_uri, warn, study.user_attrs.get(records.STUDY_UID_ATTR))
     return export_trials(study, top, {int(r.data.tags[records.TRIAL_TAG]): r.info.run_id for r in runs})
 
 

@@ -57,7 +57,7 @@ def trials_table(
     """`exp trials`: the study's trials from Optuna joined to their MLflow runs (one query), then
     filtered, sorted and cut. MLflow being unreadable only costs the run columns."""
     study = study_store.load_existing_study(study_name, storage)
-    runs = read_trial_runs(study_name, tracking_uri, warn)
+    runs = read_trial_runs(study_name, tracking_uri, warn, study.user_attrs.get(records.STUDY_UID_ATTR))
     return select(trials_frame(study, runs), study, state, sort, top)
 
 

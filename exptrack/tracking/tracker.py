@@ -135,19 +135,21 @@ class Tracker:
             return self.find_study_run(experiment.experiment_id, study_name, uid) if experiment else None
         return None
 
-    def trial_runs(self, study_name: str) -> list[Any]:
-        """Every trial run of a study, in one paged `search_runs` query (not one per trial)."""
+    def trial_runs(self, study_name: str, uid: str | None = None) -> list[Any]:
+        """Every trial run of a study, in one paged `search_runs` query (not one per trial); with
+        `uid`, only those under that Optuna study's parent run (another study may share the name)."""
         experiment = self.client.get_experiment_by_name(study_name)
         if experiment is None:
             return []
+        query = f"tags.`{ROLE_TAG}` = '{records.ROLE_TRIAL}'"
+        parents = self.study_runs(experiment.experiment_id, study_name) if uid else []
+        mine = [p for p in parents if p.data.tags.get(records.STUDY_UID_TAG) == uid]
+        if mine:
+            query += f" and tags.`{records.PARENT_RUN_TAG}` = '{mine[0].info.run_id}'"
         runs: list[Any] = []
         token = None
         while True:  # 1000 runs a page
-            page = self.client.search_runs(
-                [experiment.experiment_id],
-                filter_string=f"tags.`{ROLE_TAG}` = '{records.ROLE_TRIAL}'",
-                page_token=token,
-            )
+            page = self.client.search_runs([experiment.experiment_id], filter_string=query, page_token=token)
             runs.extend(page)
             token = page.token
             if not token:
@@ -341,10 +343,10 @@ def _metrics(values: Mapping[str, float], step: int) -> list[Any]:
     return [Metric(key, float(value), now, step) for key, value in values.items()]
 
 
-def read_trial_runs(study_name: str, uri: str | None, warn: Any = print) -> list[Any]:
+def read_trial_runs(study_name: str, uri: str | None, warn: Any = print, uid: str | None = None) -> list[Any]:
     """A stored study's trial runs for a results command (one paged query), or [] when the
     tracking store cannot be read: the Optuna side alone still answers."""
-    runs = _read_store(uri, warn, lambda tracker: tracker.trial_runs(study_name))
+    runs = _read_store(uri, warn, lambda tracker: tracker.trial_runs(study_name, uid))
     return [r for r in runs or [] if TRIAL_TAG in r.data.tags]
 
 
