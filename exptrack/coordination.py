@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib.util
 import os
 import threading
 import time
@@ -49,12 +48,20 @@ def with_postgres_driver(url: str) -> str:
         return url
     if scheme in ("postgresql", "postgres"):
         scheme = POSTGRES_DRIVER
-    if scheme == POSTGRES_DRIVER and importlib.util.find_spec("psycopg") is None:
+    if scheme == POSTGRES_DRIVER and not _has_psycopg():
         raise UserError(
             f"{redact(url)} needs the PostgreSQL driver psycopg 3, which is not installed; "
             "pip install -e '.[postgres]'"
         )
     return f"{scheme}://{rest}"
+
+
+def _has_psycopg() -> bool:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class StoreLock:

@@ -7,6 +7,7 @@ Kept light (optuna only, no torch) so `exp trials`, `exp studies` and `exp expor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -96,13 +97,16 @@ RDBStorage = optuna.storages.RDBStorage
 
 
 def _is_outage(exc: BaseException) -> bool:
-    """A lost or refused database connection (a restart, a network cut), not a bad request."""
+    """A lost or refused database connection (a restart, a network cut), not a bad request: an
+    operational error anywhere in the chain, or the session it left waiting for a rollback."""
     from sqlalchemy import exc as sa
 
-    cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) else exc
-    return isinstance(cause, sa.OperationalError | sa.InterfaceError) or (
-        isinstance(cause, sa.DBAPIError) and cause.connection_invalidated
-    )
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, sa.OperationalError | sa.InterfaceError | sa.PendingRollbackError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _waits_out_outages(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -121,6 +125,9 @@ def _waits_out_outages(method: Callable[..., Any]) -> Callable[..., Any]:
             except Exception as exc:
                 if not _is_outage(exc) or time.monotonic() > deadline:
                     raise
+            # this thread's session may still hold the broken transaction: start a fresh one
+            with contextlib.suppress(Exception):
+                self.scoped_session.remove()
             retried = True
             time.sleep(1.0)
 
@@ -135,7 +142,9 @@ class ResilientStorage(RDBStorage):
 
 
 _STORE_CALLS = [n for n, v in vars(optuna.storages.BaseStorage).items() if callable(v) and n[0] != "_"]
-for _name in [*_STORE_CALLS, "record_heartbeat", "_get_stale_trial_ids"]:
+# Optuna's cache in front of the storage calls these private ones directly.
+_CACHE_CALLS = ["_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials"]
+for _name in [*_STORE_CALLS, *_CACHE_CALLS, "record_heartbeat", "_get_stale_trial_ids"]:
     setattr(ResilientStorage, _name, _waits_out_outages(getattr(RDBStorage, _name)))
 
 

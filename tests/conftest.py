@@ -89,4 +89,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+from tests.fixtures_postgres import postgres, tracking_server  # noqa: E402,F401  (session: PostgreSQL + mlflow server)
 from tests.fixtures_search import searched  # noqa: E402,F401  (session fixture: one tiny real exp search)

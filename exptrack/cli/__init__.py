@@ -62,7 +62,7 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(signals.exit_code() or code)
     except UserError as exc:
-        err.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        err.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)  # [brackets] stay
         sys.exit(2)
     except signals.Interrupted as exc:
         sys.exit(exc.exit_code)

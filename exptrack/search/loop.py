@@ -189,9 +189,10 @@ class Search:
         repair.repair(self.study, self.lock, self.tracker, self.experiment_id, self.parent_run_id, self.warn)
 
     def finish(self, status: str) -> None:
-        """After every worker is done: repair what they left, close the study's run with `status`."""
+        """After every worker is done: repair what they left, close the study's run with `status`
+        (unless workers elsewhere still run trials: the last one out closes it)."""
         repair.repair(self.study, self.lock, self.tracker, self.experiment_id, self.parent_run_id, self.warn)
-        self._close_study_run(status)
+        self._close_study_run_if_last(status)
 
     def run_trial(self) -> str | None:
         """Ask, train, tell; the trial's final state name, or None when the budget is all taken.
@@ -271,7 +272,11 @@ class Search:
             repair.repair_runs(self.study, self.tracker, self.experiment_id, self.parent_run_id)
         if self.options.worker:  # the coordinator closes the study's run once every worker is done
             return
-        with self.lock:  # the last worker out closes it: none of the study's trials still runs
+        self._close_study_run_if_last(status)
+
+    def _close_study_run_if_last(self, status: str) -> None:
+        """The last worker out, on any machine, closes the study's run: none of its trials runs."""
+        with self.lock:
             running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if not running:
             self._close_study_run(status)

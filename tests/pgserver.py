@@ -1,0 +1,179 @@
+"""A throw-away PostgreSQL server for the tests: Debian's binaries run as the `postgres` user
+(`initdb` refuses root) on a free loopback port, data in a temporary directory; and other machines
+simulated honestly: each "host" runs its processes under `unshare --uts` with a hostname and a
+working and temporary directory of its own, so no file lock or pid check can reach across."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.faultkit import FAULTY, SMALL, free_port, wait_for
+
+PG_ROOTS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)  # Debian's layout
+
+
+def missing_reason() -> str | None:
+    """Why PostgreSQL tests cannot run here, or None (scripts/test.sh installs what they need)."""
+    if not any((root / "initdb").exists() for root in PG_ROOTS) and not shutil.which("initdb"):
+        return "PostgreSQL server binaries (initdb, pg_ctl) not found: scripts/test.sh installs Debian's postgresql"
+    if os.geteuid() != 0 or not shutil.which("runuser") or not shutil.which("unshare"):
+        return "needs root with runuser and unshare (to start postgres as its user and simulate hosts)"
+    try:
+        import pwd
+
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return "no `postgres` system user (Debian's postgresql package creates it)"
+    return None
+
+
+def _binary(name: str) -> str:
+    for root in PG_ROOTS:
+        if (root / name).exists():
+            return str(root / name)
+    found = shutil.which(name)
+    assert found, name
+    return found
+
+
+class PostgresServer:
+    """`initdb` + `pg_ctl start` as the postgres user; trust authentication on 127.0.0.1 only."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="exptrack-pg-"))  # not under pytest's root-only tmp
+        self.data = self.root / "data"
+        self.port = free_port()
+        shutil.chown(self.root, "postgres", "postgres")
+        self.root.chmod(0o755)
+
+    def _as_postgres(self, *command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["runuser", "-u", "postgres", "--", *command],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        if not self.data.exists():
+            self._as_postgres(
+                _binary("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"
+            )
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        )
+        log = str(self.root / "server.log")
+        self._as_postgres(_binary("pg_ctl"), "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
+
+    def restart(self) -> None:
+        """A fast restart: every connection is cut, the data stays."""
+        log = str(self.root / "server.log")  # the server must not inherit our output pipes
+        self._as_postgres(_binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "-l", log, "-w", "restart")
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._as_postgres(_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; its URL for exptrack (psycopg 3)."""
+        self._as_postgres(
+            _binary("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name
+        )
+        return self.url(name)
+
+    def url(self, name: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def connections(self, database: str) -> int:
+        """Open connections to `database` right now."""
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres") as db:
+            row = db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+
+class MlflowPgServer:
+    """`mlflow server` over a PostgreSQL database, serving artifacts over HTTP from a folder: what
+    workers on other machines write to (the README's tracking-server recipe, exactly)."""
+
+    def __init__(self, backend: str, artifacts: Path) -> None:
+        self.backend, self.artifacts, self.port = backend, artifacts, free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        command = [
+            str(Path(sys.executable).with_name("mlflow")), "server",
+            "--backend-store-uri", self.backend,
+            "--artifacts-destination", str(self.artifacts), "--serve-artifacts",
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+        ]  # fmt: skip
+        log = open(self.artifacts.parent / f"mlflow-{self.port}.log", "ab")  # noqa: SIM115 - the server owns it
+        self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+        wait_for(self._answers, f"mlflow server on port {self.port}", 180)
+
+    def _answers(self) -> bool:
+        import urllib.request
+
+        assert self.process is not None
+        assert self.process.poll() is None, "mlflow server exited"
+        try:
+            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as reply:
+                return bool(reply.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, 15)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, 9)
+            self.process.wait()
+
+
+class Host:
+    """A simulated machine: its own hostname (`unshare --uts`), working directory and $TMPDIR."""
+
+    def __init__(self, name: str, root: Path) -> None:
+        self.name, self.cwd = name, root / name
+        (self.cwd / "tmp").mkdir(parents=True)
+
+    def exp(self, *args: str, faults: str = "", timeout: float | None = None) -> subprocess.Popen[str]:
+        """`exp ARGS` on this host, as a background process (its pid is the exptrack process)."""
+        from tests.conftest import exp_env
+
+        env = exp_env(self.cwd)
+        env.update(TMPDIR=str(self.cwd / "tmp"), OMP_NUM_THREADS="1", EXPTRACK_FAULTS=faults)
+        env["EXPTRACK_GATE_DIR"] = str(self.cwd)
+        command = ["unshare", "--uts", "sh", "-c", f'hostname {self.name} && exec "$@"', "sh"]
+        return subprocess.Popen(
+            [*command, sys.executable, "-m", "exptrack", *args],
+            cwd=self.cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def search(self, *args: str, faults: str = "") -> subprocess.Popen[str]:
+        """`exp search` of the faulty test study, tiny settings."""
+        return self.exp("search", FAULTY, *SMALL, *args, faults=faults)
