@@ -13,6 +13,7 @@ STUDY_SPACE_ATTR = "search_space"
 STUDY_FIXED_ATTR = "fixed"
 STUDY_DASHBOARD_ATTR = "dashboard"  # the dashboard file the study was searched with (path and text)
 STUDY_UID_ATTR = "study_uid"  # set once when the study is created: which MLflow parent run is its own
+STUDY_JOINS_ATTR = "exptrack:worker_joins"  # a study system attr: processes that joined it so far
 
 # --- Optuna trial user attrs ---------------------------------------------------------------------
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run id

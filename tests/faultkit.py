@@ -50,9 +50,9 @@ def start_search(
 
 
 def run_search(
-    cwd: Path, *args: str, faults: str = "", timeout: float = 300
+    cwd: Path, *args: str, faults: str = "", timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    process = start_search(cwd, *args, faults=faults)
+    process = start_search(cwd, *args, faults=faults, env=env)
     out, err = process.communicate(timeout=timeout)
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 

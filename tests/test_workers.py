@@ -1,8 +1,10 @@
 """`--workers K` on one study from empty stores: no worker crashes, exactly N finished trials, no
-duplicated trial numbers, every run in the study's experiment under its one parent run."""
+duplicated trial numbers, every run in the study's experiment under its one parent run; each
+worker with its share of the cores and, with --seed, a sampler stream of its own."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -11,7 +13,9 @@ from tests.faultkit import run_search, runs_by_trial, start_search, trials
 
 
 def test_two_workers_on_empty_stores_finish_exactly_four_trials(project: Path) -> None:
-    result = run_search(project, "--trials", "4", "--workers", "2", timeout=300)
+    # OMP_NUM_THREADS unset: the coordinator splits the cores between its workers
+    args = ("--trials", "4", "--workers", "2", "--seed", "0")
+    result = run_search(project, *args, timeout=300, env={"OMP_NUM_THREADS": ""})
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
 
@@ -21,6 +25,9 @@ def test_two_workers_on_empty_stores_finish_exactly_four_trials(project: Path) -
     assert [t.state.name for t in found] == ["COMPLETE"] * 4  # none over budget, none lost
     workers = {t.user_attrs["worker"].split(":")[1] for t in found}
     assert len(workers) == 2  # both worker processes took trials: the budget really was shared
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert {t.user_attrs["profile"]["torch_threads"] for t in found} == {share}  # not every core each
+    assert len({t.params["lr"] for t in found}) == 4  # seeded, yet no worker replays another's points
 
     client = MlflowClient(f"sqlite:///{project}/mlflow.db")
     (experiment,) = [e for e in client.search_experiments() if e.name != "Default"]

@@ -97,6 +97,13 @@ def search(
             "and retried; give every worker of a study the same value"
         ),
     ] = 180,
+    gpus: Annotated[
+        str | None,
+        typer.Option(help="One worker per listed GPU: 0,1,3 or all (each with its own CUDA_VISIBLE_DEVICES)"),
+    ] = None,
+    per_gpu: Annotated[
+        int, typer.Option(help="Workers per GPU with --gpus, each limited to its share of the GPU's memory")
+    ] = 1,
     worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
 ) -> None:
     """Tune a study: sample configs, train each, prune hopeless ones, log every trial to MLflow."""
@@ -110,7 +117,7 @@ def search(
         overrides["device"] = device
     options = SearchOptions(
         trials, timeout, storage, study_name, sampler, pruner, seed, max_failures, new_study, worker,
-        tracking_uri, not no_tracking, workers, grace_period,
+        tracking_uri, not no_tracking, workers, grace_period, gpus, per_gpu,
     )  # fmt: skip
     progress = SearchProgress()
     training_progress.use(RichTasks(progress.bar))  # a download or image folder: a task on the bar

@@ -14,6 +14,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -55,6 +56,8 @@ class SearchOptions:
     tracking: bool = True  # False: Optuna records only (--no-tracking)
     workers: int = 1  # processes working on the study at once
     grace_period: int = GRACE_PERIOD_S  # seconds without a heartbeat before a trial counts as abandoned
+    gpus: str | None = None  # `all` or `0,1`: one worker per GPU slot on this machine
+    per_gpu: int = 1  # workers per GPU
 
 
 @dataclasses.dataclass
@@ -98,6 +101,8 @@ class Search:
             preflight.check_storage_url(self.storage_url)
             prepared = preflight.prepare(study, options.sampler, options.pruner, options.seed)
         self.space, self.sampler, self.pruner = prepared.space, prepared.sampler, prepared.pruner
+        self.prepared = prepared
+        self.worker_index = 0  # the how-many-th process to join the study: its seed stream
         self.lock = coordination.store_lock(self.storage_url)
         self.uid = ""  # the Optuna study's identity (records.STUDY_UID_ATTR), set by _open_study
         self.adopt_untagged = False  # a study from before the identity: its untagged parent run is its own
@@ -145,7 +150,20 @@ class Search:
             if study.metric_names is None and len(study.directions) == 1:
                 study.set_metric_names([self.spec.metric])  # optuna-dashboard names the objective
             self.uid = str(study.user_attrs[records.STUDY_UID_ATTR])
+            self._join(study)
         return study
+
+    def _join(self, study: optuna.Study) -> None:
+        """Count this process in (hold the lock). With --seed, the k-th process to join samples
+        from its own stream derived from the study seed: k = 0 keeps the seed itself, so a seeded
+        study stays repeatable, and workers (or a resumed search) never replay each other's points."""
+        joined = int(study._storage.get_study_system_attrs(study._study_id).get(records.STUDY_JOINS_ATTR, 0))
+        study._storage.set_study_system_attr(study._study_id, records.STUDY_JOINS_ATTR, joined + 1)
+        self.worker_index = joined
+        if self.options.seed is not None and joined:
+            study.sampler = self.sampler = self.prepared.sampler_seeded(
+                worker_seed(self.options.seed, joined)
+            )
 
     # --- the whole search -------------------------------------------------------------------
 
@@ -289,3 +307,10 @@ class Search:
         if best and best[0].value is not None:
             metrics[f"{records.BEST_PREFIX}{self.spec.metric}"] = best[0].value
         self.tracker.close_study_run(self.parent_run_id, status, metrics)
+
+
+def worker_seed(seed: int, index: int) -> int:
+    """Worker `index`'s sampler seed: independent streams from one study seed (numpy's SeedSequence)."""
+    if index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])

@@ -26,6 +26,10 @@ class Prepared:
     space: spaces.SearchSpace
     sampler: optuna.samplers.BaseSampler
     pruner: optuna.pruners.BasePruner
+    sampler_name: str = "tpe"  # to build it again with a worker's own seed
+
+    def sampler_seeded(self, seed: int | None) -> optuna.samplers.BaseSampler:
+        return samplers.make_sampler(self.sampler_name, seed, self.space)
 
 
 def prepare(
@@ -51,6 +55,7 @@ def prepare(
         space,
         samplers.make_sampler(sampler_name, seed, space),
         samplers.make_pruner(pruner_name, epochs),
+        sampler_name,
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from exptrack.errors import UserError
-from exptrack.search import preflight, signals, workers
+from exptrack.search import preflight, signals, slots, workers
 from exptrack.search.loop import DashboardRenderer, Search, SearchOptions, SearchSummary
 from exptrack.search.trial import Progress
 from exptrack.study import Study, load_study_file
@@ -39,6 +39,8 @@ def run_search(
     check_options(options)
     if options.worker:
         workers.follow_coordinator()
+        slots.apply_in_worker()  # its share of the cores (and of its GPU) before torch works
+    planned = slots.plan(options.workers, options.gpus, options.per_gpu) if _spreads(options) else []
     spec = load_study_file(study_file).with_overrides(overrides or {})
     storage_url = resolve_storage(options.storage)
     tracking_uri = resolve_tracking_uri(options.tracking_uri)
@@ -62,9 +64,14 @@ def run_search(
             tracker = Tracker(tracking_uri, warn=warn)
             tracker.check()
         search = Search(spec, options, tracker, progress, warn, prepared, render)
-    if options.workers > 1:
-        return workers.run_workers(search, options.workers, sys.argv[1:])
+    if planned:
+        return workers.run_workers(search, planned, sys.argv[1:])
     return search.run()
+
+
+def _spreads(options: SearchOptions) -> bool:
+    """Several worker processes on this machine (`--workers K`, `--gpus`)?"""
+    return options.workers > 1 or options.gpus is not None or options.per_gpu != 1
 
 
 def check_options(options: SearchOptions) -> None:
@@ -74,6 +81,7 @@ def check_options(options: SearchOptions) -> None:
         ("--max-failures", options.max_failures),
         ("--workers", options.workers),
         ("--grace-period", options.grace_period),
+        ("--per-gpu", options.per_gpu),
     )
     for flag, value in counts:
         if value < 1:

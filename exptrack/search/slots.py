@@ -69,10 +69,14 @@ def parse_gpus(text: str, count: int) -> list[int]:
     try:
         devices = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise UserError(f"--gpus {text!r} is not a list of GPU indices; use e.g. --gpus 0,1 or --gpus all") from None
+        raise UserError(
+            f"--gpus {text!r} is not a list of GPU indices; use e.g. --gpus 0,1 or --gpus all"
+        ) from None
     wrong = [d for d in devices if not 0 <= d < count]
     if not devices or wrong or len(set(devices)) != len(devices):
-        raise UserError(f"--gpus {text!r}: this machine has GPUs 0-{count - 1}; list each once, or use --gpus all")
+        raise UserError(
+            f"--gpus {text!r}: this machine has GPUs 0-{count - 1}; list each once, or use --gpus all"
+        )
     return devices
 
 

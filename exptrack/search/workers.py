@@ -14,9 +14,13 @@ from types import FrameType
 
 from exptrack.errors import UserError
 from exptrack.search.loop import Search, SearchSummary
+from exptrack.search.slots import Slot
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 COORDINATOR_ENV = "EXPTRACK_COORDINATOR_PID"  # tells a worker whose death it follows
+
+
+SPREADING = ("--workers", "--gpus", "--per-gpu")  # the coordinator's own flags, with a value
 
 
 def worker_args(argv: list[str], study_name: str) -> list[str]:
@@ -25,22 +29,29 @@ def worker_args(argv: list[str], study_name: str) -> list[str]:
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--workers":
+        elif arg in SPREADING:
             skip = True
-        elif not arg.startswith("--workers=") and arg != "--new-study":
+        elif not arg.startswith(tuple(f"{flag}=" for flag in SPREADING)) and arg != "--new-study":
             args.append(arg)
     # click keeps the last value of a repeated option, so these win over the user's.
     return [*args, "--workers", "1", "--worker", "--study-name", study_name]
 
 
-def run_workers(search: Search, count: int, argv: list[str]) -> SearchSummary:
-    """Run `count` workers to the study's budget; a signal here is passed on to each of them."""
+def run_workers(search: Search, slots: list[Slot], argv: list[str]) -> SearchSummary:
+    """One worker per slot to the study's budget; a signal here is passed on to each of them."""
     search.open()
+    count = len(slots)
     command = [sys.executable, "-m", "exptrack", *worker_args(argv, search.name)]
     # Own sessions: a Ctrl-C in the terminal reaches them once, through `forward`, not twice
     # (a second signal would make them exit at once instead of closing their trials).
-    env = {**os.environ, COORDINATOR_ENV: str(os.getpid())}
-    children = [subprocess.Popen(command, start_new_session=True, env=env) for _ in range(count)]
+    children = [
+        subprocess.Popen(
+            command,
+            start_new_session=True,
+            env={**os.environ, **slot.env(), COORDINATOR_ENV: str(os.getpid())},
+        )
+        for slot in slots
+    ]
     received: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:
