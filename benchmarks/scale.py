@@ -96,14 +96,22 @@ def start_workers(
     ]
 
 
-def measure(backend: str, workers: int, trials: int, stores: dict[str, str], folder: Path) -> str:
-    """Run `workers` workers to `trials` trials; one line of figures, and a check nothing was lost."""
+def measure(
+    backend: str, workers: int, trials: int, stores: dict[str, str], folder: Path, count_connections=None
+) -> str:
+    """Run `workers` workers to `trials` trials; one line of figures, and a check nothing was lost.
+    `count_connections()`, sampled while they run, gives (Optuna's, MLflow's) open connections."""
     import optuna
     from mlflow import MlflowClient
 
     started = time.monotonic()
-    for process in start_workers(workers, stores["storage"], stores["tracking"], trials, folder, 180):
-        assert process.wait() == 0, f"a worker failed ({backend})"
+    processes = start_workers(workers, stores["storage"], stores["tracking"], trials, folder, 180)
+    peak = (0, 0)
+    while any(p.poll() is None for p in processes):
+        if count_connections is not None:
+            peak = tuple(map(max, zip(peak, count_connections(), strict=True)))  # type: ignore[assignment]
+        time.sleep(0.2)
+    assert all(p.returncode == 0 for p in processes), f"a worker failed ({backend})"
     wall = time.monotonic() - started
     records = [r for path in folder.glob("worker-*.json") for r in json.loads(path.read_text())]
     store = [r["wall"] - r["fit"] for r in records]
@@ -119,6 +127,7 @@ def measure(backend: str, workers: int, trials: int, stores: dict[str, str], fol
         f"{backend:10} {workers:2} workers: store time per trial median {1000 * statistics.median(store):6.0f} ms, "
         f"p90 {1000 * sorted(store)[int(0.9 * len(store))]:6.0f} ms; fit median {statistics.median(r['fit'] for r in records):.2f} s; "
         f"{trials / span:5.2f} trials/s while trials ran ({wall:.0f} s with start-up); {lost}"
+        + (f"; peak connections: Optuna db {peak[0]}, MLflow db {peak[1]}" if count_connections else "")
     )
 
 
@@ -199,7 +208,14 @@ def main() -> None:
                     if backend == "postgres":
                         lines.append(f"{backend:10} {death_to_retry(stores, folder, True, args.grace)}")
                 else:
-                    lines.append(measure(backend, int(count), args.trials, stores, folder))
+                    counter = None
+                    if backend == "postgres":
+                        optuna_db, mlflow_db = f"optuna_{name}", f"mlflow_{name}"
+
+                        def counter() -> tuple[int, int]:
+                            return postgres.connections(optuna_db), postgres.connections(mlflow_db)  # noqa: B023
+
+                    lines.append(measure(backend, int(count), args.trials, stores, folder, counter))
                 print(lines[-1], flush=True)
                 if server is not None:
                     server.stop()

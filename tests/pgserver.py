@@ -157,23 +157,25 @@ class Host:
         self.name, self.cwd = name, root / name
         (self.cwd / "tmp").mkdir(parents=True)
 
-    def exp(self, *args: str, faults: str = "", timeout: float | None = None) -> subprocess.Popen[str]:
+    def exp(self, *args: str, faults: str = "", env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         """`exp ARGS` on this host, as a background process (its pid is the exptrack process)."""
         from tests.conftest import exp_env
 
-        env = exp_env(self.cwd)
-        env.update(TMPDIR=str(self.cwd / "tmp"), OMP_NUM_THREADS="1", EXPTRACK_FAULTS=faults)
-        env["EXPTRACK_GATE_DIR"] = str(self.cwd)
+        environment = {**exp_env(self.cwd), **(env or {})}
+        environment.update(TMPDIR=str(self.cwd / "tmp"), OMP_NUM_THREADS="1", EXPTRACK_FAULTS=faults)
+        environment["EXPTRACK_GATE_DIR"] = str(self.cwd)
         command = ["unshare", "--uts", "sh", "-c", f'hostname {self.name} && exec "$@"', "sh"]
         return subprocess.Popen(
             [*command, sys.executable, "-m", "exptrack", *args],
             cwd=self.cwd,
-            env=env,
+            env=environment,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
 
-    def search(self, *args: str, faults: str = "") -> subprocess.Popen[str]:
+    def search(
+        self, *args: str, faults: str = "", env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
         """`exp search` of the faulty test study, tiny settings."""
-        return self.exp("search", FAULTY, *SMALL, *args, faults=faults)
+        return self.exp("search", FAULTY, *SMALL, *args, faults=faults, env=env)

@@ -7,6 +7,7 @@ at once on an empty database, the database restarted mid-search, a new MLflow da
 from __future__ import annotations
 
 import ast
+import json
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import optuna
 from mlflow import MlflowClient
 
 from tests.conftest import REPO
-from tests.faultkit import start_search, wait_for
+from tests.faultkit import run_cli_batch, start_search, wait_for
 from tests.pgserver import Host, MlflowPgServer, PostgresServer
 
 
@@ -50,9 +51,14 @@ def test_three_hosts_two_workers_asking_at_once_on_an_empty_database_finish_exac
     postgres: PostgresServer, tracking_server: MlflowPgServer, tmp_path: Path
 ) -> None:
     storage = postgres.create_database("three_hosts")
-    args = ["--trials", "12", "--storage", storage, "--tracking-uri", tracking_server.uri]
+    # the README's recipe: the stores in the environment, the same command on every machine
+    stores = {"OPTUNA_STORAGE": storage, "MLFLOW_TRACKING_URI": tracking_server.uri}
     hosts = [Host(name, tmp_path) for name in ("host-a", "host-b", "host-c")]
-    workers = [host.search(*args, "--study-name", "three-hosts") for host in hosts for _ in range(2)]
+    workers = [
+        host.search("--trials", "12", "--study-name", "three-hosts", env=stores)
+        for host in hosts
+        for _ in range(2)
+    ]
 
     def two_done() -> bool:
         return [t.state.name for t in _study(storage, "three-hosts")].count("COMPLETE") >= 2
@@ -76,6 +82,16 @@ def test_three_hosts_two_workers_asking_at_once_on_an_empty_database_finish_exac
     for host in hosts:  # nothing written where only that machine could read it
         assert not (host.cwd / "mlruns").exists() and not (host.cwd / "mlflow.db").exists()
         assert [p.name for p in (host.cwd / "tmp").rglob("*") if "lock" in p.name] == []
+
+    # The results commands and `exp ui` read the same two stores from any machine.
+    cases = [["trials", "three-hosts", "--format", "json"], ["studies", "--format", "json"], ["ui"]]
+    trials_out, studies_out, ui_out = run_cli_batch([(tmp_path, args) for args in cases], env=stores)
+    assert [r.returncode for r in (trials_out, studies_out, ui_out)] == [0, 0, 0], ui_out.stderr
+    rows = json.loads(trials_out.stdout)
+    assert sorted(r["run_id"] for r in rows) == sorted(r.info.run_id for r in children)
+    assert "three-hosts" in studies_out.stdout
+    experiment = MlflowClient(tracking_server.uri).get_experiment_by_name("three-hosts")
+    assert f"{tracking_server.uri}/#/experiments/{experiment.experiment_id}" in ui_out.stdout + ui_out.stderr
 
 
 def test_a_worker_sigkilled_on_another_host_is_failed_and_retried_after_the_grace_period(

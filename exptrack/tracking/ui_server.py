@@ -148,7 +148,14 @@ def stop(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
 
 
 def serve(tracking_uri: str | None, host: str, port: int, say: Callable[[str], None]) -> int:
-    """Run the UI until Ctrl-C (or SIGTERM); returns the server's exit code if it dies by itself."""
+    """Run the UI until Ctrl-C (or SIGTERM); returns the server's exit code if it dies by itself.
+    A tracking server already is the UI: its study pages are listed, nothing is started."""
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        say(f"MLflow UI: {redact(uri)}  (the tracking server's own)")
+        for study, url in study_urls(uri, redact(uri).rstrip("/")):
+            say(f"  {study}: {url}")
+        return 0
     if not is_loopback(host):
         say(f"warning: binding to {host}: anyone who can reach this machine can read and edit the runs")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
