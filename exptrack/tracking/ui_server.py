@@ -153,8 +153,7 @@ def serve(tracking_uri: str | None, host: str, port: int, say: Callable[[str], N
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
         say(f"MLflow UI: {redact(uri)}  (the tracking server's own)")
-        for study, url in study_urls(uri, redact(uri).rstrip("/")):
-            say(f"  {study}: {url}")
+        _list_studies(study_urls(uri, redact(uri).rstrip("/")), say)
         return 0
     if not is_loopback(host):
         say(f"warning: binding to {host}: anyone who can reach this machine can read and edit the runs")
@@ -163,16 +162,20 @@ def serve(tracking_uri: str | None, host: str, port: int, say: Callable[[str], N
         urls = functools.partial(study_urls, resolve_tracking_uri(tracking_uri))
         with running_server(tracking_uri, host, port, urls) as (process, base, found):
             say(f"MLflow UI: {base}  (Ctrl-C stops it)")
-            for study, table, study_run in found:
-                say(f"  {study}: {table}")
-                if study_run:
-                    say(f"  {study} study run (dashboard.html under Artifacts): {study_run}")
+            _list_studies(found, say)
             return process.wait()
     except KeyboardInterrupt:
         say("MLflow UI stopped")  # the server is down by now: running_server's exit stopped it
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _list_studies(found: list[tuple[str, str, str | None]], say: Callable[[str], None]) -> None:
+    for study, table, study_run in found:
+        say(f"  {study}: {table}")
+        if study_run:
+            say(f"  {study} study run (dashboard.html under Artifacts): {study_run}")
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
