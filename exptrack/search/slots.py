@@ -10,10 +10,13 @@ on (core count, GPU free/total memory), so it is tested without a GPU.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 
-from exptrack.errors import UserError
+from exptrack.errors import UserError, first_line
 
 THREADS_ENV = "EXPTRACK_THREADS"  # a worker's thread share, applied to torch when it starts
 MEMORY_FRACTION_ENV = "EXPTRACK_GPU_MEMORY_FRACTION"  # a worker's share of its GPU's memory
@@ -116,10 +119,26 @@ def plan(workers: int, gpus: str | None, per_gpu: int) -> list[Slot]:
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     devices = parse_gpus(gpus, count)
-    memory = {d: torch.cuda.mem_get_info(d) for d in devices}  # (free, total) bytes
+    memory = gpu_memory(devices)
     free = {d: m[0] for d, m in memory.items()}
     total = {d: m[1] for d, m in memory.items()}
     return gpu_slots(devices, per_gpu, free, total, available_cores())
+
+
+def gpu_memory(devices: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """(free, total) bytes of each device, asked in a short process of its own: asking here would
+    keep a CUDA context (a few hundred MB) on every GPU for as long as the coordinator waits."""
+    query = (
+        "import json, sys, torch; print(json.dumps([torch.cuda.mem_get_info(int(d)) for d in sys.argv[1:]]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", query, *map(str, devices)], capture_output=True, text=True, timeout=120
+    )
+    if done.returncode != 0:
+        raise UserError(
+            f"cannot read the GPUs' free memory ({first_line(Exception(done.stderr))}); check nvidia-smi"
+        )
+    return {d: (int(m[0]), int(m[1])) for d, m in zip(devices, json.loads(done.stdout), strict=True)}
 
 
 def apply_in_worker() -> None:
