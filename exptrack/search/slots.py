@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-from exptrack.errors import UserError, first_line
+from exptrack.errors import UserError, redact
 
 THREADS_ENV = "EXPTRACK_THREADS"  # a worker's thread share, applied to torch when it starts
 MEMORY_FRACTION_ENV = "EXPTRACK_GPU_MEMORY_FRACTION"  # a worker's share of its GPU's memory
@@ -135,9 +135,8 @@ def gpu_memory(devices: Sequence[int]) -> dict[int, tuple[int, int]]:
         [sys.executable, "-c", query, *map(str, devices)], capture_output=True, text=True, timeout=120
     )
     if done.returncode != 0:
-        raise UserError(
-            f"cannot read the GPUs' free memory ({first_line(Exception(done.stderr))}); check nvidia-smi"
-        )
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]  # the exception, after its traceback
+        raise UserError(f"cannot read the GPUs' free memory ({redact(last)[:200]}); check nvidia-smi")
     return {d: (int(m[0]), int(m[1])) for d, m in zip(devices, json.loads(done.stdout), strict=True)}
 
 
