@@ -54,6 +54,10 @@ REPRODUCES_TAG = "exptrack.reproduces"  # study/trial-NNN
 SOURCE_RUN_TAG = "exptrack.source_run_id"  # the trial run it reproduces
 CONFIG_FILE_TAG = "exptrack.config_file"
 SETUP_TAG_PREFIX = "exptrack."  # + a fact training reports at setup (weights_source, device, ...)
+# Setup facts that also describe the run's dataset input (`mlflow.log_input`: the UI's Datasets column)
+DATASET_FACT, DATASET_DIGEST_FACT = "dataset", "dataset_digest"
+DATASET_SIZE_FACTS = ("train_samples", "val_samples", "num_classes")  # its profile, as fit names them
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # MLflow's tag on a dataset input: what it was used for
 
 # --- MLflow params, metrics and artifacts -----------------------------------------------------------
 SEARCH_SPACE_PARAM = "search_space"  # on the study run

@@ -19,6 +19,7 @@ CORE = {"config", "study", "records", "errors", "registry", "study_store"}
 # package -> the packages it may import (DESIGN.md's table); core modules import only core ones
 ALLOWED = {
     "cli": {"cli", "search", "results", "tracking", "training", "core"},
+    "api": {"search", "results", "tracking", "training", "core"},  # exptrack.search(...), exptrack.trials(...)
     "search": {"search", "training", "tracking", "core"},
     "results": {"results", "training", "tracking", "core"},
     "tracking": {"tracking", "core"},

@@ -46,7 +46,7 @@ class RunReporter:
         self.tracker, self.run_id = tracker, run_id
 
     def on_setup(self, facts: Mapping[str, Any]) -> None:
-        self.tracker.log(self.run_id, tags=records.setup_tags(dict(facts)))
+        self.tracker.log_setup(self.run_id, facts)
 
     def on_epoch(self, epoch: int, metrics: Mapping[str, float]) -> bool:
         self.tracker.log_epoch(self.run_id, epoch, metrics)
@@ -113,7 +113,7 @@ def reproduce(
     try:
         result = fit.fit(config, RunReporter(tracker, run_id), warn)
         model_uri, registered = logged_models.log_model(
-            tracker, experiment_id, run_id, result.model, register
+            tracker, experiment_id, run_id, result.model, register, result.example
         )
     except BaseException as exc:  # never leave the run RUNNING
         tracker.log(run_id, tags={records.FAIL_REASON_TAG: f"{type(exc).__name__}: {exc}"[:1000]})

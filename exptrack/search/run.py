@@ -24,17 +24,22 @@ DashboardFactory = Callable[[Study], DashboardRenderer | None]
 
 
 def run_search(
-    study_file: Path,
+    study: Study | Path,
     options: SearchOptions,
     overrides: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
     warn: Callable[[str], None] = print,
     dashboard: DashboardFactory | None = None,
+    own_signals: bool = True,
 ) -> SearchSummary:
-    """Tune the study in `study_file` to `options.trials` finished trials; `overrides` are the
-    `--set` values (and `--device`) applied to every trial."""
+    """Tune `study` (a `Study`, or the path of a study file) to `options.trials` finished trials;
+    `overrides` are the `--set` values (and `--device`) applied to every trial. `own_signals`:
+    SIGINT/SIGTERM stay handled for the rest of the process (the CLI's); False hands them back
+    afterwards (the Python API's)."""
     check_options(options)
-    spec = load_study_file(study_file).with_overrides(overrides or {})
+    spec = (study if isinstance(study, Study) else load_study_file(Path(study))).with_overrides(
+        overrides or {}
+    )
     storage_url = resolve_storage(options.storage)
     tracking_uri = resolve_tracking_uri(options.tracking_uri)
     # Everything checkable without a store, before either store is created.
@@ -57,8 +62,11 @@ def run_search(
     search = Search(spec, options, tracker, progress, warn, prepared, render)
     if options.workers > 1:
         return workers.run_workers(search, options.workers, sys.argv[1:])
-    signals.install(notify=warn)
-    return search.run()
+    if own_signals:
+        signals.install(notify=warn)
+        return search.run()
+    with signals.installed_for_the_call(notify=warn):
+        return search.run()
 
 
 def check_options(options: SearchOptions) -> None:

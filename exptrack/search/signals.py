@@ -44,6 +44,20 @@ def install(notify: Callable[[str], None] = print) -> None:
 
 
 @contextlib.contextmanager
+def installed_for_the_call(notify: Callable[[str], None] = print) -> Iterator[None]:
+    """`install` for one call from Python (a notebook, a script), then the caller's own handlers
+    back, and a signal that ended this call forgotten, so it does not end the next one."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    install(notify)
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        _state.update(requested=None, interruptible=False, installed=False)
+
+
+@contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """Mark training: a signal arriving here raises `Interrupted` at once."""
     check()

@@ -64,7 +64,7 @@ class TrialReporter:
 
     def on_setup(self, facts: Mapping[str, Any]) -> None:
         if self.tracker:
-            self.tracker.log(self.run_id, tags=records.setup_tags(dict(facts)))
+            self.tracker.log_setup(self.run_id, facts)
 
     def on_epoch(self, epoch: int, metrics: Mapping[str, float]) -> bool:
         if self.tracker:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -226,6 +227,31 @@ class Tracker:
     ) -> None:
         if run_id is not None:
             self._log(run_id, metrics=metrics, params=params, tags=tags)
+
+    def log_setup(self, run_id: str | None, facts: Mapping[str, Any]) -> None:
+        """Training's setup facts as tags (`exptrack.device`, ...), and its dataset as the run's
+        input (`log_inputs`: the UI's Datasets column shows its name and digest)."""
+        if run_id is None:
+            return
+        self._log(run_id, tags=records.setup_tags(dict(facts)))
+        if records.DATASET_FACT in facts:
+            self.log_dataset(run_id, facts)
+
+    def log_dataset(self, run_id: str, facts: Mapping[str, Any]) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        spec = str(facts[records.DATASET_FACT])  # digits, imagefolder:/data/pets, ...
+        sizes = {key: facts[key] for key in records.DATASET_SIZE_FACTS if key in facts}
+        dataset = Dataset(
+            name=spec.partition(":")[0],
+            digest=str(facts.get(records.DATASET_DIGEST_FACT, "")),
+            source_type="exptrack",
+            source=json.dumps({"dataset": spec}),
+            profile=json.dumps(sizes),
+        )
+        with self._guard("log the dataset input"):
+            tags = [InputTag(records.DATASET_CONTEXT_TAG, "training")]
+            self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=tags)])
 
     def log_text(self, run_id: str | None, text: str, artifact_file: str) -> None:
         if run_id is None:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from exptrack import records
 from exptrack.config import TrialConfig
 from exptrack.errors import UserError
 from exptrack.training import backbones, batching, datasets, flops, losses, weights
@@ -52,6 +53,7 @@ class FitResult:
     stopped_early: bool  # the reporter asked to stop (a pruned trial)
     weights_source: str
     model: nn.Module
+    example: torch.Tensor | None = None  # two validation inputs as the model takes them, on the CPU
 
     @property
     def final(self) -> dict[str, float]:
@@ -100,6 +102,8 @@ def fit(
             "weights_source": built.weights_source,
             "device": str(device),
             "batching": type(source).__name__,
+            records.DATASET_FACT: config.dataset,
+            records.DATASET_DIGEST_FACT: datasets.digest(split),
             "train_samples": len(split.train_y),
             "val_samples": len(split.val_y),
             "num_classes": split.num_classes,
@@ -142,8 +146,11 @@ def fit(
         if reporter.on_epoch(epoch, {k: v for k, v in history[-1].items() if k != "epoch"}):
             stopped = True
             break
+    # what a logged model's signature and input example are made from: two validation images as
+    # the model sees them (normalised float32), on the CPU where a logged model is loaded
+    example = batching.Normalizer(torch.device("cpu"), built.mean, built.std)(split.val_x[:2].cpu())
     return FitResult(
-        history, profile.summary(trainable, frozen, memory), stopped, built.weights_source, model
+        history, profile.summary(trainable, frozen, memory), stopped, built.weights_source, model, example
     )
 
 
