@@ -70,7 +70,10 @@ STUDY_FILES_DIR = "study"  # the study file and its search space, on the study r
 MODEL_ARTIFACT = "model"  # a trained model lands at runs:/<run id>/model
 # Cost figures keep bare names in training and in Optuna (`seconds_per_epoch`); on MLflow they are
 # filed under this prefix, so the UI groups them apart from the learning curves.
-PROFILE_PREFIX = "profile/"
+PROFILE_DIR = "profile"  # also the artifact folder of a traced run's files:
+TRACE_FILE = "trace.json.gz"  # a Chrome/Perfetto trace of a few training steps
+OPS_FILE = "ops.csv"  # the top operators by self time
+PROFILE_PREFIX = f"{PROFILE_DIR}/"
 
 # Optuna state -> MLflow run status, the mapping the design promises.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}

@@ -45,6 +45,11 @@ CASES = [
     ("unknown-dataset", ["good.py", "--set", "dataset=mnist2"], ["unknown dataset 'mnist2'", "digits"]),
     ("unknown-loss", ["good.py", "--set", "loss=dice"], ["unknown loss 'dice'", "focal"]),
     ("zero-trials", ["good.py", "--trials", "0"], ["--trials must be at least 1"]),
+    (
+        "profile-untracked",
+        ["good.py", "--profile-trials", "1", "--no-tracking"],
+        ["--profile-trials logs traces to MLflow", "drop --no-tracking"],
+    ),
     ("negative-trials", ["good.py", "--trials", "-3"], ["--trials must be at least 1"]),
     ("set-unknown-key", ["good.py", "--set", "epoch=2"], ["unknown config key 'epoch'"]),
     ("set-wrong-type", ["good.py", "--set", "epochs=many"], ["epochs must be of type int"]),

@@ -108,6 +108,13 @@ def train(
     threads: Annotated[
         int | None, typer.Option(help="torch CPU threads " + default("the trial's, for identical results"))
     ] = None,
+    profile: Annotated[
+        bool,
+        typer.Option(
+            "--profile",
+            help="Trace a few training steps with torch.profiler (profile/trace.json.gz, profile/ops.csv)",
+        ),
+    ] = False,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Train one config as a standalone MLflow run, logging the trained model."""
@@ -115,7 +122,7 @@ def train(
     from exptrack.training import progress
 
     progress.use(RichTasks())  # a weight download or an image folder draws a bar while it runs
-    outcome = reproduce.reproduce(config_file, set_ or [], tracking_uri, register, threads, warn)
+    outcome = reproduce.reproduce(config_file, set_ or [], tracking_uri, register, threads, warn, profile)
     final = ", ".join(f"{k}={v:.4f}" for k, v in outcome.final.items())
     say = lambda line: out.print(line, highlight=False, soft_wrap=True)  # noqa: E731
     say(f"finished {outcome.config.epochs} epochs on {outcome.threads} threads: {final}")

@@ -90,6 +90,13 @@ def search(
         bool, typer.Option("--new-study", help="If the stored study differs, start a new one (NAME-2)")
     ] = False,
     workers: Annotated[int, typer.Option(help="Processes working on the study at once")] = 1,
+    profile_trials: Annotated[
+        int,
+        typer.Option(
+            help="Trace the first K trials this command runs with torch.profiler "
+            "(profile/trace.json.gz and profile/ops.csv on their MLflow runs)"
+        ),
+    ] = 0,
     worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
 ) -> None:
     """Tune a study: sample configs, train each, prune hopeless ones, log every trial to MLflow."""
@@ -103,7 +110,7 @@ def search(
         overrides["device"] = device
     options = SearchOptions(
         trials, timeout, storage, study_name, sampler, pruner, seed, max_failures, new_study, worker,
-        tracking_uri, not no_tracking, workers,
+        tracking_uri, not no_tracking, workers, profile_trials=profile_trials,
     )  # fmt: skip
     progress = SearchProgress()
     training_progress.use(RichTasks(progress.bar))  # a download or image folder: a task on the bar

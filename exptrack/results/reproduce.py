@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import platform
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,10 @@ def reproduce(
     register: str | None = None,
     threads: int | None = None,
     warn: Callable[[str], None] = print,
+    profile: bool = False,
 ) -> TrainOutcome:
-    """Train the config at `path` as one MLflow run; log (and register) the trained model."""
+    """Train the config at `path` as one MLflow run; log (and register) the trained model. With
+    `profile`, a few steady-state steps are traced onto the run under `profile/`."""
     config, provenance = load_config(path, overrides)
     used_threads = apply_threads(provenance, threads)
     tracker = Tracker(tracking_uri, warn=warn)
@@ -111,7 +114,7 @@ def reproduce(
     )
     tracker.log_text(run_id, cfg.dump_yaml(config, provenance), records.CONFIG_ARTIFACT)
     try:
-        result = fit.fit(config, RunReporter(tracker, run_id), warn)
+        result = _fit(config, tracker, run_id, warn, profile)
         model_uri, registered = logged_models.log_model(
             tracker, experiment_id, run_id, result.model, register, result.example
         )
@@ -127,6 +130,18 @@ def reproduce(
     return TrainOutcome(
         run_id, experiment, experiment_id, config, final, model_uri, registered, used_threads, provenance
     )
+
+
+def _fit(
+    config: cfg.TrialConfig, tracker: Tracker, run_id: str, warn: Callable[[str], None], profile: bool
+) -> fit.FitResult:
+    if not profile:
+        return fit.fit(config, RunReporter(tracker, run_id), warn)
+    with tempfile.TemporaryDirectory(prefix="exptrack-trace-") as folder:
+        try:
+            return fit.fit(config, RunReporter(tracker, run_id), warn, Path(folder))
+        finally:
+            tracker.log_folder(run_id, Path(folder), records.PROFILE_DIR)
 
 
 def compare_line(outcome: TrainOutcome) -> str | None:

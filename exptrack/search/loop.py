@@ -48,6 +48,7 @@ class SearchOptions:
     tracking_uri: str | None = None
     tracking: bool = True  # False: Optuna records only (--no-tracking)
     workers: int = 1  # processes working on the study at once
+    profile_trials: int = 0  # trace the first K trials this invocation runs (torch.profiler)
 
 
 @dataclasses.dataclass
@@ -95,6 +96,7 @@ class Search:
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self.unrecorded: list[int] = []  # trials whose MLflow run could not be opened (tracking outage)
+        self.profile_trials_left = options.profile_trials
         self._dashboard_at = -math.inf
 
     def _open_study(self) -> optuna.Study:

@@ -81,3 +81,7 @@ def check_options(options: SearchOptions) -> None:
             raise UserError(f"{flag} must be at least 1, got {value}")
     if options.timeout is not None and options.timeout <= 0:
         raise UserError(f"--timeout must be positive seconds, got {options.timeout}")
+    if options.profile_trials < 0:
+        raise UserError(f"--profile-trials must be 0 or more, got {options.profile_trials}")
+    if options.profile_trials and not options.tracking:
+        raise UserError("--profile-trials logs traces to MLflow; drop --no-tracking or --profile-trials")

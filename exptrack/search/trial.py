@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import gc
 import math
+import tempfile
 import traceback
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
@@ -51,6 +53,7 @@ class TrialSearch(Protocol):
     progress: Progress | None
     warn: Callable[[str], None]
     unrecorded: list[int]
+    profile_trials_left: int  # how many more trials this invocation traces (--profile-trials)
 
 
 class TrialReporter:
@@ -92,7 +95,7 @@ def run_trial(search: TrialSearch, trial: optuna.Trial) -> str:
     reporter = TrialReporter(trial, search.tracker, run_id, search.spec.metric, config.epochs)
     try:
         with signals.interruptible():
-            result = fit.fit(config, reporter, search.warn)
+            result = _fit(search, config, reporter, run_id)
     except BaseException as exc:
         fail(search, trial, run_id, exc)
         if isinstance(exc, KeyboardInterrupt | UserError | SystemExit):
@@ -103,6 +106,21 @@ def run_trial(search: TrialSearch, trial: optuna.Trial) -> str:
     if out_of_memory:  # after the except block, so the exception's frames (and tensors) are gone
         release_memory()
     return "FAIL"
+
+
+def _fit(
+    search: TrialSearch, config: cfg.TrialConfig, reporter: TrialReporter, run_id: str | None
+) -> fit.FitResult:
+    """`fit`, traced when this is one of the first `--profile-trials` trials with a run to log to;
+    the trace lands on the run under `profile/`, also when training fails (an OOM's trace helps)."""
+    if search.profile_trials_left <= 0 or search.tracker is None or run_id is None:
+        return fit.fit(config, reporter, search.warn)
+    search.profile_trials_left -= 1
+    with tempfile.TemporaryDirectory(prefix="exptrack-trace-") as folder:
+        try:
+            return fit.fit(config, reporter, search.warn, Path(folder))
+        finally:
+            search.tracker.log_folder(run_id, Path(folder), records.PROFILE_DIR)
 
 
 def _start_run(

@@ -26,13 +26,21 @@ def worker_args(argv: list[str], study_name: str) -> list[str]:
     return [*args, "--workers", "1", "--worker", "--study-name", study_name]
 
 
+def profile_shares(traced: int, count: int) -> list[int]:
+    """--profile-trials K over `count` workers: K traces in all, not K each (5 over 2: [3, 2])."""
+    return [traced // count + (1 if i < traced % count else 0) for i in range(count)]
+
+
 def run_workers(search: Search, count: int, argv: list[str]) -> SearchSummary:
     """Run `count` workers to the study's budget; a signal here is passed on to each of them."""
     search.open()
     command = [sys.executable, "-m", "exptrack", *worker_args(argv, search.name)]
     # Own sessions: a Ctrl-C in the terminal reaches them once, through `forward`, not twice
     # (a second signal would make them exit at once instead of closing their trials).
-    children = [subprocess.Popen(command, start_new_session=True) for _ in range(count)]
+    shares = profile_shares(search.options.profile_trials, count)  # the last --profile-trials wins
+    children = [
+        subprocess.Popen([*command, "--profile-trials", str(n)], start_new_session=True) for n in shares
+    ]
     received: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:

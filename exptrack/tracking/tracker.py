@@ -318,6 +318,13 @@ class Tracker:
         with self._guard(f"close run {run_id}"):
             self.client.set_terminated(run_id, status=status)
 
+    def log_folder(self, run_id: str | None, folder: Path, artifact_path: str) -> None:
+        """Every file in `folder` as an artifact under `artifact_path` (a trace, its table)."""
+        if run_id is None or not any(folder.iterdir()):
+            return
+        with self._guard(f"log {artifact_path}/"):
+            self.client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+
     def log_file(self, run_id: str | None, name: str, content: str) -> None:
         """A text file as an artifact (e.g. a traceback); written via a temporary directory."""
         if run_id is None:
