@@ -93,3 +93,10 @@ def test_exp_train_profile_traces_a_reproduction_onto_its_run(searched: Searched
     client, _ = trial_runs(searched)
     assert_trace_and_ops(client, run_id, tmp_path / "train")
     assert client.get_run(run_id).data.metrics["profile/flops_per_sample"] > 0
+
+
+def test_profile_trials_are_shared_out_among_workers_not_repeated_by_each() -> None:
+    from exptrack.search.workers import profile_shares
+
+    assert profile_shares(5, 2) == [3, 2] and profile_shares(1, 4) == [1, 0, 0, 0]
+    assert profile_shares(0, 3) == [0, 0, 0]
