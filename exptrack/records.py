@@ -74,6 +74,7 @@ PROFILE_DIR = "profile"  # also the artifact folder of a traced run's files:
 TRACE_FILE = "trace.json.gz"  # a Chrome/Perfetto trace of a few training steps
 OPS_FILE = "ops.csv"  # the top operators by self time
 PROFILE_PREFIX = f"{PROFILE_DIR}/"
+SYSTEM_PREFIX = "system/"  # MLflow's own prefix of the system metrics it samples: system/<node id>/...
 
 # Optuna state -> MLflow run status, the mapping the design promises.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -82,6 +83,12 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 def profile_metric(figure: str) -> str:
     """`seconds_per_epoch` -> `profile/seconds_per_epoch`, its name on MLflow."""
     return f"{PROFILE_PREFIX}{figure}"
+
+
+def system_node(host: str, gpu: str | None) -> str:
+    """The node id a run's system metrics are filed under: its host, and the GPU it trains on
+    (`gpu-host-3`), so workers on several hosts and GPUs stay apart."""
+    return host if gpu is None else f"{host}-gpu{gpu}"
 
 
 def trial_run_name(number: int) -> str:

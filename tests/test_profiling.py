@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import platform
 import re
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ def assert_trace_and_ops(client: MlflowClient, run_id: str, tmp: Path) -> None:
     assert any(r["operator"].startswith("aten::conv") for r in rows)  # a convnet spends its time there
 
 
-def test_the_first_profiled_trial_has_a_trace_and_ops_table_and_the_next_none(
+def test_the_first_profiled_trial_has_a_trace_and_ops_table_the_next_none_and_all_have_costs(
     searched: Searched, tmp_path: Path
 ) -> None:
     client, runs = trial_runs(searched)
@@ -83,6 +84,10 @@ def test_the_first_profiled_trial_has_a_trace_and_ops_table_and_the_next_none(
         else:
             assert not artifacts(client, run.info.run_id, "profile")
         assert run.data.metrics["profile/flops_per_sample"] > 0  # every trial: the cost figures
+        # and MLflow's own system metrics, filed under this host as the node id
+        node = f"system/{platform.node()}/"
+        for key in ("cpu_utilization_percentage", "system_memory_usage_megabytes", "disk_usage_percentage"):
+            assert node + key in run.data.metrics, sorted(run.data.metrics)
 
 
 def test_exp_train_profile_traces_a_reproduction_onto_its_run(searched: Searched, tmp_path: Path) -> None:

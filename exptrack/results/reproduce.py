@@ -22,7 +22,7 @@ from exptrack import records
 from exptrack.errors import UserError
 from exptrack.tracking import logged_models
 from exptrack.tracking.tracker import Tracker
-from exptrack.training import fit, weights
+from exptrack.training import fit, profiling, weights
 
 DEFAULT_EXPERIMENT = "exptrack-train"
 
@@ -113,6 +113,7 @@ def reproduce(
         experiment_id, f"train-{path.stem}", run_tags(path, provenance), {**config.flat_params(), **note}
     )
     tracker.log_text(run_id, cfg.dump_yaml(config, provenance), records.CONFIG_ARTIFACT)
+    tracker.watch_system(run_id, records.system_node(platform.node(), profiling.physical_gpu(config.device)))
     try:
         result = _fit(config, tracker, run_id, warn, profile)
         model_uri, registered = logged_models.log_model(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import math
+import platform
 import tempfile
 import traceback
 from collections.abc import Callable, Mapping
@@ -28,7 +29,7 @@ from exptrack.study import Study
 from exptrack.study_store import absolute_url
 from exptrack.tracking import ui_links
 from exptrack.tracking.tracker import Tracker
-from exptrack.training import fit
+from exptrack.training import fit, profiling
 
 
 class Progress(Protocol):
@@ -147,6 +148,9 @@ def _start_run(
         search.unrecorded.append(trial.number)
         return None
     trial.set_user_attr(records.RUN_ID_ATTR, run_id)
+    search.tracker.watch_system(
+        run_id, records.system_node(platform.node(), profiling.physical_gpu(config.device))
+    )
     base = ui_links.server_base(search.tracker.uri)
     if base:  # a link optuna-dashboard shows beside the trial (and that opens in a browser)
         trial.set_user_attr(records.RUN_URL_ATTR, ui_links.run_url(base, search.experiment_id, run_id))

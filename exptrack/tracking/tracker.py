@@ -29,6 +29,9 @@ from exptrack.records import ROLE_TAG, RUN_STATUS, STUDY_TAG, TRIAL_TAG
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # A dead tracking server must not stall each trial for minutes (MLflow's defaults: 7 retries with
 # exponential backoff, ~4 min; 120 s timeout): 2 quick retries (~2 s), then the write counts as failed.
+# System metrics: MLflow samples every 10 s unless told; 5 s gives a minute-long trial a curve.
+# MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it, MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false turns it off.
+SYSTEM_METRICS_INTERVAL_S = 5.0
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -58,6 +61,7 @@ class Tracker:
         self.warn = warn
         self.failures: list[str] = []
         self._pending: dict[str, list[concurrent.futures.Future[Any]]] = {}
+        self._monitors: dict[str, Any] = {}  # run id -> its SystemMetricsMonitor
         self._background = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="exptrack-mlflow"
         )
@@ -209,6 +213,39 @@ class Tracker:
         self.log(run_id, params=params)
         return run_id
 
+    def watch_system(self, run_id: str | None, node_id: str) -> None:
+        """Sample CPU, memory, disk and network (and each GPU through NVML, when nvidia-ml-py is
+        installed) onto the run as `system/<node id>/...` until `finish_trial`. MLflow's own
+        SystemMetricsMonitor, given the run id: the fluent `start_run(log_system_metrics=True)`
+        would need the process-wide active run, which concurrent trials cannot share."""
+        if run_id is None:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        with self._guard("start system metrics"):
+            if not _system_metrics_enabled():
+                return
+            monitor = SystemMetricsMonitor(
+                run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, node_id=node_id, tracking_uri=self.uri
+            )
+            monitor.start()
+            self._monitors[run_id] = monitor
+
+    def _stop_watching(self, run_id: str) -> None:
+        """Stop the run's system metrics. The monitor logs a sample per full interval and drops
+        the last, partial one; in its place one sample taken now is logged (its CPU share covers
+        the time since the previous sample), so a trial shorter than the interval still has one."""
+        monitor = self._monitors.pop(run_id, None)
+        if monitor is None:
+            return
+        with self._guard("log system metrics"):
+            monitor.finish()  # joins its thread: nothing samples concurrently from here on
+            for part in monitor.monitors:
+                part.clear_metrics()
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+
     def log_epoch(self, run_id: str | None, epoch: int, metrics: Mapping[str, float]) -> None:
         """One epoch's metrics, asynchronously: training does not wait for the store."""
         if run_id is None:
@@ -275,6 +312,7 @@ class Tracker:
         for future in self._pending.pop(run_id, []):
             with self._guard("log epoch metrics"):
                 future.result()
+        self._stop_watching(run_id)
         costs = {records.profile_metric(k): v for k, v in (profile or {}).items()}
         tags = {records.STATE_TAG: state, **(tags or {})}
         self._log(run_id, metrics={**metrics, **costs}, tags=tags)
@@ -333,6 +371,15 @@ class Tracker:
             path = Path(tmp) / name
             path.write_text(content)
             self.client.log_artifact(run_id, str(path))
+
+
+def _system_metrics_enabled() -> bool:
+    """On unless MLflow's own switch says false (its default, off, is for fluent runs)."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
+
+    return not MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.defined or bool(
+        MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get()
+    )
 
 
 def _metrics(values: Mapping[str, float], step: int) -> list[Any]:
