@@ -94,7 +94,7 @@ def search(
         int,
         typer.Option(
             help="Trace the first K trials this command runs with torch.profiler "
-            "(profile/trace.json.gz and profile/ops.csv on their MLflow runs)"
+            "(profile/trace.json.gz and profile/ops.csv on their MLflow runs) " + default("0: none")
         ),
     ] = 0,
     worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
