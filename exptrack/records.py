@@ -25,6 +25,9 @@ PROFILE_ATTR = "profile"  # the trial's profiling figures
 # name of the MLflow param and of the provenance key that carry the same note.
 WEIGHTS_REQUESTED = "weights_requested"
 RUN_URL_ATTR = "mlflow_run_url"  # the trial's MLflow run page, when the tracking store is a server
+# in the profile attr only (not an MLflow metric): unix time training began, after setup; the gap
+# from one trial's end to the next one's first step is read from it (benchmarks/gpu_study.py)
+TRAIN_STARTED_AT = "train_started_at"
 
 # --- MLflow experiment tags ----------------------------------------------------------------------
 # MLflow 3 opens an experiment on its GenAI overview unless it is marked as model training.

@@ -11,6 +11,7 @@ import gc
 import math
 import platform
 import tempfile
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -65,8 +66,10 @@ class TrialReporter:
     ) -> None:
         self.trial, self.tracker, self.run_id, self.metric = trial, tracker, run_id, metric
         self.epochs = epochs
+        self.train_started_at = math.nan  # fit calls on_setup right before its first step
 
     def on_setup(self, facts: Mapping[str, Any]) -> None:
+        self.train_started_at = time.time()
         if self.tracker:
             self.tracker.log_setup(self.run_id, facts)
 
@@ -103,7 +106,7 @@ def run_trial(search: TrialSearch, trial: optuna.Trial) -> str:
             raise
         out_of_memory = isinstance(exc, torch.OutOfMemoryError)
     else:
-        return _tell(search, trial, run_id, result)
+        return _tell(search, trial, run_id, result, reporter.train_started_at)
     if out_of_memory:  # after the except block, so the exception's frames (and tensors) are gone
         release_memory()
     return "FAIL"
@@ -136,6 +139,9 @@ def _start_run(
     if search.tracker is None or search.experiment_id is None or search.parent_run_id is None:
         return None
     provenance = {records.PROVENANCE_STUDY: search.name, records.PROVENANCE_TRIAL: trial.number, **note}
+    tags = {records.TRIAL_STORAGE_TAG: redact(absolute_url(search.storage_url))}
+    if records.RETRY_ATTR in trial.user_attrs:
+        tags[records.RETRY_OF_TAG] = str(trial.user_attrs[records.RETRY_ATTR])
     run_id = search.tracker.start_trial(
         search.experiment_id,
         search.parent_run_id,
@@ -143,6 +149,7 @@ def _start_run(
         trial.number,
         {**search.space.named_params(config.flat_params(), trial.params), **note},
         cfg.dump_yaml(config, provenance),
+        tags,
     )
     if run_id is None:
         search.unrecorded.append(trial.number)
@@ -154,14 +161,12 @@ def _start_run(
     base = ui_links.server_base(search.tracker.uri)
     if base:  # a link optuna-dashboard shows beside the trial (and that opens in a browser)
         trial.set_user_attr(records.RUN_URL_ATTR, ui_links.run_url(base, search.experiment_id, run_id))
-    tags = {records.TRIAL_STORAGE_TAG: redact(absolute_url(search.storage_url))}
-    if records.RETRY_ATTR in trial.user_attrs:
-        tags[records.RETRY_OF_TAG] = str(trial.user_attrs[records.RETRY_ATTR])
-    search.tracker.log(run_id, tags=tags)
     return run_id
 
 
-def _tell(search: TrialSearch, trial: optuna.Trial, run_id: str | None, result: fit.FitResult) -> str:
+def _tell(
+    search: TrialSearch, trial: optuna.Trial, run_id: str | None, result: fit.FitResult, started_at: float
+) -> str:
     metric = search.spec.metric
     final = dict(result.final)
     final.pop("epoch", None)
@@ -171,7 +176,7 @@ def _tell(search: TrialSearch, trial: optuna.Trial, run_id: str | None, result: 
         figures[f"{records.BEST_PREFIX}{metric}"] = (max if search.spec.direction == "maximize" else min)(
             values
         )
-    trial.set_user_attr(records.PROFILE_ATTR, result.profile)
+    trial.set_user_attr(records.PROFILE_ATTR, {**result.profile, records.TRAIN_STARTED_AT: started_at})
     if result.stopped_early:
         state = "PRUNED"
         search.study.tell(trial, state=TrialState.PRUNED)

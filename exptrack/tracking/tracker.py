@@ -4,8 +4,10 @@ per trial, metrics, artifacts, statuses and links both ways).
 `MlflowClient` with explicit run ids (never the fluent `mlflow.start_run` globals, which break as
 soon as two trials run at once). A tracking failure never stops training: each call is guarded,
 the failure is counted, and `failures` is reported at the end of the search.
-Per-epoch metrics go through one background thread of our own: MLflow's async queue costs ~1 s
-per run at `set_terminated` (its worker thread polls with a 1 s timeout before it can join).
+A trial's writes after its run is created (params, config.yaml, setup tags, per-epoch metrics) go
+through one background thread of our own, in order, so training does not wait for the store;
+`finish_trial` waits for them before closing the run. Not MLflow's async logging: its queue costs
+~1 s per run at `set_terminated` (its worker thread polls with a 1 s timeout before it can join).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -188,20 +190,32 @@ class Tracker:
         number: int,
         params: Mapping[str, str],
         config_yaml: str,
+        tags: Mapping[str, str] | None = None,
     ) -> str | None:
-        """Open the trial's nested run with its params and config; None if MLflow is down."""
-        tags = {
+        """Open the trial's nested run (its tags in the same write); None if MLflow is down. Its
+        params and config.yaml follow in the background: the run id, which the trial must store
+        before training, is the only write training waits for (~5 ms on sqlite)."""
+        all_tags = {
             records.PARENT_RUN_TAG: parent_run_id,
             ROLE_TAG: records.ROLE_TRIAL,
             STUDY_TAG: study_name,
             TRIAL_TAG: str(number),
+            **{k: redact(str(v))[:5000] for k, v in (tags or {}).items()},
         }
         with self._guard(f"open the run of trial {number}"):
-            run = self.client.create_run(experiment_id, run_name=records.trial_run_name(number), tags=tags)
-            run_id = run.info.run_id
-            self._log(run_id, params=params)
-            with self._guard(f"log the config of trial {number}"):
-                self.client.log_text(run_id, config_yaml, records.CONFIG_ARTIFACT)
+            run = self.client.create_run(
+                experiment_id, run_name=records.trial_run_name(number), tags=all_tags
+            )
+            run_id: str = run.info.run_id
+            self.log_later(run_id, params=params)
+            self._later(
+                run_id,
+                f"log the config of trial {number}",
+                self.client.log_text,
+                run_id,
+                config_yaml,
+                records.CONFIG_ARTIFACT,
+            )
             return run_id
         return None
 
@@ -250,9 +264,30 @@ class Tracker:
         """One epoch's metrics, asynchronously: training does not wait for the store."""
         if run_id is None:
             return
-        batch = _metrics(metrics, step=epoch)
-        future = self._background.submit(self.client.log_batch, run_id, metrics=batch)
-        self._pending.setdefault(run_id, []).append(future)
+        self._later(
+            run_id, "log epoch metrics", self.client.log_batch, run_id, metrics=_metrics(metrics, step=epoch)
+        )
+
+    def log_later(
+        self,
+        run_id: str | None,
+        *,
+        params: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """`log`, on the background thread: the run's `finish_trial` waits for it."""
+        if run_id is not None:
+            self._later(run_id, "log to run", self._log, run_id, params=params, tags=tags)
+
+    def _later(self, run_id: str, what: str, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Queue one write of `run_id` on the background thread (one thread: writes keep their
+        order); a failure is recorded like any guarded call, when `finish_trial` collects it."""
+
+        def guarded() -> None:
+            with self._guard(what):
+                write(*args, **kwargs)
+
+        self._pending.setdefault(run_id, []).append(self._background.submit(guarded))
 
     def log(
         self,
@@ -267,12 +302,13 @@ class Tracker:
 
     def log_setup(self, run_id: str | None, facts: Mapping[str, Any]) -> None:
         """Training's setup facts as tags (`exptrack.device`, ...), and its dataset as the run's
-        input (`log_inputs`: the UI's Datasets column shows its name and digest)."""
+        input (`log_inputs`: the UI's Datasets column shows its name and digest), both on the
+        background writer: training starts without waiting for them."""
         if run_id is None:
             return
-        self._log(run_id, tags=records.setup_tags(dict(facts)))
+        self.log_later(run_id, tags=records.setup_tags(dict(facts)))
         if records.DATASET_FACT in facts:
-            self.log_dataset(run_id, facts)
+            self._later(run_id, "log the dataset input", self.log_dataset, run_id, facts)
 
     def log_dataset(self, run_id: str, facts: Mapping[str, Any]) -> None:
         from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -310,8 +346,7 @@ class Tracker:
         if run_id is None:
             return
         for future in self._pending.pop(run_id, []):
-            with self._guard("log epoch metrics"):
-                future.result()
+            future.result()  # guarded inside: never raises
         self._stop_watching(run_id)
         costs = {records.profile_metric(k): v for k, v in (profile or {}).items()}
         tags = {records.STATE_TAG: state, **(tags or {})}
