@@ -22,6 +22,7 @@ import platform
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ TINY = {  # a rehearsal that runs every step on 2 CPU cores
     "compute_image_size": 16,
     "compute_batch": 8,
     "compute_steps": 2,
+    "compute_warmup": 1,
 }
 
 
@@ -134,21 +136,27 @@ def compute_arm(args: argparse.Namespace, cuda: bool) -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
-    import mlflow
-    import optuna
     import torch
 
     cuda = torch.cuda.is_available()
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "optuna": optuna.__version__,
-        "mlflow": mlflow.__version__,
+        "optuna": _version("optuna"),
+        "mlflow": _version("mlflow") or _version("mlflow-skinny"),  # the GPU machine gets skinny
         "cuda": cuda,
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "cpus": os.cpu_count(),
         "host": platform.node(),
     }
+
+
+def _version(distribution: str) -> str | None:
+    """A package's version without importing it (mlflow takes seconds to import)."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def arm_commands(args: argparse.Namespace, work: Path) -> dict[str, list[str]]:
