@@ -7,8 +7,32 @@ drift apart; no other module spells one of these strings.
 
 from __future__ import annotations
 
+# --- the figures training reports, by their bare names: what an objective or constraint may name --
+EPOCH_METRICS = ("val_accuracy", "val_loss", "train_loss")  # per epoch, in fit's history
+# FitResult.profile's keys (training.profiling): add a figure here when profiling reports a new one
+PROFILE_FIGURES = (
+    "seconds_per_epoch",
+    "train_samples_per_second",
+    "train_seconds",
+    "data_seconds",
+    "compute_seconds",
+    "eval_seconds",
+    "trainable_params",
+    "frozen_params",
+    "flops_per_sample",
+    "achieved_tflops",
+    "mfu",  # CUDA only
+    "peak_cuda_allocated_mb",  # CUDA only
+    "peak_cuda_reserved_mb",  # CUDA only
+    "peak_rss_mb",  # this trial's peak resident memory (Linux)
+    "peak_rss_growth_mb",
+    "process_peak_rss_mb",  # where the per-trial peak cannot be measured
+)
+
 # --- Optuna study user attrs: what the study was declared with (checked on resume) -------------
-STUDY_METRIC_ATTR = "metric"
+STUDY_METRIC_ATTR = "metric"  # the first (or only) objective's figure
+STUDY_OBJECTIVES_ATTR = "objectives"  # every objective's figure, in Optuna's value order
+STUDY_CONSTRAINTS_ATTR = "constraints"  # the declared constraints as written (`seconds_per_epoch <= 30`)
 STUDY_SPACE_ATTR = "search_space"
 STUDY_FIXED_ATTR = "fixed"
 STUDY_DASHBOARD_ATTR = "dashboard"  # the dashboard file the study was searched with (path and text)
@@ -28,6 +52,10 @@ RUN_URL_ATTR = "mlflow_run_url"  # the trial's MLflow run page, when the trackin
 # in the profile attr only (not an MLflow metric): unix time training began, after setup; the gap
 # from one trial's end to the next one's first step is read from it (benchmarks/gpu_study.py)
 TRAIN_STARTED_AT = "train_started_at"
+# the Optuna constraint (Trial.set_constraint) every trial carries where the sampler steers by
+# constraints: 1 when the trial ran out of memory, else 0
+OUT_OF_MEMORY = "out_of_memory"
+ENQUEUED_ATTR = "enqueued_from"  # a warm start: the file, study trial or starting point it repeats
 
 # --- MLflow experiment tags ----------------------------------------------------------------------
 # MLflow 3 opens an experiment on its GenAI overview unless it is marked as model training.
@@ -45,13 +73,15 @@ PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own nesting of a trial run und
 HOST_TAG = "host"
 FAIL_REASON_TAG = "exptrack.fail_reason"
 RETRY_OF_TAG = "exptrack.retry_of"
+INFEASIBLE_TAG = "exptrack.infeasible"  # the constraints a trial broke
 TRIAL_STORAGE_TAG = "optuna.storage"  # on a trial run: where its Optuna trial lives (password removed)
 # On a trial run: its Optuna state (COMPLETE, PRUNED, FAIL), readable where MLflow's status icon
 # shows a pruned trial like a failure, and the epoch a pruned trial stopped after.
 STATE_TAG, PRUNED_EPOCH_TAG = "state", "pruned_at_epoch"
 # on the study's parent run
 STORAGE_TAG, SAMPLER_TAG, PRUNER_TAG = "storage", "sampler", "pruner"
-METRIC_TAG, DIRECTION_TAG, OPTUNA_STUDY_TAG = "metric", "direction", "optuna_study"
+METRIC_TAG, DIRECTION_TAG, OPTUNA_STUDY_TAG = "metric", "direction", "optuna_study"  # comma-joined
+CONSTRAINTS_TAG = "constraints"
 # on an `exp train` run
 REPRODUCES_TAG = "exptrack.reproduces"  # study/trial-NNN
 SOURCE_RUN_TAG = "exptrack.source_run_id"  # the trial run it reproduces
@@ -65,6 +95,7 @@ DATASET_CONTEXT_TAG = "mlflow.data.context"  # MLflow's tag on a dataset input: 
 # --- MLflow params, metrics and artifacts -----------------------------------------------------------
 SEARCH_SPACE_PARAM = "search_space"  # on the study run
 FINISHED_TRIALS_METRIC = "finished_trials"
+PARETO_SIZE_METRIC = "pareto_front_size"  # on a multi-objective study's run
 BEST_PREFIX, FINAL_PREFIX = "best_", "final_"  # best_val_accuracy, final_val_loss, ...
 CONFIG_ARTIFACT = "config.yaml"
 TRACEBACK_ARTIFACT = "traceback.txt"

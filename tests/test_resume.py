@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pytest
 
 from tests.faultkit import SMALL, run_cli_batch
 
@@ -66,3 +67,37 @@ def test_a_changed_study_is_refused_with_the_difference_unless_new_study_or_new_
     assert len(original.trials) == 1 and original.user_attrs["metric"] == "val_loss"
     fresh = optuna.load_study(study_name="resumable-2", storage=storage)
     assert fresh.user_attrs["search_space"]["lr"]["float"] == [1.0e-4, 1.0e-2] and len(fresh.trials) == 1
+
+
+def test_changed_objectives_or_constraints_are_a_changed_study(tmp_path: Path) -> None:
+    from exptrack.errors import UserError
+    from exptrack.search import changed_study
+    from exptrack.study import Study
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    stored = optuna.create_study(study_name="pair", storage=storage, directions=["maximize", "minimize"])
+    stored.set_user_attr("metric", "val_accuracy")
+    stored.set_user_attr("objectives", ["val_accuracy", "seconds_per_epoch"])
+    stored.set_user_attr("constraints", ["seconds_per_epoch <= 30"])
+    space = {"lr": {"float": [1e-3, 1e-2]}}
+    stored.set_user_attr("search_space", space)
+    pair = {"val_accuracy": "maximize", "seconds_per_epoch": "minimize"}
+
+    def check(**fields: object) -> str:
+        spec = Study(name="pair", search_space="s.yaml", **fields)  # type: ignore[arg-type]
+        return changed_study.check(storage, "pair", changed_study.declaration(spec, space), False)
+
+    assert check(objectives=pair, constraints=["seconds_per_epoch <= 30"]) == "pair"  # unchanged
+    with pytest.raises(UserError) as one:
+        check(metric="val_accuracy", constraints=["seconds_per_epoch <= 30"])
+    assert str(one.value) == (
+        "study 'pair' was created with objectives val_accuracy (maximize), seconds_per_epoch (minimize), "
+        "now val_accuracy (maximize); use --new-study or --study-name NEW"
+    )
+    flipped = {"seconds_per_epoch": "minimize", "val_accuracy": "maximize"}
+    with pytest.raises(UserError, match=r"objectives val_accuracy .*, now seconds_per_epoch"):
+        check(objectives=flipped, constraints=["seconds_per_epoch <= 30"])
+    with pytest.raises(
+        UserError, match=r"constraints \[seconds_per_epoch <= 30\], now \[seconds_per_epoch <= 20\]"
+    ):
+        check(objectives=pair, constraints=["seconds_per_epoch <= 20"])

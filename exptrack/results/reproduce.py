@@ -146,9 +146,17 @@ def _fit(
 
 
 def compare_line(outcome: TrainOutcome) -> str | None:
-    """`val_accuracy: trial 0.8125, this run 0.8125 (identical)` when the file came from a trial."""
+    """`val_accuracy: trial 0.8125, this run 0.8125 (identical)` when the file came from a trial;
+    one such part per objective that training reports per epoch, for several objectives."""
     metric = outcome.provenance.get(records.PROVENANCE_METRIC)
     value = outcome.provenance.get(records.PROVENANCE_VALUE)
+    if isinstance(metric, list) and isinstance(value, list) and len(metric) == len(value):
+        parts = [_compare(outcome, str(m), v) for m, v in zip(metric, value, strict=True)]
+        return "; ".join(p for p in parts if p) or None
+    return _compare(outcome, metric, value)
+
+
+def _compare(outcome: TrainOutcome, metric: Any, value: Any) -> str | None:
     if not isinstance(metric, str) or not isinstance(value, int | float) or metric not in outcome.final:
         return None
     now = outcome.final[metric]

@@ -11,17 +11,25 @@ import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from exptrack import records
 from exptrack.errors import UserError, redact
-from exptrack.search import changed_study, locks, preflight, repair, signals, trial
+from exptrack.search import changed_study, locks, preflight, repair, signals, trial, warmstart
 from exptrack.search.trial import Progress
 from exptrack.study import Study
-from exptrack.study_store import absolute_url, best_first, counted_trials, open_storage, resolve_storage
+from exptrack.study_store import (
+    absolute_url,
+    best_first,
+    counted_trials,
+    open_storage,
+    pareto_front,
+    resolve_storage,
+)
 from exptrack.tracking.tracker import Tracker
 
 MAX_CONSECUTIVE_FAILURES = 5
@@ -49,6 +57,9 @@ class SearchOptions:
     tracking: bool = True  # False: Optuna records only (--no-tracking)
     workers: int = 1  # processes working on the study at once
     profile_trials: int = 0  # trace the first K trials this invocation runs (torch.profiler)
+    enqueue: tuple[Path, ...] = ()  # config files or directories queued as the next trials
+    from_study: str | None = None  # an earlier study whose best trials are queued first
+    from_top: int = 3  # how many of them
 
 
 @dataclasses.dataclass
@@ -59,10 +70,15 @@ class SearchSummary:
     parent_run_id: str | None
     finished: int
     ran: int  # trials this invocation ran
-    best: list[optuna.trial.FrozenTrial]
+    best: list[optuna.trial.FrozenTrial]  # best first; several objectives: the Pareto front
     tracking_uri: str | None  # None without tracking
     tracking_failures: list[str]
     unrecorded: list[int] = dataclasses.field(default_factory=list)  # trials without an MLflow run
+    objectives: list[str] = dataclasses.field(default_factory=list)  # every objective, in value order
+
+    @property
+    def pareto(self) -> bool:
+        return len(self.objectives) > 1
 
 
 class TooManyFailures(UserError):
@@ -82,8 +98,10 @@ class Search:
         warn: Callable[[str], None] = print,
         prepared: preflight.Prepared | None = None,  # run_search's own preflight, not repeated
         render_dashboard: DashboardRenderer | None = None,
+        starts: Sequence[warmstart.Start] = (),  # queued once the study exists (run_search checked them)
     ) -> None:
         self.spec, self.options, self.tracker = study, options, tracker
+        self.starts = starts
         self.progress, self.warn, self.render_dashboard = progress, warn, render_dashboard
         self.name = options.study_name or study.name
         self.storage_url = resolve_storage(options.storage)
@@ -91,6 +109,8 @@ class Search:
             preflight.check_storage_url(self.storage_url)
             prepared = preflight.prepare(study, options.sampler, options.pruner, options.seed)
         self.space, self.sampler, self.pruner = prepared.space, prepared.sampler, prepared.pruner
+        self.constraints, self.learns_infeasible = prepared.constraints, prepared.learns_infeasible
+        self.prunes = prepared.prunes
         self.lock = locks.storage_lock(self.storage_url)
         self.study = self._open_study()
         self.experiment_id: str | None = None
@@ -103,7 +123,7 @@ class Search:
         """Create or load the study, once per machine at a time (several workers may start at once)."""
         with self.lock:
             storage = open_storage(self.storage_url)
-            declared = changed_study.Declaration(self.spec.direction, self.spec.metric, self.space.describe())
+            declared = changed_study.declaration(self.spec, self.space.describe())
             name = changed_study.check(storage, self.name, declared, self.options.new_study)
             if name != self.name:
                 self.warn(f"--new-study: study {self.name!r} exists; this search is a new study {name!r}")
@@ -113,11 +133,13 @@ class Search:
                 storage=storage,
                 sampler=self.sampler,
                 pruner=self.pruner,
-                direction=self.spec.direction,  # type: ignore[arg-type]  # Study checks maximize|minimize
+                directions=list(self.spec.directions),  # type: ignore[arg-type]  # Study checks them
                 load_if_exists=True,
             )
             attrs = {
                 records.STUDY_METRIC_ATTR: self.spec.metric,
+                records.STUDY_OBJECTIVES_ATTR: list(self.spec.objectives),
+                records.STUDY_CONSTRAINTS_ATTR: [str(c) for c in self.constraints],
                 records.STUDY_SPACE_ATTR: declared.search_space,
                 records.STUDY_FIXED_ATTR: dict(self.spec.fixed),
             }
@@ -129,8 +151,10 @@ class Search:
                 study.set_user_attr(
                     records.STUDY_DASHBOARD_ATTR, {"path": str(dashboard), "text": dashboard.read_text()}
                 )
-            if study.metric_names is None and len(study.directions) == 1:
-                study.set_metric_names([self.spec.metric])  # optuna-dashboard names the objective
+            if study.metric_names is None:  # optuna-dashboard and the plots name the objectives
+                study.set_metric_names(list(self.spec.objectives))
+            if not self.options.worker:  # the coordinator queues them, once
+                warmstart.enqueue(study, self.starts, self.warn)
         return study
 
     # --- the whole search -------------------------------------------------------------------
@@ -191,10 +215,8 @@ class Search:
         """A new trial, unless finished + running trials already fill --trials. Under the storage
         lock, so K workers never start more trials than the budget between them."""
         with self.lock:
-            taken = self.study.get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-            )
-            if len(taken) >= self.options.trials:
+            running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if counted_trials(self.study) + len(running) >= self.options.trials:
                 return None
             asked = self.study.ask()
             asked.set_user_attr(records.WORKER_ATTR, repair.worker_id())
@@ -204,8 +226,14 @@ class Search:
         failed = self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         return str(failed[-1].user_attrs.get(records.FAIL_REASON_ATTR, "?"))[:200] if failed else "?"
 
-    def summary(self, ran: int = 0) -> SearchSummary:
+    def best(self) -> list[optuna.trial.FrozenTrial]:
+        """Feasible complete trials best first; with several objectives, the Pareto front."""
+        if self.spec.multi_objective:
+            return pareto_front(self.study)
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return best_first(complete, self.spec.direction == "maximize")
+
+    def summary(self, ran: int = 0) -> SearchSummary:
         return SearchSummary(
             self.name,
             self.spec.metric,
@@ -213,10 +241,11 @@ class Search:
             self.parent_run_id,
             counted_trials(self.study),
             ran,
-            best_first(complete, self.spec.direction == "maximize")[:5],
+            self.best()[: 10 if self.spec.multi_objective else 5],
             self.tracker.uri if self.tracker else None,
             list(self.tracker.failures) if self.tracker else [],
             list(self.unrecorded),
+            list(self.spec.objectives),
         )
 
     # --- the study's MLflow run ---------------------------------------------------------------
@@ -228,10 +257,12 @@ class Search:
             records.STORAGE_TAG: redact(absolute_url(self.storage_url)),
             records.SAMPLER_TAG: type(self.sampler).__name__,
             records.PRUNER_TAG: type(self.pruner).__name__,
-            records.METRIC_TAG: self.spec.metric,
-            records.DIRECTION_TAG: self.spec.direction,
+            records.METRIC_TAG: ",".join(self.spec.objectives),
+            records.DIRECTION_TAG: ",".join(self.spec.directions),
             records.OPTUNA_STUDY_TAG: self.name,
         }
+        if self.constraints:
+            tags[records.CONSTRAINTS_TAG] = ", ".join(map(str, self.constraints))
         files = [p for p in (self.spec.source_path, self.spec.search_space_path()) if p is not None]
         self.experiment_id, self.parent_run_id = self.tracker.open_study_run(self.name, tags, files)
         self.tracker.log(self.parent_run_id, params={records.SEARCH_SPACE_PARAM: str(self.space.describe())})
@@ -264,8 +295,17 @@ class Search:
     def _close_study_run(self, status: str) -> None:
         if self.tracker is None or self.parent_run_id is None:
             return
+        self.tracker.close_study_run(self.parent_run_id, status, self._study_metrics())
+
+    def _study_metrics(self) -> dict[str, float]:
+        """finished_trials and best_<objective> for each objective (over the feasible complete
+        trials; with several objectives each one's best sits on the Pareto front), pareto_front_size."""
         metrics: dict[str, float] = {records.FINISHED_TRIALS_METRIC: float(counted_trials(self.study))}
-        best = self.summary().best
-        if best and best[0].value is not None:
-            metrics[f"{records.BEST_PREFIX}{self.spec.metric}"] = best[0].value
-        self.tracker.close_study_run(self.parent_run_id, status, metrics)
+        best = self.best()
+        if self.spec.multi_objective:
+            metrics[records.PARETO_SIZE_METRIC] = float(len(best))
+        for index, (metric, direction) in enumerate(self.spec.objectives.items()):
+            values = [t.values[index] for t in best if t.values]
+            if values:
+                metrics[f"{records.BEST_PREFIX}{metric}"] = (max if direction == "maximize" else min)(values)
+        return metrics

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from exptrack.errors import UserError
-from exptrack.search import locks, preflight, signals, workers
+from exptrack.search import locks, preflight, signals, warmstart, workers
 from exptrack.search.loop import DashboardRenderer, Search, SearchOptions, SearchSummary
 from exptrack.search.trial import Progress
 from exptrack.study import Study, load_study_file
@@ -53,13 +53,26 @@ def run_search(
         pinned = ", ".join(f"{name}={value}" for name, value in prepared.space.pins.items())
         where = Path(prepared.space.source).name
         warn(f"--set {pinned}: pinned for this study (taken out of the search space {where})")
+    starts = warmstart.collect(
+        spec,
+        prepared.space,
+        options.enqueue,
+        options.from_study,
+        options.from_top,
+        storage_url,
+        options.study_name,
+        warn if not options.worker else _quiet,
+    )
     render = dashboard(spec) if dashboard else None
+    if not options.worker:  # the coordinator said it already
+        for note in prepared.notes:
+            warn(note)
     tracker = None
     if options.tracking:  # MLflow creates its tables here: one process at a time (K may start at once)
         with locks.storage_lock(storage_url):
             tracker = Tracker(tracking_uri, warn=warn)
             tracker.check()
-    search = Search(spec, options, tracker, progress, warn, prepared, render)
+    search = Search(spec, options, tracker, progress, warn, prepared, render, starts)
     if options.workers > 1:
         return workers.run_workers(search, options.workers, sys.argv[1:])
     if own_signals:
@@ -67,6 +80,10 @@ def run_search(
         return search.run()
     with signals.installed_for_the_call(notify=warn):
         return search.run()
+
+
+def _quiet(message: str) -> None:
+    """A worker's warnings about its inputs: the coordinator already said them."""
 
 
 def check_options(options: SearchOptions) -> None:
