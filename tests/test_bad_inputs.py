@@ -25,6 +25,15 @@ FILES = {
     "unknownkey.py": GOOD.replace("space.yaml", "unknownkey.yaml"),
     "unknownkey.yaml": "learning_rate: {float: [1.0e-3, 1.0e-2]}\n",
     "folder/keep.txt": "",
+    "objective.py": GOOD.replace(
+        "dashboard=None", "objectives={'val_accuracy': 'maximize', 'accuracy': 'minimize'}"
+    ),
+    "constraint.py": GOOD.replace("dashboard=None", "constraints=['seconds_per_epoch < 30']"),
+    "option.py": GOOD.replace("dashboard=None", "sampler='tpe', sampler_options={'n_startup': 3}"),
+    "pair.py": GOOD.replace(
+        "dashboard=None", "objectives={'val_loss': 'minimize', 'seconds_per_epoch': 'minimize'}"
+    ),
+    "outside.yaml": "lr: 0.5\n",
 }
 # (case id, arguments after `exp search`, words the one-line message must contain)
 CASES = [
@@ -37,6 +46,25 @@ CASES = [
     ("space-unknown-key", ["unknownkey.py"], ["learning_rate"]),
     ("unknown-sampler", ["good.py", "--sampler", "anneal"], ["unknown sampler 'anneal'", "tpe"]),
     ("unknown-pruner", ["good.py", "--pruner", "asha"], ["unknown pruner 'asha'", "median"]),
+    (
+        "unknown-objective",
+        ["objective.py"],
+        ["unknown objective 'accuracy'", "val_accuracy", "seconds_per_epoch"],
+    ),
+    ("bad-constraint", ["constraint.py"], ["'seconds_per_epoch < 30' is not `FIGURE <= NUMBER`"]),
+    ("unknown-sampler-option", ["option.py"], ["takes no option 'n_startup'", "n_startup_trials"]),
+    (
+        "one-objective-sampler",
+        ["pair.py", "--sampler", "cmaes"],
+        ["'cmaes' optimises one objective", "nsga2"],
+    ),
+    (
+        "enqueue-outside-space",
+        ["good.py", "--enqueue", "outside.yaml"],
+        ["lr=0.5 is outside the search space"],
+    ),
+    ("enqueue-missing-file", ["good.py", "--enqueue", "nope.yaml"], ["--enqueue nope.yaml does not exist"]),
+    ("from-study-without-storage", ["good.py", "--from-study", "old"], ["no Optuna storage at optuna.db"]),
     (
         "unknown-backbone",
         ["good.py", "--set", "backbone=resnet19"],
