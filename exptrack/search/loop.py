@@ -110,7 +110,6 @@ class Search:
             prepared = preflight.prepare(study, options.sampler, options.pruner, options.seed)
         self.space, self.sampler, self.pruner = prepared.space, prepared.sampler, prepared.pruner
         self.constraints, self.learns_infeasible = prepared.constraints, prepared.learns_infeasible
-        self.prunes = prepared.prunes
         self.lock = locks.storage_lock(self.storage_url)
         self.study = self._open_study()
         self.experiment_id: str | None = None

@@ -33,10 +33,6 @@ class Prepared:
     learns_infeasible: bool = False
     notes: tuple[str, ...] = ()  # one line each, said before the search (e.g. why pruning is off)
 
-    @property
-    def prunes(self) -> bool:
-        return not isinstance(self.pruner, optuna.pruners.NopPruner)
-
 
 def default_sampler(spec: Study) -> str:
     return spec.sampler or ("nsga2" if spec.multi_objective else "tpe")

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from exptrack import records
+from exptrack import records, study_store
 from exptrack.tracking.tracker import Tracker
 
 
@@ -82,7 +82,8 @@ def repair_runs(study: optuna.Study, tracker: Tracker, experiment_id: str) -> li
             continue
         why = trial.user_attrs.get(records.FAIL_REASON_ATTR)
         reason = f"trial {number} is {trial.state.name} in Optuna" + (f": {why}" if why else "")
-        tracker.close_stale_run(run_id, records.RUN_STATUS.get(trial.state.name, "FAILED"), reason)
+        status = records.RUN_STATUS.get(study_store.state_name(trial), "FAILED")  # out of memory: FAILED
+        tracker.close_stale_run(run_id, status, reason)
         closed.append(run_id)
     return closed
 

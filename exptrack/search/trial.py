@@ -58,7 +58,6 @@ class TrialSearch(Protocol):
     profile_trials_left: int  # how many more trials this invocation traces (--profile-trials)
     constraints: tuple[Constraint, ...]
     learns_infeasible: bool  # an out-of-memory trial is told as infeasible, not FAIL
-    prunes: bool  # one objective, reported per epoch to the pruner
 
 
 class TrialReporter:
@@ -202,7 +201,11 @@ def _tell(
         state = "PRUNED"
         search.study.tell(trial, state=TrialState.PRUNED)
     else:
-        values = [reported.get(name, math.nan) for name in search.spec.objectives]
+        missing = [name for name in search.spec.objectives if name not in reported]
+        if missing:
+            why = f"objective {missing[0]} was not reported by this trial (it reported {', '.join(sorted(reported))})"
+            return fail(search, trial, run_id, ValueError(why))
+        values = [reported[name] for name in search.spec.objectives]
         bad = [(n, v) for n, v in zip(search.spec.objectives, values, strict=True) if not _finite(v)]
         if bad:
             return fail(
