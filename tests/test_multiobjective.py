@@ -61,6 +61,10 @@ def test_a_two_objective_study_marks_exports_and_records_its_pareto_front(exp, p
     assert parent.data.metrics["best_val_accuracy"] == max(v[0] for v in front)
     assert parent.data.metrics["best_seconds_per_epoch"] == min(v[1] for v in front)
     assert parent.data.metrics["pareto_front_size"] == len(pareto)
+    view = json.loads(
+        json.loads(experiment.tags["mlflow.sharedViewState.exptrack"])["state"]
+    )  # what `exp ui` opens
+    assert view["selectedColumns"][:2] == ["metrics.`val_accuracy`", "metrics.`profile/seconds_per_epoch`"]
     page = Path(client.download_artifacts(parent.info.run_id, "dashboard.html", str(project))).read_text()
     assert "<h2>pareto front</h2>" in page and "not drawn yet" not in page
     (infeasible_run,) = client.search_runs([experiment.experiment_id], "tags.`exptrack.trial` = '1'")

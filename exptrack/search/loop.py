@@ -266,8 +266,9 @@ class Search:
         self.experiment_id, self.parent_run_id = self.tracker.open_study_run(self.name, tags, files)
         self.tracker.log(self.parent_run_id, params={records.SEARCH_SPACE_PARAM: str(self.space.describe())})
         maximize = self.spec.direction == "maximize"
+        first, *others = (_mlflow_metric(name) for name in self.spec.objectives)
         self.tracker.save_runs_view(
-            self.experiment_id, self.name, self.spec.metric, maximize, self.space.names()
+            self.experiment_id, self.name, first, maximize, self.space.names(), others
         )
 
     def refresh_dashboard(self, force: bool = False) -> None:
@@ -308,3 +309,8 @@ class Search:
             if values:
                 metrics[f"{records.BEST_PREFIX}{metric}"] = (max if direction == "maximize" else min)(values)
         return metrics
+
+
+def _mlflow_metric(figure: str) -> str:
+    """An objective's name on a trial's MLflow run: an epoch metric as is, a cost figure under `profile/`."""
+    return figure if figure in records.EPOCH_METRICS else records.profile_metric(figure)

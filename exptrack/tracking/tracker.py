@@ -166,12 +166,18 @@ class Tracker:
         return experiment_id, run_id
 
     def save_runs_view(
-        self, experiment_id: str, study_name: str, metric: str, maximize: bool, params: list[str]
+        self,
+        experiment_id: str,
+        study_name: str,
+        metric: str,
+        maximize: bool,
+        params: list[str],
+        also: list[str] | None = None,
     ) -> None:
         """The study's saved view of its runs table (`ui_links.runs_view_tag`), which `exp ui` opens."""
         from exptrack.tracking import ui_links
 
-        key, value = ui_links.runs_view_tag(study_name, metric, maximize, params)
+        key, value = ui_links.runs_view_tag(study_name, metric, maximize, params, also or [])
         with self._guard("save the runs table view"):
             self.client.set_experiment_tag(experiment_id, key, value)
 
