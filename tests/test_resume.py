@@ -1,5 +1,6 @@
 """Resume safety: re-running a stored study whose direction, metric or search space changed is
-refused with the difference shown, unless --new-study or a new --study-name is given."""
+refused with the difference shown, unless --new-study or a new --study-name is given; --new-study
+on an unchanged study changes nothing, and re-running it continues the same NAME-2."""
 
 from __future__ import annotations
 
@@ -39,10 +40,13 @@ def test_a_changed_study_is_refused_with_the_difference_unless_new_study_or_new_
         [*search, base],  # unchanged: resumes, nothing to run
         [*search, space, "--new-study"],
         [*search, metric, "--study-name", "resumable-by-loss"],
+        [*search, base, "--new-study"],  # unchanged: --new-study does nothing, the study continues
+        [*search, space, "--new-study"],  # the same command again continues resumable-2
+        ["search", "--help"],
     ]
     results = run_cli_batch([(project, args) for args in cases])
     codes = [r.returncode for r in results]
-    assert codes == [0, 2, 2, 2, 0, 0, 0], [r.stderr for r in results]
+    assert codes == [0, 2, 2, 2, 0, 0, 0, 0, 0, 0], [r.stderr for r in results]
     fix = "; use --new-study or --study-name NEW"
     assert (
         results[1].stderr.strip()
@@ -58,7 +62,11 @@ def test_a_changed_study_is_refused_with_the_difference_unless_new_study_or_new_
         'lr {"float":[0.001,0.01],"log":true}, now {"float":[0.0001,0.01],"log":true}' in refused
         and refused.endswith(fix)
     )
-    assert "new study 'resumable-2'" in results[5].stderr
+    assert "this search starts study 'resumable-2'" in results[5].stderr
+    assert "--new-study" not in results[7].stderr and "resumable-" not in results[7].stderr
+    assert "this search continues study 'resumable-2'" in results[8].stderr
+    help_text = " ".join(results[9].stdout.split())
+    assert "Only when the stored study's direction, metric or search space differs" in help_text
 
     storage = "sqlite:///optuna.db"
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))

@@ -99,7 +99,13 @@ def search(
         int, typer.Option(help="Stop the search after this many failed trials in a row (exit code 2)")
     ] = 5,
     new_study: Annotated[
-        bool, typer.Option("--new-study", help="If the stored study differs, start a new one (NAME-2)")
+        bool,
+        typer.Option(
+            "--new-study",
+            help="Only when the stored study's direction, metric or search space differs from the study "
+            "file: run as NAME-2 instead of refusing (created once, continued by re-runs); an unchanged "
+            "study just continues",
+        ),
     ] = False,
     workers: Annotated[int, typer.Option(help="Processes working on the study at once")] = 1,
     profile_trials: Annotated[

@@ -1,6 +1,6 @@
 """Refusing a changed study: a stored study is continued only when its objectives (metrics and
 directions), constraints and search space are the ones the study file declares now; otherwise the
-search is refused with the difference shown (or, with --new-study, runs as a new study `NAME-2`)."""
+search is refused with the difference shown (or, with --new-study, runs as the study `NAME-2`, created the first time)."""
 
 from __future__ import annotations
 
@@ -80,27 +80,30 @@ def difference(stored: Declaration, current: Declaration) -> str | None:
     return None
 
 
-def free_name(storage: optuna.storages.BaseStorage, name: str) -> str:
-    """`name-2`, `name-3`, ...: the first name no stored study has."""
-    taken = {s.study_name for s in storage.get_all_studies()}
+def continued_name(storage: optuna.storages.BaseStorage, name: str, current: Declaration) -> str:
+    """`name-2`, `name-3`, ...: the first that is either stored under the current declaration (so
+    re-running the same `--new-study` command continues it) or not stored at all."""
     number = 2
-    while f"{name}-{number}" in taken:
+    while True:
+        candidate = f"{name}-{number}"
+        stored = stored_declaration(storage, candidate)
+        if stored is None or difference(stored, current) is None:
+            return candidate
         number += 1
-    return f"{name}-{number}"
 
 
 def check(storage: optuna.storages.BaseStorage, name: str, current: Declaration, new_study: bool) -> str:
-    """The study name to use: `name` when new or unchanged; a fresh name with `new_study`.
-    A changed study without `new_study` is refused."""
+    """The study name to use: `name` when new or unchanged. A changed study is refused, or with
+    `new_study` continues under `name-N` (the first such study declared as now, or a new one)."""
     stored = stored_declaration(storage, name)
     if stored is None:
         return name
     changed = difference(stored, current)
+    if changed is None:
+        return name  # --new-study applies only when the stored study differs
     if new_study:
-        return free_name(storage, name)
-    if changed:
-        raise UserError(f"study {name!r} was created with {changed}; {FIX}")
-    return name
+        return continued_name(storage, name, current)
+    raise UserError(f"study {name!r} was created with {changed}; {FIX}")
 
 
 def _objectives(declared: Declaration) -> str:

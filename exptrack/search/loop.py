@@ -51,7 +51,7 @@ class SearchOptions:
     pruner: str | None = None
     seed: int | None = None
     max_failures: int = MAX_CONSECUTIVE_FAILURES  # consecutive failed trials that stop the search
-    new_study: bool = False  # a changed study gets a fresh name instead of being refused
+    new_study: bool = False  # a changed study runs as NAME-2 instead of being refused
     worker: bool = False  # one of several processes: the coordinator closes the study's run
     tracking_uri: str | None = None
     tracking: bool = True  # False: Optuna records only (--no-tracking)
@@ -125,7 +125,10 @@ class Search:
             declared = changed_study.declaration(self.spec, self.space.describe())
             name = changed_study.check(storage, self.name, declared, self.options.new_study)
             if name != self.name:
-                self.warn(f"--new-study: study {self.name!r} exists; this search is a new study {name!r}")
+                verb = "continues" if changed_study.stored_declaration(storage, name) else "starts"
+                self.warn(
+                    f"--new-study: study {self.name!r} differs from the study file; this search {verb} study {name!r}"
+                )
                 self.name = name
             study = optuna.create_study(
                 study_name=self.name,
