@@ -18,10 +18,10 @@ from typing import Any
 import torch
 
 from exptrack import config as cfg
-from exptrack import records
+from exptrack import records, store_checks
 from exptrack.errors import UserError
 from exptrack.tracking import logged_models
-from exptrack.tracking.tracker import Tracker
+from exptrack.tracking.tracker import Tracker, resolve_tracking_uri
 from exptrack.training import fit, profiling, weights
 
 DEFAULT_EXPERIMENT = "exptrack-train"
@@ -101,7 +101,9 @@ def reproduce(
     `profile`, a few steady-state steps are traced onto the run under `profile/`."""
     config, provenance = load_config(path, overrides)
     used_threads = apply_threads(provenance, threads)
-    tracker = Tracker(tracking_uri, warn=warn)
+    uri = resolve_tracking_uri(tracking_uri)
+    store_checks.check_store(uri, "MLflow tracking store", "--tracking-uri")  # before MLflow creates it
+    tracker = Tracker(uri, warn=warn)
     tracker.check()
     weights.use_resolvers(logged_models.weight_resolvers(tracker.uri))  # weights=runs:/... from here
     asked, config = config.weights, fit.with_available_weights(config, warn)

@@ -1,6 +1,6 @@
 """Checks done before any store is opened, so a bad input ends with one line and writes nothing:
 search space, fixed config, device, sampler, pruner (with their options), constraints, storage
-and tracking URLs."""
+and tracking URLs (and their stores)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 
 from exptrack import config as cfg
-from exptrack import records
+from exptrack import records, store_checks
 from exptrack.errors import UserError, redact
 from exptrack.search import samplers
 from exptrack.search import space as spaces
@@ -53,7 +53,7 @@ def prepare(
     config = cfg.from_dict(space.sample(optuna.trial.FixedTrial(first_point(space)), spec.fixed))
     backbones.backbone(config.backbone)  # unknown names end here, before any store is opened
     datasets.parse_spec(config.dataset)
-    losses.loss_parameters(config.loss)
+    losses.build_loss(config.loss, config.loss_params)  # a loss parameter out of its range ends here
     fit.resolve_device(config.device)
     fit.check(config)  # dataset files, image size, weights file/URI: before any store is opened
     notes: list[str] = []
@@ -106,38 +106,30 @@ def _why_no_pruning(spec: Study) -> str | None:
 
 
 def check_storage_url(url: str) -> None:
-    """A storage URL SQLAlchemy can parse; a database server must answer (a sqlite file is
-    created later, so it is not touched here)."""
-    from sqlalchemy import create_engine
+    """A storage URL SQLAlchemy can parse, whose store can be opened and written (a database server
+    must answer; a sqlite file is created later, so a missing one is not touched here)."""
     from sqlalchemy.engine import make_url
 
     try:
-        parsed = make_url(url)
-        parsed.get_dialect()
+        make_url(url).get_dialect()
     except Exception as exc:
         raise UserError(
             f"Optuna storage {redact(url)} is not a valid database URL ({type(exc).__name__}); "
             "fix --storage, e.g. sqlite:///optuna.db"
         ) from exc
-    if parsed.get_backend_name() == "sqlite":
-        return
-    try:
-        with create_engine(parsed, connect_args={"connect_timeout": 10}).connect():
-            pass
-    except Exception as exc:
-        raise UserError(
-            f"Optuna storage {redact(url)} cannot be opened ({type(exc).__name__}); "
-            "start the database or fix --storage"
-        ) from exc
+    store_checks.check_store(url, "Optuna storage", "--storage")
 
 
 def check_tracking_uri(uri: str) -> None:
+    """A tracking URI of a known scheme whose store can be opened and written (an http server is
+    asked by the `Tracker`'s own check)."""
     scheme, sep, _ = uri.partition("://")
     if sep and scheme.split("+")[0] not in TRACKING_SCHEMES:
         raise UserError(
             f"MLflow tracking URI {redact(uri)} has an unknown scheme {scheme!r}; "
             "use sqlite:///mlflow.db or http://HOST:PORT"
         )
+    store_checks.check_store(uri, "MLflow tracking store", "--tracking-uri")
 
 
 def first_point(space: spaces.SearchSpace) -> dict[str, Any]:
