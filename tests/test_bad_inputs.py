@@ -146,6 +146,11 @@ CASES = [
     ("set-zero-epochs", ["good.py", "--set", "epochs=0"], ["epochs must be at least 1, got 0"]),
     ("set-negative-epochs", ["good.py", "--set", "epochs=-3"], ["epochs must be at least 1, got -3"]),
     ("set-negative-subset", ["good.py", "--set", "subset=-5"], ["subset must be at least 0, got -5"]),
+    (
+        "set-loss-parameter-out-of-range",
+        ["good.py", "--set", "loss=focal", "--set", "loss_params.gamma=-1"],
+        ["focal: gamma must be >= 0, got -1"],
+    ),
     ("space-negative-lr", ["negative_lr.py"], ["parameter 'lr'", "lr must be greater than 0, got -0.1"]),
     (
         "space-zero-batch",

@@ -53,7 +53,9 @@ def prepare(
     config = cfg.from_dict(space.sample(optuna.trial.FixedTrial(first_point(space)), spec.fixed))
     backbones.backbone(config.backbone)  # unknown names end here, before any store is opened
     datasets.parse_spec(config.dataset)
-    losses.build_loss(config.loss, config.loss_params)  # a loss parameter out of its range ends here
+    losses.loss_parameters(config.loss)  # an unknown loss ends here
+    if config.loss_params:  # its builder checks the ranges of the parameters it is given
+        losses.build_loss(config.loss, config.loss_params)
     fit.resolve_device(config.device)
     fit.check(config)  # dataset files, image size, weights file/URI: before any store is opened
     notes: list[str] = []
