@@ -19,7 +19,7 @@ import torch
 
 from exptrack import config as cfg
 from exptrack import records, store_checks
-from exptrack.errors import UserError
+from exptrack.errors import UserError, redact
 from exptrack.tracking import logged_models
 from exptrack.tracking.tracker import Tracker, resolve_tracking_uri
 from exptrack.training import fit, profiling, weights
@@ -122,7 +122,7 @@ def reproduce(
             tracker, experiment_id, run_id, result.model, register, result.example
         )
     except BaseException as exc:  # never leave the run RUNNING
-        tracker.log(run_id, tags={records.FAIL_REASON_TAG: f"{type(exc).__name__}: {exc}"[:1000]})
+        tracker.log(run_id, tags={records.FAIL_REASON_TAG: redact(f"{type(exc).__name__}: {exc}")[:1000]})
         tracker.finish_trial(run_id, "FAIL", {})
         raise
     final = {k: v for k, v in result.final.items() if k != "epoch"}

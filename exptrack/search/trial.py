@@ -231,22 +231,22 @@ def fail(
     """Record a failed trial in both stores, with the reason; never leave it RUNNING. With
     `infeasible` (out of memory, under a sampler that steers by constraints) Optuna is told an
     infeasible result the sampler learns from; the MLflow run still ends FAILED."""
-    reason = (
+    reason = redact(
         f"interrupted by {exc}" if isinstance(exc, signals.Interrupted) else f"{type(exc).__name__}: {exc}"
-    )
-    trial.set_user_attr(records.FAIL_REASON_ATTR, redact(reason)[:1000])
+    )[:1000]  # redacted before it is cut, so a cut cannot split a URL's password from its `@`
+    trial.set_user_attr(records.FAIL_REASON_ATTR, reason)
     if infeasible:
         feasibility.tell_out_of_memory(search.study, trial, search.constraints)
     else:
         search.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     if search.tracker:
-        tags = {records.FAIL_REASON_TAG: reason[:1000]}
+        tags = {records.FAIL_REASON_TAG: reason}
         if infeasible:
             tags[records.INFEASIBLE_TAG] = records.OUT_OF_MEMORY
         search.tracker.log(run_id, tags=tags)
         if not isinstance(exc, KeyboardInterrupt):
             search.tracker.log_file(
-                run_id, records.TRACEBACK_ARTIFACT, "".join(traceback.format_exception(exc))
+                run_id, records.TRACEBACK_ARTIFACT, redact("".join(traceback.format_exception(exc)))
             )
         search.tracker.finish_trial(run_id, "FAIL", {})
     _report(search, trial.number, "FAIL")

@@ -20,6 +20,7 @@ import os
 import platform
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,24 @@ HTTP_DEFAULTS = {
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    """Flag, then MLFLOW_TRACKING_URI, then a sqlite file in the working directory."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """Flag, then MLFLOW_TRACKING_URI, then a sqlite file in the working directory. A tracking
+    server's `user:password@` moves into MLflow's own credential variables (see below)."""
+    return credentials_to_environment(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+
+
+def credentials_to_environment(uri: str) -> str:
+    """`http://user:pw@host` -> `http://host`, with user and password in MLFLOW_TRACKING_USERNAME
+    and MLFLOW_TRACKING_PASSWORD (MLflow sends them as basic auth on every request). MLflow prints
+    its client's URI ("View run ... at: URL", once per run) and puts it in its error messages, so
+    that URI must not hold the password. Other URIs come back unchanged."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(user)
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(password)
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
 
 
 class Tracker:
