@@ -143,6 +143,16 @@ CASES = [
         ["good.py", "--storage", "postgresql://u:secret@127.0.0.1:1/db"],
         ["cannot be opened"],
     ),
+    (  # a password holding an unencoded `/` (SQLAlchemy takes it) is hidden whole
+        "slash-in-storage-password",
+        ["good.py", "--storage", "postgresql://u:top/secret@127.0.0.1:1/db"],
+        ["Optuna storage postgresql://u:***@127.0.0.1:1/db cannot be opened"],
+    ),
+    (
+        "slash-in-tracking-password",
+        ["good.py", "--tracking-uri", "http://u:top/secret@127.0.0.1:1"],
+        ["MLflow tracking store http://u:***@127.0.0.1:1 is unreachable"],
+    ),
     ("set-zero-epochs", ["good.py", "--set", "epochs=0"], ["epochs must be at least 1, got 0"]),
     ("set-negative-epochs", ["good.py", "--set", "epochs=-3"], ["epochs must be at least 1, got -3"]),
     ("set-negative-subset", ["good.py", "--set", "subset=-5"], ["subset must be at least 0, got -5"]),
