@@ -147,5 +147,7 @@ def ui(
     from exptrack.tracking import ui_server
 
     code = ui_server.serve(tracking_uri, host, port, lambda m: out.print(m, highlight=False, soft_wrap=True))
+    if code in ui_server.SIGNAL_EXIT_CODES:  # stopped by SIGINT (130) or SIGTERM (143)
+        raise typer.Exit(code)
     if code:
         raise UserError(f"mlflow server stopped with exit code {code}")
