@@ -86,6 +86,7 @@ CONSTRAINTS_TAG = "constraints"
 REPRODUCES_TAG = "exptrack.reproduces"  # study/trial-NNN
 SOURCE_RUN_TAG = "exptrack.source_run_id"  # the trial run it reproduces
 CONFIG_FILE_TAG = "exptrack.config_file"
+OWNER_TAG = "exptrack.owner"  # the process training it, host:pid:start-time: closed if it dies
 SETUP_TAG_PREFIX = "exptrack."  # + a fact training reports at setup (weights_source, device, ...)
 # Setup facts that also describe the run's dataset input (`mlflow.log_input`: the UI's Datasets column)
 DATASET_FACT, DATASET_DIGEST_FACT = "dataset", "dataset_digest"

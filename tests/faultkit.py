@@ -24,10 +24,11 @@ SMALL = [*TINY[:-2], "--set", "subset=32", "--set", "image_size=8"]
 
 
 def start_search(
-    cwd: Path, *args: str, faults: str = "", gate_dir: Path | None = None
+    cwd: Path, *args: str, faults: str = "", gate_dir: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:
-    """`exp search FAULTY ARGS` as a background process, faults injected through the environment."""
-    env = exp_env(cwd)
+    """`exp search FAULTY ARGS` as a background process, faults injected through the environment
+    (`env` adds variables of its own)."""
+    env = {**exp_env(cwd), **(env or {})}
     env["EXPTRACK_FAULTS"] = faults
     env["OMP_NUM_THREADS"] = "1"  # 2 cores shared by the test and its processes
     if gate_dir is not None:

@@ -15,7 +15,7 @@ from exptrack import records
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "exptrack"
-CORE = {"config", "study", "records", "errors", "registry", "study_store", "store_checks"}
+CORE = {"config", "study", "records", "errors", "registry", "study_store", "store_checks", "processes"}
 # package -> the packages it may import (DESIGN.md's table); core modules import only core ones
 ALLOWED = {
     "cli": {"cli", "search", "results", "tracking", "training", "core"},

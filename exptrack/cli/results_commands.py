@@ -119,10 +119,14 @@ def train(
 ) -> None:
     """Train one config as a standalone MLflow run, logging the trained model."""
     from exptrack.results import reproduce
+    from exptrack.search import signals
     from exptrack.training import progress
 
     progress.use(RichTasks())  # a weight download or an image folder draws a bar while it runs
-    outcome = reproduce.reproduce(config_file, set_ or [], tracking_uri, register, threads, warn, profile)
+    # SIGTERM (which a scheduler sends) closes the run as FAILED like Ctrl-C, and exits 143
+    signals.install(warn, work="the run")
+    with signals.interruptible():
+        outcome = reproduce.reproduce(config_file, set_ or [], tracking_uri, register, threads, warn, profile)
     final = ", ".join(f"{k}={v:.4f}" for k, v in outcome.final.items())
     say = lambda line: out.print(line, highlight=False, soft_wrap=True)  # noqa: E731
     say(f"finished {outcome.config.epochs} epochs on {outcome.threads} threads: {final}")

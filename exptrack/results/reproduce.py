@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from exptrack import config as cfg
-from exptrack import records, store_checks
+from exptrack import processes, records, store_checks
 from exptrack.errors import UserError, redact
 from exptrack.tracking import logged_models
 from exptrack.tracking.tracker import Tracker, resolve_tracking_uri
@@ -78,6 +78,7 @@ def run_tags(path: Path, provenance: Mapping[str, Any]) -> dict[str, str]:
         records.ROLE_TAG: records.ROLE_TRAIN,
         records.CONFIG_FILE_TAG: str(path),
         records.HOST_TAG: platform.node(),
+        records.OWNER_TAG: processes.worker_id(),  # with the run's creation: no window without it
     }
     study, trial = provenance.get(records.PROVENANCE_STUDY), provenance.get(records.PROVENANCE_TRIAL)
     if study is not None and trial is not None:
@@ -105,6 +106,11 @@ def reproduce(
     store_checks.check_store(uri, "MLflow tracking store", "--tracking-uri")  # before MLflow creates it
     tracker = Tracker(uri, warn=warn)
     tracker.check()
+    closed = tracker.close_dead_train_runs()  # a killed `exp train` could not close its own
+    if closed:
+        warn(
+            f"closed {len(closed)} exp train run(s) left RUNNING by a process that died: {', '.join(closed)}"
+        )
     weights.use_resolvers(logged_models.weight_resolvers(tracker.uri))  # weights=runs:/... from here
     asked, config = config.weights, fit.with_available_weights(config, warn)
     note = {records.WEIGHTS_REQUESTED: asked} if asked != config.weights else {}
@@ -121,8 +127,8 @@ def reproduce(
         model_uri, registered = logged_models.log_model(
             tracker, experiment_id, run_id, result.model, register, result.example
         )
-    except BaseException as exc:  # never leave the run RUNNING
-        tracker.log(run_id, tags={records.FAIL_REASON_TAG: redact(f"{type(exc).__name__}: {exc}")[:1000]})
+    except BaseException as exc:  # never leave the run RUNNING (a second signal exits at once: see OWNER_TAG)
+        tracker.log(run_id, tags={records.FAIL_REASON_TAG: fail_reason(exc)})
         tracker.finish_trial(run_id, "FAIL", {})
         raise
     final = {k: v for k, v in result.final.items() if k != "epoch"}
@@ -145,6 +151,13 @@ def _fit(
             return fit.fit(config, RunReporter(tracker, run_id), warn, Path(folder))
         finally:
             tracker.log_folder(run_id, Path(folder), records.PROFILE_DIR)
+
+
+def fail_reason(exc: BaseException) -> str:
+    """`interrupted by SIGTERM` for a signal (Ctrl-C: SIGINT), else the exception's type and message."""
+    if isinstance(exc, KeyboardInterrupt):
+        return f"interrupted by {exc or 'SIGINT'}"
+    return redact(f"{type(exc).__name__}: {exc}")[:1000]
 
 
 def compare_line(outcome: TrainOutcome) -> str | None:

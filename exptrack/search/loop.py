@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from exptrack import records
+from exptrack import processes, records
 from exptrack.errors import UserError, redact
 from exptrack.search import changed_study, locks, preflight, repair, signals, trial, warmstart
 from exptrack.search.trial import Progress
@@ -221,7 +221,7 @@ class Search:
             if counted_trials(self.study) + len(running) >= self.options.trials:
                 return None
             asked = self.study.ask()
-            asked.set_user_attr(records.WORKER_ATTR, repair.worker_id())
+            asked.set_user_attr(records.WORKER_ATTR, processes.worker_id())
         return asked
 
     def _last_fail_reason(self) -> str:

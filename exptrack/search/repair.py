@@ -1,55 +1,21 @@
 """Repair what a killed process left behind: trials RUNNING in Optuna whose worker process is dead
-become FAIL (with a reason) and their MLflow runs FAILED; runs RUNNING of finished trials are closed.
+become FAIL (with a reason) and their MLflow runs FAILED; runs RUNNING of finished trials are closed,
+and so are `exp train` runs of the study whose process died.
 
-A trial records its worker as host:pid:start-time, so a recycled pid is not taken for the owner.
-Trials of workers on other hosts cannot be judged from here and are left alone.
+A trial records its worker as host:pid:start-time (`processes.worker_id`), so a recycled pid is not
+taken for the owner. Trials of workers on other hosts cannot be judged from here and are left alone.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from exptrack import records, study_store
+from exptrack.processes import owner_is_dead
 from exptrack.tracking.tracker import Tracker
-
-
-def worker_id(pid: int | None = None) -> str:
-    """This process (or `pid`) as host:pid:start-time."""
-    pid = os.getpid() if pid is None else pid
-    return f"{os.uname().nodename}:{pid}:{_start_time(pid)}"
-
-
-def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot (Linux); '-' where /proc is missing."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "-"
-    fields = stat.rsplit(")", 1)[1].split()
-    return "-" if fields[0] == "Z" else fields[19]  # field 22 of stat; a zombie counts as gone
-
-
-def owner_is_dead(worker: str) -> bool:
-    """True when `worker` names a process of this host that no longer runs."""
-    host, _, rest = worker.partition(":")
-    pid_text, _, started = rest.partition(":")
-    if host != os.uname().nodename or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, owned by someone else
-    # Same pid, other start time: the pid was recycled and the owner is gone.
-    # An older host:pid record, or no /proc: the pid is alive, so take it for the owner.
-    return started not in ("", "-") and _start_time(pid) != started
 
 
 def repair_trials(study: optuna.Study, tracker: Tracker | None, retry: bool = True) -> list[int]:
@@ -103,3 +69,6 @@ def repair(
         closed = repair_runs(study, tracker, experiment_id)
         if closed:
             warn(f"closed {len(closed)} MLflow run(s) left RUNNING by an interrupted search")
+        trained = tracker.close_dead_train_runs([experiment_id])
+        if trained:
+            warn(f"closed {len(trained)} exp train run(s) left RUNNING by a process that died")

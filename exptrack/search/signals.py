@@ -1,5 +1,5 @@
-"""SIGINT / SIGTERM during a search: the first closes the running trial as failed and exits 130 /
-143; a second exits at once (the next start repairs what was left RUNNING)."""
+"""SIGINT / SIGTERM during a search (or `exp train`): the first closes the running trial (or run)
+as failed and exits 130 / 143; a second exits at once (the next start repairs what was left RUNNING)."""
 
 from __future__ import annotations
 
@@ -24,16 +24,15 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
-def install(notify: Callable[[str], None] = print) -> None:
-    """Handle SIGINT and SIGTERM in this (main) thread for the rest of the process."""
+def install(notify: Callable[[str], None] = print, work: str = "the running trial") -> None:
+    """Handle SIGINT and SIGTERM in this (main) thread for the rest of the process; `work` names
+    what the first signal closes as failed (`exp train` closes its run)."""
 
     def handle(signum: int, frame: FrameType | None) -> None:
         if _state["requested"] is not None:
             os._exit(128 + signum)
         _state["requested"] = signum
-        notify(
-            f"{signal.Signals(signum).name}: closing the running trial as failed (send again to exit at once)"
-        )
+        notify(f"{signal.Signals(signum).name}: closing {work} as failed (send again to exit at once)")
         # Inside training, unwind now; elsewhere (a store write) finish it and stop at check().
         if _state["interruptible"]:
             raise Interrupted(signum)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from exptrack import records
+from exptrack import processes, records
 from exptrack.errors import UserError, first_line, redact
 from exptrack.records import ROLE_TAG, RUN_STATUS, STUDY_TAG, TRIAL_TAG
 
@@ -420,6 +420,25 @@ class Tracker:
             return
         with self._guard(f"log {artifact_path}/"):
             self.client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+
+    def close_dead_train_runs(self, experiment_ids: list[str] | None = None) -> list[str]:
+        """Close the `exp train` runs left RUNNING by a process that is gone (killed, say), as
+        FAILED with the reason; in `experiment_ids`, else in every active experiment. Their ids."""
+        try:
+            ids = experiment_ids or [e.experiment_id for e in self.client.search_experiments()]
+            running = f"tags.`{ROLE_TAG}` = '{records.ROLE_TRAIN}' and attributes.status = 'RUNNING'"
+            runs = self.client.search_runs(ids, filter_string=running, max_results=1000) if ids else []
+        except Exception as exc:  # a repair must not stop the command that tries it
+            self.warn(f"exp train runs left RUNNING not looked for ({type(exc).__name__}: {first_line(exc)})")
+            return []
+        closed = []
+        for run in runs:
+            owner = run.data.tags.get(records.OWNER_TAG)
+            if owner and processes.owner_is_dead(owner):
+                reason = f"process {owner} died while the run trained (killed or crashed)"
+                self.close_stale_run(run.info.run_id, "FAILED", reason)
+                closed.append(run.info.run_id)
+        return closed
 
     def log_file(self, run_id: str | None, name: str, content: str) -> None:
         """A text file as an artifact (e.g. a traceback); written via a temporary directory."""
