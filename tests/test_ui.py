@@ -12,6 +12,7 @@ takes its server with it; a database password stays out of the process table.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -26,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from exptrack.tracking.ui_links import run_url, runs_url, runs_view_url, server_base
-from exptrack.tracking.ui_server import check_port_free, is_loopback
+from exptrack.tracking.ui_server import check_port_free, is_loopback, server_command, server_environment
 from tests.conftest import REPO, exp_env
 from tests.faultkit import wait_for
 from tests.fixtures_search import STUDY, Searched
@@ -203,6 +204,28 @@ def test_ui_stops_on_a_signal_while_its_server_boots(searched: Searched, signum:
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_the_server_also_stops_when_the_pipe_from_exp_ui_closes(searched: Searched) -> None:
+    """`ui_child`'s fallback, for where the kernel cannot signal it when exp ui dies (no prctl):
+    EOF on its stdin. This test plays exp ui and stays alive, so only the pipe can stop the server."""
+    uri = f"sqlite:///{searched.cwd / 'mlflow.db'}"
+    server = subprocess.Popen(
+        server_command(uri, "127.0.0.1", free_port()), cwd=searched.cwd, env=server_environment(uri),
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+
+        def uvicorn_runs() -> bool:
+            return any(g == server.pid and b"uvicorn" in c for _, g, c in processes().values())
+
+        wait_for(uvicorn_runs, "the server's uvicorn process", 120, server)  # type: ignore[arg-type]
+        server.stdin.close()  # type: ignore[union-attr]  # what exp ui's exit does to the pipe
+        server.wait(timeout=60)
+        wait_for(lambda: not group_alive(server.pid), "the server's processes to exit", 30)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
 
 
 def test_ui_over_postgres_shows_no_password_and_its_server_dies_with_it_on_sigkill(tmp_path: Path) -> None:
