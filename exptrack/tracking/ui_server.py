@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import ipaddress
 import os
 import signal
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from exptrack import records, store_checks
-from exptrack.errors import UserError, redact
+from exptrack.errors import UserError, first_line, redact
 from exptrack.study_store import missing_sqlite_file
 from exptrack.tracking import ui_links
 from exptrack.tracking.tracker import resolve_tracking_uri
@@ -42,7 +43,10 @@ def is_loopback(host: str) -> bool:
 
 
 def check_port_free(host: str, port: int) -> None:
+    """A listener on the port is refused; connections a stopped server left in TIME_WAIT are not
+    (SO_REUSEADDR, as the server's uvicorn binds: else the next `exp ui` failed for a minute)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -105,6 +109,21 @@ def study_urls(tracking_uri: str, base: str) -> list[tuple[str, str, str | None]
         )
         urls.append((experiment.name, table, study_run))
     return urls
+
+
+def listed_studies(tracking_uri: str, base: str) -> list[str]:
+    """`study: URL` lines for the UI's banner; the links are a convenience, so a store that cannot
+    be read gives one line saying so, and the UI serves on."""
+    try:
+        found = study_urls(tracking_uri, base)
+    except Exception as exc:
+        return [f"(studies not listed: {type(exc).__name__}: {first_line(exc)})"]
+    lines = []
+    for study, table, study_run in found:
+        lines.append(f"{study}: {table}")
+        if study_run:
+            lines.append(f"{study} study run (dashboard.html under Artifacts): {study_run}")
+    return lines
 
 
 def wait_until_up(
@@ -222,13 +241,14 @@ def serve(tracking_uri: str | None, host: str, port: int, say: Callable[[str], N
         say(f"warning: binding to {host}: anyone who can reach this machine can read and edit the runs")
     with StopSignals() as stop:
         try:
-            urls = functools.partial(study_urls, resolve_tracking_uri(tracking_uri))
-            with running_server(tracking_uri, host, port, urls, stop) as (process, base, found):
+            # MLflow loads while the server boots; the studies are read once it answers, as the
+            # server creates a new database store's tables at start (a reader would create them too:
+            # the two collided, IntegrityError)
+            warm_up = functools.partial(importlib.import_module, "mlflow.tracking")
+            with running_server(tracking_uri, host, port, lambda base: warm_up(), stop) as (process, base, _):
                 say(f"MLflow UI: {base}  (Ctrl-C stops it)")
-                for study, table, study_run in found:
-                    say(f"  {study}: {table}")
-                    if study_run:
-                        say(f"  {study} study run (dashboard.html under Artifacts): {study_run}")
+                for line in listed_studies(resolve_tracking_uri(tracking_uri), base):
+                    say(f"  {line}")
                 while process.poll() is None:
                     stop.check()
                     with contextlib.suppress(subprocess.TimeoutExpired):
