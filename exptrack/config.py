@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,50 @@ NAMED_VALUES = {
 }
 
 
+# Bounds a numeric field can carry: `>= 1` reads "at least 1" in a message.
+_BOUNDS: dict[str, tuple[str, Callable[[float, float], bool]]] = {
+    ">=": ("at least", operator.ge),
+    ">": ("greater than", operator.gt),
+    "<=": ("at most", operator.le),
+    "<": ("less than", operator.lt),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A numeric field's allowed values: bounds that must all hold, e.g. (">", 0.0), ("<", 1.0)."""
+
+    bounds: tuple[tuple[str, float], ...]
+
+    def contains(self, value: float) -> bool:
+        return all(_BOUNDS[op][1](float(value), limit) for op, limit in self.bounds)
+
+    def __str__(self) -> str:
+        return " and ".join(f"{_BOUNDS[op][0]} {limit:g}" for op, limit in self.bounds)
+
+
+def ranged(default: Any, *bounds: str) -> Any:
+    """A numeric field with its allowed range beside it: `epochs: int = ranged(3, ">= 1")`."""
+    parsed = tuple((op, float(limit)) for op, limit in (bound.split() for bound in bounds))
+    return dataclasses.field(default=default, metadata={"range": Range(parsed)})
+
+
+def field_range(key: str) -> Range | None:
+    fields = {f.name: f for f in dataclasses.fields(TrialConfig)}
+    return fields[key].metadata.get("range") if key in fields else None
+
+
+def check_value(key: str, value: Any) -> None:
+    """A field's value against its named values or its range: the one check every config, `--set`
+    value and search-space value goes through."""
+    allowed = NAMED_VALUES.get(key)
+    if allowed is not None and value not in allowed:
+        raise UserError(f"unknown {key} {value!r}; use {', '.join(allowed)}")
+    bounds = field_range(key)
+    if bounds is not None and not bounds.contains(value):
+        raise UserError(f"{key} must be {bounds}, got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrialConfig:
     """Everything that decides what one training run does."""
@@ -36,33 +81,32 @@ class TrialConfig:
     weights: str = "imagenet"  # imagenet | none | path/to/state_dict.pt | runs:/... | models:/...
     dataset: str = "digits"  # NAME[:PATH], e.g. digits, synthetic, imagefolder:/data/pets
     download: bool = False  # torchvision sets: fetch into the root when missing (needs network)
-    image_size: int = 32  # side of the square images the backbone sees; 0 = the weights' crop size
-    subset: int = 0  # use at most this many train (and val) samples; 0 = all of them
-    val_fraction: float = 0.2  # held-out share when the dataset has no validation split
-    epochs: int = 3
-    lr: float = 1e-3
-    batch_size: int = 64
-    weight_decay: float = 1e-4
-    freeze_depth: int = 0  # how many leading backbone stages stay frozen (0 = train everything)
+    # side of the square images the backbone sees; 0 = the weights' crop size
+    image_size: int = ranged(32, ">= 0")
+    subset: int = ranged(0, ">= 0")  # use at most this many train (and val) samples; 0 = all of them
+    val_fraction: float = ranged(0.2, "> 0", "< 1")  # held-out share when the dataset has no validation split
+    epochs: int = ranged(3, ">= 1")
+    lr: float = ranged(1e-3, "> 0")
+    batch_size: int = ranged(64, ">= 1")
+    weight_decay: float = ranged(1e-4, ">= 0")
+    # how many leading backbone stages stay frozen (0 = train everything; at most the backbone's count)
+    freeze_depth: int = ranged(0, ">= 0")
     loss: str = "cross_entropy"
-    loss_params: dict[str, float] = dataclasses.field(default_factory=dict)
+    loss_params: dict[str, float] = dataclasses.field(default_factory=dict)  # checked by the loss's builder
     optimizer: str = "adamw"
-    seed: int = 0
+    seed: int = ranged(0, ">= 0")
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     augment: bool = False  # random crop (padding size/8) + horizontal flip of training batches
     batching: str = "auto"  # auto | device (whole set on the device) | loader (DataLoader workers)
-    num_workers: int = 2  # DataLoader workers when batching is loader
+    num_workers: int = ranged(2, ">= 0")  # DataLoader workers when batching is loader
     compile: bool = False  # torch.compile the model (pays off only for long trials on CUDA)
 
     def __post_init__(self) -> None:
         # A private copy, so the frozen config cannot change through a caller's dict.
         object.__setattr__(self, "loss_params", dict(sorted(self.loss_params.items())))
-        for key, allowed in NAMED_VALUES.items():
-            if getattr(self, key) not in allowed:
-                raise UserError(f"unknown {key} {getattr(self, key)!r}; use {', '.join(allowed)}")
-        if self.num_workers < 0:
-            raise UserError(f"num_workers must be 0 or more, got {self.num_workers}")
+        for key in field_types():
+            check_value(key, getattr(self, key))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,7 +138,20 @@ def from_dict(values: Mapping[str, Any], *, source: str = "config") -> TrialConf
     if unknown:
         raise UserError(f"{source}: unknown config key {unknown[0]!r}; valid keys are {', '.join(types)}")
     typed = {key: _coerce(key, value, types[key], source) for key, value in values.items()}
-    return TrialConfig(**typed)
+    try:
+        return TrialConfig(**typed)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from exc
+
+
+def check_field(key: str, value: Any, source: str) -> None:
+    """One value for `key` as a config would take it (type, named values, range), checked before
+    any config exists: e.g. each value a search space can produce."""
+    typed = _coerce(key, value, field_types()[key], source)
+    try:
+        check_value(key, typed)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from exc
 
 
 def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 
-_PASSWORD_IN_URL = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
+# scheme://user:password@ -- the password runs to the last `@` before a space: drivers such as
+# SQLAlchemy's take `/`, `:` and `@` in it unencoded, so a shorter match would print its tail.
+_PASSWORD_IN_URL = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>\S*)@")
 
 
 class UserError(Exception):

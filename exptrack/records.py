@@ -7,8 +7,32 @@ drift apart; no other module spells one of these strings.
 
 from __future__ import annotations
 
+# --- the figures training reports, by their bare names: what an objective or constraint may name --
+EPOCH_METRICS = ("val_accuracy", "val_loss", "train_loss")  # per epoch, in fit's history
+# FitResult.profile's keys (training.profiling): add a figure here when profiling reports a new one
+PROFILE_FIGURES = (
+    "seconds_per_epoch",
+    "train_samples_per_second",
+    "train_seconds",
+    "data_seconds",
+    "compute_seconds",
+    "eval_seconds",
+    "trainable_params",
+    "frozen_params",
+    "flops_per_sample",
+    "achieved_tflops",
+    "mfu",  # CUDA only
+    "peak_cuda_allocated_mb",  # CUDA only
+    "peak_cuda_reserved_mb",  # CUDA only
+    "peak_rss_mb",  # this trial's peak resident memory (Linux)
+    "peak_rss_growth_mb",
+    "process_peak_rss_mb",  # where the per-trial peak cannot be measured
+)
+
 # --- Optuna study user attrs: what the study was declared with (checked on resume) -------------
-STUDY_METRIC_ATTR = "metric"
+STUDY_METRIC_ATTR = "metric"  # the first (or only) objective's figure
+STUDY_OBJECTIVES_ATTR = "objectives"  # every objective's figure, in Optuna's value order
+STUDY_CONSTRAINTS_ATTR = "constraints"  # the declared constraints as written (`seconds_per_epoch <= 30`)
 STUDY_SPACE_ATTR = "search_space"
 STUDY_FIXED_ATTR = "fixed"
 STUDY_DASHBOARD_ATTR = "dashboard"  # the dashboard file the study was searched with (path and text)
@@ -27,6 +51,13 @@ PROFILE_ATTR = "profile"  # the trial's profiling figures
 # name of the MLflow param and of the provenance key that carry the same note.
 WEIGHTS_REQUESTED = "weights_requested"
 RUN_URL_ATTR = "mlflow_run_url"  # the trial's MLflow run page, when the tracking store is a server
+# in the profile attr only (not an MLflow metric): unix time training began, after setup; the gap
+# from one trial's end to the next one's first step is read from it (benchmarks/gpu_study.py)
+TRAIN_STARTED_AT = "train_started_at"
+# the Optuna constraint (Trial.set_constraint) every trial carries where the sampler steers by
+# constraints: 1 when the trial ran out of memory, else 0
+OUT_OF_MEMORY = "out_of_memory"
+ENQUEUED_ATTR = "enqueued_from"  # a warm start: the file, study trial or starting point it repeats
 
 # --- MLflow experiment tags ----------------------------------------------------------------------
 # MLflow 3 opens an experiment on its GenAI overview unless it is marked as model training.
@@ -44,23 +75,31 @@ PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own nesting of a trial run und
 HOST_TAG = "host"
 FAIL_REASON_TAG = "exptrack.fail_reason"
 RETRY_OF_TAG = "exptrack.retry_of"
+INFEASIBLE_TAG = "exptrack.infeasible"  # the constraints a trial broke
 TRIAL_STORAGE_TAG = "optuna.storage"  # on a trial run: where its Optuna trial lives (password removed)
 # On a trial run: its Optuna state (COMPLETE, PRUNED, FAIL), readable where MLflow's status icon
 # shows a pruned trial like a failure, and the epoch a pruned trial stopped after.
 STATE_TAG, PRUNED_EPOCH_TAG = "state", "pruned_at_epoch"
 # on the study's parent run
 STORAGE_TAG, SAMPLER_TAG, PRUNER_TAG = "storage", "sampler", "pruner"
-METRIC_TAG, DIRECTION_TAG, OPTUNA_STUDY_TAG = "metric", "direction", "optuna_study"
+METRIC_TAG, DIRECTION_TAG, OPTUNA_STUDY_TAG = "metric", "direction", "optuna_study"  # comma-joined
+CONSTRAINTS_TAG = "constraints"
 STUDY_UID_TAG = "exptrack.study_uid"  # the Optuna study's STUDY_UID_ATTR: the parent run belongs to it
 # on an `exp train` run
 REPRODUCES_TAG = "exptrack.reproduces"  # study/trial-NNN
 SOURCE_RUN_TAG = "exptrack.source_run_id"  # the trial run it reproduces
 CONFIG_FILE_TAG = "exptrack.config_file"
+OWNER_TAG = "exptrack.owner"  # the process training it, host:pid:start-time: closed if it dies
 SETUP_TAG_PREFIX = "exptrack."  # + a fact training reports at setup (weights_source, device, ...)
+# Setup facts that also describe the run's dataset input (`mlflow.log_input`: the UI's Datasets column)
+DATASET_FACT, DATASET_DIGEST_FACT = "dataset", "dataset_digest"
+DATASET_SIZE_FACTS = ("train_samples", "val_samples", "num_classes")  # its profile, as fit names them
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # MLflow's tag on a dataset input: what it was used for
 
 # --- MLflow params, metrics and artifacts -----------------------------------------------------------
 SEARCH_SPACE_PARAM = "search_space"  # on the study run
 FINISHED_TRIALS_METRIC = "finished_trials"
+PARETO_SIZE_METRIC = "pareto_front_size"  # on a multi-objective study's run
 BEST_PREFIX, FINAL_PREFIX = "best_", "final_"  # best_val_accuracy, final_val_loss, ...
 CONFIG_ARTIFACT = "config.yaml"
 TRACEBACK_ARTIFACT = "traceback.txt"
@@ -69,7 +108,11 @@ STUDY_FILES_DIR = "study"  # the study file and its search space, on the study r
 MODEL_ARTIFACT = "model"  # a trained model lands at runs:/<run id>/model
 # Cost figures keep bare names in training and in Optuna (`seconds_per_epoch`); on MLflow they are
 # filed under this prefix, so the UI groups them apart from the learning curves.
-PROFILE_PREFIX = "profile/"
+PROFILE_DIR = "profile"  # also the artifact folder of a traced run's files:
+TRACE_FILE = "trace.json.gz"  # a Chrome/Perfetto trace of a few training steps
+OPS_FILE = "ops.csv"  # the top operators by self time
+PROFILE_PREFIX = f"{PROFILE_DIR}/"
+SYSTEM_PREFIX = "system/"  # MLflow's own prefix of the system metrics it samples: system/<node id>/...
 
 # Optuna state -> MLflow run status, the mapping the design promises.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -78,6 +121,12 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 def profile_metric(figure: str) -> str:
     """`seconds_per_epoch` -> `profile/seconds_per_epoch`, its name on MLflow."""
     return f"{PROFILE_PREFIX}{figure}"
+
+
+def system_node(host: str, gpu: str | None) -> str:
+    """The node id a run's system metrics are filed under: its host, and the GPU it trains on
+    (`gpu-host-3`), so workers on several hosts and GPUs stay apart."""
+    return host if gpu is None else f"{host}-gpu{gpu}"
 
 
 def trial_run_name(number: int) -> str:

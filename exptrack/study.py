@@ -4,46 +4,139 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from exptrack import config as cfg
+from exptrack import records
 from exptrack.errors import UserError
 
-METRICS = ("val_accuracy", "val_loss", "train_loss")
+# What an objective or a constraint may name: a figure training reports, by its bare name.
+FIGURES = (*records.EPOCH_METRICS, *records.PROFILE_FIGURES)
 DIRECTIONS = ("maximize", "minimize")
+_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraint:
+    """`figure <= limit` or `figure >= limit` on a figure a trial reports."""
+
+    figure: str
+    op: str
+    limit: float
+
+    def violation(self, value: float) -> float:
+        """How far `value` breaks the constraint (> 0), or how far inside it is (<= 0)."""
+        return value - self.limit if self.op == "<=" else self.limit - value
+
+    def __str__(self) -> str:  # the constraint's name in Optuna: `trainable_params <= 10500000`
+        limit = int(self.limit) if self.limit.is_integer() and abs(self.limit) < 1e15 else self.limit
+        return f"{self.figure} {self.op} {limit}"
+
+
+def parse_constraint(text: str, where: str) -> Constraint:
+    match = _CONSTRAINT.match(text) if isinstance(text, str) else None
+    limit = _number(match.group(3)) if match else None
+    if match is None or limit is None:
+        raise UserError(f"{where}: constraint {text!r} is not `FIGURE <= NUMBER` or `FIGURE >= NUMBER`")
+    _check_figure(match.group(1), "constraint", where)
+    return Constraint(match.group(1), match.group(2), limit)
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _check_figure(name: str, role: str, where: str) -> None:
+    if name not in FIGURES:
+        raise UserError(f"{where}: unknown {role} {name!r}; use one of {', '.join(FIGURES)}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Study:
-    """A study file's declaration. `fixed` holds the config values that are not searched."""
+    """A study file's declaration. `fixed` holds the config values that are not searched.
+
+    One objective is `metric=` + `direction=` (val_accuracy, maximize by default); several are
+    `objectives={"val_accuracy": "maximize", "seconds_per_epoch": "minimize"}`, after which
+    `metric`/`direction` are the first objective's. `constraints` are `FIGURE <= NUMBER` strings
+    (or a mapping FIGURE -> "<= NUMBER"); `starting_points` are configs (searched keys as an
+    exported file writes them) run first. `sampler=None` picks tpe (nsga2 for several objectives).
+    """
 
     name: str
     search_space: str
-    metric: str = "val_accuracy"
-    direction: str = "maximize"
+    metric: str = ""
+    direction: str = ""
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     pruner: str = "median"
-    sampler: str = "tpe"
+    sampler: str | None = None
     dashboard: str | None = "dashboards/study.yaml"
     description: str = ""
     source_path: Path | None = None  # set by load_study_file
+    objectives: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    constraints: Sequence[str] | Mapping[str, str] = ()
+    starting_points: Sequence[Mapping[str, Any]] = ()
+    sampler_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    pruner_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise UserError("Study(name=...) must be a non-empty string")
-        if self.metric not in METRICS:
-            raise UserError(
-                f"Study {self.name!r}: unknown metric {self.metric!r}; use one of {', '.join(METRICS)}"
-            )
-        if self.direction not in DIRECTIONS:
-            raise UserError(
-                f"Study {self.name!r}: direction must be maximize or minimize, got {self.direction!r}"
-            )
-        cfg.from_dict(self.fixed, source=f"Study {self.name!r} fixed")  # type-check early
+        where = f"Study {self.name!r}"
+        objectives = self._objectives(where)
+        for figure, direction in objectives.items():
+            _check_figure(figure, "objective" if self.objectives else "metric", where)
+            if direction not in DIRECTIONS:
+                raise UserError(f"{where}: direction must be maximize or minimize, got {direction!r}")
+        first = next(iter(objectives.items()))
+        object.__setattr__(self, "objectives", objectives)
+        object.__setattr__(self, "metric", first[0])
+        object.__setattr__(self, "direction", first[1])
+        self.parsed_constraints()  # a bad constraint ends here, when the file is loaded
+        for key in ("sampler_options", "pruner_options"):
+            if not isinstance(getattr(self, key), Mapping):
+                raise UserError(f"{where}: {key} must be a dict of option -> value")
+        points = self.starting_points
+        if isinstance(points, Mapping | str) or not all(isinstance(p, Mapping) for p in points):
+            raise UserError(f"{where}: starting_points must be a list of dicts like {{'lr': 1e-3}}")
+        cfg.from_dict(self.fixed, source=f"{where} fixed")  # type-check early
+
+    def _objectives(self, where: str) -> dict[str, str]:
+        if not self.objectives:
+            return {self.metric or "val_accuracy": self.direction or "maximize"}
+        if not isinstance(self.objectives, Mapping):
+            raise UserError(f"{where}: objectives must be a dict like {{'val_accuracy': 'maximize'}}")
+        first = next(iter(self.objectives.items()))
+        # metric/direction are the first objective's (a copy of a loaded Study has them set so)
+        if (self.metric or first[0], self.direction or first[1]) != first:
+            raise UserError(f"{where}: give metric=/direction= or objectives=, not both")
+        return dict(self.objectives)
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return tuple(self.objectives.values())
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def parsed_constraints(self) -> list[Constraint]:
+        where = f"Study {self.name!r}"
+        items = self.constraints
+        if isinstance(items, Mapping):
+            items = [f"{figure} {bound}" for figure, bound in items.items()]
+        elif isinstance(items, str):
+            items = [items]
+        return [parse_constraint(text, where) for text in items]
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Study:
         """A copy whose fixed part has `--set` values merged in (checked against TrialConfig)."""

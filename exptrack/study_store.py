@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from exptrack import coordination
+from exptrack import coordination, records
 from exptrack.errors import UserError, redact
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -173,15 +173,42 @@ def load_existing_study(name: str, storage: str | None) -> optuna.Study:
 
 
 def counted_trials(study: optuna.Study) -> int:
-    """Trials that count toward --trials: those that ran to an end (complete or pruned)."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    """Trials that count toward --trials: those that ran to an end (complete or pruned); one
+    that ran out of memory is COMPLETE in Optuna only so the sampler learns from it, and does not."""
+    ended = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return sum(not out_of_memory(t) for t in ended)
+
+
+def violations(trial: FrozenTrial) -> dict[str, float]:
+    """{constraint: violation} the search stored on the trial with Optuna's `set_constraint`
+    (> 0: broken by that much); {} for a trial without constraint values."""
+    return dict(trial.constraints)
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    return all(value <= 0 for value in violations(trial).values())
+
+
+def out_of_memory(trial: FrozenTrial) -> bool:
+    return violations(trial).get(records.OUT_OF_MEMORY, 0.0) > 0
+
+
+def state_name(trial: FrozenTrial) -> str:
+    """The state a user sees: Optuna's, except FAIL for a trial that ran out of memory."""
+    return "FAIL" if out_of_memory(trial) else trial.state.name
 
 
 def best_first(trials: Iterable[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
-    """Trials with a value, best first for the direction (ties keep trial order)."""
+    """Feasible trials with a value, best first for the direction (ties keep trial order)."""
     sign = -1.0 if maximize else 1.0
-    valued = [t for t in trials if t.value is not None and not math.isnan(t.value)]
+    valued = [t for t in trials if t.value is not None and not math.isnan(t.value) and is_feasible(t)]
     return sorted(valued, key=lambda t: sign * float(t.value or 0.0))
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """A multi-objective study's Pareto set by trial number: Optuna's `best_trials`, which leaves
+    out infeasible trials (the same constraint values `is_feasible` reads)."""
+    return sorted(study.best_trials, key=lambda t: t.number)
 
 
 def is_maximized(study: optuna.Study) -> bool:

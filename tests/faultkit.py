@@ -199,8 +199,16 @@ print(json.dumps(results))
 """
 
 
+# Root writes any file whatever its mode; without these capabilities it is bound by the modes
+# like any user, so a read-only store is read-only for real.
+_ROOT_OVERRIDES = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+
+
 def run_cli_batch(
-    cases: list[tuple[Path, list[str]]], timeout: float = 300, env: dict[str, str] | None = None
+    cases: list[tuple[Path, list[str]]],
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    without_root_override: bool = False,
 ) -> list[subprocess.CompletedProcess[str]]:
     """(cwd, args) cases through `exp`'s entry point in one process; a result per case, in order."""
     import json
@@ -209,8 +217,9 @@ def run_cli_batch(
     env["OMP_NUM_THREADS"] = "1"
     env["COLUMNS"] = "400"  # one-line messages stay on one line
     payload = json.dumps([{"cwd": str(cwd), "args": args} for cwd, args in cases])
+    prefix = _ROOT_OVERRIDES if without_root_override and os.geteuid() == 0 else []
     done = subprocess.run(
-        [sys.executable, "-c", _BATCH],
+        [*prefix, sys.executable, "-c", _BATCH],
         input=payload,
         env=env,
         capture_output=True,

@@ -11,6 +11,7 @@ import pytest
 
 STUDY = "finetune"
 TRIALS = 2  # enough for an order and a top-2; each costs ~5-10 s on 2 cores
+PROFILED = 1  # --profile-trials: the first trial is traced, the second not
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Searched:
     for folder in ("studies", "search_spaces", "dashboards"):
         shutil.copytree(REPO / folder, cwd / folder)
     args = ["search", "studies/finetune.py", "--trials", str(TRIALS), "--pruner", "none", "--seed", "0"]
+    args += ["--profile-trials", str(PROFILED)]
     tiny = TINY[: TINY.index("weights=none") - 1]  # keeps the study's weights: imagenet
     done = run_exp(cwd, *args, *tiny, check=True, env=OFFLINE)
     return Searched(cwd, done.stdout, done.stderr)

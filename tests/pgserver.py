@@ -67,6 +67,12 @@ class PostgresServer:
             self._as_postgres(
                 _binary("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"
             )
+            # the superuser needs no password; users a test creates must give theirs (scram)
+            (self.data / "pg_hba.conf").write_text(
+                "local all all trust\n"
+                "host all postgres 127.0.0.1/32 trust\n"
+                "host all all 127.0.0.1/32 scram-sha-256\n"
+            )
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
@@ -84,12 +90,18 @@ class PostgresServer:
             self._as_postgres(_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def create_database(self, name: str) -> str:
-        """A new empty database; its URL for exptrack (psycopg 3)."""
-        self._as_postgres(
-            _binary("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name
-        )
-        return self.url(name)
+    def create_database(self, name: str, user: str | None = None, password: str | None = None) -> str:
+        """A new empty database; its URL for exptrack (psycopg 3). With `user` and `password`, owned
+        by that user, who must log in with the password (which the URL then holds)."""
+        if user is None:
+            self._as_postgres(
+                _binary("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name
+            )
+            return self.url(name)
+        psql = [_binary("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q"]
+        self._as_postgres(*psql, "-c", f"CREATE USER {user} PASSWORD '{password}'")
+        self._as_postgres(*psql, "-c", f"CREATE DATABASE {name} OWNER {user}")
+        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{name}"
 
     def url(self, name: str) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"

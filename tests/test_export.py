@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -78,11 +79,13 @@ def test_train_reproduces_the_exported_trials_metric_and_registers_the_model(sea
     assert run.data.tags["exptrack.source_run_id"] == trial.user_attrs["mlflow_run_id"]
     assert run.data.params["lr"] == str(config.lr) and "mlflow.parentRunId" not in run.data.tags
     assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1]
+    assert run.inputs.dataset_inputs[0].dataset.name == "digits"
     (version,) = client.search_model_versions("name = 'digits-best'")
     assert version.run_id == run_id and version.status == "READY"
     assert f"runs:/{run_id}/model" in trained.stdout
 
     # the re-run's model seeds the next fine-tuning: --set weights=runs:/ID/model or models:/NAME/1
+    import mlflow.models
     import mlflow.pytorch
     import torch
 
@@ -94,8 +97,18 @@ def test_train_reproduces_the_exported_trials_metric_and_registers_the_model(sea
     mlflow.set_tracking_uri(store)
     try:
         logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location="cpu").state_dict()
+        info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
     finally:
         mlflow.set_tracking_uri(None)
+
+    # the model carries its signature and an input example: two validation images as it takes them
+    def tensor(*shape: int) -> list[dict]:
+        return [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": list(shape)}}]
+
+    # (as stored: MLmodel's JSON, where MLflow's in-memory dicts hold tuples)
+    assert json.loads(info.signature.inputs.to_json()) == tensor(-1, 3, 16, 16)  # images as it takes them
+    assert json.loads(info.signature.outputs.to_json()) == tensor(-1, 10)  # one logit per digit
+    assert info.saved_input_example_info["type"] == "ndarray"
     for uri in (f"runs:/{run_id}/model", "models:/digits-best/1"):
         built = backbones.build_model(config.backbone, uri, 10, 0, image_size=config.image_size)
         assert built.weights_source == uri

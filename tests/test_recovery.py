@@ -48,7 +48,7 @@ def test_a_trial_owner_is_dead_only_when_its_exact_process_is_gone() -> None:
     import subprocess
     import sys
 
-    from exptrack.search.ownership import owner_is_dead, worker_id
+    from exptrack.processes import owner_is_dead, worker_id
 
     host = os.uname().nodename
     assert not owner_is_dead(worker_id())  # this very process

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -29,6 +30,13 @@ def test_trials_csv_and_json_list_every_trial_with_state_value_params_and_run_id
     mlflow_ids = {int(r.data.tags["exptrack.trial"]): r.info.run_id for r in trial_runs}
     for run in trial_runs:  # the params say what trained, and what was asked for
         assert (run.data.params["weights"], run.data.params["weights_requested"]) == ("none", "imagenet")
+        # the run's dataset input, which fills the MLflow UI's Datasets column
+        (used,) = run.inputs.dataset_inputs
+        assert used.dataset.name == "digits" and re.fullmatch(r"[0-9a-f]{8}", used.dataset.digest)
+        assert json.loads(used.dataset.source) == {"dataset": "digits"}
+        assert json.loads(used.dataset.profile) == {"train_samples": 96, "val_samples": 96, "num_classes": 10}
+        assert {(t.key, t.value) for t in used.tags} == {("mlflow.data.context", "training")}
+    assert len({r.inputs.dataset_inputs[0].dataset.digest for r in trial_runs}) == 1  # the same images
     assert "weights: imagenet could not be had" in searched.stderr  # and so does the search summary
     assert len(table) == TRIALS
     # best first: the study maximizes val_accuracy

@@ -1,11 +1,13 @@
 """Resume safety: re-running a stored study whose direction, metric or search space changed is
-refused with the difference shown, unless --new-study or a new --study-name is given."""
+refused with the difference shown, unless --new-study or a new --study-name is given; --new-study
+on an unchanged study changes nothing, and re-running it continues the same NAME-2."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import optuna
+import pytest
 
 from tests.faultkit import SMALL, run_cli_batch
 
@@ -38,10 +40,13 @@ def test_a_changed_study_is_refused_with_the_difference_unless_new_study_or_new_
         [*search, base],  # unchanged: resumes, nothing to run
         [*search, space, "--new-study"],
         [*search, metric, "--study-name", "resumable-by-loss"],
+        [*search, base, "--new-study"],  # unchanged: --new-study does nothing, the study continues
+        [*search, space, "--new-study"],  # the same command again continues resumable-2
+        ["search", "--help"],
     ]
     results = run_cli_batch([(project, args) for args in cases])
     codes = [r.returncode for r in results]
-    assert codes == [0, 2, 2, 2, 0, 0, 0], [r.stderr for r in results]
+    assert codes == [0, 2, 2, 2, 0, 0, 0, 0, 0, 0], [r.stderr for r in results]
     fix = "; use --new-study or --study-name NEW"
     assert (
         results[1].stderr.strip()
@@ -57,7 +62,11 @@ def test_a_changed_study_is_refused_with_the_difference_unless_new_study_or_new_
         'lr {"float":[0.001,0.01],"log":true}, now {"float":[0.0001,0.01],"log":true}' in refused
         and refused.endswith(fix)
     )
-    assert "new study 'resumable-2'" in results[5].stderr
+    assert "this search starts study 'resumable-2'" in results[5].stderr
+    assert "--new-study" not in results[7].stderr and "resumable-" not in results[7].stderr
+    assert "this search continues study 'resumable-2'" in results[8].stderr
+    help_text = " ".join(results[9].stdout.split())
+    assert "Only when the stored study's direction, metric or search space differs" in help_text
 
     storage = "sqlite:///optuna.db"
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
@@ -66,3 +75,37 @@ def test_a_changed_study_is_refused_with_the_difference_unless_new_study_or_new_
     assert len(original.trials) == 1 and original.user_attrs["metric"] == "val_loss"
     fresh = optuna.load_study(study_name="resumable-2", storage=storage)
     assert fresh.user_attrs["search_space"]["lr"]["float"] == [1.0e-4, 1.0e-2] and len(fresh.trials) == 1
+
+
+def test_changed_objectives_or_constraints_are_a_changed_study(tmp_path: Path) -> None:
+    from exptrack.errors import UserError
+    from exptrack.search import changed_study
+    from exptrack.study import Study
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    stored = optuna.create_study(study_name="pair", storage=storage, directions=["maximize", "minimize"])
+    stored.set_user_attr("metric", "val_accuracy")
+    stored.set_user_attr("objectives", ["val_accuracy", "seconds_per_epoch"])
+    stored.set_user_attr("constraints", ["seconds_per_epoch <= 30"])
+    space = {"lr": {"float": [1e-3, 1e-2]}}
+    stored.set_user_attr("search_space", space)
+    pair = {"val_accuracy": "maximize", "seconds_per_epoch": "minimize"}
+
+    def check(**fields: object) -> str:
+        spec = Study(name="pair", search_space="s.yaml", **fields)  # type: ignore[arg-type]
+        return changed_study.check(storage, "pair", changed_study.declaration(spec, space), False)
+
+    assert check(objectives=pair, constraints=["seconds_per_epoch <= 30"]) == "pair"  # unchanged
+    with pytest.raises(UserError) as one:
+        check(metric="val_accuracy", constraints=["seconds_per_epoch <= 30"])
+    assert str(one.value) == (
+        "study 'pair' was created with objectives val_accuracy (maximize), seconds_per_epoch (minimize), "
+        "now val_accuracy (maximize); use --new-study or --study-name NEW"
+    )
+    flipped = {"seconds_per_epoch": "minimize", "val_accuracy": "maximize"}
+    with pytest.raises(UserError, match=r"objectives val_accuracy .*, now seconds_per_epoch"):
+        check(objectives=flipped, constraints=["seconds_per_epoch <= 30"])
+    with pytest.raises(
+        UserError, match=r"constraints \[seconds_per_epoch <= 30\], now \[seconds_per_epoch <= 20\]"
+    ):
+        check(objectives=pair, constraints=["seconds_per_epoch <= 20"])

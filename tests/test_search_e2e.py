@@ -94,7 +94,7 @@ class FirstTrialAndLastEpoch(BasePruner):
         return trial.number == 0 or trial.last_step >= 2
 
 if "first_and_last" not in PRUNERS:
-    register_pruner("first_and_last")(lambda epochs: FirstTrialAndLastEpoch())
+    register_pruner("first_and_last")(lambda setup, options: FirstTrialAndLastEpoch())
 study = Study(name="pinned", search_space="search_spaces/finetune.yaml", pruner="first_and_last",
               fixed={"weights": "none", "epochs": 2, "subset": 96, "image_size": 16}, dashboard=None)
 """

@@ -3,12 +3,14 @@ objective; a run of failures stops the search with a clear message. Faults come 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
+from tests.conftest import run_exp
 from tests.faultkit import run_search, runs_by_trial, trials
 
 
@@ -54,3 +56,29 @@ def test_a_real_cuda_oom_fails_one_trial_and_the_next_trial_runs(project: Path) 
     states = [t.state.name for t in trials(project)]
     assert states == ["FAIL", "COMPLETE", "COMPLETE"]
     assert trials(project)[0].user_attrs["fail_reason"].startswith("OutOfMemoryError")
+
+
+def test_an_out_of_memory_trial_teaches_the_sampler_its_run_fails_and_the_search_goes_on(
+    project: Path,
+) -> None:
+    # TPE steers by constraints: the out-of-memory trial is told to Optuna as infeasible
+    result = run_search(project, "--trials", "2", "--sampler", "tpe", faults="1:oom")
+    assert result.returncode == 0, result.stderr
+    assert "2 finished" in result.stdout  # the out-of-memory trial does not use up --trials
+
+    first, oom, last = trials(project)
+    assert first.state.name == last.state.name == "COMPLETE"
+    assert oom.state.name == "COMPLETE" and oom.constraints["out_of_memory"] == 1.0  # infeasible
+    assert oom.values == first.values  # a placeholder: the worst real value so far
+    assert oom.user_attrs["fail_reason"].startswith("OutOfMemoryError: CUDA out of memory")
+    assert first.constraints == {"out_of_memory": 0.0}
+
+    runs = runs_by_trial(f"sqlite:///{project}/mlflow.db")
+    (run,) = runs[1]
+    assert run.info.status == "FAILED" and run.info.end_time is not None
+    assert run.data.tags["exptrack.fail_reason"] == oom.user_attrs["fail_reason"]
+    assert run.data.tags["exptrack.infeasible"] == "out_of_memory"
+
+    listed = run_exp(project, "trials", "faulty", "--format", "json", "--sort", "number")
+    row = json.loads(listed.stdout)[1]
+    assert (row["state"], row["feasible"], row["value"], row["run_status"]) == ("FAIL", False, None, "FAILED")

@@ -1,11 +1,18 @@
 """`exp ui` as a real process: the MLflow REST API answers with the study's runs, the printed
 URLs show the trial runs table with the metric, state and searched parameters as columns and the
 study run in the model-training layout (headless Chromium: screenshot and DOM), and Ctrl-C stops
-it cleanly."""
+it cleanly.
+
+Every `exp ui` here starts as a background job of a script does: with SIGINT ignored, which is
+how Ctrl-C was lost in CI (Python keeps an inherited SIG_IGN). A signal is sent at the moments
+that used to lose it: while the server boots and once it is up. Killed with SIGKILL, `exp ui`
+takes its server with it; a database password stays out of the process table.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -20,9 +27,11 @@ from pathlib import Path
 import pytest
 
 from exptrack.tracking.ui_links import run_url, runs_url, runs_view_url, server_base
-from exptrack.tracking.ui_server import is_loopback
+from exptrack.tracking.ui_server import check_port_free, is_loopback, server_command, server_environment
 from tests.conftest import REPO, exp_env
+from tests.faultkit import wait_for
 from tests.fixtures_search import STUDY, Searched
+from tests.pgserver import PostgresServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # ignored by git; kept for a human to look at
@@ -89,12 +98,53 @@ def assert_rendered(path: Path) -> None:
     assert colours is None or len(colours) > 100, f"the page in {path} looks blank ({len(colours)} colours)"
 
 
+def start_ui(cwd: Path, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`exp ui` as a background job of a non-interactive shell: SIGINT ignored from the start."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "exptrack", "ui", "--port", str(port)],
+        cwd=cwd, env=env or exp_env(cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+
+
+def processes() -> dict[int, tuple[int, int, bytes]]:
+    """Every process on the machine: pid -> (parent pid, process group, command line)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                found[int(entry.name)] = (int(fields[1]), int(fields[2]), (entry / "cmdline").read_bytes())
+            except (OSError, IndexError):
+                pass  # it exited while we looked
+    return found
+
+
+def server_group(ui: subprocess.Popen[str]) -> int | None:
+    """The process group of the `mlflow server` that `exp ui` started (None before it exists)."""
+    for parent, group, command in processes().values():
+        if parent == ui.pid and b"ui_child" in command:
+            return group
+    return None
+
+
+def group_alive(group: int) -> bool:
+    return any(g == group for _, g, _ in processes().values())
+
+
+def stop_and_check(ui: subprocess.Popen[str], signum: int, group: int) -> str:
+    """Send `signum`; exp ui exits 128 + signum, says so, and leaves no server process behind."""
+    ui.send_signal(signum)
+    out, err = ui.communicate(timeout=90)
+    assert ui.returncode == 128 + signum, (ui.returncode, out, err)
+    assert "MLflow UI stopped" in out and "Traceback" not in err, (out, err)
+    wait_for(lambda: not group_alive(group), f"the server's processes (group {group}) to exit", 30)
+    return out + err
+
+
 def test_ui_serves_the_study_runs_and_stops_cleanly_on_ctrl_c(searched: Searched) -> None:
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "exptrack", "ui", "--port", str(port)],
-        cwd=searched.cwd, env=exp_env(searched.cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    process = start_ui(searched.cwd, port)
     try:
         base = read_until(process, r"MLflow UI: (http://127\.0\.0\.1:\d+)", timeout=120)[1]
         url = read_until(process, rf"{STUDY}: (http\S+)", timeout=30)[1]
@@ -123,12 +173,86 @@ def test_ui_serves_the_study_runs_and_stops_cleanly_on_ctrl_c(searched: Searched
         assert STUDY in study_run and ">Runs<" in study_run
         assert "Evaluation runs" not in study_run and "Evaluations" not in study_run
     finally:
-        process.send_signal(signal.SIGINT)
-        code = process.wait(timeout=60)
-    stderr = process.stderr.read()  # type: ignore[union-attr]
-    assert code == 130 and "Traceback" not in stderr, stderr
+        group = server_group(process)
+        if group is None:
+            process.kill()
+            raise AssertionError(f"exp ui has no server process: {process.communicate()}")
+        stop_and_check(process, signal.SIGINT, group)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{base}/health", timeout=2)
+
+
+@pytest.mark.parametrize(
+    ("signum", "moment"),
+    [(signal.SIGINT, b"ui_child"), (signal.SIGTERM, b"uvicorn")],
+    ids=["sigint-as-the-server-starts", "sigterm-while-uvicorn-boots"],
+)
+def test_ui_stops_on_a_signal_while_its_server_boots(searched: Searched, signum: int, moment: bytes) -> None:
+    """The moments before the UI answers: exp ui is loading MLflow (`meanwhile`) or waiting
+    for the server's health (`wait_until_up`)."""
+    process = start_ui(searched.cwd, free_port())
+    try:
+
+        def booting() -> bool:
+            group = server_group(process)
+            return group is not None and any(g == group and moment in c for _, g, c in processes().values())
+
+        wait_for(booting, f"a process {moment.decode()} of exp ui's server", 120, process)
+        group = server_group(process)
+        assert group is not None
+        stop_and_check(process, signum, group)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_the_server_also_stops_when_the_pipe_from_exp_ui_closes(searched: Searched) -> None:
+    """`ui_child`'s fallback, for where the kernel cannot signal it when exp ui dies (no prctl):
+    EOF on its stdin. This test plays exp ui and stays alive, so only the pipe can stop the server."""
+    uri = f"sqlite:///{searched.cwd / 'mlflow.db'}"
+    server = subprocess.Popen(
+        server_command(uri, "127.0.0.1", free_port()), cwd=searched.cwd, env=server_environment(uri),
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+
+        def uvicorn_runs() -> bool:
+            return any(g == server.pid and b"uvicorn" in c for _, g, c in processes().values())
+
+        wait_for(uvicorn_runs, "the server's uvicorn process", 120, server)  # type: ignore[arg-type]
+        server.stdin.close()  # type: ignore[union-attr]  # what exp ui's exit does to the pipe
+        server.wait(timeout=60)
+        wait_for(lambda: not group_alive(server.pid), "the server's processes to exit", 30)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_ui_over_postgres_shows_no_password_and_its_server_dies_with_it_on_sigkill(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    password = "Hunter2-ui-pw"
+    url = postgres.create_database("mlflow_ui", "alice", password)
+    env = {**exp_env(tmp_path), "MLFLOW_TRACKING_URI": url}  # not on exp ui's own command line
+    port = free_port()
+    process = start_ui(tmp_path, port, env)
+    try:
+        read_until(process, r"MLflow UI: http://127\.0\.0\.1:\d+", timeout=120)
+        group = server_group(process)
+        assert group is not None
+        members = [c for _, g, c in processes().values() if g == group]
+        assert any(b"uvicorn" in c for c in members), members  # the whole server is up
+        shown = [c for _, _, c in processes().values() if password.encode() in c]
+        assert shown == [], shown
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    # the server follows its parent: nothing holds the port, the next exp ui can have it
+    wait_for(lambda: not group_alive(group), f"the orphaned server (group {group}) to exit", 60)
+    check_port_free("127.0.0.1", port)
+    assert password not in process.stdout.read() + process.stderr.read()  # type: ignore[union-attr]
 
 
 def test_ui_url_lands_on_the_model_training_runs_table_sorted_by_the_metric() -> None:

@@ -108,14 +108,25 @@ def train(
     threads: Annotated[
         int | None, typer.Option(help="torch CPU threads " + default("the trial's, for identical results"))
     ] = None,
+    profile: Annotated[
+        bool,
+        typer.Option(
+            "--profile",
+            help="Trace a few training steps with torch.profiler (profile/trace.json.gz, profile/ops.csv)",
+        ),
+    ] = False,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Train one config as a standalone MLflow run, logging the trained model."""
     from exptrack.results import reproduce
+    from exptrack.search import signals
     from exptrack.training import progress
 
     progress.use(RichTasks())  # a weight download or an image folder draws a bar while it runs
-    outcome = reproduce.reproduce(config_file, set_ or [], tracking_uri, register, threads, warn)
+    # SIGTERM (which a scheduler sends) closes the run as FAILED like Ctrl-C, and exits 143
+    signals.install(warn, work="the run")
+    with signals.interruptible():
+        outcome = reproduce.reproduce(config_file, set_ or [], tracking_uri, register, threads, warn, profile)
     final = ", ".join(f"{k}={v:.4f}" for k, v in outcome.final.items())
     say = lambda line: out.print(line, highlight=False, soft_wrap=True)  # noqa: E731
     say(f"finished {outcome.config.epochs} epochs on {outcome.threads} threads: {final}")
@@ -140,5 +151,7 @@ def ui(
     from exptrack.tracking import ui_server
 
     code = ui_server.serve(tracking_uri, host, port, lambda m: out.print(m, highlight=False, soft_wrap=True))
+    if code in ui_server.SIGNAL_EXIT_CODES:  # stopped by SIGINT (130) or SIGTERM (143)
+        raise typer.Exit(code)
     if code:
         raise UserError(f"mlflow server stopped with exit code {code}")

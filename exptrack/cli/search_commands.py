@@ -73,8 +73,20 @@ def search(
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
     study_name: Annotated[str | None, typer.Option(help="Study name " + default("the study file's"))] = None,
-    sampler: Annotated[str | None, typer.Option(help="tpe | random | cmaes | gp | qmc | grid")] = None,
-    pruner: Annotated[str | None, typer.Option(help="none | median | hyperband")] = None,
+    sampler: Annotated[
+        str | None,
+        typer.Option(
+            help="tpe | random | cmaes | gp | qmc | grid | nsga2 | nsga3 | botorch "
+            + default("the study file's; tpe, or nsga2 for several objectives")
+        ),
+    ] = None,
+    pruner: Annotated[
+        str | None,
+        typer.Option(
+            help="none | median | percentile | successive_halving | hyperband | wilcoxon "
+            + default("the study file's")
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
     seed: Annotated[
         int | None, typer.Option(help="Sampler seed, for a repeatable sequence of trials")
@@ -87,7 +99,13 @@ def search(
         int, typer.Option(help="Stop the search after this many failed trials in a row (exit code 2)")
     ] = 5,
     new_study: Annotated[
-        bool, typer.Option("--new-study", help="If the stored study differs, start a new one (NAME-2)")
+        bool,
+        typer.Option(
+            "--new-study",
+            help="Only when the stored study's direction, metric or search space differs from the study "
+            "file: run as NAME-2 instead of refusing (created once, continued by re-runs); an unchanged "
+            "study just continues",
+        ),
     ] = False,
     workers: Annotated[int, typer.Option(help="Processes working on the study at once")] = 1,
     grace_period: Annotated[
@@ -104,7 +122,22 @@ def search(
     per_gpu: Annotated[
         int, typer.Option(help="Workers per GPU with --gpus, each limited to its share of the GPU's memory")
     ] = 1,
+    profile_trials: Annotated[
+        int,
+        typer.Option(
+            help="Trace the first K trials this command runs with torch.profiler "
+            "(profile/trace.json.gz and profile/ops.csv on their MLflow runs) " + default("0: none")
+        ),
+    ] = 0,
     worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
+    enqueue: Annotated[
+        list[Path] | None,
+        typer.Option(help="Run these configs first: a YAML file or directory from exp export (repeatable)"),
+    ] = None,
+    from_study: Annotated[
+        str | None, typer.Option(help="Run the best trials of this earlier study (same storage) first")
+    ] = None,
+    from_top: Annotated[int, typer.Option(help="How many of --from-study's best trials")] = 3,
 ) -> None:
     """Tune a study: sample configs, train each, prune hopeless ones, log every trial to MLflow."""
     from exptrack.results import dashboards
@@ -117,7 +150,8 @@ def search(
         overrides["device"] = device
     options = SearchOptions(
         trials, timeout, storage, study_name, sampler, pruner, seed, max_failures, new_study, worker,
-        tracking_uri, not no_tracking, workers, grace_period, gpus, per_gpu,
+        tracking_uri, not no_tracking, workers, grace_period=grace_period, gpus=gpus, per_gpu=per_gpu,
+        profile_trials=profile_trials, enqueue=tuple(enqueue or ()), from_study=from_study, from_top=from_top,
     )  # fmt: skip
     progress = SearchProgress()
     training_progress.use(RichTasks(progress.bar))  # a download or image folder: a task on the bar
@@ -130,19 +164,22 @@ def search(
 
 
 def print_summary(summary: Any) -> None:
-    """The best trials, where MLflow has them, and what tracking could not record."""
+    """The best trials (the Pareto front, for several objectives), where MLflow has them, and
+    what tracking could not record."""
     from exptrack.results import tables
 
-    title = f"{summary.study_name}: best trials ({summary.finished} finished, {summary.ran} run now)"
+    which = "Pareto front" if summary.pareto else "best trials"
+    title = f"{summary.study_name}: {which} ({summary.finished} finished, {summary.ran} run now)"
     table = Table(title=title)
-    for column in ("trial", summary.metric, "weights"):
+    for column in ("trial", *(summary.objectives or [summary.metric]), "weights"):
         table.add_column(column, no_wrap=True)
     table.add_column("params", overflow="fold")  # the one column a narrow terminal may fold
     table.add_column("MLflow run", no_wrap=True, min_width=32)  # a run id is never cut or wrapped
     for trial in summary.best:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
         run_id = trial.user_attrs.get(records.RUN_ID_ATTR, "-")
-        table.add_row(str(trial.number), _fmt(trial.value), tables.weights_used(trial) or "-", params, run_id)
+        values = [_fmt(v) for v in trial.values]
+        table.add_row(str(trial.number), *values, tables.weights_used(trial) or "-", params, run_id)
     if out.is_terminal:
         out.print(table)
     else:  # a log file or a pipe has no width to fit: the table at its natural width

@@ -152,7 +152,31 @@ def _counts(study: optuna.Study) -> str:
 
 
 def _completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    """Complete trials with real values (not the placeholders of trials that ran out of memory)."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [t for t in done if not study_store.out_of_memory(t)]
+
+
+def _objective_names(study: optuna.Study) -> list[str]:
+    names = study.user_attrs.get(records.STUDY_OBJECTIVES_ATTR)
+    if isinstance(names, list) and len(names) == len(study.directions):
+        return [str(n) for n in names]
+    return [str(study.user_attrs.get(records.STUDY_METRIC_ATTR, "value"))] + [
+        f"objective {i}" for i in range(1, len(study.directions))
+    ]
+
+
+def _target(study: optuna.Study, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Optuna's plots of one value, named: for several objectives, the one named by the panel's
+    `objective:` option (default: the first)."""
+    if len(study.directions) == 1:
+        return {"target_name": _metric(study)}
+    names = _objective_names(study)
+    name = str(options.get("objective", names[0]))
+    if name not in names:
+        raise ValueError(f"objective {name!r} is not one of {', '.join(names)}")
+    index = names.index(name)
+    return {"target": lambda t: t.values[index], "target_name": name}
 
 
 def _metric(study: optuna.Study) -> str:
@@ -169,7 +193,7 @@ def _whole_number_ticks(last: int) -> dict[str, Any]:
 def optimization_history(study: optuna.Study, options: Mapping[str, Any]) -> Any:
     if not _completed(study):
         return None
-    figure = optuna.visualization.plot_optimization_history(study, target_name=_metric(study))
+    figure = optuna.visualization.plot_optimization_history(study, **_target(study, options))
     last = max(t.number for t in study.get_trials(deepcopy=False))
     return figure.update_xaxes(**_whole_number_ticks(last))
 
@@ -179,7 +203,7 @@ def param_importances(study: optuna.Study, options: Mapping[str, Any]) -> Any:
     if len(_completed(study)) < 2:
         raise ValueError("parameter importances need at least 2 complete trials")
     return optuna.visualization.plot_param_importances(
-        study, params=options.get("params"), target_name=_metric(study)
+        study, params=options.get("params"), **_target(study, options)
     )
 
 
@@ -191,7 +215,27 @@ def parallel_coordinate(study: optuna.Study, options: Mapping[str, Any]) -> Any:
     seen = {p for t in completed for p in t.params}
     params = [p for p in options.get("params", sorted(seen)) if p in seen]
     return optuna.visualization.plot_parallel_coordinate(
-        study, params=params or None, target_name=_metric(study)
+        study, params=params or None, **_target(study, options)
+    )
+
+
+@register_panel("pareto_front")
+def pareto_front(study: optuna.Study, options: Mapping[str, Any]) -> Any:
+    """Every complete trial in objective space, the Pareto front highlighted; infeasible trials
+    (broken constraints, out of memory) drawn apart, from the constraint values Optuna stored."""
+    if len(study.directions) == 1:
+        raise ValueError(
+            "a study with one objective has no Pareto front; declare objectives= in the study file"
+        )
+    if not _completed(study):
+        return None
+    names = _objective_names(study)
+    shown = [names.index(n) for n in options.get("objectives", names[:3])]
+    return optuna.visualization.plot_pareto_front(
+        study,
+        targets=lambda t: tuple(t.values[i] for i in shown),
+        target_names=[names[i] for i in shown],
+        include_dominated_trials=True,
     )
 
 

@@ -40,11 +40,11 @@ class Exported:
 
 
 def best_trials(study: optuna.Study, top: int | None) -> list[FrozenTrial]:
-    """The `top` best complete trials (default 1); a multi-objective study's Pareto set."""
+    """The `top` best feasible complete trials (default 1); a multi-objective study's Pareto set."""
     if top is not None and top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
     if len(study.directions) > 1:
-        pareto = sorted(study.best_trials, key=lambda t: t.number)
+        pareto = study_store.pareto_front(study)
         chosen = pareto if top is None else pareto[:top]
     else:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -79,6 +79,8 @@ def provenance(
     }
     facts[records.PROVENANCE_VALUE] = values[0] if len(values) == 1 else values
     metric = study.user_attrs.get(records.STUDY_METRIC_ATTR)
+    if len(values) > 1:  # several objectives: their names, in the order of the values
+        metric = study.user_attrs.get(records.STUDY_OBJECTIVES_ATTR)
     if metric:
         facts[records.PROVENANCE_METRIC] = metric
     facts[records.PROVENANCE_RUN_ID] = run_id or trial.user_attrs.get(records.RUN_ID_ATTR)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import platform
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,11 @@ from typing import Any
 import torch
 
 from exptrack import config as cfg
-from exptrack import records
-from exptrack.errors import UserError
+from exptrack import processes, records, store_checks
+from exptrack.errors import UserError, redact
 from exptrack.tracking import logged_models
-from exptrack.tracking.tracker import Tracker
-from exptrack.training import fit, weights
+from exptrack.tracking.tracker import Tracker, resolve_tracking_uri
+from exptrack.training import fit, profiling, weights
 
 DEFAULT_EXPERIMENT = "exptrack-train"
 
@@ -46,7 +47,7 @@ class RunReporter:
         self.tracker, self.run_id = tracker, run_id
 
     def on_setup(self, facts: Mapping[str, Any]) -> None:
-        self.tracker.log(self.run_id, tags=records.setup_tags(dict(facts)))
+        self.tracker.log_setup(self.run_id, facts)
 
     def on_epoch(self, epoch: int, metrics: Mapping[str, float]) -> bool:
         self.tracker.log_epoch(self.run_id, epoch, metrics)
@@ -77,6 +78,7 @@ def run_tags(path: Path, provenance: Mapping[str, Any]) -> dict[str, str]:
         records.ROLE_TAG: records.ROLE_TRAIN,
         records.CONFIG_FILE_TAG: str(path),
         records.HOST_TAG: platform.node(),
+        records.OWNER_TAG: processes.worker_id(),  # with the run's creation: no window without it
     }
     study, trial = provenance.get(records.PROVENANCE_STUDY), provenance.get(records.PROVENANCE_TRIAL)
     if study is not None and trial is not None:
@@ -94,12 +96,21 @@ def reproduce(
     register: str | None = None,
     threads: int | None = None,
     warn: Callable[[str], None] = print,
+    profile: bool = False,
 ) -> TrainOutcome:
-    """Train the config at `path` as one MLflow run; log (and register) the trained model."""
+    """Train the config at `path` as one MLflow run; log (and register) the trained model. With
+    `profile`, a few steady-state steps are traced onto the run under `profile/`."""
     config, provenance = load_config(path, overrides)
     used_threads = apply_threads(provenance, threads)
-    tracker = Tracker(tracking_uri, warn=warn)
+    uri = resolve_tracking_uri(tracking_uri)
+    store_checks.check_store(uri, "MLflow tracking store", "--tracking-uri")  # before MLflow creates it
+    tracker = Tracker(uri, warn=warn)
     tracker.check()
+    closed = tracker.close_dead_train_runs()  # a killed `exp train` could not close its own
+    if closed:
+        warn(
+            f"closed {len(closed)} exp train run(s) left RUNNING by a process that died: {', '.join(closed)}"
+        )
     weights.use_resolvers(logged_models.weight_resolvers(tracker.uri))  # weights=runs:/... from here
     asked, config = config.weights, fit.with_available_weights(config, warn)
     note = {records.WEIGHTS_REQUESTED: asked} if asked != config.weights else {}
@@ -110,13 +121,14 @@ def reproduce(
         experiment_id, f"train-{path.stem}", run_tags(path, provenance), {**config.flat_params(), **note}
     )
     tracker.log_text(run_id, cfg.dump_yaml(config, provenance), records.CONFIG_ARTIFACT)
+    tracker.watch_system(run_id, records.system_node(platform.node(), profiling.physical_gpu(config.device)))
     try:
-        result = fit.fit(config, RunReporter(tracker, run_id), warn)
+        result = _fit(config, tracker, run_id, warn, profile)
         model_uri, registered = logged_models.log_model(
-            tracker, experiment_id, run_id, result.model, register
+            tracker, experiment_id, run_id, result.model, register, result.example
         )
-    except BaseException as exc:  # never leave the run RUNNING
-        tracker.log(run_id, tags={records.FAIL_REASON_TAG: f"{type(exc).__name__}: {exc}"[:1000]})
+    except BaseException as exc:  # never leave the run RUNNING (a second signal exits at once: see OWNER_TAG)
+        tracker.log(run_id, tags={records.FAIL_REASON_TAG: fail_reason(exc)})
         tracker.finish_trial(run_id, "FAIL", {})
         raise
     final = {k: v for k, v in result.final.items() if k != "epoch"}
@@ -129,10 +141,37 @@ def reproduce(
     )
 
 
+def _fit(
+    config: cfg.TrialConfig, tracker: Tracker, run_id: str, warn: Callable[[str], None], profile: bool
+) -> fit.FitResult:
+    if not profile:
+        return fit.fit(config, RunReporter(tracker, run_id), warn)
+    with tempfile.TemporaryDirectory(prefix="exptrack-trace-") as folder:
+        try:
+            return fit.fit(config, RunReporter(tracker, run_id), warn, Path(folder))
+        finally:
+            tracker.log_folder(run_id, Path(folder), records.PROFILE_DIR)
+
+
+def fail_reason(exc: BaseException) -> str:
+    """`interrupted by SIGTERM` for a signal (Ctrl-C: SIGINT), else the exception's type and message."""
+    if isinstance(exc, KeyboardInterrupt):
+        return f"interrupted by {exc or 'SIGINT'}"
+    return redact(f"{type(exc).__name__}: {exc}")[:1000]
+
+
 def compare_line(outcome: TrainOutcome) -> str | None:
-    """`val_accuracy: trial 0.8125, this run 0.8125 (identical)` when the file came from a trial."""
+    """`val_accuracy: trial 0.8125, this run 0.8125 (identical)` when the file came from a trial;
+    one such part per objective that training reports per epoch, for several objectives."""
     metric = outcome.provenance.get(records.PROVENANCE_METRIC)
     value = outcome.provenance.get(records.PROVENANCE_VALUE)
+    if isinstance(metric, list) and isinstance(value, list) and len(metric) == len(value):
+        parts = [_compare(outcome, str(m), v) for m, v in zip(metric, value, strict=True)]
+        return "; ".join(p for p in parts if p) or None
+    return _compare(outcome, metric, value)
+
+
+def _compare(outcome: TrainOutcome, metric: Any, value: Any) -> str | None:
     if not isinstance(metric, str) or not isinstance(value, int | float) or metric not in outcome.final:
         return None
     now = outcome.final[metric]

@@ -24,25 +24,51 @@ PROFILE_METRICS = ("seconds_per_epoch", "train_samples_per_second")  # shown bes
 
 
 def value_columns(study: optuna.Study) -> list[str]:
-    """`value` for one objective; `value_0`, `value_1`, ... for several."""
+    """`value` for one objective; for several, each objective's name (`value_0`, `value_1`, ...
+    for a study that did not record them)."""
     n = len(study.directions)
-    return ["value"] if n == 1 else [f"value_{i}" for i in range(n)]
+    if n == 1:
+        return ["value"]
+    names = study.user_attrs.get(records.STUDY_OBJECTIVES_ATTR)
+    if isinstance(names, list) and len(names) == n:
+        return [str(name) for name in names]
+    return [f"value_{i}" for i in range(n)]
 
 
 def trials_frame(study: optuna.Study, runs: list[Any]) -> pd.DataFrame:
-    """One row per trial: number, state, value(s), every sampled parameter (dotted names),
-    duration, MLflow run id and status, profile figures. `runs` is the study's trial runs."""
+    """One row per trial: number, state, value(s), `pareto` (on the Pareto front, for several
+    objectives), `feasible` (for a study with constraints), every sampled parameter (dotted
+    names), duration, MLflow run id and status, profile figures. `runs` is the study's trial runs."""
     by_trial = {int(r.data.tags[records.TRIAL_TAG]): r for r in runs if records.TRIAL_TAG in r.data.tags}
-    rows = [
-        _trial_row(t, value_columns(study), by_trial.get(t.number)) for t in study.get_trials(deepcopy=False)
-    ]
+    values = value_columns(study)
+    profile = [m for m in PROFILE_METRICS if m not in values]
+    trials = study.get_trials(deepcopy=False)
+    rows = [_trial_row(t, values, by_trial.get(t.number), profile) for t in trials]
+    marks = _marks(study, trials)
     frame = pd.DataFrame(rows)
     if frame.empty:
-        return pd.DataFrame(columns=["number", "state", *value_columns(study), "duration_s", "run_id"])
-    fixed = ["number", "state", *value_columns(study)]
-    tail = ["weights", "duration_s", "run_id", "run_status", *PROFILE_METRICS]
+        return pd.DataFrame(columns=["number", "state", *values, *marks, "duration_s", "run_id"])
+    for column, flags in marks.items():
+        frame[column] = flags
+    fixed = ["number", "state", *values, *marks]
+    tail = ["weights", "duration_s", "run_id", "run_status", *profile]
     params = sorted(c for c in frame.columns if c not in fixed and c not in tail)
     return frame.reindex(columns=[*fixed, *params, *tail])
+
+
+def _marks(study: optuna.Study, trials: list[FrozenTrial]) -> dict[str, list[bool | None]]:
+    """`pareto` for several objectives; `feasible` for a study with constraints or a trial that
+    ran out of memory (None for a trial without constraint values: running, failed)."""
+    marks: dict[str, list[bool | None]] = {}
+    if len(study.directions) > 1:
+        front = {t.number for t in study_store.pareto_front(study)}
+        marks["pareto"] = [t.number in front for t in trials]
+    declared = study.user_attrs.get(records.STUDY_CONSTRAINTS_ATTR)
+    if declared or any(not study_store.is_feasible(t) for t in trials):
+        marks["feasible"] = [
+            study_store.is_feasible(t) if study_store.violations(t) else None for t in trials
+        ]
+    return marks
 
 
 def trials_table(
@@ -61,10 +87,13 @@ def trials_table(
     return select(trials_frame(study, runs), study, state, sort, top)
 
 
-def _trial_row(trial: FrozenTrial, value_cols: list[str], run: Any | None) -> dict[str, Any]:
-    row: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
-    values = trial.values or [math.nan] * len(value_cols)
-    row.update(zip(value_cols, values, strict=True))
+def _trial_row(
+    trial: FrozenTrial, value_cols: list[str], run: Any | None, profile: list[str]
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"number": trial.number, "state": study_store.state_name(trial)}
+    # an out-of-memory trial's values are placeholders for the sampler: shown blank
+    values = trial.values if trial.values and not study_store.out_of_memory(trial) else None
+    row.update(zip(value_cols, values or [math.nan] * len(value_cols), strict=True))
     row.update(trial.params)
     row["weights"] = weights_used(trial)
     start, end = trial.datetime_start, trial.datetime_complete
@@ -72,7 +101,7 @@ def _trial_row(trial: FrozenTrial, value_cols: list[str], run: Any | None) -> di
     # MLflow's record wins; the trial's own link still names the run when MLflow is elsewhere.
     row["run_id"] = run.info.run_id if run else trial.user_attrs.get(records.RUN_ID_ATTR)
     row["run_status"] = run.info.status if run else None
-    for key in PROFILE_METRICS:
+    for key in profile:
         row[key] = _figure(trial, run, key)
     return row
 
@@ -103,18 +132,35 @@ def select(
         frame = frame[frame["state"] == state.upper()]
     key, descending = sort.removeprefix("-"), sort.startswith("-")
     if key == BEST:
-        if len(study.directions) > 1:
-            key, descending = "number", False
-        else:
-            key, descending = "value", study_store.is_maximized(study)
-    if key not in frame.columns:
+        frame = _best_first(frame, study)
+    elif key not in frame.columns:
         raise UserError(f"--sort {sort!r}: no such column; use best or one of {', '.join(frame.columns)}")
-    frame = frame.sort_values(key, ascending=not descending, na_position="last", kind="stable")
+    else:
+        frame = frame.sort_values(key, ascending=not descending, na_position="last", kind="stable")
     if top is not None:
         if top < 1:
             raise UserError(f"--top must be at least 1, got {top}")
         frame = frame.head(top)
     return frame.reset_index(drop=True)
+
+
+def _best_first(frame: pd.DataFrame, study: optuna.Study) -> pd.DataFrame:
+    """Best first: by value for one objective, the Pareto front (by number) for several; an
+    infeasible trial after every feasible one."""
+    if len(study.directions) > 1:
+        frame = frame.sort_values("number", kind="stable")
+        marks = ["pareto"]
+    else:
+        maximize = study_store.is_maximized(study)
+        frame = frame.sort_values("value", ascending=not maximize, na_position="last", kind="stable")
+        marks = []
+    if "feasible" in frame.columns:
+        marks = ["feasible", *marks]
+    for mark in reversed(marks):  # stable sorts: the first mark decides last
+        frame = frame.sort_values(
+            mark, ascending=False, key=lambda c: c.fillna(True).astype(bool), kind="stable"
+        )
+    return frame
 
 
 def studies_frame(
@@ -132,8 +178,9 @@ def studies_frame(
             "direction": ",".join(d.name.lower() for d in study.directions),
             "trials": len(trials),
         }
+        shown = [study_store.state_name(t) for t in trials]  # out of memory counts as fail
         for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING):
-            row[state.name.lower()] = sum(t.state == state for t in trials)
+            row[state.name.lower()] = shown.count(state.name)
         row["best_value"] = _best_value(study)
         rows.append(row)
     experiments = read_experiment_ids(tracking_uri, warn) if rows else {}
@@ -189,7 +236,8 @@ def to_rich(frame: pd.DataFrame, title: str) -> Any:
     from rich import box
     from rich.table import Table
 
-    frame = frame.drop(columns=["run_status", *PROFILE_METRICS], errors="ignore")
+    if "run_status" in frame.columns:  # it and the profile figures after it (an objective stays)
+        frame = frame.iloc[:, : list(frame.columns).index("run_status")]
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for column in frame.columns:
         table.add_column(str(column), no_wrap=True)

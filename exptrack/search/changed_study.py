@@ -1,6 +1,6 @@
-"""Refusing a changed study: a stored study is continued only when its direction, metric and
-search space are the ones the study file declares now; otherwise the search is refused with the
-difference shown (or, with --new-study, runs as a new study `NAME-2`)."""
+"""Refusing a changed study: a stored study is continued only when its objectives (metrics and
+directions), constraints and search space are the ones the study file declares now; otherwise the
+search is refused with the difference shown (or, with --new-study, runs as the study `NAME-2`, created the first time)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import optuna
 
 from exptrack import records
 from exptrack.errors import UserError
+from exptrack.study import Study
 
 FIX = "use --new-study or --study-name NEW"
 
@@ -22,32 +23,50 @@ class Declaration:
     """What a study is declared with; a stored study continues only under the same declaration.
     A field that an older store did not record is None and is not compared."""
 
-    direction: str | None
-    metric: str | None
+    direction: str | None  # comma-joined when there are several objectives
+    metric: str | None  # the objectives' figures, comma-joined
     search_space: Mapping[str, Any] | None
+    constraints: list[str] | None = None
+
+
+def declaration(spec: Study, search_space: Mapping[str, Any]) -> Declaration:
+    """What the study file declares now."""
+    constraints = [str(c) for c in spec.parsed_constraints()]
+    return Declaration(",".join(spec.directions), ",".join(spec.objectives), search_space, constraints)
 
 
 def stored_declaration(storage: optuna.storages.BaseStorage, name: str) -> Declaration | None:
-    """direction, metric and search space of the stored study `name`; None when there is none."""
+    """objectives, constraints and search space of the stored study `name`; None when there is none."""
     try:
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
         return None
     attrs = storage.get_study_user_attrs(study_id)
     directions = storage.get_study_directions(study_id)
+    metrics = attrs.get(records.STUDY_OBJECTIVES_ATTR) or (
+        [attrs[records.STUDY_METRIC_ATTR]] if records.STUDY_METRIC_ATTR in attrs else None
+    )
     return Declaration(
-        directions[0].name.lower(), attrs.get(records.STUDY_METRIC_ATTR), attrs.get(records.STUDY_SPACE_ATTR)
+        ",".join(d.name.lower() for d in directions),
+        ",".join(metrics) if metrics is not None else None,
+        attrs.get(records.STUDY_SPACE_ATTR),
+        attrs.get(records.STUDY_CONSTRAINTS_ATTR),
     )
 
 
 def difference(stored: Declaration, current: Declaration) -> str | None:
     """The first difference, as `metric=val_accuracy, now val_loss`; None when they match."""
+    several = "," in f"{stored.metric}{current.metric}{stored.direction}{current.direction}"
+    if several and (stored.metric, stored.direction) != (current.metric, current.direction):
+        return f"objectives {_objectives(stored)}, now {_objectives(current)}"
     for key, old_value, new_value in (
         ("direction", stored.direction, current.direction),
         ("metric", stored.metric, current.metric),
     ):
         if old_value is not None and old_value != new_value:
             return f"{key}={old_value}, now {new_value}"
+    if stored.constraints is not None and stored.constraints != current.constraints:
+        return f"constraints {_listed(stored.constraints)}, now {_listed(current.constraints)}"
     old, new = stored.search_space, _plain(current.search_space)
     if old is None or old == new:
         return None
@@ -61,27 +80,42 @@ def difference(stored: Declaration, current: Declaration) -> str | None:
     return None
 
 
-def free_name(storage: optuna.storages.BaseStorage, name: str) -> str:
-    """`name-2`, `name-3`, ...: the first name no stored study has."""
-    taken = {s.study_name for s in storage.get_all_studies()}
+def continued_name(storage: optuna.storages.BaseStorage, name: str, current: Declaration) -> str:
+    """`name-2`, `name-3`, ...: the first that is either stored under the current declaration (so
+    re-running the same `--new-study` command continues it) or not stored at all."""
     number = 2
-    while f"{name}-{number}" in taken:
+    while True:
+        candidate = f"{name}-{number}"
+        stored = stored_declaration(storage, candidate)
+        if stored is None or difference(stored, current) is None:
+            return candidate
         number += 1
-    return f"{name}-{number}"
 
 
 def check(storage: optuna.storages.BaseStorage, name: str, current: Declaration, new_study: bool) -> str:
-    """The study name to use: `name` when new or unchanged; a fresh name with `new_study`.
-    A changed study without `new_study` is refused."""
+    """The study name to use: `name` when new or unchanged. A changed study is refused, or with
+    `new_study` continues under `name-N` (the first such study declared as now, or a new one)."""
     stored = stored_declaration(storage, name)
     if stored is None:
         return name
     changed = difference(stored, current)
+    if changed is None:
+        return name  # --new-study applies only when the stored study differs
     if new_study:
-        return free_name(storage, name)
-    if changed:
-        raise UserError(f"study {name!r} was created with {changed}; {FIX}")
-    return name
+        return continued_name(storage, name, current)
+    raise UserError(f"study {name!r} was created with {changed}; {FIX}")
+
+
+def _objectives(declared: Declaration) -> str:
+    metrics = (declared.metric or "?").split(",")
+    directions = (declared.direction or "?").split(",")
+    if len(metrics) != len(directions):
+        metrics = metrics + ["?"] * (len(directions) - len(metrics))
+    return ", ".join(f"{m} ({d})" for m, d in zip(metrics, directions, strict=False))
+
+
+def _listed(constraints: list[str] | None) -> str:
+    return "[" + "; ".join(constraints or []) + "]"
 
 
 def _plain(value: Any) -> Any:

@@ -12,7 +12,8 @@ import math
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -20,10 +21,17 @@ from optuna.trial import TrialState
 
 from exptrack import coordination, records
 from exptrack.errors import UserError, redact
-from exptrack.search import changed_study, ownership, preflight, repair, signals, trial
+from exptrack.search import changed_study, ownership, preflight, repair, signals, trial, warmstart
 from exptrack.search.trial import Progress
 from exptrack.study import Study
-from exptrack.study_store import absolute_url, best_first, counted_trials, open_storage, resolve_storage
+from exptrack.study_store import (
+    absolute_url,
+    best_first,
+    counted_trials,
+    open_storage,
+    pareto_front,
+    resolve_storage,
+)
 from exptrack.tracking.tracker import Tracker
 
 MAX_CONSECUTIVE_FAILURES = 5
@@ -50,7 +58,7 @@ class SearchOptions:
     pruner: str | None = None
     seed: int | None = None
     max_failures: int = MAX_CONSECUTIVE_FAILURES  # consecutive failed trials that stop the search
-    new_study: bool = False  # a changed study gets a fresh name instead of being refused
+    new_study: bool = False  # a changed study runs as NAME-2 instead of being refused
     worker: bool = False  # one of several processes: the coordinator closes the study's run
     tracking_uri: str | None = None
     tracking: bool = True  # False: Optuna records only (--no-tracking)
@@ -58,6 +66,10 @@ class SearchOptions:
     grace_period: int = GRACE_PERIOD_S  # seconds without a heartbeat before a trial counts as abandoned
     gpus: str | None = None  # `all` or `0,1`: one worker per GPU slot on this machine
     per_gpu: int = 1  # workers per GPU
+    profile_trials: int = 0  # trace the first K trials this invocation runs (torch.profiler)
+    enqueue: tuple[Path, ...] = ()  # config files or directories queued as the next trials
+    from_study: str | None = None  # an earlier study whose best trials are queued first
+    from_top: int = 3  # how many of them
 
 
 @dataclasses.dataclass
@@ -68,11 +80,16 @@ class SearchSummary:
     parent_run_id: str | None
     finished: int
     ran: int  # trials this invocation ran
-    best: list[optuna.trial.FrozenTrial]
+    best: list[optuna.trial.FrozenTrial]  # best first; several objectives: the Pareto front
     tracking_uri: str | None  # None without tracking
     tracking_failures: list[str]
     unrecorded: list[int] = dataclasses.field(default_factory=list)  # trials without an MLflow run
     notes: list[str] = dataclasses.field(default_factory=list)  # what the summary must also say
+    objectives: list[str] = dataclasses.field(default_factory=list)  # every objective, in value order
+
+    @property
+    def pareto(self) -> bool:
+        return len(self.objectives) > 1
 
 
 class TooManyFailures(UserError):
@@ -92,8 +109,10 @@ class Search:
         warn: Callable[[str], None] = print,
         prepared: preflight.Prepared | None = None,  # run_search's own preflight, not repeated
         render_dashboard: DashboardRenderer | None = None,
+        starts: Sequence[warmstart.Start] = (),  # queued once the study exists (run_search checked them)
     ) -> None:
         self.spec, self.options, self.tracker = study, options, tracker
+        self.starts = starts
         self.progress, self.warn, self.render_dashboard = progress, warn, render_dashboard
         self.name = options.study_name or study.name
         self.storage_url = resolve_storage(options.storage)
@@ -106,32 +125,39 @@ class Search:
         self.lock = coordination.store_lock(self.storage_url)
         self.uid = ""  # the Optuna study's identity (records.STUDY_UID_ATTR), set by _open_study
         self.adopt_untagged = False  # a study from before the identity: its untagged parent run is its own
+        self.constraints, self.learns_infeasible = prepared.constraints, prepared.learns_infeasible
         self.study = self._open_study()
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self.unrecorded: list[int] = []  # trials whose MLflow run could not be opened (tracking outage)
         self.notes: list[str] = []
+        self.profile_trials_left = options.profile_trials
         self._dashboard_at = -math.inf
 
     def _open_study(self) -> optuna.Study:
         """Create or load the study under the store lock (workers on any machine may start at once)."""
         storage = open_storage(self.storage_url, self.options.grace_period)
         with self.lock:
-            declared = changed_study.Declaration(self.spec.direction, self.spec.metric, self.space.describe())
+            declared = changed_study.declaration(self.spec, self.space.describe())
             name = changed_study.check(storage, self.name, declared, self.options.new_study)
             if name != self.name:
-                self.warn(f"--new-study: study {self.name!r} exists; this search is a new study {name!r}")
+                verb = "continues" if changed_study.stored_declaration(storage, name) else "starts"
+                self.warn(
+                    f"--new-study: study {self.name!r} differs from the study file; this search {verb} study {name!r}"
+                )
                 self.name = name
             study = optuna.create_study(
                 study_name=self.name,
                 storage=storage,
                 sampler=self.sampler,
                 pruner=self.pruner,
-                direction=self.spec.direction,  # type: ignore[arg-type]  # Study checks maximize|minimize
+                directions=list(self.spec.directions),  # type: ignore[arg-type]  # Study checks them
                 load_if_exists=True,
             )
             attrs = {
                 records.STUDY_METRIC_ATTR: self.spec.metric,
+                records.STUDY_OBJECTIVES_ATTR: list(self.spec.objectives),
+                records.STUDY_CONSTRAINTS_ATTR: [str(c) for c in self.constraints],
                 records.STUDY_SPACE_ATTR: declared.search_space,
                 records.STUDY_FIXED_ATTR: dict(self.spec.fixed),
             }
@@ -147,8 +173,10 @@ class Search:
                 study.set_user_attr(
                     records.STUDY_DASHBOARD_ATTR, {"path": str(dashboard), "text": dashboard.read_text()}
                 )
-            if study.metric_names is None and len(study.directions) == 1:
-                study.set_metric_names([self.spec.metric])  # optuna-dashboard names the objective
+            if study.metric_names is None:  # optuna-dashboard and the plots name the objectives
+                study.set_metric_names(list(self.spec.objectives))
+            if not self.options.worker:  # the coordinator queues them, once
+                warmstart.enqueue(study, self.starts, self.warn)
             self.uid = str(study.user_attrs[records.STUDY_UID_ATTR])
             self._join(study)
         return study
@@ -226,8 +254,14 @@ class Search:
         failed = self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         return str(failed[-1].user_attrs.get(records.FAIL_REASON_ATTR, "?"))[:200] if failed else "?"
 
-    def summary(self, ran: int = 0) -> SearchSummary:
+    def best(self) -> list[optuna.trial.FrozenTrial]:
+        """Feasible complete trials best first; with several objectives, the Pareto front."""
+        if self.spec.multi_objective:
+            return pareto_front(self.study)
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return best_first(complete, self.spec.direction == "maximize")
+
+    def summary(self, ran: int = 0) -> SearchSummary:
         return SearchSummary(
             self.name,
             self.spec.metric,
@@ -235,11 +269,12 @@ class Search:
             self.parent_run_id,
             counted_trials(self.study),
             ran,
-            best_first(complete, self.spec.direction == "maximize")[:5],
+            self.best()[: 10 if self.spec.multi_objective else 5],
             self.tracker.uri if self.tracker else None,
             list(self.tracker.failures) if self.tracker else [],
             list(self.unrecorded),
             list(self.notes),
+            list(self.spec.objectives),
         )
 
     # --- the study's MLflow run ---------------------------------------------------------------
@@ -251,10 +286,12 @@ class Search:
             records.STORAGE_TAG: redact(absolute_url(self.storage_url)),
             records.SAMPLER_TAG: type(self.sampler).__name__,
             records.PRUNER_TAG: type(self.pruner).__name__,
-            records.METRIC_TAG: self.spec.metric,
-            records.DIRECTION_TAG: self.spec.direction,
+            records.METRIC_TAG: ",".join(self.spec.objectives),
+            records.DIRECTION_TAG: ",".join(self.spec.directions),
             records.OPTUNA_STUDY_TAG: self.name,
         }
+        if self.constraints:
+            tags[records.CONSTRAINTS_TAG] = ", ".join(map(str, self.constraints))
         files = [p for p in (self.spec.source_path, self.spec.search_space_path()) if p is not None]
         self.experiment_id, self.parent_run_id, other = self.tracker.open_study_run(
             self.name, self.uid, tags, files, self.adopt_untagged
@@ -267,8 +304,9 @@ class Search:
             )
         self.tracker.log(self.parent_run_id, params={records.SEARCH_SPACE_PARAM: str(self.space.describe())})
         maximize = self.spec.direction == "maximize"
+        first, *others = (_mlflow_metric(name) for name in self.spec.objectives)
         self.tracker.save_runs_view(
-            self.experiment_id, self.name, self.spec.metric, maximize, self.space.names()
+            self.experiment_id, self.name, first, maximize, self.space.names(), others
         )
 
     def refresh_dashboard(self, force: bool = False) -> None:
@@ -302,11 +340,25 @@ class Search:
     def _close_study_run(self, status: str) -> None:
         if self.tracker is None or self.parent_run_id is None:
             return
+        self.tracker.close_study_run(self.parent_run_id, status, self._study_metrics())
+
+    def _study_metrics(self) -> dict[str, float]:
+        """finished_trials and best_<objective> for each objective (over the feasible complete
+        trials; with several objectives each one's best sits on the Pareto front), pareto_front_size."""
         metrics: dict[str, float] = {records.FINISHED_TRIALS_METRIC: float(counted_trials(self.study))}
-        best = self.summary().best
-        if best and best[0].value is not None:
-            metrics[f"{records.BEST_PREFIX}{self.spec.metric}"] = best[0].value
-        self.tracker.close_study_run(self.parent_run_id, status, metrics)
+        best = self.best()
+        if self.spec.multi_objective:
+            metrics[records.PARETO_SIZE_METRIC] = float(len(best))
+        for index, (metric, direction) in enumerate(self.spec.objectives.items()):
+            values = [t.values[index] for t in best if t.values]
+            if values:
+                metrics[f"{records.BEST_PREFIX}{metric}"] = (max if direction == "maximize" else min)(values)
+        return metrics
+
+
+def _mlflow_metric(figure: str) -> str:
+    """An objective's name on a trial's MLflow run: an epoch metric as is, a cost figure under `profile/`."""
+    return figure if figure in records.EPOCH_METRICS else records.profile_metric(figure)
 
 
 def worker_seed(seed: int, index: int) -> int:

@@ -15,9 +15,7 @@ linked by `retry_of`. The process whose state change wins does the retry: there 
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
-from pathlib import Path
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -25,6 +23,7 @@ from optuna.trial import TrialState
 
 from exptrack import records
 from exptrack.coordination import StoreLock
+from exptrack.processes import owner_is_dead, worker_id
 
 ORPHAN_REASON = "asked by a process that died before it recorded itself as the trial's worker"
 
@@ -36,40 +35,6 @@ class Abandoned:
     number: int
     run_id: str | None
     reason: str
-
-
-def worker_id(pid: int | None = None) -> str:
-    """This process (or `pid`) as host:pid:start-time."""
-    pid = os.getpid() if pid is None else pid
-    return f"{os.uname().nodename}:{pid}:{_start_time(pid)}"
-
-
-def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot (Linux); '-' where /proc is missing."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "-"
-    fields = stat.rsplit(")", 1)[1].split()
-    return "-" if fields[0] == "Z" else fields[19]  # field 22 of stat; a zombie counts as gone
-
-
-def owner_is_dead(worker: str) -> bool:
-    """True when `worker` names a process of this host that no longer runs."""
-    host, _, rest = worker.partition(":")
-    pid_text, _, started = rest.partition(":")
-    if host != os.uname().nodename or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, owned by someone else
-    # Same pid, other start time: the pid was recycled and the owner is gone.
-    # An older host:pid record, or no /proc: the pid is alive, so take it for the owner.
-    return started not in ("", "-") and _start_time(pid) != started
 
 
 def ask(study: optuna.Study, lock: StoreLock, budget: int) -> tuple[optuna.Trial | None, list[Abandoned]]:

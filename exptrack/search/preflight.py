@@ -1,5 +1,6 @@
 """Checks done before any store is opened, so a bad input ends with one line and writes nothing:
-search space, fixed config, device, sampler, pruner, storage and tracking URLs."""
+search space, fixed config, device, sampler, pruner (with their options), constraints, storage
+and tracking URLs (and their stores)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from typing import Any
 import optuna
 
 from exptrack import config as cfg
+from exptrack import records, store_checks
 from exptrack.errors import UserError, redact
 from exptrack.search import samplers
 from exptrack.search import space as spaces
-from exptrack.study import Study
+from exptrack.study import Constraint, Study
 from exptrack.training import backbones, datasets, fit, losses
 
 TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
@@ -26,10 +28,23 @@ class Prepared:
     space: spaces.SearchSpace
     sampler: optuna.samplers.BaseSampler
     pruner: optuna.pruners.BasePruner
-    sampler_name: str = "tpe"  # to build it again with a worker's own seed
+    constraints: tuple[Constraint, ...] = ()
+    # the sampler steers by constraints, so a trial that runs out of memory is told as infeasible
+    learns_infeasible: bool = False
+    notes: tuple[str, ...] = ()  # one line each, said before the search (e.g. why pruning is off)
+    # to build the sampler again with a worker's own seed (`Search._join`)
+    sampler_name: str = "tpe"
+    sampler_setup: samplers.SamplerSetup | None = None
+    sampler_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def sampler_seeded(self, seed: int | None) -> optuna.samplers.BaseSampler:
-        return samplers.make_sampler(self.sampler_name, seed, self.space)
+        assert self.sampler_setup is not None, "prepare() records the sampler's setup"
+        setup = dataclasses.replace(self.sampler_setup, seed=seed)
+        return samplers.make_sampler(self.sampler_name, setup, self.sampler_options)
+
+
+def default_sampler(spec: Study) -> str:
+    return spec.sampler or ("nsga2" if spec.multi_objective else "tpe")
 
 
 def prepare(
@@ -41,57 +56,94 @@ def prepare(
 ) -> Prepared:
     """Validate the study against its space and build its sampler and pruner. `pins` (the `--set`
     values) take the parameters they name out of the space: those are fixed for the study."""
-    sampler_name, pruner_name = sampler or spec.sampler, pruner or spec.pruner
+    sampler_name, pruner_name = sampler or default_sampler(spec), pruner or spec.pruner
     samplers.check_names(sampler_name, pruner_name)
     space = spaces.load(spec.search_space_path()).pin(pins or {})
     config = cfg.from_dict(space.sample(optuna.trial.FixedTrial(first_point(space)), spec.fixed))
     backbones.backbone(config.backbone)  # unknown names end here, before any store is opened
     datasets.parse_spec(config.dataset)
-    losses.loss_parameters(config.loss)
+    losses.loss_parameters(config.loss)  # an unknown loss ends here
+    if config.loss_params:  # its builder checks the ranges of the parameters it is given
+        losses.build_loss(config.loss, config.loss_params)
     fit.resolve_device(config.device)
     fit.check(config)  # dataset files, image size, weights file/URI: before any store is opened
+    notes: list[str] = []
+    constraints = spec.parsed_constraints()
+    setup = samplers.SamplerSetup(seed, space, spec.directions)
+    sampler_options = _options("sampler", spec.sampler_options, default_sampler(spec), sampler_name, notes)
+    built = samplers.make_sampler(sampler_name, setup, sampler_options)
+    learns = samplers.learns_constraints(built)
+    if constraints and not learns:
+        notes.append(
+            f"sampler {sampler_name} does not steer by constraints (tpe, gp, nsga2 and nsga3 do): "
+            "infeasible trials are recorded and never reported as best, but not avoided"
+        )
+    unprunable = _why_no_pruning(spec)
+    if unprunable and pruner_name != "none":
+        notes.append(f"pruning is off: {unprunable}")
+        pruner_name = "none"
+    options = _options("pruner", spec.pruner_options, spec.pruner, pruner_name, notes)
     epochs = int(spec.fixed.get("epochs", cfg.TrialConfig.epochs))
     return Prepared(
         space,
-        samplers.make_sampler(sampler_name, seed, space),
-        samplers.make_pruner(pruner_name, epochs),
+        built,
+        samplers.make_pruner(pruner_name, samplers.PrunerSetup(epochs), options),
+        tuple(constraints),
+        learns,
+        tuple(notes),
         sampler_name,
+        setup,
+        sampler_options,
     )
 
 
+def _options(
+    kind: str, options: Mapping[str, Any], declared: str, used: str, notes: list[str]
+) -> Mapping[str, Any]:
+    """The study file's options are for the study file's own sampler (pruner); another one named
+    on the command line runs with its defaults."""
+    if not options or used == declared:
+        return options
+    notes.append(
+        f"{kind}_options in the study file are for {declared}; --{kind} {used} runs with its defaults"
+    )
+    return {}
+
+
+def _why_no_pruning(spec: Study) -> str | None:
+    """Pruners judge one objective value per epoch; None when the study has one to judge."""
+    if spec.multi_objective:
+        return "Optuna's pruners judge one value per epoch, and this study has several objectives"
+    if spec.metric not in records.EPOCH_METRICS:
+        return f"the objective {spec.metric} is known only when a trial ends, not per epoch"
+    return None
+
+
 def check_storage_url(url: str) -> None:
-    """A storage URL SQLAlchemy can parse; a database server must answer (a sqlite file is
-    created later, so it is not touched here)."""
-    from sqlalchemy import create_engine
+    """A storage URL SQLAlchemy can parse, whose store can be opened and written (a database server
+    must answer; a sqlite file is created later, so a missing one is not touched here)."""
     from sqlalchemy.engine import make_url
 
     try:
-        parsed = make_url(url)
-        parsed.get_dialect()
+        make_url(url).get_dialect()
     except Exception as exc:
         raise UserError(
             f"Optuna storage {redact(url)} is not a valid database URL ({type(exc).__name__}); "
             "fix --storage, e.g. sqlite:///optuna.db"
         ) from exc
-    if parsed.get_backend_name() == "sqlite":
-        return
-    try:
-        with create_engine(parsed, connect_args={"connect_timeout": 10}).connect():
-            pass
-    except Exception as exc:
-        raise UserError(
-            f"Optuna storage {redact(url)} cannot be opened ({type(exc).__name__}); "
-            "start the database or fix --storage"
-        ) from exc
+    store_checks.check_store(url, "Optuna storage", "--storage")
 
 
 def check_tracking_uri(uri: str) -> None:
+    """A tracking URI of a known scheme whose store can be opened and written (an http server is
+    asked by the `Tracker`'s own check)."""
     scheme, sep, _ = uri.partition("://")
     if sep and scheme.split("+")[0] not in TRACKING_SCHEMES:
         raise UserError(
             f"MLflow tracking URI {redact(uri)} has an unknown scheme {scheme!r}; "
             "use sqlite:///mlflow.db or http://HOST:PORT"
         )
+    store_checks.check_store(uri, "MLflow tracking store", "--tracking-uri")
 
 
 def first_point(space: spaces.SearchSpace) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Repair what a killed process left behind: trials it left RUNNING become FAIL with a reason and
 their parameters are queued once more (`ownership.fail_abandoned`, under the store lock), their
-MLflow runs are closed FAILED, and MLflow runs left RUNNING by finished trials are closed.
+MLflow runs are closed FAILED, MLflow runs left RUNNING by finished trials are closed, and so are `exp train` runs of the
+study whose process died.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import TrialState
 
-from exptrack import records
+from exptrack import records, study_store
 from exptrack.coordination import StoreLock
 from exptrack.search.ownership import Abandoned, fail_abandoned
 from exptrack.tracking.tracker import Tracker
@@ -35,7 +36,8 @@ def repair_runs(
             continue
         why = trial.user_attrs.get(records.FAIL_REASON_ATTR)
         reason = f"trial {number} is {trial.state.name} in Optuna" + (f": {why}" if why else "")
-        tracker.close_stale_run(run_id, records.RUN_STATUS.get(trial.state.name, "FAILED"), reason)
+        status = records.RUN_STATUS.get(study_store.state_name(trial), "FAILED")  # out of memory: FAILED
+        tracker.close_stale_run(run_id, status, reason)
         closed.append(run_id)
     return closed
 
@@ -56,6 +58,9 @@ def repair(
         closed = repair_runs(study, tracker, experiment_id, parent_run_id)
         if closed:
             warn(f"closed {len(closed)} MLflow run(s) left RUNNING by an interrupted search")
+        trained = tracker.close_dead_train_runs([experiment_id])
+        if trained:
+            warn(f"closed {len(trained)} exp train run(s) left RUNNING by a process that died")
 
 
 def report_abandoned(

@@ -4,13 +4,14 @@ then search (in this process, or in `--workers` processes)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from exptrack.errors import UserError
-from exptrack.search import preflight, signals, slots, workers
+from exptrack.search import preflight, signals, slots, warmstart, workers
 from exptrack.search.loop import DashboardRenderer, Search, SearchOptions, SearchSummary
 from exptrack.search.trial import Progress
 from exptrack.study import Study, load_study_file
@@ -27,21 +28,26 @@ DashboardFactory = Callable[[Study], DashboardRenderer | None]
 
 
 def run_search(
-    study_file: Path,
+    study: Study | Path,
     options: SearchOptions,
     overrides: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
     warn: Callable[[str], None] = print,
     dashboard: DashboardFactory | None = None,
+    own_signals: bool = True,
 ) -> SearchSummary:
-    """Tune the study in `study_file` to `options.trials` finished trials; `overrides` are the
-    `--set` values (and `--device`) applied to every trial."""
+    """Tune `study` (a `Study`, or the path of a study file) to `options.trials` finished trials;
+    `overrides` are the `--set` values (and `--device`) applied to every trial. `own_signals`:
+    SIGINT/SIGTERM stay handled for the rest of the process (the CLI's); False hands them back
+    afterwards (the Python API's)."""
     check_options(options)
     if options.worker:
         workers.follow_coordinator()
         slots.apply_in_worker()  # its share of the cores (and of its GPU) before torch works
     planned = slots.plan(options.workers, options.gpus, options.per_gpu) if _spreads(options) else []
-    spec = load_study_file(study_file).with_overrides(overrides or {})
+    spec = (study if isinstance(study, Study) else load_study_file(Path(study))).with_overrides(
+        overrides or {}
+    )
     storage_url = resolve_storage(options.storage)
     tracking_uri = resolve_tracking_uri(options.tracking_uri)
     # Everything checkable without a store, before either store is created.
@@ -55,18 +61,46 @@ def run_search(
         pinned = ", ".join(f"{name}={value}" for name, value in prepared.space.pins.items())
         where = Path(prepared.space.source).name
         warn(f"--set {pinned}: pinned for this study (taken out of the search space {where})")
+    starts = warmstart.collect(
+        spec,
+        prepared.space,
+        options.enqueue,
+        options.from_study,
+        options.from_top,
+        storage_url,
+        options.study_name,
+        warn if not options.worker else _quiet,
+    )
     render = dashboard(spec) if dashboard else None
+    if not options.worker:  # the coordinator said it already
+        for note in prepared.notes:
+            warn(note)
     # From here on stores are written: a signal is reported, and ends the search cleanly.
-    signals.install(notify=warn)
-    with signals.interruptible(CREATING):  # each store is created whole or not at all
-        tracker = None
-        if options.tracking:
-            tracker = Tracker(tracking_uri, warn=warn)
-            tracker.check()
-        search = Search(spec, options, tracker, progress, warn, prepared, render)
-    if planned:
-        return workers.run_workers(search, planned, sys.argv[1:])
-    return search.run()
+    with _signals_handled(own_signals, warn):
+        with signals.interruptible(CREATING):  # each store is created whole or not at all
+            tracker = None
+            if options.tracking:
+                tracker = Tracker(tracking_uri, warn=warn)
+                tracker.check()
+            search = Search(spec, options, tracker, progress, warn, prepared, render, starts)
+        if planned:
+            return workers.run_workers(search, planned, sys.argv[1:])
+        return search.run()
+
+
+def _signals_handled(
+    own_signals: bool, warn: Callable[[str], None]
+) -> contextlib.AbstractContextManager[None]:
+    """The CLI keeps our SIGINT/SIGTERM handlers for the rest of the process; a call from Python
+    gets its own handlers back afterwards."""
+    if own_signals:
+        signals.install(notify=warn)
+        return contextlib.nullcontext()
+    return signals.installed_for_the_call(notify=warn)
+
+
+def _quiet(message: str) -> None:
+    """A worker's warnings about its inputs: the coordinator already said them."""
 
 
 def _spreads(options: SearchOptions) -> bool:
@@ -88,3 +122,7 @@ def check_options(options: SearchOptions) -> None:
             raise UserError(f"{flag} must be at least 1, got {value}")
     if options.timeout is not None and options.timeout <= 0:
         raise UserError(f"--timeout must be positive seconds, got {options.timeout}")
+    if options.profile_trials < 0:
+        raise UserError(f"--profile-trials must be 0 or more, got {options.profile_trials}")
+    if options.profile_trials and not options.tracking:
+        raise UserError("--profile-trials logs traces to MLflow; drop --no-tracking or --profile-trials")

@@ -1,5 +1,5 @@
-"""SIGINT / SIGTERM during a search: the first closes the running trial as failed and exits 130 /
-143; a second exits at once (the next start repairs what was left RUNNING)."""
+"""SIGINT / SIGTERM during a search (or `exp train`): the first closes the running trial (or run)
+as failed and exits 130 / 143; a second exits at once (the next start repairs what was left RUNNING)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from types import FrameType
 
 _state: dict[str, int | bool | None] = {"requested": None, "interruptible": False, "installed": False}
 CLOSING_TRIAL = "closing the running trial as failed"
-_doing = [CLOSING_TRIAL]  # what the first signal does, as its notice says
+_doing = [CLOSING_TRIAL]  # what the first signal does, as its notice says (install sets the first)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -26,8 +26,11 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
-def install(notify: Callable[[str], None] = print) -> None:
-    """Handle SIGINT and SIGTERM in this (main) thread for the rest of the process."""
+def install(notify: Callable[[str], None] = print, work: str = "the running trial") -> None:
+    """Handle SIGINT and SIGTERM in this (main) thread for the rest of the process; `work` names
+    what the first signal closes as failed (`exp train` closes its run)."""
+
+    _doing[0] = f"closing {work} as failed"
 
     def handle(signum: int, frame: FrameType | None) -> None:
         if _state["requested"] is not None:
@@ -44,12 +47,26 @@ def install(notify: Callable[[str], None] = print) -> None:
 
 
 @contextlib.contextmanager
-def interruptible(doing: str = CLOSING_TRIAL) -> Iterator[None]:
+def installed_for_the_call(notify: Callable[[str], None] = print) -> Iterator[None]:
+    """`install` for one call from Python (a notebook, a script), then the caller's own handlers
+    back, and a signal that ended this call forgotten, so it does not end the next one."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    install(notify)
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        _state.update(requested=None, interruptible=False, installed=False)
+
+
+@contextlib.contextmanager
+def interruptible(doing: str | None = None) -> Iterator[None]:
     """Mark training (or creating the stores, which `doing` then names): a signal arriving here
     raises `Interrupted` at once."""
     check()
     _state["interruptible"] = True
-    _doing.append(doing)
+    _doing.append(doing or _doing[0])
     try:
         yield
     finally:

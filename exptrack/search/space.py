@@ -122,6 +122,8 @@ def parse(data: Any, source: str = "search space") -> SearchSpace:
                 f"{source}: unknown parameter {name!r}; searchable config keys are {', '.join(k for k in fields if not k.endswith(cfg.PARAMS_SUFFIX))}"
             )
         params.append(_parse_param(str(name), str(name), spec, source, top_field=str(name)))
+    for param in params:
+        _check_reachable(param, source)
     return SearchSpace(tuple(params), source)
 
 
@@ -234,6 +236,38 @@ def _check_field_kind(field: str, kind: str, where: str) -> None:
         raise UserError(f"{where}: {field} is a whole number; use int instead of float")
     if expected is str:
         raise UserError(f"{where}: {field} takes names; use choice: [...]")
+
+
+def _check_reachable(param: Param, source: str) -> None:
+    """Every value the space can give `param` is one a config takes (the field's range in
+    `config.py`, a loss parameter's check in its builder), so no trial fails on a sampled value.
+    Ranges are intervals, so a numeric parameter's two ends stand for all of its values."""
+    where = f"{source}: parameter {param.name!r}"
+    loss_option = param.name.split(".")[1] if param.name.startswith("loss.") else None
+    for value in _ends(param):
+        if loss_option is None:
+            cfg.check_field(param.field, value, where)
+            continue
+        try:
+            losses.build_loss(loss_option, {param.field: value})
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from exc
+    for subs in param.branches.values():
+        for sub in subs:
+            _check_reachable(sub, source)
+
+
+def _ends(param: Param) -> list[Any]:
+    """A choice's options, or a range's lowest and highest reachable values (`step` may stop
+    short of high; freeze_depth's `max` is the backbone's own stage count, always valid)."""
+    if param.kind == "choice":
+        return list(param.choices)
+    low, high = param.low, param.high
+    if high == "max":
+        return [low]
+    if param.step is not None:
+        high = low + (high - low) // param.step * param.step  # type: ignore[operator]
+    return [low, high]
 
 
 def _is_number(value: Any) -> bool:

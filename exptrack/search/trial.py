@@ -10,8 +10,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import platform
+import tempfile
+import time
 import traceback
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
@@ -20,15 +24,15 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from exptrack import config as cfg
-from exptrack import records
+from exptrack import records, study_store
 from exptrack.errors import UserError, redact
-from exptrack.search import signals
+from exptrack.search import feasibility, signals
 from exptrack.search.space import SearchSpace
-from exptrack.study import Study
+from exptrack.study import Constraint, Study
 from exptrack.study_store import absolute_url
 from exptrack.tracking import ui_links
 from exptrack.tracking.tracker import Tracker
-from exptrack.training import fit
+from exptrack.training import fit, profiling
 
 TAKEN_OVER = "another worker marked this trial FAIL: no heartbeat reached it within the grace period"
 
@@ -55,28 +59,43 @@ class TrialSearch(Protocol):
     progress: Progress | None
     warn: Callable[[str], None]
     unrecorded: list[int]
+    profile_trials_left: int  # how many more trials this invocation traces (--profile-trials)
+    constraints: tuple[Constraint, ...]
+    learns_infeasible: bool  # an out-of-memory trial is told as infeasible, not FAIL
 
 
 class TrialReporter:
-    """fit's reporter for one trial: Optuna pruning + MLflow per-epoch metrics."""
+    """fit's reporter for one trial: Optuna pruning + MLflow per-epoch metrics. Every objective
+    that is an epoch metric must stay finite; a single one is reported to Optuna each epoch (its
+    learning curve, and what the pruner judges; Optuna takes no per-epoch values for several)."""
 
     def __init__(
-        self, trial: optuna.Trial, tracker: Tracker | None, run_id: str | None, metric: str, epochs: int
+        self,
+        trial: optuna.Trial,
+        tracker: Tracker | None,
+        run_id: str | None,
+        objectives: list[str],
+        epochs: int,
     ) -> None:
-        self.trial, self.tracker, self.run_id, self.metric = trial, tracker, run_id, metric
-        self.epochs = epochs
+        self.trial, self.tracker, self.run_id, self.epochs = trial, tracker, run_id, epochs
+        self.watched = [name for name in objectives if name in records.EPOCH_METRICS]
+        self.reports = len(objectives) == 1 and bool(self.watched)
+        self.train_started_at = math.nan  # fit calls on_setup right before its first step
 
     def on_setup(self, facts: Mapping[str, Any]) -> None:
+        self.train_started_at = time.time()
         if self.tracker:
-            self.tracker.log(self.run_id, tags=records.setup_tags(dict(facts)))
+            self.tracker.log_setup(self.run_id, facts)
 
     def on_epoch(self, epoch: int, metrics: Mapping[str, float]) -> bool:
         if self.tracker:
             self.tracker.log_epoch(self.run_id, epoch, metrics)
-        value = metrics[self.metric]
-        if not math.isfinite(value):
-            raise fit.NonFiniteLossError(f"{self.metric} is {value} at epoch {epoch}")
-        self.trial.report(value, epoch)
+        for name in self.watched:
+            if not math.isfinite(metrics[name]):
+                raise fit.NonFiniteLossError(f"{name} is {metrics[name]} at epoch {epoch}")
+        if not self.reports:
+            return False
+        self.trial.report(metrics[self.watched[0]], epoch)
         # A trial whose training is complete is never pruned: after its last epoch there is
         # nothing left to save, and its value is as final as any complete trial's.
         return epoch < self.epochs and self.trial.should_prune()
@@ -93,23 +112,38 @@ def run_trial(search: TrialSearch, trial: optuna.Trial) -> str:
     run_id = _start_run(search, trial, config, asked.weights)
     if search.progress:
         search.progress.trial_started(trial.number, config)
-    reporter = TrialReporter(trial, search.tracker, run_id, search.spec.metric, config.epochs)
+    reporter = TrialReporter(trial, search.tracker, run_id, list(search.spec.objectives), config.epochs)
     try:
         with signals.interruptible():
-            result = fit.fit(config, reporter, search.warn)
+            result = _fit(search, config, reporter, run_id)
     except BaseException as exc:
-        fail(search, trial, run_id, exc)
+        out_of_memory = isinstance(exc, torch.OutOfMemoryError)
+        fail(search, trial, run_id, exc, infeasible=out_of_memory and search.learns_infeasible)
         if isinstance(exc, KeyboardInterrupt | UserError | SystemExit):
             raise
-        out_of_memory = isinstance(exc, torch.OutOfMemoryError)
     else:
         try:
-            return _tell(search, trial, run_id, result)
+            return _tell(search, trial, run_id, result, reporter.train_started_at)
         except UpdateFinishedTrialError:
             return _taken_over(search, trial, run_id)
     if out_of_memory:  # after the except block, so the exception's frames (and tensors) are gone
         release_memory()
     return "FAIL"
+
+
+def _fit(
+    search: TrialSearch, config: cfg.TrialConfig, reporter: TrialReporter, run_id: str | None
+) -> fit.FitResult:
+    """`fit`, traced when this is one of the first `--profile-trials` trials with a run to log to;
+    the trace lands on the run under `profile/`, also when training fails (an OOM's trace helps)."""
+    if search.profile_trials_left <= 0 or search.tracker is None or run_id is None:
+        return fit.fit(config, reporter, search.warn)
+    search.profile_trials_left -= 1
+    with tempfile.TemporaryDirectory(prefix="exptrack-trace-") as folder:
+        try:
+            return fit.fit(config, reporter, search.warn, Path(folder))
+        finally:
+            search.tracker.log_folder(run_id, Path(folder), records.PROFILE_DIR)
 
 
 def _start_run(
@@ -124,6 +158,9 @@ def _start_run(
     if search.tracker is None or search.experiment_id is None or search.parent_run_id is None:
         return None
     provenance = {records.PROVENANCE_STUDY: search.name, records.PROVENANCE_TRIAL: trial.number, **note}
+    tags = {records.TRIAL_STORAGE_TAG: redact(absolute_url(search.storage_url))}
+    if records.RETRY_ATTR in trial.user_attrs:
+        tags[records.RETRY_OF_TAG] = str(trial.user_attrs[records.RETRY_ATTR])
     run_id = search.tracker.start_trial(
         search.experiment_id,
         search.parent_run_id,
@@ -131,61 +168,93 @@ def _start_run(
         trial.number,
         {**search.space.named_params(config.flat_params(), trial.params), **note},
         cfg.dump_yaml(config, provenance),
+        tags,
     )
     if run_id is None:
         search.unrecorded.append(trial.number)
         return None
     trial.set_user_attr(records.RUN_ID_ATTR, run_id)
+    search.tracker.watch_system(
+        run_id, records.system_node(platform.node(), profiling.physical_gpu(config.device))
+    )
     base = ui_links.server_base(search.tracker.uri)
     if base:  # a link optuna-dashboard shows beside the trial (and that opens in a browser)
         trial.set_user_attr(records.RUN_URL_ATTR, ui_links.run_url(base, search.experiment_id, run_id))
-    tags = {records.TRIAL_STORAGE_TAG: redact(absolute_url(search.storage_url))}
-    if records.RETRY_ATTR in trial.user_attrs:
-        tags[records.RETRY_OF_TAG] = str(trial.user_attrs[records.RETRY_ATTR])
-    search.tracker.log(run_id, tags=tags)
     return run_id
 
 
-def _tell(search: TrialSearch, trial: optuna.Trial, run_id: str | None, result: fit.FitResult) -> str:
-    metric = search.spec.metric
+def _tell(
+    search: TrialSearch, trial: optuna.Trial, run_id: str | None, result: fit.FitResult, started_at: float
+) -> str:
     final = dict(result.final)
     final.pop("epoch", None)
     figures = {f"{records.FINAL_PREFIX}{k}": v for k, v in final.items()}
-    values = [h[metric] for h in result.history]
-    if values:
-        figures[f"{records.BEST_PREFIX}{metric}"] = (max if search.spec.direction == "maximize" else min)(
-            values
-        )
-    trial.set_user_attr(records.PROFILE_ATTR, result.profile)
+    for metric, direction in search.spec.objectives.items():
+        values = [h[metric] for h in result.history if metric in h]
+        if values:
+            figures[f"{records.BEST_PREFIX}{metric}"] = (max if direction == "maximize" else min)(values)
+    trial.set_user_attr(records.PROFILE_ATTR, {**result.profile, records.TRAIN_STARTED_AT: started_at})
+    reported = {**result.profile, **final}  # what an objective or a constraint may name
+    tags: dict[str, str] = {}
+    if search.constraints or search.learns_infeasible:  # before tell: the sampler reads them then
+        try:
+            violations = feasibility.violations(search.constraints, reported)
+        except ValueError as exc:
+            return fail(search, trial, run_id, exc)
+        broken = feasibility.record(trial, violations)
+        if broken:
+            tags[records.INFEASIBLE_TAG] = ", ".join(broken)
     if result.stopped_early:
         state = "PRUNED"
         search.study.tell(trial, state=TrialState.PRUNED)
     else:
-        value = final.get(metric, math.nan)
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            return fail(search, trial, run_id, ValueError(f"objective value {value} is not a finite number"))
+        missing = [name for name in search.spec.objectives if name not in reported]
+        if missing:
+            why = f"objective {missing[0]} was not reported by this trial (it reported {', '.join(sorted(reported))})"
+            return fail(search, trial, run_id, ValueError(why))
+        values = [reported[name] for name in search.spec.objectives]
+        bad = [(n, v) for n, v in zip(search.spec.objectives, values, strict=True) if not _finite(v)]
+        if bad:
+            return fail(
+                search, trial, run_id, ValueError(f"objective {bad[0][0]}={bad[0][1]} is not a finite number")
+            )
         state = "COMPLETE"
-        search.study.tell(trial, value)
+        search.study.tell(trial, values)
     if search.tracker:
-        pruned = {records.PRUNED_EPOCH_TAG: str(len(result.history))} if state == "PRUNED" else {}
-        search.tracker.finish_trial(run_id, state, figures, result.profile, pruned)
+        if state == "PRUNED":
+            tags[records.PRUNED_EPOCH_TAG] = str(len(result.history))
+        search.tracker.finish_trial(run_id, state, figures, result.profile, tags)
     _report(search, trial.number, state)
     return state
 
 
-def fail(search: TrialSearch, trial: optuna.Trial, run_id: str | None, exc: BaseException) -> str:
-    """Record a failed trial in both stores, with the reason; never leave it RUNNING."""
-    reason = (
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def fail(
+    search: TrialSearch, trial: optuna.Trial, run_id: str | None, exc: BaseException, infeasible: bool = False
+) -> str:
+    """Record a failed trial in both stores, with the reason; never leave it RUNNING. With
+    `infeasible` (out of memory, under a sampler that steers by constraints) Optuna is told an
+    infeasible result the sampler learns from; the MLflow run still ends FAILED."""
+    reason = redact(
         f"interrupted by {exc}" if isinstance(exc, signals.Interrupted) else f"{type(exc).__name__}: {exc}"
-    )
+    )[:1000]  # redacted before it is cut, so a cut cannot split a URL's password from its `@`
     with contextlib.suppress(UpdateFinishedTrialError):  # already failed by another worker
-        trial.set_user_attr(records.FAIL_REASON_ATTR, redact(reason)[:1000])
-    search.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        trial.set_user_attr(records.FAIL_REASON_ATTR, reason)
+    if infeasible:
+        feasibility.tell_out_of_memory(search.study, trial, search.constraints)
+    else:
+        search.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     if search.tracker:
-        search.tracker.log(run_id, tags={records.FAIL_REASON_TAG: reason[:1000]})
+        tags = {records.FAIL_REASON_TAG: reason}
+        if infeasible:
+            tags[records.INFEASIBLE_TAG] = records.OUT_OF_MEMORY
+        search.tracker.log(run_id, tags=tags)
         if not isinstance(exc, KeyboardInterrupt):
             search.tracker.log_file(
-                run_id, records.TRACEBACK_ARTIFACT, "".join(traceback.format_exception(exc))
+                run_id, records.TRACEBACK_ARTIFACT, redact("".join(traceback.format_exception(exc)))
             )
         search.tracker.finish_trial(run_id, "FAIL", {})
     _report(search, trial.number, "FAIL")
@@ -210,11 +279,16 @@ def release_memory() -> None:
 
 
 def _report(search: TrialSearch, number: int, state: str) -> None:
+    """The progress line: the trial's (first) objective and the best feasible one so far."""
     if search.progress is None:
         return
     frozen = search.study.get_trials(deepcopy=False)[number]
-    try:
-        best = search.study.best_value
-    except ValueError:
-        best = None
-    search.progress.trial_finished(number, state, frozen.value, best)
+    value = frozen.values[0] if frozen.values and state != "FAIL" else None
+    best = None
+    if not search.spec.multi_objective:
+        ranked = study_store.best_first(
+            search.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+            search.spec.direction == "maximize",
+        )
+        best = ranked[0].value if ranked else None
+    search.progress.trial_finished(number, state, value, best)

@@ -37,6 +37,11 @@ def worker_args(argv: list[str], study_name: str) -> list[str]:
     return [*args, "--workers", "1", "--worker", "--study-name", study_name]
 
 
+def profile_shares(traced: int, count: int) -> list[int]:
+    """--profile-trials K over `count` workers: K traces in all, not K each (5 over 2: [3, 2])."""
+    return [traced // count + (1 if i < traced % count else 0) for i in range(count)]
+
+
 def run_workers(search: Search, slots: list[Slot], argv: list[str]) -> SearchSummary:
     """One worker per slot to the study's budget; a signal here is passed on to each of them."""
     search.open()
@@ -44,13 +49,14 @@ def run_workers(search: Search, slots: list[Slot], argv: list[str]) -> SearchSum
     command = [sys.executable, "-m", "exptrack", *worker_args(argv, search.name)]
     # Own sessions: a Ctrl-C in the terminal reaches them once, through `forward`, not twice
     # (a second signal would make them exit at once instead of closing their trials).
+    shares = profile_shares(search.options.profile_trials, count)  # the last --profile-trials wins
     children = [
         subprocess.Popen(
-            command,
+            [*command, "--profile-trials", str(traced)],
             start_new_session=True,
             env={**os.environ, **slot.env(), COORDINATOR_ENV: str(os.getpid())},
         )
-        for slot in slots
+        for slot, traced in zip(slots, shares, strict=True)
     ]
     received: list[int] = []
 

@@ -47,13 +47,20 @@ def load_state_dict(uri: str, store: str) -> dict[str, Any]:
 
 
 def log_model(
-    tracker: Tracker, experiment_id: str, run_id: str, model: torch.nn.Module, register: str | None
+    tracker: Tracker,
+    experiment_id: str,
+    run_id: str,
+    model: torch.nn.Module,
+    register: str | None,
+    example: torch.Tensor | None = None,
 ) -> tuple[str, str | None]:
-    """Log the model under the run (`runs:/<id>/model`); register a version when asked.
+    """Log the model under the run (`runs:/<id>/model`), with `example` (inputs as the model takes
+    them) as its input example and the signature read from it; register a version when asked.
     Returns (model URI, "NAME version N" or None)."""
     import mlflow
     import torch
     import torchvision
+    from mlflow.models import infer_signature
 
     # pickle is chosen on purpose (below) and `runs:/` resolves to the logged model: quiet both notes
     for logger in ("mlflow.pytorch", "mlflow.tracking._model_registry.fluent"):
@@ -63,19 +70,27 @@ def log_model(
         f"torch=={torch.__version__.split('+')[0]}",
         f"torchvision=={torchvision.__version__.split('+')[0]}",
     ]
+    model = model.cpu().eval()
+    signature, inputs = None, None
+    if example is not None:  # the signature from a real forward pass: (-1, 3, H, W) -> (-1, classes)
+        with torch.no_grad():
+            inputs = example.numpy()
+            signature = infer_signature(inputs, model(example).numpy())
     # One process, one run: the fluent API is safe here, and log_model resolves its client from it.
     with _fluent_stores(tracker.uri):
         # log_model puts the model in the *current* experiment even with run_id given; registering
         # then looks for it in the run's experiment, so the two must agree.
         mlflow.set_experiment(experiment_id=experiment_id)
-        # pickle, not MLflow 3's default pt2: no example input to trace, and `load_model` gives
-        # back the same nn.Module, so its state_dict keys match the backbone's.
+        # pickle, not MLflow 3's default pt2: `load_model` gives back the same nn.Module, so its
+        # state_dict keys match the backbone's (weights=runs:/... loads them into a new backbone).
         info = mlflow.pytorch.log_model(
-            model.cpu().eval(),
+            model,
             name=records.MODEL_ARTIFACT,
             run_id=run_id,
             pip_requirements=requirements,
             serialization_format="pickle",
+            signature=signature,
+            input_example=inputs,
         )
         registered = None
         if register:

@@ -4,24 +4,28 @@ per trial, metrics, artifacts, statuses and links both ways).
 `MlflowClient` with explicit run ids (never the fluent `mlflow.start_run` globals, which break as
 soon as two trials run at once). A tracking failure never stops training: each call is guarded,
 the failure is counted, and `failures` is reported at the end of the search.
-Per-epoch metrics go through one background thread of our own: MLflow's async queue costs ~1 s
-per run at `set_terminated` (its worker thread polls with a 1 s timeout before it can join).
+A trial's writes after its run is created (params, config.yaml, setup tags, per-epoch metrics) go
+through one background thread of our own, in order, so training does not wait for the store;
+`finish_trial` waits for them before closing the run. Not MLflow's async logging: its queue costs
+~1 s per run at `set_terminated` (its worker thread polls with a 1 s timeout before it can join).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import logging
 import os
 import platform
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from exptrack import coordination, records
+from exptrack import coordination, processes, records
 from exptrack.errors import UserError, first_line, redact
 from exptrack.records import ROLE_TAG, RUN_STATUS, STUDY_TAG, TRIAL_TAG
 from exptrack.tracking import store_setup
@@ -29,6 +33,9 @@ from exptrack.tracking import store_setup
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # A dead tracking server must not stall each trial for minutes (MLflow's defaults: 7 retries with
 # exponential backoff, ~4 min; 120 s timeout): 2 quick retries (~2 s), then the write counts as failed.
+# System metrics: MLflow samples every 10 s unless told; 5 s gives a minute-long trial a curve.
+# MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it, MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false turns it off.
+SYSTEM_METRICS_INTERVAL_S = 5.0
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -38,11 +45,26 @@ HTTP_DEFAULTS = {
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    """Flag, then MLFLOW_TRACKING_URI, then a sqlite file in the working directory (a PostgreSQL
-    URI gets the psycopg 3 driver of the `postgres` extra)."""
-    return coordination.with_postgres_driver(
-        uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    )
+    """Flag, then MLFLOW_TRACKING_URI, then a sqlite file in the working directory. A tracking
+    server's `user:password@` moves into MLflow's own credential variables (see below); a PostgreSQL
+    URI gets the psycopg 3 driver of the `postgres` extra."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    return coordination.with_postgres_driver(credentials_to_environment(uri))
+
+
+def credentials_to_environment(uri: str) -> str:
+    """`http://user:pw@host` -> `http://host`, with user and password in MLFLOW_TRACKING_USERNAME
+    and MLFLOW_TRACKING_PASSWORD (MLflow sends them as basic auth on every request). MLflow prints
+    its client's URI ("View run ... at: URL", once per run) and puts it in its error messages, so
+    that URI must not hold the password. Other URIs come back unchanged."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(user)
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(password)
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
 
 
 class Tracker:
@@ -62,6 +84,7 @@ class Tracker:
         self.warn = warn
         self.failures: list[str] = []
         self._pending: dict[str, list[concurrent.futures.Future[Any]]] = {}
+        self._monitors: dict[str, Any] = {}  # run id -> its SystemMetricsMonitor
         self._background = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="exptrack-mlflow"
         )
@@ -191,12 +214,18 @@ class Tracker:
         return experiment_id, run_id, (runs[-1].info.run_id if runs else None)
 
     def save_runs_view(
-        self, experiment_id: str, study_name: str, metric: str, maximize: bool, params: list[str]
+        self,
+        experiment_id: str,
+        study_name: str,
+        metric: str,
+        maximize: bool,
+        params: list[str],
+        also: list[str] | None = None,
     ) -> None:
         """The study's saved view of its runs table (`ui_links.runs_view_tag`), which `exp ui` opens."""
         from exptrack.tracking import ui_links
 
-        key, value = ui_links.runs_view_tag(study_name, metric, maximize, params)
+        key, value = ui_links.runs_view_tag(study_name, metric, maximize, params, also or [])
         with self._guard("save the runs table view"):
             self.client.set_experiment_tag(experiment_id, key, value)
 
@@ -215,20 +244,32 @@ class Tracker:
         number: int,
         params: Mapping[str, str],
         config_yaml: str,
+        tags: Mapping[str, str] | None = None,
     ) -> str | None:
-        """Open the trial's nested run with its params and config; None if MLflow is down."""
-        tags = {
+        """Open the trial's nested run (its tags in the same write); None if MLflow is down. Its
+        params and config.yaml follow in the background: the run id, which the trial must store
+        before training, is the only write training waits for (~5 ms on sqlite)."""
+        all_tags = {
             records.PARENT_RUN_TAG: parent_run_id,
             ROLE_TAG: records.ROLE_TRIAL,
             STUDY_TAG: study_name,
             TRIAL_TAG: str(number),
+            **{k: redact(str(v))[:5000] for k, v in (tags or {}).items()},
         }
         with self._guard(f"open the run of trial {number}"):
-            run = self.client.create_run(experiment_id, run_name=records.trial_run_name(number), tags=tags)
-            run_id = run.info.run_id
-            self._log(run_id, params=params)
-            with self._guard(f"log the config of trial {number}"):
-                self.client.log_text(run_id, config_yaml, records.CONFIG_ARTIFACT)
+            run = self.client.create_run(
+                experiment_id, run_name=records.trial_run_name(number), tags=all_tags
+            )
+            run_id: str = run.info.run_id
+            self.log_later(run_id, params=params)
+            self._later(
+                run_id,
+                f"log the config of trial {number}",
+                self.client.log_text,
+                run_id,
+                config_yaml,
+                records.CONFIG_ARTIFACT,
+            )
             return run_id
         return None
 
@@ -240,13 +281,67 @@ class Tracker:
         self.log(run_id, params=params)
         return run_id
 
+    def watch_system(self, run_id: str | None, node_id: str) -> None:
+        """Sample CPU, memory, disk and network (and each GPU through NVML, when nvidia-ml-py is
+        installed) onto the run as `system/<node id>/...` until `finish_trial`. MLflow's own
+        SystemMetricsMonitor, given the run id: the fluent `start_run(log_system_metrics=True)`
+        would need the process-wide active run, which concurrent trials cannot share."""
+        if run_id is None:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        with self._guard("start system metrics"):
+            if not _system_metrics_enabled():
+                return
+            monitor = SystemMetricsMonitor(
+                run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, node_id=node_id, tracking_uri=self.uri
+            )
+            monitor.start()
+            self._monitors[run_id] = monitor
+
+    def _stop_watching(self, run_id: str) -> None:
+        """Stop the run's system metrics. The monitor logs a sample per full interval and drops
+        the last, partial one; in its place one sample taken now is logged (its CPU share covers
+        the time since the previous sample), so a trial shorter than the interval still has one."""
+        monitor = self._monitors.pop(run_id, None)
+        if monitor is None:
+            return
+        with self._guard("log system metrics"):
+            monitor.finish()  # joins its thread: nothing samples concurrently from here on
+            for part in monitor.monitors:
+                part.clear_metrics()
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+
     def log_epoch(self, run_id: str | None, epoch: int, metrics: Mapping[str, float]) -> None:
         """One epoch's metrics, asynchronously: training does not wait for the store."""
         if run_id is None:
             return
-        batch = _metrics(metrics, step=epoch)
-        future = self._background.submit(self.client.log_batch, run_id, metrics=batch)
-        self._pending.setdefault(run_id, []).append(future)
+        self._later(
+            run_id, "log epoch metrics", self.client.log_batch, run_id, metrics=_metrics(metrics, step=epoch)
+        )
+
+    def log_later(
+        self,
+        run_id: str | None,
+        *,
+        params: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """`log`, on the background thread: the run's `finish_trial` waits for it."""
+        if run_id is not None:
+            self._later(run_id, "log to run", self._log, run_id, params=params, tags=tags)
+
+    def _later(self, run_id: str, what: str, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Queue one write of `run_id` on the background thread (one thread: writes keep their
+        order); a failure is recorded like any guarded call, when `finish_trial` collects it."""
+
+        def guarded() -> None:
+            with self._guard(what):
+                write(*args, **kwargs)
+
+        self._pending.setdefault(run_id, []).append(self._background.submit(guarded))
 
     def log(
         self,
@@ -258,6 +353,32 @@ class Tracker:
     ) -> None:
         if run_id is not None:
             self._log(run_id, metrics=metrics, params=params, tags=tags)
+
+    def log_setup(self, run_id: str | None, facts: Mapping[str, Any]) -> None:
+        """Training's setup facts as tags (`exptrack.device`, ...), and its dataset as the run's
+        input (`log_inputs`: the UI's Datasets column shows its name and digest), both on the
+        background writer: training starts without waiting for them."""
+        if run_id is None:
+            return
+        self.log_later(run_id, tags=records.setup_tags(dict(facts)))
+        if records.DATASET_FACT in facts:
+            self._later(run_id, "log the dataset input", self.log_dataset, run_id, facts)
+
+    def log_dataset(self, run_id: str, facts: Mapping[str, Any]) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        spec = str(facts[records.DATASET_FACT])  # digits, imagefolder:/data/pets, ...
+        sizes = {key: facts[key] for key in records.DATASET_SIZE_FACTS if key in facts}
+        dataset = Dataset(
+            name=spec.partition(":")[0],
+            digest=str(facts.get(records.DATASET_DIGEST_FACT, "")),
+            source_type="exptrack",
+            source=json.dumps({"dataset": spec}),
+            profile=json.dumps(sizes),
+        )
+        with self._guard("log the dataset input"):
+            tags = [InputTag(records.DATASET_CONTEXT_TAG, "training")]
+            self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=tags)])
 
     def log_text(self, run_id: str | None, text: str, artifact_file: str) -> None:
         if run_id is None:
@@ -279,8 +400,8 @@ class Tracker:
         if run_id is None:
             return
         for future in self._pending.pop(run_id, []):
-            with self._guard("log epoch metrics"):
-                future.result()
+            future.result()  # guarded inside: never raises
+        self._stop_watching(run_id)
         costs = {records.profile_metric(k): v for k, v in (profile or {}).items()}
         tags = {records.STATE_TAG: state, **(tags or {})}
         self._log(run_id, metrics={**metrics, **costs}, tags=tags)
@@ -326,6 +447,32 @@ class Tracker:
         with self._guard(f"close run {run_id}"):
             self.client.set_terminated(run_id, status=status)
 
+    def log_folder(self, run_id: str | None, folder: Path, artifact_path: str) -> None:
+        """Every file in `folder` as an artifact under `artifact_path` (a trace, its table)."""
+        if run_id is None or not any(folder.iterdir()):
+            return
+        with self._guard(f"log {artifact_path}/"):
+            self.client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+
+    def close_dead_train_runs(self, experiment_ids: list[str] | None = None) -> list[str]:
+        """Close the `exp train` runs left RUNNING by a process that is gone (killed, say), as
+        FAILED with the reason; in `experiment_ids`, else in every active experiment. Their ids."""
+        try:
+            ids = experiment_ids or [e.experiment_id for e in self.client.search_experiments()]
+            running = f"tags.`{ROLE_TAG}` = '{records.ROLE_TRAIN}' and attributes.status = 'RUNNING'"
+            runs = self.client.search_runs(ids, filter_string=running, max_results=1000) if ids else []
+        except Exception as exc:  # a repair must not stop the command that tries it
+            self.warn(f"exp train runs left RUNNING not looked for ({type(exc).__name__}: {first_line(exc)})")
+            return []
+        closed = []
+        for run in runs:
+            owner = run.data.tags.get(records.OWNER_TAG)
+            if owner and processes.owner_is_dead(owner):
+                reason = f"process {owner} died while the run trained (killed or crashed)"
+                self.close_stale_run(run.info.run_id, "FAILED", reason)
+                closed.append(run.info.run_id)
+        return closed
+
     def log_file(self, run_id: str | None, name: str, content: str) -> None:
         """A text file as an artifact (e.g. a traceback); written via a temporary directory."""
         if run_id is None:
@@ -334,6 +481,15 @@ class Tracker:
             path = Path(tmp) / name
             path.write_text(content)
             self.client.log_artifact(run_id, str(path))
+
+
+def _system_metrics_enabled() -> bool:
+    """On unless MLflow's own switch says false (its default, off, is for fluent runs)."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
+
+    return not MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.defined or bool(
+        MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get()
+    )
 
 
 def _metrics(values: Mapping[str, float], step: int) -> list[Any]:

@@ -1,11 +1,13 @@
 """`exp ui`: the MLflow UI as a child process over the tracking store a search wrote, the URLs
-of each study's runs table and study run (`ui_links`), and a clean stop on Ctrl-C.
+of each study's runs table and study run (`ui_links`), and a stop that comes whatever the moment
+of the signal. The server runs under `ui_child`, so it never outlives exp ui, even one SIGKILLed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import ipaddress
 import os
 import signal
@@ -19,14 +21,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from exptrack import records
-from exptrack.errors import UserError, redact
+from exptrack import records, store_checks
+from exptrack.errors import UserError, first_line, redact
 from exptrack.study_store import missing_sqlite_file
 from exptrack.tracking import ui_links
 from exptrack.tracking.tracker import resolve_tracking_uri
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 120.0  # a cold `mlflow server` on 2 busy cores takes ~10-30 s
+STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL to the server's process group
+SIGNAL_EXIT_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # the shell's 130 and 143
 
 
 def is_loopback(host: str) -> bool:
@@ -39,7 +43,10 @@ def is_loopback(host: str) -> bool:
 
 
 def check_port_free(host: str, port: int) -> None:
+    """A listener on the port is refused; connections a stopped server left in TIME_WAIT are not
+    (SO_REUSEADDR, as the server's uvicorn binds: else the next `exp ui` failed for a minute)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -47,23 +54,33 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def server_command(tracking_uri: str, host: str, port: int) -> list[str]:
-    """`mlflow server` over the same backend store. A local store keeps its artifacts where the
-    search's client put them (`./mlruns` beside it, recorded per experiment as an absolute path),
-    which the server reads directly; only experiments created in the UI use the root given here."""
+    """`mlflow server` under `ui_child` (which stops it when exp ui dies). A local store keeps its
+    artifacts where the search's client put them (`./mlruns` beside it, recorded per experiment as
+    an absolute path), which the server reads directly; only experiments created in the UI use the
+    root given here. The store URI itself goes through the environment (`server_environment`)."""
     if tracking_uri.startswith(("http://", "https://", "databricks")):
         raise UserError(
             f"tracking URI {redact(tracking_uri)} is already a server: open it in a browser instead of exp ui"
         )
     root = Path("mlruns").resolve().as_uri()
     return [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", tracking_uri,
+        sys.executable, "-m", "exptrack.tracking.ui_child", str(os.getpid()), "--",
         "--default-artifact-root", root,
         "--no-serve-artifacts",
         "--host", host,
         "--port", str(port),
         "--workers", "1",
     ]  # fmt: skip
+
+
+def server_environment(tracking_uri: str) -> dict[str, str]:
+    """The server's environment: the store URI, which may hold a database password, goes here and
+    not on the command line, which `ps` shows to every user of the machine."""
+    env = dict(os.environ)
+    env["MLFLOW_BACKEND_STORE_URI"] = tracking_uri
+    # MLflow's GenAI job runner (a runner and 7 huey consumer processes) serves no runs table
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return env
 
 
 def study_urls(tracking_uri: str, base: str) -> list[tuple[str, str, str | None]]:
@@ -94,9 +111,28 @@ def study_urls(tracking_uri: str, base: str) -> list[tuple[str, str, str | None]
     return urls
 
 
-def wait_until_up(process: subprocess.Popen[Any], base: str, log: Path, timeout: float) -> None:
+def listed_studies(tracking_uri: str, base: str) -> list[str]:
+    """`study: URL` lines for the UI's banner; the links are a convenience, so a store that cannot
+    be read gives one line saying so, and the UI serves on."""
+    try:
+        found = study_urls(tracking_uri, base)
+    except Exception as exc:
+        return [f"(studies not listed: {type(exc).__name__}: {first_line(exc)})"]
+    lines = []
+    for study, table, study_run in found:
+        lines.append(f"{study}: {table}")
+        if study_run:
+            lines.append(f"{study} study run (dashboard.html under Artifacts): {study_run}")
+    return lines
+
+
+def wait_until_up(
+    process: subprocess.Popen[Any], base: str, log: Path, timeout: float, stop: StopSignals | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stop:
+            stop.check()
         if process.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise UserError(f"mlflow server exited with code {process.returncode}: {redact(tail[0])}")
@@ -109,7 +145,11 @@ def wait_until_up(process: subprocess.Popen[Any], base: str, log: Path, timeout:
 
 @contextlib.contextmanager
 def running_server(
-    tracking_uri: str | None, host: str, port: int, meanwhile: Callable[[str], Any] = lambda base: None
+    tracking_uri: str | None,
+    host: str,
+    port: int,
+    meanwhile: Callable[[str], Any] = lambda base: None,
+    stop: StopSignals | None = None,
 ) -> Iterator[tuple[subprocess.Popen[Any], str, Any]]:
     """Start `mlflow server`, run `meanwhile(base URL)` while it boots (it takes 10-20 s), wait
     until it answers, yield (process, base URL, what `meanwhile` returned); always stop it."""
@@ -117,66 +157,111 @@ def running_server(
     missing = missing_sqlite_file(uri)
     if missing:
         raise UserError(f"no MLflow store at {missing}; run exp search here first, or pass --tracking-uri")
+    store_checks.check_store(uri, "MLflow tracking store", "--tracking-uri", write=False)
     check_port_free(host, port)
     base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     log = Path(tempfile.mkstemp(prefix="exptrack-ui-", suffix=".log")[1])
-    with log.open("w") as sink:
-        # Its own process group: Ctrl-C reaches us only, and we stop the server and its workers.
-        process = subprocess.Popen(
-            server_command(uri, host, port), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    process = None
     try:
+        with log.open("w") as sink:
+            # Its own process group: Ctrl-C reaches us only, and we stop the server and its workers.
+            # stdin: a pipe only we write to; its EOF tells ui_child that we are gone.
+            process = subprocess.Popen(
+                server_command(uri, host, port), stdin=subprocess.PIPE, stdout=sink,
+                stderr=subprocess.STDOUT, env=server_environment(uri), start_new_session=True,
+            )  # fmt: skip
         found = meanwhile(base)
-        wait_until_up(process, base, log, START_TIMEOUT_S)
+        if stop:
+            stop.check()
+        wait_until_up(process, base, log, START_TIMEOUT_S, stop)
         yield process, base, found
     finally:
-        stop(process)
+        if process is not None:
+            terminate(process)
         log.unlink(missing_ok=True)
 
 
-def stop(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
+def terminate(process: subprocess.Popen[Any], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM to the server's process group, SIGKILL after `grace` seconds; bounded either way."""
+    if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(grace)  # SIGKILL cannot be refused; a process stuck in the kernel can
+    if process.stdin:
+        process.stdin.close()
+
+
+class StopRequested(KeyboardInterrupt):
+    """SIGINT or SIGTERM asked exp ui to stop."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """SIGINT and SIGTERM stop the UI: the first unwinds at once (and is remembered, in case library
+    code swallowed the exception: every wait checks it); a second exits at once (the server follows,
+    see `ui_child`). Installed explicitly: started as a background job of a script, Python leaves
+    SIGINT ignored as it found it, and Ctrl-C or `kill -INT` never stopped `exp ui`."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received.append(signum)
+        if len(self.received) > 1:
+            os._exit(128 + signum)
+        raise StopRequested(signum)
+
+    def check(self) -> None:
+        if self.received:
+            raise StopRequested(self.received[0])
 
 
 def serve(tracking_uri: str | None, host: str, port: int, say: Callable[[str], None]) -> int:
-    """Run the UI until Ctrl-C (or SIGTERM); returns the server's exit code if it dies by itself.
-    A tracking server already is the UI: its study pages are listed, nothing is started."""
+    """Run the UI until SIGINT or SIGTERM (returns 130 or 143) or until the server exits by itself
+    (returns its exit code). A tracking server already is the UI: its study pages are listed,
+    nothing is started."""
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
         say(f"MLflow UI: {redact(uri)}  (the tracking server's own)")
-        _list_studies(study_urls(uri, redact(uri).rstrip("/")), say)
+        for line in listed_studies(uri, redact(uri).rstrip("/")):
+            say(f"  {line}")
         return 0
     if not is_loopback(host):
         say(f"warning: binding to {host}: anyone who can reach this machine can read and edit the runs")
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        urls = functools.partial(study_urls, resolve_tracking_uri(tracking_uri))
-        with running_server(tracking_uri, host, port, urls) as (process, base, found):
-            say(f"MLflow UI: {base}  (Ctrl-C stops it)")
-            _list_studies(found, say)
-            return process.wait()
-    except KeyboardInterrupt:
-        say("MLflow UI stopped")  # the server is down by now: running_server's exit stopped it
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _list_studies(found: list[tuple[str, str, str | None]], say: Callable[[str], None]) -> None:
-    for study, table, study_run in found:
-        say(f"  {study}: {table}")
-        if study_run:
-            say(f"  {study} study run (dashboard.html under Artifacts): {study_run}")
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    with StopSignals() as stop:
+        try:
+            # MLflow loads while the server boots; the studies are read once it answers, as the
+            # server creates a new database store's tables at start (a reader would create them too:
+            # the two collided, IntegrityError)
+            warm_up = functools.partial(importlib.import_module, "mlflow.tracking")
+            with running_server(tracking_uri, host, port, lambda base: warm_up(), stop) as (process, base, _):
+                say(f"MLflow UI: {base}  (Ctrl-C stops it)")
+                for line in listed_studies(uri, base):
+                    say(f"  {line}")
+                while process.poll() is None:
+                    stop.check()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        process.wait(0.5)
+                return process.returncode
+        except StopRequested:
+            pass
+    say("MLflow UI stopped")  # the server is down by now: running_server's exit stopped it
+    return 128 + stop.received[0]

@@ -14,14 +14,16 @@ import functools
 import math
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from exptrack import records
 from exptrack.config import TrialConfig
 from exptrack.errors import UserError
-from exptrack.training import backbones, batching, datasets, flops, losses, weights
+from exptrack.training import backbones, batching, datasets, flops, losses, tracing, weights
 from exptrack.training.profiling import Profile, TrialMemory
 
 
@@ -52,6 +54,7 @@ class FitResult:
     stopped_early: bool  # the reporter asked to stop (a pruned trial)
     weights_source: str
     model: nn.Module
+    example: torch.Tensor | None = None  # two validation inputs as the model takes them, on the CPU
 
     @property
     def final(self) -> dict[str, float]:
@@ -76,13 +79,16 @@ def autocast_dtype(config: TrialConfig, device: torch.device) -> torch.dtype | N
 
 
 def fit(
-    config: TrialConfig, reporter: Reporter | None = None, warn: Callable[[str], None] = print
+    config: TrialConfig,
+    reporter: Reporter | None = None,
+    warn: Callable[[str], None] = print,
+    trace_dir: Path | None = None,
 ) -> FitResult:
-    """Train `config` for its epochs, evaluating after each; the reporter may stop it early."""
+    """Train `config` for its epochs, evaluating after each; the reporter may stop it early. With
+    `trace_dir`, a few steady-state steps are traced there (`tracing.window`)."""
     reporter = reporter or NullReporter()
     device = resolve_device(config.device)
     memory = TrialMemory(device)  # before the data and model: they are this trial's memory too
-    amp = autocast_dtype(config, device)
     torch.manual_seed(config.seed)
     size, resize = backbones.preprocessing(config.backbone).geometry(config.image_size)
     split = datasets.load(config, datasets.Geometry(size, resize))
@@ -91,15 +97,25 @@ def fit(
     )
     source = batching.make(config, split, device, built.mean, built.std)
     model = _prepare(built.model, device)
-    forward = _compiled_step(config, model)
-    loss_fn = losses.build_loss(config.loss, config.loss_params)
-    optimizer = _optimizer(config, model, device)
+    trainer = _Trainer(
+        model,
+        _compiled_step(config, model),
+        built.frozen_modules,
+        losses.build_loss(config.loss, config.loss_params),
+        _optimizer(config, model, device),
+        autocast_dtype(config, device),
+        Profile(device),
+        # FLOPs depend on the architecture, what is frozen and the input shape (added per batch)
+        (config.backbone, config.freeze_depth, split.num_classes),
+    )
     trainable, frozen = backbones.parameter_counts(model)
     reporter.on_setup(
         {
             "weights_source": built.weights_source,
             "device": str(device),
             "batching": type(source).__name__,
+            records.DATASET_FACT: config.dataset,
+            records.DATASET_DIGEST_FACT: datasets.digest(split),
             "train_samples": len(split.train_y),
             "val_samples": len(split.val_y),
             "num_classes": split.num_classes,
@@ -107,44 +123,57 @@ def fit(
             "frozen_params": frozen,
         }
     )
-    profile, history = Profile(device), []
-    # FLOPs depend on the architecture, what is frozen and the input shape (appended per batch)
-    flop_key = (config.backbone, config.freeze_depth, split.num_classes)
-    stopped = False
+    steps = len(batching.batch_slices(len(split.train_y), config.batch_size))
+    with tracing.window(trace_dir, device, steps) as on_step:
+        trainer.on_step = on_step
+        history, stopped = _epochs(config, trainer, source, reporter)
+    figures = trainer.profile.summary(trainable, frozen, memory)
+    # what a logged model's signature and input example are made from: two validation images as
+    # the model sees them (normalised float32), on the CPU where a logged model is loaded
+    example = batching.Normalizer(torch.device("cpu"), built.mean, built.std)(split.val_x[:2].cpu())
+    return FitResult(history, figures, stopped, built.weights_source, model, example)
+
+
+@dataclasses.dataclass
+class _Trainer:
+    """What one training step needs, built once per run."""
+
+    model: nn.Module
+    forward: Callable[[torch.Tensor], torch.Tensor]  # the model, or torch.compile of it
+    frozen: list[nn.Module]
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    amp: torch.dtype | None
+    profile: Profile
+    flop_key: tuple[Hashable, ...]
+    on_step: Callable[[], None] = tracing.no_step  # the trace window's step hook
+
+
+def _epochs(
+    config: TrialConfig,
+    trainer: _Trainer,
+    source: batching.DeviceBatches | batching.LoaderBatches,
+    reporter: Reporter,
+) -> tuple[list[dict[str, float]], bool]:
+    """Train and evaluate epoch by epoch: (the history, whether the reporter stopped it)."""
+    profile, device, history = trainer.profile, trainer.profile.device, []
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
-        train_loss = _train_epoch(
-            model,
-            forward,
-            built.frozen_modules,
-            source.train(epoch),
-            loss_fn,
-            optimizer,
-            amp,
-            profile,
-            flop_key,
-        )
+        train_loss = _train_epoch(trainer, source.train(epoch))
         profile.train_seconds += time.perf_counter() - start  # _train_epoch ends synchronized
         with profile.phase("eval"):
-            val_loss, val_acc = evaluate(model, source.val(max(config.batch_size, 256)), loss_fn, amp)
+            val_loss, val_acc = evaluate(
+                trainer.model, source.val(max(config.batch_size, 256)), trainer.loss_fn, trainer.amp
+            )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             profile.settle()
         profile.epoch_seconds.append(time.perf_counter() - start)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
-            }
-        )
-        if reporter.on_epoch(epoch, {k: v for k, v in history[-1].items() if k != "epoch"}):
-            stopped = True
-            break
-    return FitResult(
-        history, profile.summary(trainable, frozen, memory), stopped, built.weights_source, model
-    )
+        metrics = {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc}
+        history.append({"epoch": epoch, **metrics})
+        if reporter.on_epoch(epoch, metrics):
+            return history, True
+    return history, False
 
 
 def with_available_weights(config: TrialConfig, warn: Callable[[str], None] = print) -> TrialConfig:
@@ -191,19 +220,10 @@ def _compiled_step(config: TrialConfig, model: nn.Module) -> Callable[[torch.Ten
     return torch.compile(model)  # type: ignore[return-value]
 
 
-def _train_epoch(
-    model: nn.Module,
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    frozen: list[nn.Module],
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    amp: torch.dtype | None,
-    profile: Profile,
-    flop_key: tuple[Hashable, ...],
-) -> float:
-    model.train()
-    for module in frozen:  # frozen stages keep their batch-norm statistics
+def _train_epoch(trainer: _Trainer, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    t, profile = trainer, trainer.profile
+    t.model.train()
+    for module in t.frozen:  # frozen stages keep their batch-norm statistics
         module.eval()
     total: torch.Tensor | None = None
     count = 0
@@ -214,18 +234,19 @@ def _train_epoch(
                 break
             x, y = batch
         with profile.phase("compute"):
-            if profile.flops_per_sample is None:  # the trial's first step, counted on the eager model
-                step_fn = functools.partial(_step, model, loss_fn, optimizer, x, y, amp)
+            if profile.flops_per_sample is None:  # the run's first step, counted on the eager model
+                step_fn = functools.partial(_step, t.model, t.loss_fn, t.optimizer, x, y, t.amp)
                 loss, profile.flops_per_sample = flops.counted_step(
-                    (*flop_key, *x.shape[1:]), step_fn, len(y)
+                    (*t.flop_key, *x.shape[1:]), step_fn, len(y)
                 )
             else:
-                loss = _step(forward, loss_fn, optimizer, x, y, amp)
+                loss = _step(t.forward, t.loss_fn, t.optimizer, x, y, t.amp)
             total = loss.detach() * len(y) if total is None else total + loss.detach() * len(y)
             count += len(y)
             # On CUDA a per-step finiteness check would sync every step; check every 16 steps.
             if (step % 16 == 0 or not x.is_cuda) and not torch.isfinite(total):
                 raise NonFiniteLossError(f"training loss is not finite at step {step}")
+        t.on_step()
     profile.train_samples += count
     with profile.phase("compute"):  # float() waits for the queued CUDA steps: count them as compute
         mean = float(total) / count if total is not None and count else math.nan

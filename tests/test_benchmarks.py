@@ -1,0 +1,87 @@
+"""The GPU benchmark's driver, rehearsed on CPU with tiny sizes: both arms (`exp search` and the
+plain Optuna + MLflow baseline) run two trials end to end, their stores are read back into one
+JSON of figures, and the figures that need a GPU are null with a reason, never made up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from exptrack import records
+from tests.conftest import REPO, exp_env
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("gpu-study")
+    command = [sys.executable, str(REPO / "benchmarks" / "gpu_study.py"), "--out", str(out), "--tiny"]
+    done = subprocess.run(command, cwd=out, env=exp_env(out), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out, json.loads((out / "gpu_study.json").read_text())
+
+
+def test_both_arms_finish_their_trials_and_the_gap_between_trials_is_measured(
+    rehearsal: tuple[Path, dict[str, Any]],
+) -> None:
+    _, figures = rehearsal
+    for arm in ("exptrack", "baseline"):
+        result = figures[arm]
+        assert result["returncode"] == 0 and result["finished_trials"] == 2, result
+        assert 0.0 <= result["best_val_accuracy"] <= 1.0
+        assert (
+            len(result["finish_s"]) == 2
+            and 0 < result["finish_s"][0] <= result["finish_s"][1] <= result["wall_s"]
+        )
+        assert result["between_trials_s"]["n"] == 1 and result["between_trials_s"]["median"] > 0
+        assert result["ask_to_first_step_s"]["n"] == 2 and result["ask_to_first_step_s"]["median"] > 0
+    comparison = figures["comparison"]
+    assert comparison["equal_trials"] == 2 and comparison["speedup_at_equal_trials"] > 0
+    compute = figures["compute_bound"]
+    assert compute["plain_samples_per_s"] > 0 and compute["exptrack_samples_per_s"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU these figures are measured")
+def test_without_a_gpu_the_gpu_figures_are_null_with_a_reason(rehearsal: tuple[Path, dict[str, Any]]) -> None:
+    _, figures = rehearsal
+    for gpu in (figures["exptrack"]["gpu"], figures["baseline"]["gpu"], figures["compute_bound"]["gpu"]):
+        assert gpu["busy_fraction"] is None and gpu["reason"].startswith("no GPU to sample")
+    assert figures["comparison"]["goals"] == {
+        "met": None,
+        "reason": "no CUDA device: the goals are for one GPU",
+    }
+    assert figures["compute_bound"]["goal>=5000_samples_per_s"] is None
+
+
+def test_the_baseline_records_a_parent_run_and_a_nested_run_per_trial(
+    rehearsal: tuple[Path, dict[str, Any]],
+) -> None:
+    out, _ = rehearsal
+    client = MlflowClient(f"sqlite:///{out / 'work' / 'baseline' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("baseline").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert [p.info.run_name for p in parents] == ["baseline-study"] and len(children) == 2
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert {"lr", "batch_size", "weight_decay", "freeze_depth", "loss"} <= set(child.data.params)
+        history = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == [1]
+
+
+def test_exptrack_stores_when_each_trial_began_training(rehearsal: tuple[Path, dict[str, Any]]) -> None:
+    import optuna
+
+    out, _ = rehearsal
+    study = optuna.load_study(
+        study_name="finetune-gpu", storage=f"sqlite:///{out / 'work' / 'exptrack' / 'optuna.db'}"
+    )
+    for trial in study.trials:
+        started = trial.user_attrs[records.PROFILE_ATTR][records.TRAIN_STARTED_AT]
+        assert trial.datetime_start.timestamp() < started < trial.datetime_complete.timestamp()

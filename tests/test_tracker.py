@@ -1,0 +1,61 @@
+"""The Tracker's background writes: a trial's params, config.yaml and tags are queued behind the
+run's creation, and `finish_trial` waits for them before it closes the run with its status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exptrack import records
+from exptrack.tracking.tracker import Tracker
+
+PARAMS = {"lr": "0.01", "loss": "focal", "loss_params.gamma": "2.0"}
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory: pytest.TempPathFactory) -> Tracker:
+    """One sqlite store for the module: creating MLflow's tables takes seconds."""
+    return Tracker(f"sqlite:///{tmp_path_factory.mktemp('tracker')}/mlflow.db", warn=lambda m: None)
+
+
+def open_trial(tracker: Tracker, params: dict[str, str]) -> str:
+    experiment_id, parent = tracker.open_study_run("study", {}, [])
+    config = yaml.safe_dump({"lr": 0.01, "loss": "focal", "loss_params": {"gamma": 2.0}})
+    run_id = tracker.start_trial(
+        experiment_id, parent, "study", 3, params, config, {"optuna.storage": "x.db"}
+    )
+    assert run_id is not None
+    return run_id
+
+
+def test_a_run_closed_right_after_it_opened_has_every_queued_write(tracker: Tracker, tmp_path: Path) -> None:
+    run_id = open_trial(tracker, PARAMS)
+    tracker.log_later(run_id, tags=records.setup_tags({"device": "cpu"}))
+    tracker.log_epoch(run_id, 1, {"val_accuracy": 0.5})
+    tracker.finish_trial(run_id, "PRUNED", {"best_val_accuracy": 0.5})
+
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.info.end_time is not None
+    assert run.data.params == PARAMS
+    tags = run.data.tags
+    assert tags[records.TRIAL_TAG] == "3" and tags[records.TRIAL_STORAGE_TAG] == "x.db"
+    assert tags["exptrack.device"] == "cpu"
+    assert run.data.metrics == {"val_accuracy": 0.5, "best_val_accuracy": 0.5}
+    config = Path(tracker.client.download_artifacts(run_id, records.CONFIG_ARTIFACT, str(tmp_path)))
+    assert yaml.safe_load(config.read_text())["loss_params"] == {"gamma": 2.0}
+    assert tracker.failures == []
+
+
+def test_a_background_write_the_store_refuses_is_reported_and_the_run_still_closes(tracker: Tracker) -> None:
+    warnings: list[str] = []
+    tracker.warn, tracker.failures = warnings.append, []
+    run_id = open_trial(tracker, {"x" * 300: "1"})  # MLflow refuses param keys over 250 characters
+    tracker.finish_trial(run_id, "COMPLETE", {"val_accuracy": 0.9})
+
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"val_accuracy": 0.9}
+    assert run.data.params == {}
+    assert len(tracker.failures) == 1 and tracker.failures[0].startswith("log to run: MlflowException")
+    assert warnings and "the search goes on" in warnings[0]
