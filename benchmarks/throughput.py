@@ -15,6 +15,7 @@ import math
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -57,7 +58,7 @@ def plain_loop(args: argparse.Namespace, device: torch.device) -> float:
     loader = DataLoader(TensorDataset(x, split.train_y), batch_size=args.batch, shuffle=True, drop_last=True)
     model = tvm.get_model(args.model, weights=None, num_classes=CLASSES).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    batches = iter(loader)
+    batches = _cycle(loader)  # the split keeps part of the samples for validation: go round again
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             _sync(device)
@@ -69,6 +70,11 @@ def plain_loop(args: argparse.Namespace, device: torch.device) -> float:
         optimizer.step()
     _sync(device)
     return args.batch * args.steps / (time.perf_counter() - start)
+
+
+def _cycle(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    while True:
+        yield from loader
 
 
 def exptrack_loop(args: argparse.Namespace) -> tuple[float, float]:

@@ -146,7 +146,7 @@ CASES = [
     (  # a password holding an unencoded `/` (SQLAlchemy takes it) is hidden whole
         "slash-in-storage-password",
         ["good.py", "--storage", "postgresql://u:top/secret@127.0.0.1:1/db"],
-        ["Optuna storage postgresql://u:***@127.0.0.1:1/db cannot be opened"],
+        ["Optuna storage postgresql+psycopg://u:***@127.0.0.1:1/db cannot be opened"],  # the driver used
     ),
     (
         "slash-in-tracking-password",
@@ -180,7 +180,7 @@ CASES = [
     (
         "tracking-unreachable-postgres",
         ["good.py", "--tracking-uri", "postgresql://u:secret@127.0.0.1:1/db"],
-        ["MLflow tracking store postgresql://u:***@127.0.0.1:1/db"],
+        ["MLflow tracking store postgresql+psycopg://u:***@127.0.0.1:1/db"],
     ),
     ("truncated-mlflow-db", ["good.py"], ["MLflow tracking store mlflow.db is truncated", "move it away"]),
     ("random-bytes-optuna-db", ["good.py"], ["Optuna storage optuna.db is not an SQLite database"]),

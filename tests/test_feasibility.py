@@ -19,7 +19,7 @@ from exptrack.search import space as spaces
 from exptrack.study import parse_constraint
 
 TRIALS, LATER = 40, 20  # the last 20 of 40 trials show where the sampler went
-SPEED = spaces.parse({"lr": {"float": [0.0, 1.0]}})
+SPEED = spaces.parse({"lr": {"float": [0.001, 1.0]}})  # lr > 0: a range config.py enforces
 BATCHES = spaces.parse(
     {"lr": {"float": [1e-4, 1e-1], "log": True}, "batch_size": {"choice": [32, 64, 128, 256]}}
 )

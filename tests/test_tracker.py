@@ -21,7 +21,7 @@ def tracker(tmp_path_factory: pytest.TempPathFactory) -> Tracker:
 
 
 def open_trial(tracker: Tracker, params: dict[str, str]) -> str:
-    experiment_id, parent = tracker.open_study_run("study", {}, [])
+    experiment_id, parent, _ = tracker.open_study_run("study", "study-uid", {}, [], False)
     config = yaml.safe_dump({"lr": 0.01, "loss": "focal", "loss_params": {"gamma": 2.0}})
     run_id = tracker.start_trial(
         experiment_id, parent, "study", 3, params, config, {"optuna.storage": "x.db"}

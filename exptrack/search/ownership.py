@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from exptrack import records
 from exptrack.coordination import StoreLock
 from exptrack.processes import owner_is_dead, worker_id
+from exptrack.study_store import counted_trials
 
 ORPHAN_REASON = "asked by a process that died before it recorded itself as the trial's worker"
 
@@ -42,10 +43,8 @@ def ask(study: optuna.Study, lock: StoreLock, budget: int) -> tuple[optuna.Trial
     leave room in `budget`, and record its heartbeat and worker before anyone else looks."""
     with lock:
         abandoned = fail_abandoned(study, lock)
-        taken = study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        )
-        if len(taken) >= budget:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if counted_trials(study) + len(running) >= budget:  # an out-of-memory trial does not count
             return None, abandoned
         trial = study.ask()
         if _heartbeat_interval(study) is not None:
