@@ -73,13 +73,17 @@ def trials(
     state: str = "all",
     sort: str = "best",
     top: int | None = None,
+    costs: bool = False,
 ) -> pd.DataFrame:
     """A study's trials as a DataFrame with the columns of `exp trials` (number, state, value,
     each parameter under its Optuna name, weights, duration, MLflow run id and status, cost
-    figures), filtered by `state`, sorted by `sort` (best, a column, -column), cut to `top`."""
+    figures), filtered by `state`, sorted by `sort` (best, a column, -column), cut to `top`;
+    `costs` puts samples/s, seconds per epoch, peak memory and MFU beside the value (`--costs`)."""
     from exptrack.results.tables import trials_table
 
-    return trials_table(study_name, store_url(storage), store_url(tracking_uri), state, sort, top)
+    return trials_table(
+        study_name, store_url(storage), store_url(tracking_uri), state, sort, top, costs=costs
+    )
 
 
 def store_url(store: Store) -> str | None:

@@ -46,7 +46,9 @@ def study_with_trials() -> optuna.Study:
                         "compute_seconds": 1.0 + i,
                         "eval_seconds": 0.2,
                         "train_samples_per_second": 500.0 - i,
-                    }
+                        "seconds_per_epoch": 1.3 + i,
+                    },
+                    "config": {"batch_size": [32, 64][i % 2], "freeze_depth": i % 3, "image_size": 16},
                 },
             )
         )
@@ -62,6 +64,7 @@ def test_the_shipped_dashboard_draws_every_panel_offline() -> None:
         "parallel coordinate",
         "learning curves",
         "profile breakdown",
+        "cost vs params",
     ):
         assert f"<h2>{heading}</h2>" in page
     assert "not drawn yet" not in page and "no data yet" not in page
@@ -94,6 +97,23 @@ def test_panels_tick_whole_numbers_keep_costs_non_negative_and_make_room_for_lab
     for figure in (curves, history, costs):  # long names push the margins out instead of being cut
         assert figure.layout.xaxis.automargin and figure.layout.yaxis.automargin
         assert figure.layout.legend.orientation == "h"  # above the plot, clear of a right-hand axis
+
+
+def test_cost_against_its_drivers_one_plot_each_pruned_trials_marked_apart() -> None:
+    figure = dashboards.cost_vs_params(study_with_trials(), {})
+    titles = [figure.layout[f"xaxis{n}"].title.text for n in ("", "2", "3")]
+    assert titles == ["batch_size", "freeze_depth", "image_size"]
+    assert figure.layout.yaxis.title.text == "seconds_per_epoch" and figure.layout.yaxis.rangemode == "tozero"
+    complete = [t for t in figure.data if t.name == "complete"]
+    pruned = [t for t in figure.data if t.name == "pruned"]
+    assert {t.marker.symbol for t in complete} == {"circle"} and {t.marker.symbol for t in pruned} == {"x"}
+    by_batch = complete[0]  # the first plot: seconds per epoch against batch size, trial by trial
+    assert list(by_batch.x) == [32, 64, 32, 64] and list(by_batch.y) == [1.3, 2.3, 3.3, 4.3]
+    assert list(pruned[1].x) == [1] and list(pruned[1].y) == [5.3]  # trial 4: freeze_depth 4 % 3
+    samples = dashboards.cost_vs_params(
+        study_with_trials(), {"cost": "train_samples_per_second", "params": ["lr"]}
+    )
+    assert samples.layout.xaxis.title.text == "lr" and list(samples.data[0].y) == [500.0, 499.0, 498.0, 497.0]
 
 
 class _Quiet(WSGIRequestHandler):

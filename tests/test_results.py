@@ -88,6 +88,29 @@ def test_trials_table_loads_no_torch_and_heads_every_parameter_by_its_one_name(s
     assert "loss.focal.gamma" in console.export_text() and " gamma " not in console.export_text()
 
 
+def test_trials_costs_put_speed_time_and_memory_beside_the_value_as_mlflow_recorded_them(
+    searched: Searched,
+) -> None:
+    shown = run_without_torch(searched, "trials", STUDY, "--costs", "--format", "csv")
+    table = pd.read_csv(io.StringIO(shown.stdout))
+    costs = [
+        "train_samples_per_second",
+        "seconds_per_epoch",
+        "peak_rss_mb",
+    ]  # on a CPU: no GPU memory, no MFU
+    assert list(table.columns[:6]) == ["number", "state", "value", *costs]
+    client = MlflowClient(f"sqlite:///{searched.cwd / 'mlflow.db'}")
+    for row in table.itertuples(index=False):
+        metrics = client.get_run(row.run_id).data.metrics
+        for cost in costs:
+            assert getattr(row, cost) == metrics[f"profile/{cost}"] and getattr(row, cost) > 0
+    terminal = searched.exp("trials", STUDY, "--costs")
+    header = next(line for line in terminal.stdout.splitlines() if line.lstrip().startswith("number"))
+    assert header.split()[:6] == ["number", "state", "value", *costs]  # shown, not left to csv/json
+    plain = searched.exp("trials", STUDY, "--format", "csv")
+    assert "peak_rss_mb" not in plain.stdout.splitlines()[0]  # without --costs, as before
+
+
 def test_studies_lists_the_study_with_trials_by_state_and_best_value_without_torch(
     searched: Searched,
 ) -> None:

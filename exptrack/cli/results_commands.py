@@ -45,11 +45,19 @@ def trials(
     top: Annotated[int | None, typer.Option(help="Show only the first K rows after sorting")] = None,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
+    costs: Annotated[
+        bool,
+        typer.Option(
+            "--costs",
+            help="Show what each trial cost beside its value: samples/s, seconds per epoch, peak "
+            "memory (GPU or process) and MFU (on a GPU of known peak)",
+        ),
+    ] = False,
 ) -> None:
     """Table of a study's trials: state, value, parameters, duration and MLflow run id."""
     from exptrack.results import tables
 
-    frame = tables.trials_table(study_name, storage, tracking_uri, state, sort, top, warn)
+    frame = tables.trials_table(study_name, storage, tracking_uri, state, sort, top, warn, costs)
     _render(frame, fmt, f"{study_name}: {len(frame)} trials")
 
 

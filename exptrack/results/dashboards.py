@@ -301,3 +301,56 @@ def profile_breakdown(study: optuna.Study, options: Mapping[str, Any]) -> Any:
         yaxis2={"title": "samples/s", "overlaying": "y", "side": "right", "rangemode": "tozero"},
     )
     return figure
+
+
+COST_DRIVERS = ("batch_size", "freeze_depth", "image_size")  # the parameters that set a trial's cost
+
+
+@register_panel("cost_vs_params")
+def cost_vs_params(study: optuna.Study, options: Mapping[str, Any]) -> Any:
+    """One cost figure (option `cost`, default `seconds_per_epoch`; any profile figure) against each
+    parameter that drives it (option `params`, default batch size, freezing depth, image size), one
+    plot each; complete trials as dots, pruned ones as crosses, since they paid for fewer epochs."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    cost = str(options.get("cost", "seconds_per_epoch"))
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if cost in t.user_attrs.get(records.PROFILE_ATTR, {})
+    ]
+    drivers = [
+        p for p in options.get("params", COST_DRIVERS) if any(_setting(t, p) is not None for t in trials)
+    ]
+    if not trials or not drivers:
+        return None
+    figure = make_subplots(rows=1, cols=len(drivers), shared_yaxes=True, horizontal_spacing=0.04)
+    for state, symbol in ((TrialState.COMPLETE, "circle"), (TrialState.PRUNED, "x")):
+        chosen = [t for t in trials if t.state == state]
+        for column, name in enumerate(drivers, start=1):
+            shown = [t for t in chosen if _setting(t, name) is not None]
+            figure.add_trace(
+                go.Scatter(
+                    x=[_setting(t, name) for t in shown],
+                    y=[t.user_attrs[records.PROFILE_ATTR][cost] for t in shown],
+                    text=[f"trial {t.number}" for t in shown],
+                    mode="markers",
+                    marker={"symbol": symbol, "size": 9},
+                    name=state.name.lower(),
+                    legendgroup=state.name,
+                    showlegend=column == 1 and bool(chosen),
+                ),
+                row=1,
+                col=column,
+            )
+            figure.update_xaxes(title_text=name, row=1, col=column)
+    figure.update_yaxes(title_text=cost, rangemode="tozero", row=1, col=1)  # a cost is never negative
+    return figure.update_layout(height=420)
+
+
+def _setting(trial: optuna.trial.FrozenTrial, name: str) -> Any:
+    """A parameter as the trial ran it: searched (its param) or fixed (its stored config)."""
+    if name in trial.params:
+        return trial.params[name]
+    return (trial.user_attrs.get(records.CONFIG_ATTR) or {}).get(name)

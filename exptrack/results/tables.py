@@ -21,6 +21,15 @@ STATES = ("complete", "pruned", "fail", "running", "waiting", "all")
 FORMATS = ("table", "csv", "json", "markdown")
 BEST = "best"  # --sort best: the objective, best first for the study's direction
 PROFILE_METRICS = ("seconds_per_epoch", "train_samples_per_second")  # shown beside each trial
+# `--costs`: what each trial cost, beside its value(s): speed, time, peak memory (the GPU's when the
+# trial ran on one, else the process's) and MFU; a column no trial has (MFU on a CPU) is left out
+COST_COLUMNS = (
+    "train_samples_per_second",
+    "seconds_per_epoch",
+    "peak_cuda_allocated_mb",
+    "peak_rss_mb",
+    "mfu",
+)
 
 
 def value_columns(study: optuna.Study) -> list[str]:
@@ -35,24 +44,27 @@ def value_columns(study: optuna.Study) -> list[str]:
     return [f"value_{i}" for i in range(n)]
 
 
-def trials_frame(study: optuna.Study, runs: list[Any]) -> pd.DataFrame:
+def trials_frame(study: optuna.Study, runs: list[Any], costs: bool = False) -> pd.DataFrame:
     """One row per trial: number, state, value(s), `pareto` (on the Pareto front, for several
     objectives), `feasible` (for a study with constraints), every sampled parameter (dotted
-    names), duration, MLflow run id and status, profile figures. `runs` is the study's trial runs."""
+    names), duration, MLflow run id and status, profile figures. `runs` is the study's trial runs.
+    With `costs`, the cost figures (`COST_COLUMNS`) come right after the value(s), to compare."""
     by_trial = {int(r.data.tags[records.TRIAL_TAG]): r for r in runs if records.TRIAL_TAG in r.data.tags}
     values = value_columns(study)
-    profile = [m for m in PROFILE_METRICS if m not in values]
+    shown_costs = [m for m in COST_COLUMNS if m not in values] if costs else []
+    profile = [m for m in PROFILE_METRICS if m not in values and m not in shown_costs]
     trials = study.get_trials(deepcopy=False)
-    rows = [_trial_row(t, values, by_trial.get(t.number), profile) for t in trials]
+    rows = [_trial_row(t, values, by_trial.get(t.number), [*shown_costs, *profile]) for t in trials]
     marks = _marks(study, trials)
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=["number", "state", *values, *marks, "duration_s", "run_id"])
     for column, flags in marks.items():
         frame[column] = flags
-    fixed = ["number", "state", *values, *marks]
+    shown_costs = [c for c in shown_costs if frame[c].notna().any()]
+    fixed = ["number", "state", *values, *marks, *shown_costs]
     tail = ["weights", "duration_s", "run_id", "run_status", *profile]
-    params = sorted(c for c in frame.columns if c not in fixed and c not in tail)
+    params = sorted(c for c in frame.columns if c not in fixed and c not in tail and c not in COST_COLUMNS)
     return frame.reindex(columns=[*fixed, *params, *tail])
 
 
@@ -79,12 +91,13 @@ def trials_table(
     sort: str = "best",
     top: int | None = None,
     warn: Callable[[str], None] = print,
+    costs: bool = False,
 ) -> pd.DataFrame:
     """`exp trials`: the study's trials from Optuna joined to their MLflow runs (one query), then
     filtered, sorted and cut. MLflow being unreadable only costs the run columns."""
     study = study_store.load_existing_study(study_name, storage)
     runs = read_trial_runs(study_name, tracking_uri, warn, study.user_attrs.get(records.STUDY_UID_ATTR))
-    return select(trials_frame(study, runs), study, state, sort, top)
+    return select(trials_frame(study, runs, costs), study, state, sort, top)
 
 
 def _trial_row(
@@ -231,8 +244,9 @@ def to_markdown(frame: pd.DataFrame) -> str:
 
 
 def to_rich(frame: pd.DataFrame, title: str) -> Any:
-    """The terminal view: run status and profile figures stay in csv/json, to keep it narrow. Every
-    column is headed by the parameter's one name (`loss.focal.gamma`, as in Optuna and MLflow)."""
+    """The terminal view: run status and profile figures stay in csv/json, to keep it narrow (the
+    `--costs` columns sit before them, so they show). Every column is headed by the parameter's
+    one name (`loss.focal.gamma`, as in Optuna and MLflow)."""
     from rich import box
     from rich.table import Table
 
