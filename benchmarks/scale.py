@@ -144,7 +144,12 @@ def death_to_retry(stores: dict[str, str], folder: Path, other_host: bool, grace
     killed_at = time.time()
     doomed.wait()
     number = victim[0].number
-    retry = _wait(lambda trials: [t for t in trials if t.user_attrs.get("retry_of") == number], stores)
+    retry = _wait(  # queued first (WAITING, no start yet), then asked by the survivor
+        lambda trials: [
+            t for t in trials if t.user_attrs.get("retry_of") == number and t.datetime_start is not None
+        ],
+        stores,
+    )
     assert survivor.wait() == 0
     seconds = retry[0].datetime_start.timestamp() - killed_at
     where = f"another host (heartbeat, --grace-period {grace})" if other_host else "the same host (pid check)"

@@ -241,6 +241,13 @@ def read_yaml(path: Path) -> tuple[TrialConfig, dict[str, Any]]:
     """Read a config file written by `exp export` (or by hand); returns (config, provenance)."""
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; pass a YAML file from `exp export`")
+    data, provenance = read_mapping(path)
+    return from_dict(data, source=str(path)), provenance
+
+
+def read_mapping(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A config file's keys as written (not yet checked: a warm start takes only the searched
+    ones), and its `provenance:` block; a file that is not a YAML mapping is one line."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -248,4 +255,4 @@ def read_yaml(path: Path) -> tuple[TrialConfig, dict[str, Any]]:
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     provenance = data.pop(records.PROVENANCE_BLOCK, None) or {}
-    return from_dict(data, source=str(path)), dict(provenance)
+    return data, dict(provenance)

@@ -120,25 +120,32 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """A real `mlflow server` on a loopback port, over a sqlite file, restartable on the same port."""
+    """A real `mlflow server` on a loopback port, restartable on the same port: over a sqlite file
+    in `root` unless `backend` names another store; with `serve_artifacts`, clients write their
+    artifacts over HTTP (what workers on other machines need)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, backend: str | None = None, serve_artifacts: bool = False) -> None:
         self.root, self.port = root, free_port()
+        self.backend = backend or f"sqlite:///{root}/server.db"
+        self.serve_artifacts = serve_artifacts
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90) -> None:
+    def start(self, timeout: float = 180) -> None:
         mlflow = Path(sys.executable).with_name("mlflow")
         command = [
             str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{self.root}/server.db",
-            "--artifacts-destination", str(self.root / "artifacts"),
+            "--backend-store-uri", self.backend, "--artifacts-destination", str(self.root / "artifacts"),
+            *(["--serve-artifacts"] if self.serve_artifacts else []),
         ]  # fmt: skip
+        self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the server process owns it
-        self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+        # MLflow's GenAI job runner (a runner and 7 huey consumers) serves nothing the tests use
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True, env=env)
         wait_for(self._answers, f"mlflow server on port {self.port}", timeout)
 
     def _answers(self) -> bool:

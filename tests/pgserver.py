@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.faultkit import FAULTY, SMALL, free_port, wait_for
+from tests.faultkit import FAULTY, SMALL, MlflowServer, free_port
 
 PG_ROOTS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)  # Debian's layout
 
@@ -117,49 +117,13 @@ class PostgresServer:
         return int(row[0]) if row else 0
 
 
-class MlflowPgServer:
+class MlflowPgServer(MlflowServer):
     """`mlflow server` over a PostgreSQL database, serving artifacts over HTTP from a folder: what
     workers on other machines write to (the README's tracking-server recipe, exactly)."""
 
     def __init__(self, backend: str, artifacts: Path) -> None:
-        self.backend, self.artifacts, self.port = backend, artifacts, free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        command = [
-            str(Path(sys.executable).with_name("mlflow")), "server",
-            "--backend-store-uri", self.backend,
-            "--artifacts-destination", str(self.artifacts), "--serve-artifacts",
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-        ]  # fmt: skip
-        log = open(self.artifacts.parent / f"mlflow-{self.port}.log", "ab")  # noqa: SIM115 - the server owns it
-        self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
-        wait_for(self._answers, f"mlflow server on port {self.port}", 180)
-
-    def _answers(self) -> bool:
-        import urllib.request
-
-        assert self.process is not None
-        assert self.process.poll() is None, "mlflow server exited"
-        try:
-            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as reply:
-                return bool(reply.status == 200)
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, 15)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, 9)
-            self.process.wait()
+        super().__init__(artifacts.parent, backend, serve_artifacts=True)
+        self.artifacts = artifacts  # where the server keeps what clients send it
 
 
 class Host:

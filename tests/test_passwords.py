@@ -33,7 +33,9 @@ def test_a_tracking_password_appears_in_no_output_process_or_store(project: Path
     server.start()
     try:
         url = server.uri.replace("http://", f"http://alice:{PASSWORD}@")
-        search = start_search(project, "--trials", "2", env={"MLFLOW_TRACKING_URI": url})
+        # MLflow's own "View run ... at: URL" lines, which exptrack turns off, turned back on
+        shown = {"MLFLOW_TRACKING_URI": url, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "false"}
+        search = start_search(project, "--trials", "2", env=shown)
         shown_in_ps: list[bytes] = []
         while search.poll() is None:  # the search and whatever it starts, for as long as it runs
             shown_in_ps += [c for c in command_lines() if PASSWORD.encode() in c]

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 
 from exptrack import config as cfg
 from exptrack import records, study_store
@@ -152,13 +151,7 @@ def config_files(path: Path) -> list[Path]:
 def from_files(space: SearchSpace, spec: Study, path: Path, warn: Callable[[str], None]) -> list[Start]:
     starts = []
     for file in config_files(path):
-        try:
-            data = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"{file}: not valid YAML ({exc.__class__.__name__}); fix the file") from exc
-        if not isinstance(data, dict):
-            raise UserError(f"{file}: expected a mapping of config keys, got {type(data).__name__}")
-        data.pop(records.PROVENANCE_BLOCK, None)
+        data, _ = cfg.read_mapping(file)
         starts.append(from_values(space, data, str(file)))
         _say_what_is_ignored(space, spec, data, str(file), warn)
     return starts

@@ -41,6 +41,10 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.2",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    # MLflow prints "View run trial-007 at: URL" for every run it closes on a server: with K workers
+    # that is K interleaved lines a trial through the progress display. The summary prints the
+    # study's links and each trial keeps its own (`mlflow_run_url`).
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 
