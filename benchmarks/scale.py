@@ -183,7 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 16])  # none: the deaths only
     parser.add_argument("--trials", type=int, default=64)
     parser.add_argument(
         "--backends", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"]
@@ -199,7 +199,9 @@ def main() -> None:
             postgres = PostgresServer()
             postgres.start()
         try:
-            for count in [*args.workers, "death"]:
+            # a fresh pair of stores for each run: a finished study would leave a new worker nothing to do
+            deaths = ["death", "death-far"] if backend == "postgres" else ["death"]
+            for count in [*args.workers, *deaths]:
                 folder = Path(tempfile.mkdtemp(prefix=f"scale-{backend}-"))
                 if backend == "postgres":
                     name = f"run_{count}_{time.monotonic_ns()}"
@@ -208,10 +210,9 @@ def main() -> None:
                     stores = {"storage": postgres.create_database(f"optuna_{name}"), "tracking": server.uri}
                 else:
                     stores = sqlite_stores(folder)
-                if count == "death":
-                    lines.append(f"{backend:10} {death_to_retry(stores, folder, False, args.grace)}")
-                    if backend == "postgres":
-                        lines.append(f"{backend:10} {death_to_retry(stores, folder, True, args.grace)}")
+                if count in deaths:
+                    far = count == "death-far"  # on another host: only the heartbeat can tell
+                    lines.append(f"{backend:10} {death_to_retry(stores, folder, far, args.grace)}")
                 else:
                     counter = None
                     if backend == "postgres":
@@ -224,7 +225,10 @@ def main() -> None:
                 print(lines[-1], flush=True)
                 if server is not None:
                     server.stop()
-        finally:
+                    server = None
+        finally:  # nothing left running, whatever failed
+            if server is not None:
+                server.stop()
             if backend == "postgres":
                 postgres.stop()
     print("\n".join(lines))
