@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from exptrack import processes
 from exptrack.errors import UserError, redact
 
 LOCK_TIMEOUT_S = 300  # creating both stores takes seconds, an ask milliseconds: minutes mean a stuck peer
@@ -30,10 +31,18 @@ OUTAGE_S = 120  # how long a lock (and a store call) waits out a database restar
 
 
 def sqlite_path(url: str) -> Path | None:
-    """The file a `sqlite:///` URL names (None for other URLs and in-memory databases)."""
-    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+    """The file a `sqlite:///` URL names, relative to the working directory (None for other URLs
+    and in-memory databases)."""
+    if not url.startswith("sqlite:///"):
         return None
-    return Path(url.removeprefix("sqlite:///").split("?")[0])
+    path = url.removeprefix("sqlite:///").split("?")[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file a `sqlite:///` URL names, when it does not exist (opening it would create it empty)."""
+    path = sqlite_path(url)
+    return path if path is not None and not path.exists() else None
 
 
 def is_postgres(url: str) -> bool:
@@ -44,7 +53,7 @@ def with_postgres_driver(url: str) -> str:
     """`postgresql://` (SQLAlchemy's default driver is psycopg2) -> `postgresql+psycopg://`; a
     PostgreSQL URL without psycopg installed is a one-line error naming the extra."""
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme.split("+")[0] not in ("postgresql", "postgres"):
+    if not sep or not is_postgres(url):
         return url
     if scheme in ("postgresql", "postgres"):
         scheme = POSTGRES_DRIVER
@@ -145,9 +154,7 @@ class AdvisoryLock(StoreLock):
         deadline = time.monotonic() + OUTAGE_S
         while True:
             try:
-                connection = self._connect()
-                connection.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
-                connection.exec_driver_sql(f"SELECT pg_advisory_lock({ADVISORY_KEY})")
+                self._connect().exec_driver_sql(f"SELECT pg_advisory_lock({ADVISORY_KEY})")
                 return
             except Exception as exc:
                 self._drop()
@@ -174,6 +181,8 @@ class AdvisoryLock(StoreLock):
             if self._engine is None:
                 self._engine = create_engine(self.url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
             self._connection = self._engine.connect()
+            # a setting of the session: said once per connection, not on every ask
+            self._connection.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
         return self._connection
 
     def _drop(self) -> None:
@@ -226,7 +235,7 @@ def create_sqlite_once(path: Path, build: Callable[[str], None]) -> bool:
         return False
     path = path.resolve()  # the temporary name must not follow a later chdir
     _remove_abandoned_builds(path)
-    temp = _build_name(path, os.getpid())
+    temp = _build_name(path)
     try:
         build(f"sqlite:///{temp}")
         os.link(temp, path)
@@ -240,7 +249,7 @@ def create_sqlite_once(path: Path, build: Callable[[str], None]) -> bool:
 def replace_sqlite(path: Path, build: Callable[[str], None]) -> None:
     """Rebuild the sqlite store `path` (hold its lock): build beside it, then rename over it."""
     path = path.resolve()
-    temp = _build_name(path, os.getpid())
+    temp = _build_name(path)
     try:
         build(f"sqlite:///{temp}")
         os.replace(temp, path)
@@ -248,28 +257,17 @@ def replace_sqlite(path: Path, build: Callable[[str], None]) -> None:
         _remove(temp)
 
 
-def _build_name(path: Path, pid: int) -> Path:
-    return path.with_name(f".{path.name}.{os.uname().nodename}-{pid}.new")
+def _build_name(path: Path) -> Path:
+    """This process's temporary build of `path`, named by its owner (host:pid:start-time)."""
+    return path.with_name(f".{path.name}.{processes.worker_id()}.new")
 
 
 def _remove_abandoned_builds(path: Path) -> None:
     """Temporary builds of this store whose process died (killed mid-build)."""
-    host = os.uname().nodename
     for temp in path.parent.glob(f".{path.name}.*.new"):
         owner = temp.name.removeprefix(f".{path.name}.").removesuffix(".new")
-        name, _, pid = owner.rpartition("-")
-        if name == host and pid.isdigit() and not _alive(int(pid)):
+        if processes.owner_is_dead(owner):
             _remove(temp)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _remove(path: Path) -> None:

@@ -22,6 +22,15 @@ def redact(text: str) -> str:
     return _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
+def failure_reason(exc: BaseException) -> str:
+    """What ended a trial or run, for its record: `interrupted by SIGTERM` for a signal (a bare
+    Ctrl-C: SIGINT), else the exception's type and message; redacted before it is cut to 1,000
+    characters, so a cut cannot split a URL's password from its `@`."""
+    if isinstance(exc, KeyboardInterrupt):
+        return f"interrupted by {str(exc) or 'SIGINT'}"
+    return redact(f"{type(exc).__name__}: {exc}")[:1000]
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's first line, password-free, for a one-line message; its type when it is silent."""
     lines = str(exc).strip().splitlines()

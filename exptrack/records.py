@@ -112,7 +112,6 @@ PROFILE_DIR = "profile"  # also the artifact folder of a traced run's files:
 TRACE_FILE = "trace.json.gz"  # a Chrome/Perfetto trace of a few training steps
 OPS_FILE = "ops.csv"  # the top operators by self time
 PROFILE_PREFIX = f"{PROFILE_DIR}/"
-SYSTEM_PREFIX = "system/"  # MLflow's own prefix of the system metrics it samples: system/<node id>/...
 
 # Optuna state -> MLflow run status, the mapping the design promises.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}

@@ -14,6 +14,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+from exptrack import coordination
 from exptrack.errors import UserError, first_line, redact
 
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
@@ -22,18 +23,10 @@ SERVER_TIMEOUT_S = 5  # a database server that has not answered in 5 s is down o
 DATABASE_SCHEMES = ("postgresql", "postgres", "mysql", "mssql", "oracle")
 
 
-def sqlite_file(url: str) -> Path | None:
-    """The file a `sqlite:///` URL names (relative to the working directory); None for others."""
-    if not url.startswith("sqlite:///"):
-        return None
-    path = url.removeprefix("sqlite:///").split("?")[0]
-    return None if path in ("", ":memory:") else Path(path)
-
-
 def check_store(url: str, what: str, flag: str, write: bool = True) -> None:
     """Raise a one-line UserError when the store at `url` cannot be opened (or, with `write`,
     written). `what` names the store in the message, `flag` is the option that fixes it."""
-    path = sqlite_file(url)
+    path = coordination.sqlite_path(url)
     if path is not None:
         check_sqlite_file(path, what, flag, write)
     elif url.split("://")[0].split("+")[0] in DATABASE_SCHEMES:
@@ -83,13 +76,20 @@ def _check_sqlite_content(path: Path, what: str, flag: str) -> None:
 def _probe(path: Path, what: str, damaged: str) -> None:
     """Read the schema read-only: a corrupt first page fails here. A busy or locked file, or a
     journal a killed writer left (rolled back by the next writer), is not damage."""
-    uri = f"{path.resolve().as_uri()}?mode=ro"
     try:
-        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1)) as db:
+        with read_only(path, timeout=1) as db:
             db.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
         if getattr(exc, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
             raise UserError(f"{what} {path} is damaged ({first_line(exc)}); {damaged}") from exc
+
+
+def read_only(path: Path, timeout: float) -> contextlib.closing[sqlite3.Connection]:
+    """A read-only connection to the sqlite file `path` (as a file: URI, so `?` or `#` in the
+    path stay part of it), closed on leaving the `with`."""
+    return contextlib.closing(
+        sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+    )
 
 
 def check_server(url: str, what: str, flag: str) -> None:

@@ -50,14 +50,6 @@ def absolute_url(url: str) -> str:
     return f"sqlite:///{Path(path).resolve()}{sep}{query}"
 
 
-def missing_sqlite_file(url: str) -> Path | None:
-    """The file a `sqlite:///` URL names, when it does not exist (opening it would create it empty)."""
-    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
-        return None
-    path = Path(url.removeprefix("sqlite:///").split("?")[0])
-    return None if path.exists() else path
-
-
 def open_storage(url: str, grace_period: int | None = None) -> optuna.storages.RDBStorage:
     """The RDB storage at `url`, its tables created when new (a sqlite file whole or not at all; a
     database server under its advisory lock). With `grace_period`, running trials record Optuna's
@@ -148,14 +140,16 @@ for _name in [*_STORE_CALLS, *_CACHE_CALLS, "record_heartbeat", "_get_stale_tria
     setattr(ResilientStorage, _name, _waits_out_outages(getattr(RDBStorage, _name)))
 
 
-def study_names(storage: str | None) -> list[str]:
-    """Names of the studies in a storage; an unreadable or absent storage is a UserError."""
+def readable_storage(storage: str | None) -> tuple[RDBStorage, list[str]]:
+    """A storage a results command reads, opened once, and the names of its studies; an absent or
+    unreadable storage is a UserError."""
     url = resolve_storage(storage)
-    missing = missing_sqlite_file(url)
+    missing = coordination.missing_sqlite_file(url)
     if missing:
         raise UserError(f"no Optuna storage at {missing}; run exp search here first, or pass --storage")
     try:
-        return list(optuna.get_all_study_names(storage=url))
+        opened = RDBStorage(url)
+        return opened, [s.study_name for s in opened.get_all_studies()]
     except Exception as exc:
         raise UserError(
             f"Optuna storage {redact(url)} cannot be read ({type(exc).__name__}); fix --storage"
@@ -164,12 +158,11 @@ def study_names(storage: str | None) -> list[str]:
 
 def load_existing_study(name: str, storage: str | None) -> optuna.Study:
     """A study a search already wrote; an unknown name lists the ones that exist."""
-    url = resolve_storage(storage)
-    names = study_names(url)
+    opened, names = readable_storage(storage)
     if name not in names:
         known = ", ".join(sorted(names)) or "none yet: run exp search first"
-        raise UserError(f"no study named {name!r} in {redact(url)}; studies there: {known}")
-    return optuna.load_study(study_name=name, storage=url)
+        raise UserError(f"no study named {name!r} in {redact(opened.url)}; studies there: {known}")
+    return optuna.load_study(study_name=name, storage=opened)
 
 
 def counted_trials(study: optuna.Study) -> int:
@@ -209,6 +202,24 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     """A multi-objective study's Pareto set by trial number: Optuna's `best_trials`, which leaves
     out infeasible trials (the same constraint values `is_feasible` reads)."""
     return sorted(study.best_trials, key=lambda t: t.number)
+
+
+def objective_names(study: optuna.Study) -> list[str] | None:
+    """The objectives' names in the order of a trial's values, as the search recorded them; None
+    for a study that did not (searched before several objectives were possible)."""
+    names = study.user_attrs.get(records.STUDY_OBJECTIVES_ATTR)
+    if isinstance(names, list) and len(names) == len(study.directions):
+        return [str(name) for name in names]
+    return None
+
+
+def ranked(study: optuna.Study) -> list[FrozenTrial]:
+    """A study's best trials: feasible complete ones best first, or for several objectives the
+    Pareto front (by number). What the summary, export and `--from-study` all mean by "best"."""
+    if len(study.directions) > 1:
+        return pareto_front(study)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return best_first(complete, is_maximized(study))
 
 
 def is_maximized(study: optuna.Study) -> bool:

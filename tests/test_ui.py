@@ -188,7 +188,7 @@ def test_ui_serves_the_study_runs_and_stops_cleanly_on_ctrl_c(searched: Searched
     ids=["sigint-as-the-server-starts", "sigterm-while-uvicorn-boots"],
 )
 def test_ui_stops_on_a_signal_while_its_server_boots(searched: Searched, signum: int, moment: bytes) -> None:
-    """The moments before the UI answers: exp ui is loading MLflow (`meanwhile`) or waiting
+    """The moments before the UI answers: exp ui is loading MLflow or waiting
     for the server's health (`wait_until_up`)."""
     process = start_ui(searched.cwd, free_port())
     try:

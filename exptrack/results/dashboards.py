@@ -103,7 +103,7 @@ def publish(
     target.write_text(page)
     tracker = Tracker(tracking_uri, warn=warn)
     run_id = tracker.study_run_id(study_name, study.user_attrs.get(records.STUDY_UID_ATTR))
-    tracker.log_file(run_id, records.DASHBOARD_ARTIFACT, page)
+    tracker.log_text(run_id, page, records.DASHBOARD_ARTIFACT)
     return run_id if run_id and not tracker.failures else None
 
 
@@ -158,12 +158,9 @@ def _completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def _objective_names(study: optuna.Study) -> list[str]:
-    names = study.user_attrs.get(records.STUDY_OBJECTIVES_ATTR)
-    if isinstance(names, list) and len(names) == len(study.directions):
-        return [str(n) for n in names]
-    return [str(study.user_attrs.get(records.STUDY_METRIC_ATTR, "value"))] + [
-        f"objective {i}" for i in range(1, len(study.directions))
-    ]
+    return study_store.objective_names(study) or [
+        str(study.user_attrs.get(records.STUDY_METRIC_ATTR, "value"))
+    ] + [f"objective {i}" for i in range(1, len(study.directions))]
 
 
 def _target(study: optuna.Study, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from exptrack import config as cfg
 from exptrack import records, study_store
@@ -43,12 +43,8 @@ def best_trials(study: optuna.Study, top: int | None) -> list[FrozenTrial]:
     """The `top` best feasible complete trials (default 1); a multi-objective study's Pareto set."""
     if top is not None and top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
-    if len(study.directions) > 1:
-        pareto = study_store.pareto_front(study)
-        chosen = pareto if top is None else pareto[:top]
-    else:
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        chosen = study_store.best_first(complete, study_store.is_maximized(study))[: top or 1]
+    ranked = study_store.ranked(study)  # several objectives: the whole Pareto set by default
+    chosen = ranked[: top or (len(ranked) if len(study.directions) > 1 else 1)]
     if not chosen:
         raise UserError(
             f"study {study.study_name!r} has no complete trial to export; "

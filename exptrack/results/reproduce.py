@@ -19,7 +19,7 @@ import torch
 
 from exptrack import config as cfg
 from exptrack import processes, records, store_checks
-from exptrack.errors import UserError, redact
+from exptrack.errors import UserError, failure_reason
 from exptrack.tracking import logged_models
 from exptrack.tracking.tracker import Tracker, resolve_tracking_uri
 from exptrack.training import fit, profiling, weights
@@ -128,7 +128,7 @@ def reproduce(
             tracker, experiment_id, run_id, result.model, register, result.example
         )
     except BaseException as exc:  # never leave the run RUNNING (a second signal exits at once: see OWNER_TAG)
-        tracker.log(run_id, tags={records.FAIL_REASON_TAG: fail_reason(exc)})
+        tracker.log(run_id, tags={records.FAIL_REASON_TAG: failure_reason(exc)})
         tracker.finish_trial(run_id, "FAIL", {})
         raise
     final = {k: v for k, v in result.final.items() if k != "epoch"}
@@ -151,13 +151,6 @@ def _fit(
             return fit.fit(config, RunReporter(tracker, run_id), warn, Path(folder))
         finally:
             tracker.log_folder(run_id, Path(folder), records.PROFILE_DIR)
-
-
-def fail_reason(exc: BaseException) -> str:
-    """`interrupted by SIGTERM` for a signal (Ctrl-C: SIGINT), else the exception's type and message."""
-    if isinstance(exc, KeyboardInterrupt):
-        return f"interrupted by {exc or 'SIGINT'}"
-    return redact(f"{type(exc).__name__}: {exc}")[:1000]
 
 
 def compare_line(outcome: TrainOutcome) -> str | None:

@@ -38,10 +38,7 @@ def value_columns(study: optuna.Study) -> list[str]:
     n = len(study.directions)
     if n == 1:
         return ["value"]
-    names = study.user_attrs.get(records.STUDY_OBJECTIVES_ATTR)
-    if isinstance(names, list) and len(names) == n:
-        return [str(name) for name in names]
-    return [f"value_{i}" for i in range(n)]
+    return study_store.objective_names(study) or [f"value_{i}" for i in range(n)]
 
 
 def trials_frame(study: optuna.Study, runs: list[Any], costs: bool = False) -> pd.DataFrame:
@@ -180,11 +177,10 @@ def studies_frame(
     storage: str | None, tracking_uri: str | None = None, warn: Callable[[str], None] = print
 ) -> pd.DataFrame:
     """One row per study: name, direction(s), trials by state, best value, MLflow experiment id."""
-    url = study_store.resolve_storage(storage)
-    study_store.study_names(url)  # a readable storage, or one line saying it is not
+    opened, _ = study_store.readable_storage(storage)  # or one line saying it cannot be read
     rows = []
-    for summary in optuna.get_all_study_summaries(storage=url, include_best_trial=False):
-        study = optuna.load_study(study_name=summary.study_name, storage=url)
+    for summary in optuna.get_all_study_summaries(storage=opened, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=opened)
         trials = study.get_trials(deepcopy=False)
         row: dict[str, Any] = {
             "study": summary.study_name,

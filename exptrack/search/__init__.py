@@ -1,8 +1,9 @@
 """Search: the Optuna side of `exp search`. The search loop and its trial budget (`loop`), one
 trial ask -> fit -> tell (`trial`), search spaces (`space`), samplers and pruners, the checks made
 before any store is created (`preflight`), the repair of what dead processes left (`repair`),
-refusing a changed study (`changed_study`), several worker processes (`workers`), store locks and
-signals. `run.run_search` is the one entry point the CLI calls. Called, this package is the Python
+refusing a changed study (`changed_study`), who owns a trial (`ownership`, under the store lock of
+`coordination`), several worker processes (`workers`) and where each runs (`slots`), constraints
+(`feasibility`), warm starts (`warmstart`) and signals. `run.run_search` is the one entry point the CLI calls. Called, this package is the Python
 API's `exptrack.search(study, trials=...)` (`exptrack.api.search`), which calls `run_search` too.
 
 May import `training`, `tracking`, `records` and the core modules; never `results` or `cli`.

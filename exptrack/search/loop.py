@@ -26,10 +26,9 @@ from exptrack.search.trial import Progress
 from exptrack.study import Study
 from exptrack.study_store import (
     absolute_url,
-    best_first,
     counted_trials,
     open_storage,
-    pareto_front,
+    ranked,
     resolve_storage,
 )
 from exptrack.tracking.tracker import Tracker
@@ -121,7 +120,6 @@ class Search:
             prepared = preflight.prepare(study, options.sampler, options.pruner, options.seed)
         self.space, self.sampler, self.pruner = prepared.space, prepared.sampler, prepared.pruner
         self.prepared = prepared
-        self.worker_index = 0  # the how-many-th process to join the study: its seed stream
         self.lock = coordination.store_lock(self.storage_url)
         self.uid = ""  # the Optuna study's identity (records.STUDY_UID_ATTR), set by _open_study
         self.adopt_untagged = False  # a study from before the identity: its untagged parent run is its own
@@ -161,12 +159,14 @@ class Search:
                 records.STUDY_SPACE_ATTR: declared.search_space,
                 records.STUDY_FIXED_ATTR: dict(self.spec.fixed),
             }
-            fresh = not study.trials  # a study with no trial yet has no parent run to keep
-            if records.STUDY_UID_ATTR not in study.user_attrs:
-                self.adopt_untagged = not fresh  # created by an exptrack without study identities
+            stored = study.user_attrs  # one read: each access is a storage query and a deep copy
+            if records.STUDY_UID_ATTR not in stored:
+                # created by an exptrack without study identities; one with no trial yet has no
+                # parent run to keep
+                self.adopt_untagged = bool(study.get_trials(deepcopy=False))
                 attrs[records.STUDY_UID_ATTR] = uuid.uuid4().hex
             for key, value in attrs.items():
-                if key not in study.user_attrs:
+                if key not in stored:
                     study.set_user_attr(key, value)
             dashboard = self.spec.dashboard_path() if self.render_dashboard else None
             if dashboard:  # `exp report` draws what the search drew, from any directory
@@ -177,7 +177,7 @@ class Search:
                 study.set_metric_names(list(self.spec.objectives))
             if not self.options.worker:  # the coordinator queues them, once
                 warmstart.enqueue(study, self.starts, self.warn)
-            self.uid = str(study.user_attrs[records.STUDY_UID_ATTR])
+            self.uid = str(stored.get(records.STUDY_UID_ATTR, attrs.get(records.STUDY_UID_ATTR)))
             self._join(study)
         return study
 
@@ -187,7 +187,6 @@ class Search:
         study stays repeatable, and workers (or a resumed search) never replay each other's points."""
         joined = int(study._storage.get_study_system_attrs(study._study_id).get(records.STUDY_JOINS_ATTR, 0))
         study._storage.set_study_system_attr(study._study_id, records.STUDY_JOINS_ATTR, joined + 1)
-        self.worker_index = joined
         if self.options.seed is not None and joined:
             study.sampler = self.sampler = self.prepared.sampler_seeded(
                 worker_seed(self.options.seed, joined)
@@ -256,10 +255,7 @@ class Search:
 
     def best(self) -> list[optuna.trial.FrozenTrial]:
         """Feasible complete trials best first; with several objectives, the Pareto front."""
-        if self.spec.multi_objective:
-            return pareto_front(self.study)
-        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return best_first(complete, self.spec.direction == "maximize")
+        return ranked(self.study)
 
     def summary(self, ran: int = 0) -> SearchSummary:
         return SearchSummary(
@@ -316,8 +312,8 @@ class Search:
         if not force and time.monotonic() - self._dashboard_at < DASHBOARD_EVERY_S:
             return
         self._dashboard_at = time.monotonic()
-        self.tracker.log_file(
-            self.parent_run_id, records.DASHBOARD_ARTIFACT, self.render_dashboard(self.study)
+        self.tracker.log_text(
+            self.parent_run_id, self.render_dashboard(self.study), records.DASHBOARD_ARTIFACT
         )
 
     def _close_tracking(self, status: str) -> None:

@@ -5,7 +5,7 @@ and tracking URLs (and their stores)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
@@ -27,20 +27,13 @@ class Prepared:
 
     space: spaces.SearchSpace
     sampler: optuna.samplers.BaseSampler
+    # the same sampler built again with another seed: a worker's own stream (`Search._join`)
+    sampler_seeded: Callable[[int | None], optuna.samplers.BaseSampler]
     pruner: optuna.pruners.BasePruner
     constraints: tuple[Constraint, ...] = ()
     # the sampler steers by constraints, so a trial that runs out of memory is told as infeasible
     learns_infeasible: bool = False
     notes: tuple[str, ...] = ()  # one line each, said before the search (e.g. why pruning is off)
-    # to build the sampler again with a worker's own seed (`Search._join`)
-    sampler_name: str = "tpe"
-    sampler_setup: samplers.SamplerSetup | None = None
-    sampler_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-    def sampler_seeded(self, seed: int | None) -> optuna.samplers.BaseSampler:
-        assert self.sampler_setup is not None, "prepare() records the sampler's setup"
-        setup = dataclasses.replace(self.sampler_setup, seed=seed)
-        return samplers.make_sampler(self.sampler_name, setup, self.sampler_options)
 
 
 def default_sampler(spec: Study) -> str:
@@ -87,13 +80,13 @@ def prepare(
     return Prepared(
         space,
         built,
+        lambda seed: samplers.make_sampler(
+            sampler_name, dataclasses.replace(setup, seed=seed), sampler_options
+        ),
         samplers.make_pruner(pruner_name, samplers.PrunerSetup(epochs), options),
         tuple(constraints),
         learns,
         tuple(notes),
-        sampler_name,
-        setup,
-        sampler_options,
     )
 
 

@@ -61,15 +61,20 @@ def run_search(
         pinned = ", ".join(f"{name}={value}" for name, value in prepared.space.pins.items())
         where = Path(prepared.space.source).name
         warn(f"--set {pinned}: pinned for this study (taken out of the search space {where})")
-    starts = warmstart.collect(
-        spec,
-        prepared.space,
-        options.enqueue,
-        options.from_study,
-        options.from_top,
-        storage_url,
-        options.study_name,
-        warn if not options.worker else _quiet,
+    # the coordinator checks and queues the warm starts once; its workers find them queued
+    starts = (
+        []
+        if options.worker
+        else warmstart.collect(
+            spec,
+            prepared.space,
+            options.enqueue,
+            options.from_study,
+            options.from_top,
+            storage_url,
+            options.study_name,
+            warn,
+        )
     )
     render = dashboard(spec) if dashboard else None
     if not options.worker:  # the coordinator said it already
@@ -97,10 +102,6 @@ def _signals_handled(
         signals.install(notify=warn)
         return contextlib.nullcontext()
     return signals.installed_for_the_call(notify=warn)
-
-
-def _quiet(message: str) -> None:
-    """A worker's warnings about its inputs: the coordinator already said them."""
 
 
 def _spreads(options: SearchOptions) -> bool:

@@ -9,9 +9,8 @@ import signal
 from collections.abc import Callable, Iterator
 from types import FrameType
 
-_state: dict[str, int | bool | None] = {"requested": None, "interruptible": False, "installed": False}
-CLOSING_TRIAL = "closing the running trial as failed"
-_doing = [CLOSING_TRIAL]  # what the first signal does, as its notice says (install sets the first)
+_state: dict[str, int | bool | None] = {"requested": None, "interruptible": False}
+_doing = ["closing the running trial as failed"]  # what the first signal does, as its notice says
 
 
 class Interrupted(KeyboardInterrupt):
@@ -43,7 +42,6 @@ def install(notify: Callable[[str], None] = print, work: str = "the running tria
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
-    _state["installed"] = True
 
 
 @contextlib.contextmanager
@@ -57,7 +55,7 @@ def installed_for_the_call(notify: Callable[[str], None] = print) -> Iterator[No
     finally:
         for signum, handler in saved.items():
             signal.signal(signum, handler)
-        _state.update(requested=None, interruptible=False, installed=False)
+        _state.update(requested=None, interruptible=False)
 
 
 @contextlib.contextmanager

@@ -90,7 +90,7 @@ class SearchSpace:
         named = dict(params)
         for name in sampled:
             head, _, field = name.rpartition(".")
-            if head and not _is_loss_param(name) and field in named:
+            if head and not is_loss_param(name) and field in named:
                 named[name] = named.pop(field)
         return named
 
@@ -151,7 +151,7 @@ def _parse_range(name: str, field: str, kind: str, spec: dict[str, Any], where: 
     log, step = bool(spec.get("log", False)), cfg.parse_number(spec.get("step"))
     if high == "max" and field == "freeze_depth" and kind == "int":
         high_num = math.inf
-    elif not _is_number(high):
+    elif not is_number(high):
         raise UserError(
             f"{where}: high must be a number"
             + (" (or max, for freeze_depth)" if kind == "int" else "")
@@ -159,7 +159,7 @@ def _parse_range(name: str, field: str, kind: str, spec: dict[str, Any], where: 
         )
     else:
         high_num = high
-    if not _is_number(low):
+    if not is_number(low):
         raise UserError(f"{where}: low must be a number, got {low!r}")
     if kind == "int" and not (float(low).is_integer() and (high == "max" or float(high).is_integer())):
         raise UserError(f"{where}: int bounds must be whole numbers, got {bounds!r}")
@@ -169,7 +169,7 @@ def _parse_range(name: str, field: str, kind: str, spec: dict[str, Any], where: 
         raise UserError(f"{where}: log scale needs low > 0, got {low}; raise low or drop log")
     if log and step is not None:
         raise UserError(f"{where}: log and step cannot be combined; keep one")
-    if step is not None and (not _is_number(step) or step <= 0):
+    if step is not None and (not is_number(step) or step <= 0):
         raise UserError(f"{where}: step must be a positive number, got {step!r}")
     _check_field_kind(field, kind, where)
     cast = int if kind == "int" else float
@@ -196,7 +196,7 @@ def _parse_choice(name: str, field: str, spec: dict[str, Any], where: str, sourc
     if field == "loss":
         for option in options:
             losses.loss_parameters(str(option))  # raises for an unknown loss
-    if all(_is_number(o) for o in options):
+    if all(is_number(o) for o in options):
         # In numeric order: plots that place a choice by its index (optuna-dashboard's slice and
         # parallel coordinates) then show batch sizes 32 < 64 < 128 whatever order the file lists.
         options = sorted(options)
@@ -270,7 +270,8 @@ def _ends(param: Param) -> list[Any]:
     return [low, high]
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool, which Python counts as an int)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -289,13 +290,13 @@ def _sample_into(param: Param, trial: Suggester, values: dict[str, Any], source:
             _sample_into(sub, trial, values, source)
         return
     value = _suggest(param, trial, values, source)
-    if _is_loss_param(param.name):
+    if is_loss_param(param.name):
         values.setdefault(f"loss{cfg.PARAMS_SUFFIX}", {})[param.field] = value
     else:
         values[param.field] = value
 
 
-def _is_loss_param(name: str) -> bool:
+def is_loss_param(name: str) -> bool:
     """`loss.focal.gamma`: a parameter of a loss branch, which goes to `loss_params`."""
     return "." in name and name.split(".")[0] == "loss"
 
@@ -310,7 +311,7 @@ def _pinned(
 ) -> tuple[Param, ...]:
     kept: list[Param] = []
     for param in params:
-        if _is_loss_param(param.name):
+        if is_loss_param(param.name):
             value = (overrides.get(f"loss{cfg.PARAMS_SUFFIX}") or {}).get(param.field, _UNSET)
         else:
             value = overrides.get(param.field, _UNSET)

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from exptrack import config as cfg
 from exptrack import records, study_store
-from exptrack.errors import UserError, redact
+from exptrack.errors import UserError, failure_reason, redact
 from exptrack.search import feasibility, signals
 from exptrack.search.space import SearchSpace
 from exptrack.study import Constraint, Study
@@ -238,9 +238,7 @@ def fail(
     """Record a failed trial in both stores, with the reason; never leave it RUNNING. With
     `infeasible` (out of memory, under a sampler that steers by constraints) Optuna is told an
     infeasible result the sampler learns from; the MLflow run still ends FAILED."""
-    reason = redact(
-        f"interrupted by {exc}" if isinstance(exc, signals.Interrupted) else f"{type(exc).__name__}: {exc}"
-    )[:1000]  # redacted before it is cut, so a cut cannot split a URL's password from its `@`
+    reason = failure_reason(exc)
     with contextlib.suppress(UpdateFinishedTrialError):  # already failed by another worker
         trial.set_user_attr(records.FAIL_REASON_ATTR, reason)
     if infeasible:
@@ -253,8 +251,8 @@ def fail(
             tags[records.INFEASIBLE_TAG] = records.OUT_OF_MEMORY
         search.tracker.log(run_id, tags=tags)
         if not isinstance(exc, KeyboardInterrupt):
-            search.tracker.log_file(
-                run_id, records.TRACEBACK_ARTIFACT, redact("".join(traceback.format_exception(exc)))
+            search.tracker.log_text(
+                run_id, redact("".join(traceback.format_exception(exc))), records.TRACEBACK_ARTIFACT
             )
         search.tracker.finish_trial(run_id, "FAIL", {})
     _report(search, trial.number, "FAIL")

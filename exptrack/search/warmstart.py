@@ -22,7 +22,7 @@ import optuna
 from exptrack import config as cfg
 from exptrack import records, study_store
 from exptrack.errors import UserError, redact
-from exptrack.search.space import Param, SearchSpace
+from exptrack.search.space import Param, SearchSpace, is_loss_param, is_number
 from exptrack.study import Study
 from exptrack.training import backbones
 
@@ -77,8 +77,7 @@ def _point(
     out: dict[str, Any],
     source: str,
 ) -> None:
-    in_loss = "." in param.name and param.name.split(".")[0] == "loss"
-    given = loss_params if in_loss else values
+    given = loss_params if is_loss_param(param.name) else values
     if param.field not in given:
         return  # left to the sampler
     value = given[param.field]
@@ -96,8 +95,7 @@ def _check(param: Param, value: Any, values: Mapping[str, Any], source: str) -> 
         allowed = f"one of {list(param.choices)}"
     else:
         high = _high(param, values)
-        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        ok = number and float(param.low) <= value <= high  # type: ignore[arg-type]
+        ok = is_number(value) and float(param.low) <= value <= high  # type: ignore[arg-type]
         if ok and param.kind == "int":
             ok = float(value).is_integer() and (int(value) - int(param.low)) % int(param.step or 1) == 0  # type: ignore[arg-type]
         elif ok and param.step:
@@ -122,8 +120,7 @@ def searched_keys(space: SearchSpace) -> set[str]:
     keys: set[str] = set()
 
     def visit(param: Param) -> None:
-        in_loss = "." in param.name and param.name.split(".")[0] == "loss"
-        keys.add(f"loss{cfg.PARAMS_SUFFIX}" if in_loss else param.field)
+        keys.add(f"loss{cfg.PARAMS_SUFFIX}" if is_loss_param(param.name) else param.field)
         for subs in param.branches.values():
             for sub in subs:
                 visit(sub)
@@ -182,7 +179,7 @@ def best_of_study(
     if name == current:
         raise UserError(f"--from-study {name!r} is this study itself; name an earlier study")
     earlier = study_store.load_existing_study(name, storage_url)
-    chosen = _best(earlier)[:top]
+    chosen = study_store.ranked(earlier)[:top]
     if not chosen:
         raise UserError(
             f"--from-study {name!r} has no complete feasible trial in {redact(study_store.resolve_storage(storage_url))}"
@@ -199,13 +196,6 @@ def best_of_study(
                 f"--from-study {name!r}: its space is not compatible with this one: {exc}"
             ) from exc
     return starts
-
-
-def _best(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    if len(study.directions) > 1:
-        return study_store.pareto_front(study)
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return study_store.best_first(complete, study_store.is_maximized(study))
 
 
 # --- queueing ----------------------------------------------------------------------------------

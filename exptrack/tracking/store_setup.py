@@ -10,11 +10,10 @@ created under the database's advisory lock. An MLflow server creates its own sto
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 from pathlib import Path
 
-from exptrack import coordination
+from exptrack import coordination, store_checks
 
 
 def ensure_store(uri: str) -> None:
@@ -51,7 +50,7 @@ def _complete(path: Path) -> bool:
 
 
 def _schema_version(path: Path) -> str | None:
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)) as db:
+    with store_checks.read_only(path, timeout=60) as db:
         try:
             row = db.execute("SELECT version_num FROM alembic_version").fetchone()
         except sqlite3.OperationalError:  # no such table: creation never got that far
@@ -61,7 +60,7 @@ def _schema_version(path: Path) -> str | None:
 
 def _holds_records(path: Path) -> bool:
     """Any run or experiment of a user: such a store is MLflow's to upgrade, never ours to rebuild."""
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)) as db:
+    with store_checks.read_only(path, timeout=60) as db:
         for query in ("SELECT 1 FROM runs LIMIT 1", "SELECT 1 FROM experiments WHERE name != 'Default'"):
             try:
                 if db.execute(query).fetchone():

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
@@ -385,6 +384,7 @@ class Tracker:
             self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=tags)])
 
     def log_text(self, run_id: str | None, text: str, artifact_file: str) -> None:
+        """A text file as an artifact (config.yaml, a traceback, the dashboard page)."""
         if run_id is None:
             return
         with self._guard(f"log {artifact_file}"):
@@ -477,15 +477,6 @@ class Tracker:
                 closed.append(run.info.run_id)
         return closed
 
-    def log_file(self, run_id: str | None, name: str, content: str) -> None:
-        """A text file as an artifact (e.g. a traceback); written via a temporary directory."""
-        if run_id is None:
-            return
-        with self._guard(f"log {name}"), tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            path.write_text(content)
-            self.client.log_artifact(run_id, str(path))
-
 
 def _system_metrics_enabled() -> bool:
     """On unless MLflow's own switch says false (its default, off, is for fluent runs)."""
@@ -519,10 +510,8 @@ def read_experiment_ids(uri: str | None, warn: Any = print) -> dict[str, str]:
 def _read_store(uri: str | None, warn: Any, read: Any) -> Any:
     """`read(tracker)` for a results command; None, with a warning, when the store cannot be read.
     A missing sqlite file is never created by looking."""
-    from exptrack.study_store import missing_sqlite_file
-
     tracker = Tracker(uri, warn=warn)
-    if missing_sqlite_file(tracker.uri):
+    if coordination.missing_sqlite_file(tracker.uri):
         return None
     try:
         return read(tracker)

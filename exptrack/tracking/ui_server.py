@@ -6,7 +6,6 @@ of the signal. The server runs under `ui_child`, so it never outlives exp ui, ev
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import ipaddress
 import os
@@ -21,9 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from exptrack import records, store_checks
+from exptrack import coordination, records, store_checks
 from exptrack.errors import UserError, first_line, redact
-from exptrack.study_store import missing_sqlite_file
 from exptrack.tracking import ui_links
 from exptrack.tracking.tracker import resolve_tracking_uri
 
@@ -148,13 +146,12 @@ def running_server(
     tracking_uri: str | None,
     host: str,
     port: int,
-    meanwhile: Callable[[str], Any] = lambda base: None,
     stop: StopSignals | None = None,
-) -> Iterator[tuple[subprocess.Popen[Any], str, Any]]:
-    """Start `mlflow server`, run `meanwhile(base URL)` while it boots (it takes 10-20 s), wait
-    until it answers, yield (process, base URL, what `meanwhile` returned); always stop it."""
+) -> Iterator[tuple[subprocess.Popen[Any], str]]:
+    """Start `mlflow server`, wait until it answers, yield (process, base URL); always stop it.
+    MLflow's client is imported while the server boots (10-20 s), for the study listing after it."""
     uri = resolve_tracking_uri(tracking_uri)
-    missing = missing_sqlite_file(uri)
+    missing = coordination.missing_sqlite_file(uri)
     if missing:
         raise UserError(f"no MLflow store at {missing}; run exp search here first, or pass --tracking-uri")
     store_checks.check_store(uri, "MLflow tracking store", "--tracking-uri", write=False)
@@ -170,11 +167,11 @@ def running_server(
                 server_command(uri, host, port), stdin=subprocess.PIPE, stdout=sink,
                 stderr=subprocess.STDOUT, env=server_environment(uri), start_new_session=True,
             )  # fmt: skip
-        found = meanwhile(base)
+        importlib.import_module("mlflow.tracking")
         if stop:
             stop.check()
         wait_until_up(process, base, log, START_TIMEOUT_S, stop)
-        yield process, base, found
+        yield process, base
     finally:
         if process is not None:
             terminate(process)
@@ -248,11 +245,9 @@ def serve(tracking_uri: str | None, host: str, port: int, say: Callable[[str], N
         say(f"warning: binding to {host}: anyone who can reach this machine can read and edit the runs")
     with StopSignals() as stop:
         try:
-            # MLflow loads while the server boots; the studies are read once it answers, as the
-            # server creates a new database store's tables at start (a reader would create them too:
-            # the two collided, IntegrityError)
-            warm_up = functools.partial(importlib.import_module, "mlflow.tracking")
-            with running_server(tracking_uri, host, port, lambda base: warm_up(), stop) as (process, base, _):
+            # the studies are read once the server answers: it creates a new database store's tables
+            # at start, and a reader would create them too (the two collided, IntegrityError)
+            with running_server(uri, host, port, stop) as (process, base):
                 say(f"MLflow UI: {base}  (Ctrl-C stops it)")
                 for line in listed_studies(uri, base):
                     say(f"  {line}")

@@ -9,6 +9,7 @@ trial's seed, so every trial of a study is scored on the same images.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Callable
 from typing import NamedTuple
@@ -61,16 +62,17 @@ class TensorSplit:
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return self.train_x, self.train_y, self.val_x, self.val_y
 
-
-def digest(split: TensorSplit) -> str:
-    """A short fingerprint of a split's images and labels, for its MLflow dataset record. Like
-    MLflow's own digests, it hashes the shapes and a sample (up to 1,000 evenly spaced rows of
-    each tensor), so a set of 5k photos at 128 px costs milliseconds, not a pass over 246 MB."""
-    hashed = hashlib.sha256()
-    for tensor in split.tensors():
-        hashed.update(str(tuple(tensor.shape)).encode())
-        hashed.update(tensor[:: max(1, len(tensor) // 1000)].contiguous().cpu().numpy().tobytes())
-    return hashed.hexdigest()[:8]
+    @functools.cached_property
+    def digest(self) -> str:
+        """A short fingerprint of the images and labels, for the MLflow dataset record. Like
+        MLflow's own digests, it hashes the shapes and a sample (up to 1,000 evenly spaced rows of
+        each tensor), so a set of 5k photos at 128 px costs milliseconds, not a pass over 246 MB;
+        once per split, which the trials of a study share (`_CACHE`)."""
+        hashed = hashlib.sha256()
+        for tensor in self.tensors():
+            hashed.update(str(tuple(tensor.shape)).encode())
+            hashed.update(tensor[:: max(1, len(tensor) // 1000)].contiguous().cpu().numpy().tobytes())
+        return hashed.hexdigest()[:8]
 
 
 Loader = Callable[[str | None, TrialConfig, Geometry], TensorSplit]

@@ -115,7 +115,7 @@ def fit(
             "device": str(device),
             "batching": type(source).__name__,
             records.DATASET_FACT: config.dataset,
-            records.DATASET_DIGEST_FACT: datasets.digest(split),
+            records.DATASET_DIGEST_FACT: split.digest,
             "train_samples": len(split.train_y),
             "val_samples": len(split.val_y),
             "num_classes": split.num_classes,
