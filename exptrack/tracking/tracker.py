@@ -510,9 +510,9 @@ def read_experiment_ids(uri: str | None, warn: Any = print) -> dict[str, str]:
 def _read_store(uri: str | None, warn: Any, read: Any) -> Any:
     """`read(tracker)` for a results command; None, with a warning, when the store cannot be read.
     A missing sqlite file is never created by looking."""
-    tracker = Tracker(uri, warn=warn)
-    if coordination.missing_sqlite_file(tracker.uri):
+    if coordination.missing_sqlite_file(resolve_tracking_uri(uri)):  # before Tracker, which creates it
         return None
+    tracker = Tracker(uri, warn=warn)
     try:
         return read(tracker)
     except Exception as exc:
