@@ -77,6 +77,9 @@ class StoreLock:
     """The lock of one store, re-entrant within a process: `with lock: ...`."""
 
     locks_processes = False  # True when it keeps other processes out (sqlite, PostgreSQL)
+    # Seconds a holder may be stuck inside without its lock: a database restart drops an advisory
+    # lock with its session while the holder's calls wait the outage out (up to OUTAGE_S).
+    lost_for_s = 0.0
 
     def __init__(self) -> None:
         self._guard = threading.RLock()
@@ -143,6 +146,7 @@ class AdvisoryLock(StoreLock):
     no transaction stays open while the lock is held)."""
 
     locks_processes = True
+    lost_for_s = float(OUTAGE_S)
 
     def __init__(self, url: str) -> None:
         super().__init__()

@@ -15,6 +15,7 @@ linked by `retry_of`. The process whose state change wins does the retry: there 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import threading
 
 import optuna
@@ -58,19 +59,22 @@ def fail_abandoned(study: optuna.Study, lock: StoreLock) -> list[Abandoned]:
     stale = set(_stale_trial_ids(study))
     failed = []
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        reason = _why_abandoned(frozen, frozen._trial_id in stale, lock.locks_processes, study)
+        reason = _why_abandoned(frozen, frozen._trial_id in stale, lock, study)
         if reason and _fail(study, frozen, reason):
             failed.append(Abandoned(frozen.number, frozen.user_attrs.get(records.RUN_ID_ATTR), reason))
     return failed
 
 
 def _why_abandoned(
-    frozen: optuna.trial.FrozenTrial, stale: bool, exclusive: bool, study: optuna.Study
+    frozen: optuna.trial.FrozenTrial, stale: bool, lock: StoreLock, study: optuna.Study
 ) -> str | None:
     worker = frozen.user_attrs.get(records.WORKER_ATTR)
     if not isinstance(worker, str):
-        # Only a lock that keeps other processes out proves the asker died inside it.
-        return ORPHAN_REASON if exclusive else None
+        # Only a lock that keeps other processes out proves the asker died inside it; one a
+        # database restart can drop proves it only once the asker could have waited the restart out.
+        asked = frozen.datetime_start or datetime.datetime.now()
+        waiting = (datetime.datetime.now() - asked).total_seconds() < lock.lost_for_s
+        return ORPHAN_REASON if lock.locks_processes and not waiting else None
     if owner_is_dead(worker):
         return f"worker process {worker} died while the trial ran (killed or crashed)"
     if stale:

@@ -106,6 +106,8 @@ def run_trial(search: TrialSearch, trial: optuna.Trial) -> str:
     try:
         asked = cfg.from_dict(search.space.sample(trial, search.spec.fixed), source=search.space.source)
         config = fit.with_available_weights(asked, search.warn)
+    except UpdateFinishedTrialError:  # failed by another worker before it was sampled (see _taken_over)
+        return _taken_over(search, trial, None)
     except BaseException as exc:
         fail(search, trial, None, exc)
         raise
@@ -261,7 +263,9 @@ def fail(
 
 def _taken_over(search: TrialSearch, trial: optuna.Trial, run_id: str | None) -> str:
     """Another worker marked this trial FAIL while it trained (its heartbeat missed the grace
-    period, e.g. the database was unreachable) and queued its retry: the result stays unused."""
+    period, e.g. the database was unreachable) and queued its retry: the result stays unused. Also
+    before it was sampled: a database restart drops the advisory lock under which the trial was
+    asked, and a worker that took the lock next found it without its worker recorded yet."""
     if search.tracker:
         search.tracker.log(run_id, tags={records.FAIL_REASON_TAG: TAKEN_OVER})
         search.tracker.finish_trial(run_id, "FAIL", {})
