@@ -30,6 +30,22 @@ NAMED_VALUES = {
 }
 
 
+# Upper bounds on the fields that can exhaust a machine (memory, processes, time); each field
+# says why its figure was chosen. The README's "Bad input" lists them too.
+MAX_IMAGE_SIZE = 1024
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_NUM_WORKERS = 64
+MAX_SEED = 2**32 - 1
+# Any whole number a config holds fits a signed 64-bit integer: torch, NumPy and SQLite store no more.
+MAX_INT = 2**63 - 1
+# A text value (a path, a name, a URI) is at most PATH_MAX (4,096 bytes on Linux) long.
+MAX_TEXT = 4096
+# A YAML file exptrack reads (config, --enqueue, search space, dashboard) is at most 1 MiB: an
+# exported config is about 1 KB and a search space a few; a bigger file is not one of these.
+MAX_YAML_BYTES = 1 << 20
+
+
 # Bounds a numeric field can carry: `>= 1` reads "at least 1" in a message.
 _BOUNDS: dict[str, tuple[str, Callable[[float, float], bool]]] = {
     ">=": ("at least", operator.ge),
@@ -48,8 +64,16 @@ class Range:
     def contains(self, value: float) -> bool:
         return all(_BOUNDS[op][1](float(value), limit) for op, limit in self.bounds)
 
-    def __str__(self) -> str:
-        return " and ".join(f"{_BOUNDS[op][0]} {limit:g}" for op, limit in self.bounds)
+    def broken(self, value: float) -> Range:
+        """The bounds `value` breaks: a message names those (`at most 10000`), not all of them."""
+        return Range(tuple(b for b in self.bounds if not _BOUNDS[b[0]][1](float(value), b[1])))
+
+    def __str__(self) -> str:  # whole limits in full: `at most 4294967295`, not `4.29497e+09`
+        return " and ".join(f"{_BOUNDS[op][0]} {_number_text(limit)}" for op, limit in self.bounds)
+
+
+def _number_text(limit: float) -> str:
+    return str(int(limit)) if limit.is_integer() else f"{limit:g}"
 
 
 def ranged(default: Any, *bounds: str) -> Any:
@@ -75,7 +99,7 @@ def check_value(key: str, value: Any) -> None:
         raise UserError(f"unknown {key} {value!r}; use {', '.join(allowed)}")
     bounds = field_range(key)
     if bounds is not None and not bounds.contains(value):
-        raise UserError(f"{key} must be {bounds}, got {value!r}")
+        raise UserError(f"{key} must be {bounds.broken(value)}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,25 +110,31 @@ class TrialConfig:
     weights: str = "imagenet"  # imagenet | none | path/to/state_dict.pt | runs:/... | models:/...
     dataset: str = "digits"  # NAME[:PATH], e.g. digits, synthetic, imagefolder:/data/pets
     download: bool = False  # torchvision sets: fetch into the root when missing (needs network)
-    # side of the square images the backbone sees; 0 = the weights' crop size
-    image_size: int = ranged(32, ">= 0")
+    # side of the square images the backbone sees; 0 = the weights' crop size. At most 1024: above
+    # the largest torchvision weights' crop (600 px, EfficientNet-B7); digits alone at 1024 px are
+    # 1,797 x 3 x 1024 x 1024 bytes = 5.7 GB of uint8, and 99,999,999 overflowed torch's resize
+    image_size: int = ranged(32, ">= 0", f"<= {MAX_IMAGE_SIZE}")
     subset: int = ranged(0, ">= 0")  # use at most this many train (and val) samples; 0 = all of them
     val_fraction: float = ranged(0.2, "> 0", "< 1")  # held-out share when the dataset has no validation split
-    epochs: int = ranged(3, ">= 1")
+    # at most 10,000: four weeks of 4-minute epochs; 1e9 is a typo, not a plan
+    epochs: int = ranged(3, ">= 1", f"<= {MAX_EPOCHS}")
     lr: float = ranged(1e-3, "> 0")
-    batch_size: int = ranged(64, ">= 1")
+    # at most 65,536 (2^16): twice the largest published ImageNet batches (32k with LARS)
+    batch_size: int = ranged(64, ">= 1", f"<= {MAX_BATCH_SIZE}")
     weight_decay: float = ranged(1e-4, ">= 0")
     # how many leading backbone stages stay frozen (0 = train everything; at most the backbone's count)
     freeze_depth: int = ranged(0, ">= 0")
     loss: str = "cross_entropy"
     loss_params: dict[str, float] = dataclasses.field(default_factory=dict)  # checked by the loss's builder
     optimizer: str = "adamw"
-    seed: int = ranged(0, ">= 0")
+    seed: int = ranged(0, ">= 0", f"<= {MAX_SEED}")  # 2^32 - 1: the largest seed NumPy takes
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     augment: bool = False  # random crop (padding size/8) + horizontal flip of training batches
     batching: str = "auto"  # auto | device (whole set on the device) | loader (DataLoader workers)
-    num_workers: int = ranged(2, ">= 0")  # DataLoader workers when batching is loader
+    # DataLoader worker processes when batching is loader: at most 64, one process each (100,000
+    # forked until the machine ran out of processes)
+    num_workers: int = ranged(2, ">= 0", f"<= {MAX_NUM_WORKERS}")
     compile: bool = False  # torch.compile the model (pays off only for long trials on CUDA)
 
     def __post_init__(self) -> None:
@@ -140,7 +170,7 @@ def field_types() -> dict[str, Any]:
 def from_dict(values: Mapping[str, Any], *, source: str = "config") -> TrialConfig:
     """Build a config from plain values, checking names and types with messages a user can act on."""
     types = field_types()
-    unknown = sorted(set(values) - set(types))
+    unknown = sorted(set(values) - set(types), key=repr)  # a YAML key may be a number: never sorted with text
     if unknown:
         raise UserError(f"{source}: unknown config key {unknown[0]!r}; valid keys are {', '.join(types)}")
     typed = {key: _coerce(key, value, types[key], source) for key, value in values.items()}
@@ -167,27 +197,71 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise UserError(f"{source}: {key} must be a mapping, got {value!r}")
-        return {str(k): _coerce(f"{key}.{k}", v, float, source) for k, v in value.items()}
+        return {_sub_key(key, k, source): _coerce(f"{key}.{k}", v, float, source) for k, v in value.items()}
     if annotation is bool:
         if isinstance(value, bool):
             return value
     elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return _whole(key, value, source)
     elif annotation is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise UserError(f"{source}: {key} must be a finite number, got {value!r}")
-            return float(value)
+            return _finite(key, value, source)
     elif annotation is str:
-        if isinstance(value, str):
-            return value
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
+            value = str(value)
+        if isinstance(value, str):
+            return check_text(value, f"{source}: {key}")
     name = getattr(annotation, "__name__", str(annotation))
-    raise UserError(f"{source}: {key} must be of type {name}, got {value!r}")
+    raise UserError(f"{source}: {key} must be of type {name}, got {shown(value)}")
+
+
+def _whole(key: str, value: int, source: str) -> int:
+    if abs(value) > MAX_INT:  # a 4,000-digit number overflowed torch and SQLite with a traceback
+        raise UserError(f"{source}: {key} must be a whole number of at most 19 digits, got {shown(value)}")
+    return value
+
+
+def _finite(key: str, value: float, source: str) -> float:
+    try:
+        number = float(value)  # an int past 1.8e308 overflows here
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise UserError(f"{source}: {key} must be a finite number, got {shown(value)}")
+    return number
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A value as a message shows it: repr (a newline or a stray byte stays visible, on one line),
+    cut to `limit` characters so a 5000-digit number or a megabyte of text stays one short line."""
+    if isinstance(value, int) and value.bit_length() > 64:  # repr of 4,301+ digits raises ValueError
+        return f"a number of {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def check_text(text: str, what: str) -> str:
+    """Text a config, a name or a path may hold: printable UTF-8 of at most MAX_TEXT characters. A
+    byte that is not UTF-8 (Python keeps it as a lone surrogate) or a control character fails
+    later, in a store's encoder or a file name, with a traceback; here it is one line."""
+    if len(text) > MAX_TEXT:
+        raise UserError(f"{what} is {len(text)} characters long; the limit is {MAX_TEXT}")
+    bad = next((c for c in text if not c.isprintable()), None)
+    if bad is not None:
+        kind = "a byte that is not UTF-8" if 0xD800 <= ord(bad) <= 0xDFFF else "a control character"
+        raise UserError(f"{what} holds {kind} ({bad!r} in {shown(text)}); use printable UTF-8 text")
+    return text
+
+
+def _sub_key(key: str, sub: Any, source: str) -> str:
+    """A key under a dict field (a loss parameter): a plain name, as a builder's keyword argument is;
+    `__dict__` or `1` names nothing a loss takes."""
+    if not isinstance(sub, str) or not sub.isidentifier() or sub.startswith("_"):
+        raise UserError(f"{source}: {key} key {shown(sub)} is not a parameter name; use e.g. {key}.gamma")
+    return sub
 
 
 def parse_number(value: Any) -> Any:
@@ -209,15 +283,16 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise UserError(f"--set {pair!r}: expected key=value, e.g. --set epochs=2")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+            raise UserError(f"--set {shown(pair)}: expected key=value, e.g. --set epochs=2")
+        where = f"--set {shown(key)}"
+        value = load_yaml(check_text(raw, where), where) if raw.strip() else ""
         if key.startswith("loss.") and key.count(".") == 2:  # loss.focal.gamma -> loss_params.gamma
             key = f"loss{PARAMS_SUFFIX}.{key.rsplit('.', 1)[1]}"
         head, dot, sub = key.partition(".")
         if dot:
             if head not in field_types() or typing.get_origin(field_types()[head]) is not dict:
-                raise UserError(f"--set {pair!r}: {head!r} is not a config key with sub-keys")
-            overrides.setdefault(head, {})[sub] = value
+                raise UserError(f"--set {shown(pair)}: {shown(head)} is not a config key with sub-keys")
+            overrides.setdefault(head, {})[_sub_key(head, sub, "--set")] = value
         else:
             overrides[key] = value
     return overrides
@@ -254,11 +329,51 @@ def read_yaml(path: Path) -> tuple[TrialConfig, dict[str, Any]]:
 def read_mapping(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """A config file's keys as written (not yet checked: a warm start takes only the searched
     ones), and its `provenance:` block; a file that is not a YAML mapping is one line."""
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the file") from exc
+    data = load_yaml(read_text(path), str(path)) or {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     provenance = data.pop(records.PROVENANCE_BLOCK, None) or {}
+    if not isinstance(provenance, dict):
+        raise UserError(f"{path}: {records.PROVENANCE_BLOCK}: must be a mapping, as exp export writes it")
     return data, dict(provenance)
+
+
+def read_text(path: Path) -> str:
+    """A YAML file's text: UTF-8, at most MAX_YAML_BYTES. A stray byte or a file that cannot be
+    read is one line naming the file, not a UnicodeDecodeError's traceback."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_YAML_BYTES + 1)
+    except OSError as exc:
+        raise UserError(
+            f"{path}: cannot be read ({exc.strerror or type(exc).__name__}); pass a readable file"
+        ) from exc
+    if len(data) > MAX_YAML_BYTES:
+        raise UserError(
+            f"{path} is over {MAX_YAML_BYTES // 1024} KiB; pass a config, space or dashboard file"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        byte = data[exc.start]
+        raise UserError(
+            f"{path}: byte 0x{byte:02x} at offset {exc.start} is not UTF-8; save the file as UTF-8"
+        ) from exc
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """`yaml.safe_load`, every way it can fail as one line: bad syntax, a tag (`!!python/...` is
+    never executed: safe_load refuses it), a number past Python's 4,300-digit limit (ValueError
+    from PyYAML's int constructor), nesting deeper than the stack (RecursionError)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        raise UserError(
+            f"{source}: not valid YAML ({shown(exc.problem, 120)}); write plain values, no tags"
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise UserError(f"{source}: not valid YAML ({exc.__class__.__name__}); fix the file") from exc
+    except (ValueError, OverflowError) as exc:
+        raise UserError(f"{source}: a value YAML cannot hold ({shown(str(exc), 60)}); fix the file") from exc
+    except RecursionError as exc:
+        raise UserError(f"{source}: nested too deeply for YAML; fix the file") from exc

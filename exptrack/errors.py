@@ -22,6 +22,13 @@ def redact(text: str) -> str:
     return _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
+def one_line(text: str) -> str:
+    """A message as one printable line, password-free: a newline or a stray byte from a user's
+    path or name is shown escaped (`\\n`, `\\udcff`) instead of breaking the line or the encoder."""
+    escaped = redact(text).replace("\r", "\\r").replace("\n", "\\n")
+    return escaped.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def failure_reason(exc: BaseException) -> str:
     """What ended a trial or run, for its record: `interrupted by SIGTERM` for a signal (a bare
     Ctrl-C: SIGINT), else the exception's type and message; redacted before it is cut to 1,000

@@ -19,6 +19,10 @@ from exptrack.errors import UserError
 # What an objective or a constraint may name: a figure training reports, by its bare name.
 FIGURES = (*records.EPOCH_METRICS, *records.PROFILE_FIGURES)
 DIRECTIONS = ("maximize", "minimize")
+# A study name is at most 200 bytes of UTF-8: it names the report file `NAME-dashboard.html`,
+# and a file name stops at 255 bytes (ext4, xfs); MLflow's own limit on the experiment is 500
+# characters, and `--new-study` may add `-2`.
+MAX_NAME_BYTES = 200
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 
@@ -61,6 +65,22 @@ def _check_figure(name: str, role: str, where: str) -> None:
         raise UserError(f"{where}: unknown {role} {name!r}; use one of {', '.join(FIGURES)}")
 
 
+def check_name(name: Any, where: str) -> str:
+    """A study name, checked once before any store is written: non-empty printable text (no
+    newline, control character or byte that is not UTF-8) of at most MAX_NAME_BYTES, and no path
+    separator or `.`/`..`, since `exp report` writes `NAME-dashboard.html`. Quotes are fine: the
+    tracker never puts a name inside an MLflow filter string."""
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"{where}: a study name must be a non-empty string, got {cfg.shown(name)}")
+    cfg.check_text(name, f"{where}: study name")
+    size = len(name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        raise UserError(f"{where}: study name is {size} bytes long; the limit is {MAX_NAME_BYTES} (UTF-8)")
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise UserError(f"{where}: study name {name!r} names a path; use letters, digits, - and _")
+    return name
+
+
 @dataclasses.dataclass(frozen=True)
 class Study:
     """A study file's declaration. `fixed` holds the config values that are not searched.
@@ -89,8 +109,7 @@ class Study:
     pruner_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.name or not isinstance(self.name, str):
-            raise UserError("Study(name=...) must be a non-empty string")
+        check_name(self.name, "Study(name=...)")
         where = f"Study {self.name!r}"
         objectives = self._objectives(where)
         for figure, direction in objectives.items():

@@ -8,7 +8,10 @@ May import every package.
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+import traceback
 from importlib import metadata
 from typing import Annotated
 
@@ -16,8 +19,13 @@ import typer
 
 from exptrack.cli import results_commands, search_commands
 from exptrack.cli.options import err
-from exptrack.errors import UserError
+from exptrack.errors import UserError, first_line, one_line, redact
 from exptrack.search import signals
+
+# EXPTRACK_DEBUG=1 (or `exp --debug ...`): an unexpected error prints its whole traceback
+# instead of one line and a file holding it.
+DEBUG_ENV = "EXPTRACK_DEBUG"
+_debug = {"on": False}
 
 app = typer.Typer(
     add_completion=True,  # typer's own --install-completion / --show-completion (bash, zsh, fish)
@@ -39,8 +47,17 @@ def _commands(
         bool,
         typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version and exit."),
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar=DEBUG_ENV,
+            help="Print the whole traceback of an unexpected error (otherwise: one line and a file)",
+        ),
+    ] = False,
 ) -> None:
     """exp search | trials | studies | export | train | ui | report"""
+    _debug["on"] = debug
 
 
 for _command in (
@@ -62,7 +79,7 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(signals.exit_code() or code)
     except UserError as exc:
-        err.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)  # [brackets] stay
+        _say(f"error: {exc}")
         sys.exit(2)
     except signals.Interrupted as exc:
         sys.exit(exc.exit_code)
@@ -74,4 +91,28 @@ def main() -> None:
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(2)
-        raise
+        text = redact("".join(traceback.format_exception(exc)))  # typer's own display shows locals
+        if _debug["on"] or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            sys.stderr.write(text)
+        else:
+            _say(f"error: unexpected {type(exc).__name__}: {first_line(exc)}; {_saved(text)}")
+        sys.exit(1)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, as typed: [brackets] stay (no markup), a newline or a stray byte in a
+    user's path is escaped, never wrapped by rich."""
+    err.print(one_line(line), highlight=False, soft_wrap=True, markup=False)
+
+
+def _saved(text: str) -> str:
+    """Where the full traceback of an unexpected error went (a file, not the terminal: it ran to
+    700 lines through torch and MLflow), and how to see it."""
+    how = f"exp --debug or {DEBUG_ENV}=1 prints it; please report it with the file"
+    try:
+        fd, path = tempfile.mkstemp(prefix="exptrack-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as file:
+            file.write(text)
+    except OSError as error:  # a full disk: the one line still comes
+        return f"the traceback could not be saved ({error.strerror}); {how}"
+    return f"full traceback in {path} ({how})"

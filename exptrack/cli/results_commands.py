@@ -88,7 +88,11 @@ def export(
 ) -> None:
     """Write the best trials' configs as YAML files that exp train runs."""
     from exptrack.results import export as exporter
+    from exptrack.results import output
 
+    folder = None if out_dir == "-" else output.check_path(out_dir, "--out")  # before a store is read
+    if folder is not None:
+        output.check_directory(folder, "--out")
     items = exporter.export_study(study_name, top, storage, tracking_uri, warn)
     if out_dir == "-":
         if len(items) > 1:
@@ -97,7 +101,8 @@ def export(
             )
         typer.echo(items[0].yaml(), nl=False)
         return
-    for item, path in zip(items, exporter.write(items, Path(out_dir)), strict=True):
+    assert folder is not None
+    for item, path in zip(items, exporter.write(items, folder), strict=True):
         value = item.provenance[records.PROVENANCE_VALUE]
         shown = f"{value:.6g}" if isinstance(value, float) else str(value)
         out.print(

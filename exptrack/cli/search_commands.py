@@ -59,7 +59,8 @@ class SearchProgress:
         self.bar.console.print(f"[yellow]{message}[/yellow]")
 
     def stop(self) -> None:
-        self.bar.stop()
+        if self.task is not None:  # a bar never started would leave a blank line before an error
+            self.bar.stop()
 
 
 def search(
@@ -237,9 +238,13 @@ def report(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Render a study's dashboard to a standalone HTML page and log it on the study's MLflow run."""
-    from exptrack.results import dashboards
+    from exptrack.results import dashboards, output
+    from exptrack.study import check_name
 
+    check_name(study_name, "exp report")  # the default page is NAME-dashboard.html: no path in it
     target = out_file or Path(f"{study_name}-dashboard.html")
+    if out_file is not None:
+        output.check_path(str(out_file), "--out")
     run_id = dashboards.publish(study_name, dashboard, target, storage, tracking_uri, warn)
     where = f" and on MLflow run {run_id}" if run_id else ""
     out.print(f"dashboard written to {target}{where}")

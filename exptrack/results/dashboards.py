@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.trial import TrialState
 
+from exptrack import config as cfg
 from exptrack import records, registry, study_store
 from exptrack.errors import UserError
+from exptrack.results import output
 from exptrack.study import Study
 from exptrack.tracking.tracker import Tracker
 
@@ -36,19 +37,14 @@ DEFAULT_FILE = Path("dashboards/study.yaml")
 
 def load(path: Path) -> Dashboard:
     """(title template, [(panel, options)]) from a dashboard file, validated."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError as exc:
-        raise UserError(f"dashboard file {path} not found; pass --dashboard or create it") from exc
-    return parse(text, str(path))
+    if not path.is_file():
+        raise UserError(f"dashboard file {path} not found; pass --dashboard or create it")
+    return parse(cfg.read_text(path), str(path))
 
 
 def parse(text: str, source: str) -> Dashboard:
     """A dashboard from its YAML text (a file's, or the copy recorded on a study), validated."""
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{source}: not valid YAML ({exc.__class__.__name__}); fix the file") from exc
+    data = cfg.load_yaml(text, source) or {}
     if not isinstance(data, dict) or not isinstance(data.get("panels"), list) or not data["panels"]:
         raise UserError(f"{source}: expected `title:` and a non-empty `panels:` list")
     panels = [_panel_entry(entry, source) for entry in data["panels"]]
@@ -70,11 +66,13 @@ def recorded(study: optuna.Study) -> Dashboard:
 
 
 def _panel_entry(entry: Any, path: str) -> tuple[str, dict[str, Any]]:
-    name, options = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()), (None, None))
     if not isinstance(entry, str | dict) or (isinstance(entry, dict) and len(entry) != 1):
-        raise UserError(f"{path}: a panel is a name or `name: {{options}}`, got {entry!r}")
+        raise UserError(f"{path}: a panel is a name or `name: {{options}}`, got {cfg.shown(entry)}")
+    name, options = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
     if name not in PANELS:
         raise UserError(f"{path}: unknown panel {name!r}; choose from {', '.join(PANELS)}")
+    if not isinstance(options or {}, dict):
+        raise UserError(f"{path}: panel {name!r} takes `{{option: value}}`, got {cfg.shown(options)}")
     return str(name), dict(options or {})
 
 
@@ -98,9 +96,10 @@ def publish(
     """`exp report`: write the page to `target` and log it on the study's MLflow run; returns
     that run's id, or None when MLflow has no record of the study or the write failed.
     Without `dashboard`, the one the study was searched with."""
+    output.check_file(target, "--out", f"{study_name}-dashboard.html")  # before any store is read
     study = study_store.load_existing_study(study_name, storage)
     page = render(study, load(dashboard) if dashboard else recorded(study))
-    target.write_text(page)
+    output.write_file(target, page, "--out")
     tracker = Tracker(tracking_uri, warn=warn)
     run_id = tracker.study_run_id(study_name, study.user_attrs.get(records.STUDY_UID_ATTR))
     tracker.log_text(run_id, page, records.DASHBOARD_ARTIFACT)
@@ -112,7 +111,7 @@ def render(study: optuna.Study, dashboard: Path | Dashboard) -> str:
     import plotly.offline
 
     title, panels = load(dashboard) if isinstance(dashboard, Path) else dashboard
-    title = title.format(study=study.study_name)
+    title = title.replace("{study}", study.study_name)  # not str.format: `{x}` in a title is text
     sections = [f"<h1>{html.escape(title)}</h1>", f"<p>{_counts(study)}</p>"]
     for name, options in panels:
         sections.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2>")

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial
 from exptrack import config as cfg
 from exptrack import records, study_store
 from exptrack.errors import UserError
+from exptrack.results import output
 from exptrack.tracking.tracker import read_trial_runs
 
 PACKAGES = ("exptrack", "torch", "torchvision", "optuna", "mlflow")
@@ -124,13 +125,13 @@ def export_study(
 
 
 def write(exported: list[Exported], out: Path) -> list[Path]:
-    """Write each config as `OUT/trial-NNN.yaml`; returns the paths written."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; pass a directory, or - for stdout")
-    out.mkdir(parents=True, exist_ok=True)
+    """Write each config as `OUT/trial-NNN.yaml` (a temporary file renamed into place: a symlink
+    of that name is replaced, never written through); returns the paths written."""
+    output.check_directory(out, "--out")
+    output.make_directory(out, "--out")
     paths = []
     for item in exported:
         path = out / item.filename
-        path.write_text(item.yaml())
+        output.write_file(path, item.yaml(), "--out")
         paths.append(path)
     return paths

@@ -76,7 +76,7 @@ def prepare(
         notes.append(f"pruning is off: {unprunable}")
         pruner_name = "none"
     options = _options("pruner", spec.pruner_options, spec.pruner, pruner_name, notes)
-    epochs = int(spec.fixed.get("epochs", cfg.TrialConfig.epochs))
+    epochs = cfg.from_dict(spec.fixed, source="fixed").epochs  # typed: `--set epochs=1e2` is the text "1e2"
     return Prepared(
         space,
         built,

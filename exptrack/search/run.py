@@ -14,7 +14,7 @@ from exptrack.errors import UserError
 from exptrack.search import preflight, signals, slots, warmstart, workers
 from exptrack.search.loop import DashboardRenderer, Search, SearchOptions, SearchSummary
 from exptrack.search.trial import Progress
-from exptrack.study import Study, load_study_file
+from exptrack.study import Study, check_name, load_study_file
 from exptrack.study_store import resolve_storage
 from exptrack.tracking import logged_models
 from exptrack.tracking.tracker import Tracker, resolve_tracking_uri
@@ -127,3 +127,6 @@ def check_options(options: SearchOptions) -> None:
         raise UserError(f"--profile-trials must be 0 or more, got {options.profile_trials}")
     if options.profile_trials and not options.tracking:
         raise UserError("--profile-trials logs traces to MLflow; drop --no-tracking or --profile-trials")
+    for flag, name in (("--study-name", options.study_name), ("--from-study", options.from_study)):
+        if name is not None:
+            check_name(name, flag)

@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
 from exptrack import config as cfg
 from exptrack.errors import UserError
 from exptrack.training import backbones, losses
@@ -100,13 +98,9 @@ class SearchSpace:
 
 def load(path: Path) -> SearchSpace:
     """Read and validate a search-space file; every problem names the parameter and the fix."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError as exc:
-        raise UserError(f"search space {path} not found; check the study's search_space=") from exc
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the file") from exc
-    return parse(data, source=str(path))
+    if not path.is_file():
+        raise UserError(f"search space {path} not found; check the study's search_space=")
+    return parse(cfg.load_yaml(cfg.read_text(path), str(path)), source=str(path))
 
 
 def parse(data: Any, source: str = "search space") -> SearchSpace:

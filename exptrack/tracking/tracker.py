@@ -137,15 +137,16 @@ class Tracker:
         return str(experiment.experiment_id)
 
     def study_runs(self, experiment_id: str, study_name: str) -> list[Any]:
-        """Every parent run for a study of this name, oldest first (one per Optuna study)."""
-        return list(
-            self.client.search_runs(
-                [experiment_id],
-                filter_string=f"tags.`{ROLE_TAG}` = '{records.ROLE_STUDY}' and tags.`{STUDY_TAG}` = '{study_name}'",
-                order_by=["attributes.start_time ASC"],
-                max_results=1000,
-            )
+        """Every parent run for a study of this name, oldest first (one per Optuna study). The name
+        is compared here, never put in the filter string: MLflow's filter grammar has no escape, so
+        a quote in a name (`a'b`) broke the query (issue 25)."""
+        runs = self.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{ROLE_TAG}` = '{records.ROLE_STUDY}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1000,
         )
+        return [run for run in runs if run.data.tags.get(STUDY_TAG) == study_name]
 
     def find_study_run(self, experiment_id: str, study_name: str, uid: str | None = None) -> str | None:
         """The parent run of the Optuna study tagged `uid`, else the newest of its name."""
