@@ -72,10 +72,10 @@ def check_name(name: Any, where: str) -> str:
     tracker never puts a name inside an MLflow filter string."""
     if not isinstance(name, str) or not name.strip():
         raise UserError(f"{where}: a study name must be a non-empty string, got {cfg.shown(name)}")
-    cfg.check_text(name, f"{where}: study name")
-    size = len(name.encode("utf-8"))
+    size = len(name.encode("utf-8", "surrogatepass"))
     if size > MAX_NAME_BYTES:
         raise UserError(f"{where}: study name is {size} bytes long; the limit is {MAX_NAME_BYTES} (UTF-8)")
+    cfg.check_text(name, f"{where}: study name")
     if "/" in name or "\\" in name or name in (".", ".."):
         raise UserError(f"{where}: study name {name!r} names a path; use letters, digits, - and _")
     return name

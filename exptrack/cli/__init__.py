@@ -91,12 +91,27 @@ def main() -> None:
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(2)
-        text = redact("".join(traceback.format_exception(exc)))  # typer's own display shows locals
-        if _debug["on"] or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
-            sys.stderr.write(text)
-        else:
-            _say(f"error: unexpected {type(exc).__name__}: {first_line(exc)}; {_saved(text)}")
-        sys.exit(1)
+        if isinstance(exc, OSError) and exc.filename is not None and not _debugging():
+            # a path the user gave that the system refuses (too long, not allowed, a file for a folder)
+            _say(
+                f"error: {exc.filename}: {exc.strerror or type(exc).__name__}; check the path and its permissions"
+            )
+            sys.exit(2)
+        _unexpected(exc)
+
+
+def _debugging() -> bool:
+    return _debug["on"] or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _unexpected(exc: Exception) -> None:
+    """The last resort: one line naming the error and a file with its traceback, exit 1."""
+    text = redact("".join(traceback.format_exception(exc)))  # typer's own display shows locals
+    if _debugging():
+        sys.stderr.write(text)
+    else:
+        _say(f"error: unexpected {type(exc).__name__}: {first_line(exc)}; {_saved(text)}")
+    sys.exit(1)
 
 
 def _say(line: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -28,14 +29,27 @@ def check_path(text: str, flag: str) -> Path:
 
 def check_directory(out: Path, flag: str) -> None:
     """`out` can be a directory of ours: absent (it is created) or a directory."""
-    if out.exists() and not out.is_dir():
+    found = _stat(out, flag)
+    if found is not None and not stat.S_ISDIR(found.st_mode):
         raise UserError(f"{flag} {out} is a file; pass a directory, or - for stdout")
 
 
 def check_file(target: Path, flag: str, example: str) -> None:
     """`target` can be a file of ours: not an existing directory."""
-    if target.is_dir():
+    found = _stat(target, flag)
+    if found is not None and stat.S_ISDIR(found.st_mode):
         raise UserError(f"{flag} {target} is a directory; pass a file name, e.g. {target / example}")
+
+
+def _stat(path: Path, flag: str) -> os.stat_result | None:
+    """What is at `path` (following links: the user named it), None when nothing is; a name too
+    long (a 300-byte component: ENAMETOOLONG) or a parent that is a file is one line."""
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: {_why(exc)}; pass a path you can write") from exc
 
 
 def make_directory(out: Path, flag: str) -> None:
