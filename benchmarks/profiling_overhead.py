@@ -28,7 +28,8 @@ from collections.abc import Hashable, Iterator
 from pathlib import Path
 
 from exptrack import config as cfg
-from exptrack.search.loop import Search, SearchOptions
+from exptrack.search import loop
+from exptrack.search.options import SearchOptions
 from exptrack.study import load_study_file
 from exptrack.tracking.tracker import Tracker
 from exptrack.training import fit, flops
@@ -76,14 +77,14 @@ def main() -> None:
     spec = load_study_file(Path(args.study)).with_overrides(overrides)
     times: dict[str, list[float]] = {arm: [] for arm in ARMS}
     with tempfile.TemporaryDirectory() as tmp:
-        searches = {}
+        searches, runs = {}, {}
         for arm in ARMS:  # random sampler, same seed: every arm trains the same configs
             options = SearchOptions(
                 args.trials, storage=f"sqlite:///{tmp}/{arm}.db", sampler="random", pruner="none", seed=7
             )
             tracker = Tracker(f"sqlite:///{tmp}/mlflow-{arm}.db")
-            searches[arm] = Search(spec, options, tracker, warn=lambda m: None)
-            searches[arm].open()
+            searches[arm] = loop.open_search(spec, options, tracker, warn=lambda m: None)
+            runs[arm] = loop.open_tracking(searches[arm])
         fit.fit(
             cfg.from_dict(spec.fixed), warn=lambda m: None
         )  # warm-up: first-touch allocations, lazy imports
@@ -92,7 +93,7 @@ def main() -> None:
             for arm in order:
                 with arm_settings(arm):
                     start = time.perf_counter()
-                    searches[arm].run_trial()
+                    loop.run_one(searches[arm], runs[arm])
                     times[arm].append(time.perf_counter() - start)
     report(args, times)
 

@@ -33,13 +33,13 @@ TINY = {"dataset": "synthetic:64,4", "image_size": 8, "epochs": 1, "subset": 64}
 def worker(storage: str, tracking: str, trials: int, out: Path, grace: int) -> None:
     """One worker process: the search loop with `fit` and each trial timed, written to `out`."""
     from exptrack.search import loop
-    from exptrack.search.loop import SearchOptions
+    from exptrack.search.options import SearchOptions
     from exptrack.search.run import run_search
     from exptrack.training import fit
 
     records: list[dict[str, float]] = []
     fit_seconds = [0.0]
-    plain_fit, plain_run_trial = fit.fit, loop.Search.run_trial
+    plain_fit, plain_run_one = fit.fit, loop.run_one
 
     def timed_fit(*args, **kwargs):  # type: ignore[no-untyped-def]
         start = time.perf_counter()
@@ -48,16 +48,16 @@ def worker(storage: str, tracking: str, trials: int, out: Path, grace: int) -> N
         finally:
             fit_seconds[0] = time.perf_counter() - start
 
-    def timed_run_trial(self):  # type: ignore[no-untyped-def]
+    def timed_run_one(*args, **kwargs):  # type: ignore[no-untyped-def]
         fit_seconds[0] = 0.0
         start = time.perf_counter()
-        state = plain_run_trial(self)
-        if state is not None:
+        outcome = plain_run_one(*args, **kwargs)
+        if outcome is not None:
             wall = time.perf_counter() - start
             records.append({"start": time.time() - wall, "wall": wall, "fit": fit_seconds[0]})
-        return state
+        return outcome
 
-    fit.fit, loop.Search.run_trial = timed_fit, timed_run_trial  # type: ignore[method-assign]
+    fit.fit, loop.run_one = timed_fit, timed_run_one
     options = SearchOptions(
         trials, storage=storage, tracking_uri=tracking, study_name="scale", grace_period=grace, seed=None
     )

@@ -5,7 +5,7 @@
 Plain: what a typical script does (fp32, `DataLoader` over normalised CPU float tensors, AdamW).
 exptrack: `fit.fit` on the same synthetic images (uint8, device batching, and on CUDA bf16 autocast,
 channels_last, fused AdamW). Both warm up first and time `steps` optimizer steps. Then `--trials`
-trials of studies/synthetic.py through `Search` with real sqlite stores. One line per figure.
+trials of studies/synthetic.py through the search loop with real sqlite stores. One line per figure.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision import models as tvm
 
 from exptrack import config as cfg
-from exptrack.search.loop import Search, SearchOptions
+from exptrack.search import loop
+from exptrack.search.options import SearchOptions
 from exptrack.study import load_study_file
 from exptrack.tracking.tracker import Tracker
 from exptrack.training import backbones, datasets, fit
@@ -98,7 +99,7 @@ def study_wall_time(args: argparse.Namespace) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         options = SearchOptions(args.trials, storage=f"sqlite:///{tmp}/optuna.db", seed=0)
-        Search(spec, options, Tracker(f"sqlite:///{tmp}/mlflow.db"), warn=lambda m: None).run()
+        loop.run(loop.open_search(spec, options, Tracker(f"sqlite:///{tmp}/mlflow.db"), warn=lambda m: None))
         return time.perf_counter() - start
 
 

@@ -23,7 +23,10 @@ from typing import Any
 
 from exptrack import config as cfg
 from exptrack import records
-from exptrack.search.loop import Search, SearchOptions
+from exptrack.search import loop
+from exptrack.search.loop import Search
+from exptrack.search.options import SearchOptions
+from exptrack.search.study_run import StudyRun
 from exptrack.study import load_study_file
 from exptrack.tracking.tracker import Tracker
 from exptrack.training import fit
@@ -58,10 +61,10 @@ class WaitClock:
         return timed
 
 
-def timed_trial(search: Search) -> tuple[float, float]:
+def timed_trial(search: Search, tracking: StudyRun) -> tuple[float, float]:
     """(seconds of one trial, ask to closed run; of those, the seconds outside its epochs)."""
     start = time.perf_counter()
-    search.run_trial()
+    loop.run_one(search, tracking)
     wall = time.perf_counter() - start
     trial = search.study.get_trials(deepcopy=False)[-1]
     profile = trial.user_attrs.get(records.PROFILE_ATTR, {})
@@ -86,8 +89,8 @@ def main() -> None:
                 args.trials, storage=f"sqlite:///{tmp}/{arm}.db", sampler="random", pruner="none", seed=7
             )
             tracker = Tracker(f"sqlite:///{tmp}/mlflow.db") if arm == "tracked" else None
-            arms[arm] = Search(spec, options, tracker, warn=lambda m: None)
-        arms["tracked"].open()
+            arms[arm] = loop.open_search(spec, options, tracker, warn=lambda m: None)
+        runs = {"tracked": loop.open_tracking(arms["tracked"]), "untracked": StudyRun()}
         assert arms["tracked"].tracker is not None
         clock = WaitClock(arms["tracked"].tracker)
         waits: list[float] = []
@@ -99,7 +102,7 @@ def main() -> None:
         for _ in range(args.trials):
             for arm, search in arms.items():
                 waited = clock.seconds
-                wall, outside = timed_trial(search)
+                wall, outside = timed_trial(search, runs[arm])
                 if arm == "tracked":
                     waits.append(clock.seconds - waited)
                 times[arm].append(wall)

@@ -39,7 +39,7 @@ def search(
     seed, timeout, study_name, new_study, max_failures, device, tracking=False for
     --no-tracking). Ctrl-C ends the search as in the CLI and raises KeyboardInterrupt."""
     from exptrack.results import dashboards
-    from exptrack.search.loop import SearchOptions
+    from exptrack.search.options import SearchOptions
     from exptrack.search.run import run_search
 
     overrides = dict(overrides or {})

@@ -10,7 +10,8 @@ import pytest
 from mlflow import MlflowClient
 
 from exptrack.errors import UserError
-from exptrack.search.loop import Search, SearchOptions
+from exptrack.search.loop import open_search
+from exptrack.search.options import SearchOptions
 from exptrack.study import load_study_file
 from tests.conftest import TINY
 from tests.imagegen import write_image_folder
@@ -56,5 +57,5 @@ def test_missing_torchvision_files_stop_the_search_before_trial_one(project: Pat
     with pytest.raises(
         UserError, match=f"no CIFAR10 files under {root}; place them there or add --set download=true"
     ):
-        Search(study, SearchOptions(trials=1), tracker=None)
+        open_search(study, SearchOptions(trials=1), tracker=None)
     assert not (project / "optuna.db").exists()  # nothing was recorded

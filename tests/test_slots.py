@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from exptrack.errors import UserError
-from exptrack.search.loop import worker_seed
 from exptrack.search.slots import MIN_SLOT_BYTES, Slot, cpu_slots, gpu_slots, parse_gpus, thread_share
+from exptrack.search.study_setup import worker_seed
 from exptrack.search.workers import worker_args
 from tests.faultkit import FAULTY, SMALL, run_cli_batch
 

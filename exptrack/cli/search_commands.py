@@ -142,7 +142,7 @@ def search(
 ) -> None:
     """Tune a study: sample configs, train each, prune hopeless ones, log every trial to MLflow."""
     from exptrack.results import dashboards
-    from exptrack.search.loop import SearchOptions
+    from exptrack.search.options import SearchOptions
     from exptrack.search.run import run_search
     from exptrack.training import progress as training_progress
 

@@ -27,7 +27,7 @@ class Prepared:
 
     space: spaces.SearchSpace
     sampler: optuna.samplers.BaseSampler
-    # the same sampler built again with another seed: a worker's own stream (`Search._join`)
+    # the same sampler built again with another seed: a worker's own stream (`study_setup._join`)
     sampler_seeded: Callable[[int | None], optuna.samplers.BaseSampler]
     pruner: optuna.pruners.BasePruner
     constraints: tuple[Constraint, ...] = ()

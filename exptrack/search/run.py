@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from exptrack.errors import UserError
-from exptrack.search import preflight, signals, slots, warmstart, workers
-from exptrack.search.loop import DashboardRenderer, Search, SearchOptions, SearchSummary
+from exptrack.search import loop, preflight, signals, slots, warmstart, workers
+from exptrack.search.loop import SearchSummary
+from exptrack.search.options import SearchOptions
+from exptrack.search.study_run import DashboardRenderer
 from exptrack.search.trial import Progress
 from exptrack.study import Study, check_name, load_study_file
 from exptrack.study_store import resolve_storage
@@ -87,10 +89,10 @@ def run_search(
             if options.tracking:
                 tracker = Tracker(tracking_uri, warn=warn)
                 tracker.check()
-            search = Search(spec, options, tracker, progress, warn, prepared, render, starts)
+            search = loop.open_search(spec, options, tracker, progress, warn, prepared, render, starts)
         if planned:
             return workers.run_workers(search, planned, sys.argv[1:])
-        return search.run()
+        return loop.run(search)
 
 
 def _signals_handled(

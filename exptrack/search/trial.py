@@ -1,13 +1,14 @@
 """One trial, ask to close: sample a `TrialConfig`, open its MLflow run, `fit`, then tell Optuna
 and close the run with the matching status. Failures of any kind end only this trial.
 
-A trial reads the stores and the study's declaration from its search (`TrialSearch`, which
-`loop.Search` satisfies), so nothing is copied per trial.
+A trial reads a frozen `TrialContext` (the stores, the study's declaration, the open runs) and
+hands back a `TrialOutcome` (state, value, recorded): it changes nothing of the loop that runs it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import math
 import platform
@@ -45,23 +46,34 @@ class Progress(Protocol):
     def trial_finished(self, number: int, state: str, value: float | None, best: float | None) -> None: ...
 
 
-class TrialSearch(Protocol):
-    """What a trial reads from the search running it."""
+@dataclasses.dataclass(frozen=True)
+class TrialContext:
+    """What one trial reads: its study and stores, the study's declaration and open runs."""
 
     study: optuna.Study
     spec: Study
     space: SearchSpace
-    name: str
+    name: str  # the study's name (--new-study may have made it NAME-2)
     storage_url: str
-    tracker: Tracker | None
-    experiment_id: str | None
-    parent_run_id: str | None
-    progress: Progress | None
-    warn: Callable[[str], None]
-    unrecorded: list[int]
-    profile_trials_left: int  # how many more trials this invocation traces (--profile-trials)
-    constraints: tuple[Constraint, ...]
-    learns_infeasible: bool  # an out-of-memory trial is told as infeasible, not FAIL
+    tracker: Tracker | None = None
+    experiment_id: str | None = None
+    parent_run_id: str | None = None  # None: no MLflow run is opened for the trial
+    constraints: tuple[Constraint, ...] = ()
+    learns_infeasible: bool = False  # an out-of-memory trial is told as infeasible, not FAIL
+    traced: bool = False  # one of the first --profile-trials: torch.profiler traces its training
+    progress: Progress | None = None
+    warn: Callable[[str], None] = print
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialOutcome:
+    """How one trial ended, for the loop's budget, failure count and summary."""
+
+    number: int
+    state: str  # COMPLETE, PRUNED or FAIL
+    value: float | None  # its (first) objective; None when it failed
+    recorded: bool = True  # False: tracking is on but its MLflow run could not be opened
+    traced: bool = False  # its training was traced (counts against --profile-trials)
 
 
 class TrialReporter:
@@ -101,55 +113,66 @@ class TrialReporter:
         return epoch < self.epochs and self.trial.should_prune()
 
 
-def run_trial(search: TrialSearch, trial: optuna.Trial) -> str:
-    """Train an asked trial and tell its outcome; returns the trial's final state name."""
+def run_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialOutcome:
+    """Train an asked trial and tell its outcome. A signal or a `UserError` is re-raised once both
+    stores record the trial as failed."""
     try:
-        asked = cfg.from_dict(search.space.sample(trial, search.spec.fixed), source=search.space.source)
-        config = fit.with_available_weights(asked, search.warn)
+        asked = cfg.from_dict(ctx.space.sample(trial, ctx.spec.fixed), source=ctx.space.source)
+        config = fit.with_available_weights(asked, ctx.warn)
     except UpdateFinishedTrialError:  # failed by another worker before it was sampled (see _taken_over)
-        return _taken_over(search, trial, None)
+        return _outcome(ctx, trial.number, _taken_over(ctx, trial, None))
     except BaseException as exc:
-        fail(search, trial, None, exc)
+        _outcome(ctx, trial.number, fail(ctx, trial, None, exc))
         raise
-    run_id = _start_run(search, trial, config, asked.weights)
-    if search.progress:
-        search.progress.trial_started(trial.number, config)
-    reporter = TrialReporter(trial, search.tracker, run_id, list(search.spec.objectives), config.epochs)
+    run_id = _start_run(ctx, trial, config, asked.weights)
+    if ctx.progress:
+        ctx.progress.trial_started(trial.number, config)
+    recorded = run_id is not None or not _tracked(ctx)
+    traced = ctx.traced and run_id is not None
+    state = _train(ctx, trial, config, run_id, traced)
+    return _outcome(ctx, trial.number, state, recorded, traced)
+
+
+def _train(
+    ctx: TrialContext, trial: optuna.Trial, config: cfg.TrialConfig, run_id: str | None, traced: bool
+) -> str:
+    """`fit`, then tell; the trial's final state name. Any failure ends only this trial."""
+    reporter = TrialReporter(trial, ctx.tracker, run_id, list(ctx.spec.objectives), config.epochs)
     try:
         with signals.interruptible():
-            result = _fit(search, config, reporter, run_id)
+            result = _fit(ctx, config, reporter, run_id, traced)
     except BaseException as exc:
         out_of_memory = isinstance(exc, torch.OutOfMemoryError)
-        fail(search, trial, run_id, exc, infeasible=out_of_memory and search.learns_infeasible)
+        fail(ctx, trial, run_id, exc, infeasible=out_of_memory and ctx.learns_infeasible)
         if isinstance(exc, KeyboardInterrupt | UserError | SystemExit):
+            _outcome(ctx, trial.number, "FAIL")
             raise
     else:
         try:
-            return _tell(search, trial, run_id, result, reporter.train_started_at)
+            return _tell(ctx, trial, run_id, result, reporter.train_started_at)
         except UpdateFinishedTrialError:
-            return _taken_over(search, trial, run_id)
+            return _taken_over(ctx, trial, run_id)
     if out_of_memory:  # after the except block, so the exception's frames (and tensors) are gone
         release_memory()
     return "FAIL"
 
 
 def _fit(
-    search: TrialSearch, config: cfg.TrialConfig, reporter: TrialReporter, run_id: str | None
+    ctx: TrialContext, config: cfg.TrialConfig, reporter: TrialReporter, run_id: str | None, traced: bool
 ) -> fit.FitResult:
     """`fit`, traced when this is one of the first `--profile-trials` trials with a run to log to;
     the trace lands on the run under `profile/`, also when training fails (an OOM's trace helps)."""
-    if search.profile_trials_left <= 0 or search.tracker is None or run_id is None:
-        return fit.fit(config, reporter, search.warn)
-    search.profile_trials_left -= 1
+    if not traced or ctx.tracker is None or run_id is None:
+        return fit.fit(config, reporter, ctx.warn)
     with tempfile.TemporaryDirectory(prefix="exptrack-trace-") as folder:
         try:
-            return fit.fit(config, reporter, search.warn, Path(folder))
+            return fit.fit(config, reporter, ctx.warn, Path(folder))
         finally:
-            search.tracker.log_folder(run_id, Path(folder), records.PROFILE_DIR)
+            ctx.tracker.log_folder(run_id, Path(folder), records.PROFILE_DIR)
 
 
 def _start_run(
-    search: TrialSearch, trial: optuna.Trial, config: cfg.TrialConfig, asked_weights: str
+    ctx: TrialContext, trial: optuna.Trial, config: cfg.TrialConfig, asked_weights: str
 ) -> str | None:
     """Store the config on the trial and open its run; when the weights asked for could not be
     had, both records carry what ran (`weights: none`) and a note of what was asked for."""
@@ -157,76 +180,79 @@ def _start_run(
     note = {records.WEIGHTS_REQUESTED: asked_weights} if asked_weights != config.weights else {}
     if note:
         trial.set_user_attr(records.WEIGHTS_REQUESTED, asked_weights)
-    if search.tracker is None or search.experiment_id is None or search.parent_run_id is None:
+    if ctx.tracker is None or ctx.experiment_id is None or ctx.parent_run_id is None:
         return None
-    provenance = {records.PROVENANCE_STUDY: search.name, records.PROVENANCE_TRIAL: trial.number, **note}
-    tags = {records.TRIAL_STORAGE_TAG: redact(absolute_url(search.storage_url))}
+    provenance = {records.PROVENANCE_STUDY: ctx.name, records.PROVENANCE_TRIAL: trial.number, **note}
+    tags = {records.TRIAL_STORAGE_TAG: redact(absolute_url(ctx.storage_url))}
     if records.RETRY_ATTR in trial.user_attrs:
         tags[records.RETRY_OF_TAG] = str(trial.user_attrs[records.RETRY_ATTR])
-    run_id = search.tracker.start_trial(
-        search.experiment_id,
-        search.parent_run_id,
-        search.name,
+    run_id = ctx.tracker.start_trial(
+        ctx.experiment_id,
+        ctx.parent_run_id,
+        ctx.name,
         trial.number,
-        {**search.space.named_params(config.flat_params(), trial.params), **note},
+        {**ctx.space.named_params(config.flat_params(), trial.params), **note},
         cfg.dump_yaml(config, provenance),
         tags,
     )
     if run_id is None:
-        search.unrecorded.append(trial.number)
         return None
     trial.set_user_attr(records.RUN_ID_ATTR, run_id)
-    search.tracker.watch_system(
+    ctx.tracker.watch_system(
         run_id, records.system_node(platform.node(), profiling.physical_gpu(config.device))
     )
-    base = ui_links.server_base(search.tracker.uri)
+    base = ui_links.server_base(ctx.tracker.uri)
     if base:  # a link optuna-dashboard shows beside the trial (and that opens in a browser)
-        trial.set_user_attr(records.RUN_URL_ATTR, ui_links.run_url(base, search.experiment_id, run_id))
+        trial.set_user_attr(records.RUN_URL_ATTR, ui_links.run_url(base, ctx.experiment_id, run_id))
     return run_id
 
 
+def _tracked(ctx: TrialContext) -> bool:
+    """Does the trial get an MLflow run (tracking on, the study's run open)?"""
+    return ctx.tracker is not None and ctx.experiment_id is not None and ctx.parent_run_id is not None
+
+
 def _tell(
-    search: TrialSearch, trial: optuna.Trial, run_id: str | None, result: fit.FitResult, started_at: float
+    ctx: TrialContext, trial: optuna.Trial, run_id: str | None, result: fit.FitResult, started_at: float
 ) -> str:
     final = dict(result.final)
     final.pop("epoch", None)
     figures = {f"{records.FINAL_PREFIX}{k}": v for k, v in final.items()}
-    for metric, direction in search.spec.objectives.items():
+    for metric, direction in ctx.spec.objectives.items():
         values = [h[metric] for h in result.history if metric in h]
         if values:
             figures[f"{records.BEST_PREFIX}{metric}"] = (max if direction == "maximize" else min)(values)
     trial.set_user_attr(records.PROFILE_ATTR, {**result.profile, records.TRAIN_STARTED_AT: started_at})
     reported = {**result.profile, **final}  # what an objective or a constraint may name
     tags: dict[str, str] = {}
-    if search.constraints or search.learns_infeasible:  # before tell: the sampler reads them then
+    if ctx.constraints or ctx.learns_infeasible:  # before tell: the sampler reads them then
         try:
-            violations = feasibility.violations(search.constraints, reported)
+            violations = feasibility.violations(ctx.constraints, reported)
         except ValueError as exc:
-            return fail(search, trial, run_id, exc)
+            return fail(ctx, trial, run_id, exc)
         broken = feasibility.record(trial, violations)
         if broken:
             tags[records.INFEASIBLE_TAG] = ", ".join(broken)
     if result.stopped_early:
         state = "PRUNED"
-        search.study.tell(trial, state=TrialState.PRUNED)
+        ctx.study.tell(trial, state=TrialState.PRUNED)
     else:
-        missing = [name for name in search.spec.objectives if name not in reported]
+        missing = [name for name in ctx.spec.objectives if name not in reported]
         if missing:
             why = f"objective {missing[0]} was not reported by this trial (it reported {', '.join(sorted(reported))})"
-            return fail(search, trial, run_id, ValueError(why))
-        values = [reported[name] for name in search.spec.objectives]
-        bad = [(n, v) for n, v in zip(search.spec.objectives, values, strict=True) if not _finite(v)]
+            return fail(ctx, trial, run_id, ValueError(why))
+        values = [reported[name] for name in ctx.spec.objectives]
+        bad = [(n, v) for n, v in zip(ctx.spec.objectives, values, strict=True) if not _finite(v)]
         if bad:
             return fail(
-                search, trial, run_id, ValueError(f"objective {bad[0][0]}={bad[0][1]} is not a finite number")
+                ctx, trial, run_id, ValueError(f"objective {bad[0][0]}={bad[0][1]} is not a finite number")
             )
         state = "COMPLETE"
-        search.study.tell(trial, values)
-    if search.tracker:
+        ctx.study.tell(trial, values)
+    if ctx.tracker:
         if state == "PRUNED":
             tags[records.PRUNED_EPOCH_TAG] = str(len(result.history))
-        search.tracker.finish_trial(run_id, state, figures, result.profile, tags)
-    _report(search, trial.number, state)
+        ctx.tracker.finish_trial(run_id, state, figures, result.profile, tags)
     return state
 
 
@@ -235,7 +261,7 @@ def _finite(value: Any) -> bool:
 
 
 def fail(
-    search: TrialSearch, trial: optuna.Trial, run_id: str | None, exc: BaseException, infeasible: bool = False
+    ctx: TrialContext, trial: optuna.Trial, run_id: str | None, exc: BaseException, infeasible: bool = False
 ) -> str:
     """Record a failed trial in both stores, with the reason; never leave it RUNNING. With
     `infeasible` (out of memory, under a sampler that steers by constraints) Optuna is told an
@@ -244,32 +270,30 @@ def fail(
     with contextlib.suppress(UpdateFinishedTrialError):  # already failed by another worker
         trial.set_user_attr(records.FAIL_REASON_ATTR, reason)
     if infeasible:
-        feasibility.tell_out_of_memory(search.study, trial, search.constraints)
+        feasibility.tell_out_of_memory(ctx.study, trial, ctx.constraints)
     else:
-        search.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-    if search.tracker:
+        ctx.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    if ctx.tracker:
         tags = {records.FAIL_REASON_TAG: reason}
         if infeasible:
             tags[records.INFEASIBLE_TAG] = records.OUT_OF_MEMORY
-        search.tracker.log(run_id, tags=tags)
+        ctx.tracker.log(run_id, tags=tags)
         if not isinstance(exc, KeyboardInterrupt):
-            search.tracker.log_text(
+            ctx.tracker.log_text(
                 run_id, redact("".join(traceback.format_exception(exc))), records.TRACEBACK_ARTIFACT
             )
-        search.tracker.finish_trial(run_id, "FAIL", {})
-    _report(search, trial.number, "FAIL")
+        ctx.tracker.finish_trial(run_id, "FAIL", {})
     return "FAIL"
 
 
-def _taken_over(search: TrialSearch, trial: optuna.Trial, run_id: str | None) -> str:
+def _taken_over(ctx: TrialContext, trial: optuna.Trial, run_id: str | None) -> str:
     """Another worker marked this trial FAIL while it trained (its heartbeat missed the grace
     period, e.g. the database was unreachable) and queued its retry: the result stays unused. Also
     before it was sampled: a database restart drops the advisory lock under which the trial was
     asked, and a worker that took the lock next found it without its worker recorded yet."""
-    if search.tracker:
-        search.tracker.log(run_id, tags={records.FAIL_REASON_TAG: TAKEN_OVER})
-        search.tracker.finish_trial(run_id, "FAIL", {})
-    _report(search, trial.number, "FAIL")
+    if ctx.tracker:
+        ctx.tracker.log(run_id, tags={records.FAIL_REASON_TAG: TAKEN_OVER})
+        ctx.tracker.finish_trial(run_id, "FAIL", {})
     return "FAIL"
 
 
@@ -280,17 +304,21 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _report(search: TrialSearch, number: int, state: str) -> None:
-    """The progress line: the trial's (first) objective and the best feasible one so far."""
-    if search.progress is None:
-        return
-    frozen = search.study.get_trials(deepcopy=False)[number]
-    value = frozen.values[0] if frozen.values and state != "FAIL" else None
-    best = None
-    if not search.spec.multi_objective:
-        ranked = study_store.best_first(
-            search.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
-            search.spec.direction == "maximize",
-        )
-        best = ranked[0].value if ranked else None
-    search.progress.trial_finished(number, state, value, best)
+def _outcome(
+    ctx: TrialContext, number: int, state: str, recorded: bool = True, traced: bool = False
+) -> TrialOutcome:
+    """The trial's outcome, shown on the progress line with the best feasible value so far."""
+    value = None
+    if state != "FAIL":  # a pruned trial's value is its last reported one
+        frozen = ctx.study.get_trials(deepcopy=False)[number]
+        value = frozen.values[0] if frozen.values else None
+    if ctx.progress is not None:
+        best = None
+        if not ctx.spec.multi_objective:
+            ranked = study_store.best_first(
+                ctx.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                ctx.spec.direction == "maximize",
+            )
+            best = ranked[0].value if ranked else None
+        ctx.progress.trial_finished(number, state, value, best)
+    return TrialOutcome(number, state, value, recorded, traced)

@@ -13,6 +13,7 @@ import sys
 from types import FrameType
 
 from exptrack.errors import UserError
+from exptrack.search import loop
 from exptrack.search.loop import Search, SearchSummary
 from exptrack.search.slots import Slot
 
@@ -44,7 +45,7 @@ def profile_shares(traced: int, count: int) -> list[int]:
 
 def run_workers(search: Search, slots: list[Slot], argv: list[str]) -> SearchSummary:
     """One worker per slot to the study's budget; a signal here is passed on to each of them."""
-    search.open()
+    tracking = loop.open_tracking(search)
     count = len(slots)
     command = [sys.executable, "-m", "exptrack", *worker_args(argv, search.name)]
     # Own sessions: a Ctrl-C in the terminal reaches them once, through `forward`, not twice
@@ -73,7 +74,7 @@ def run_workers(search: Search, slots: list[Slot], argv: list[str]) -> SearchSum
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     failed = [code for code in codes if code != 0]
-    search.finish("KILLED" if received else "FAILED" if failed else "FINISHED")
+    loop.finish(search, tracking, "KILLED" if received else "FAILED" if failed else "FINISHED")
     if received:
         sys.exit(128 + received[0])
     if failed:
@@ -81,7 +82,7 @@ def run_workers(search: Search, slots: list[Slot], argv: list[str]) -> SearchSum
             f"{len(failed)} of {count} workers ended with an error (exit codes {sorted(set(failed))}); "
             "read their messages above, fix the cause and re-run the same command"
         )
-    return search.summary()
+    return loop.summary(search, tracking)
 
 
 def follow_coordinator() -> None:

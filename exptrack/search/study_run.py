@@ -1,0 +1,116 @@
+"""The study's MLflow parent run, as the search loop opens, refreshes and closes it: the
+experiment and run (adopted by every worker, on any machine), the dashboard page re-rendered
+onto it as trials end, and its closing figures once the last worker is done."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from exptrack import records
+from exptrack.coordination import StoreLock
+from exptrack.errors import redact
+from exptrack.search import preflight
+from exptrack.search.study_setup import StoredStudy
+from exptrack.study import Study
+from exptrack.study_store import absolute_url, counted_trials, ranked
+from exptrack.tracking.tracker import Tracker
+
+DASHBOARD_EVERY_S = 30.0  # a page inlines 4.8 MB of plotly.js: re-render at most this often, and at the end
+
+DashboardRenderer = Callable[[optuna.Study], str]  # the study -> a standalone HTML page
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyRun:
+    """The study's MLflow records as this process opened them (all None without tracking)."""
+
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+    notes: tuple[str, ...] = ()  # what the summary must also say
+
+
+def open_study_run(
+    tracker: Tracker, stored: StoredStudy, spec: Study, prepared: preflight.Prepared, storage_url: str
+) -> StudyRun:
+    """The study's experiment and parent run, its search space as a param and its saved runs
+    view. Call under the store lock: the first of several workers creates them."""
+    tags = {
+        records.STORAGE_TAG: redact(absolute_url(storage_url)),
+        records.SAMPLER_TAG: type(stored.study.sampler).__name__,
+        records.PRUNER_TAG: type(prepared.pruner).__name__,
+        records.METRIC_TAG: ",".join(spec.objectives),
+        records.DIRECTION_TAG: ",".join(spec.directions),
+        records.OPTUNA_STUDY_TAG: stored.name,
+    }
+    if prepared.constraints:
+        tags[records.CONSTRAINTS_TAG] = ", ".join(map(str, prepared.constraints))
+    files = [p for p in (spec.source_path, spec.search_space_path()) if p is not None]
+    experiment_id, run_id, other = tracker.open_study_run(
+        stored.name, stored.uid, tags, files, stored.adopt_untagged
+    )
+    notes: tuple[str, ...] = ()
+    if other is not None:
+        notes = (
+            f"MLflow experiment {stored.name!r} already held parent run {other} of another Optuna "
+            f"study named {stored.name!r} (its Optuna store was reset or replaced); this study's "
+            f"trials are under a new parent run {run_id}",
+        )
+    tracker.log(run_id, params={records.SEARCH_SPACE_PARAM: str(prepared.space.describe())})
+    first, *others = (_mlflow_metric(name) for name in spec.objectives)
+    maximize = spec.direction == "maximize"
+    tracker.save_runs_view(experiment_id, stored.name, first, maximize, prepared.space.names(), others)
+    return StudyRun(experiment_id, run_id, notes)
+
+
+def _mlflow_metric(figure: str) -> str:
+    """An objective's name on a trial's MLflow run: an epoch metric as is, a cost figure under `profile/`."""
+    return figure if figure in records.EPOCH_METRICS else records.profile_metric(figure)
+
+
+class Dashboard:
+    """The study's dashboard page on its parent run as `dashboard.html`, re-rendered at most
+    every DASHBOARD_EVERY_S seconds (and once more at the end, `force`)."""
+
+    def __init__(self, tracker: Tracker | None, run: StudyRun, render: DashboardRenderer | None) -> None:
+        self.tracker, self.run_id, self.render = tracker, run.parent_run_id, render
+        self.rendered_at = -math.inf
+
+    def refresh(self, study: optuna.Study, force: bool = False) -> None:
+        if self.tracker is None or self.run_id is None or self.render is None:
+            return
+        if not force and time.monotonic() - self.rendered_at < DASHBOARD_EVERY_S:
+            return
+        self.rendered_at = time.monotonic()
+        self.tracker.log_text(self.run_id, self.render(study), records.DASHBOARD_ARTIFACT)
+
+
+def close_if_last(
+    tracker: Tracker | None, run: StudyRun, study: optuna.Study, spec: Study, lock: StoreLock, status: str
+) -> None:
+    """The last worker out, on any machine, closes the study's run: none of its trials runs."""
+    if tracker is None or run.parent_run_id is None:
+        return
+    with lock:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        tracker.close_study_run(run.parent_run_id, status, study_metrics(study, spec))
+
+
+def study_metrics(study: optuna.Study, spec: Study) -> dict[str, float]:
+    """finished_trials and best_<objective> for each objective (over the feasible complete
+    trials; with several objectives each one's best sits on the Pareto front), pareto_front_size."""
+    metrics: dict[str, float] = {records.FINISHED_TRIALS_METRIC: float(counted_trials(study))}
+    best = ranked(study)
+    if spec.multi_objective:
+        metrics[records.PARETO_SIZE_METRIC] = float(len(best))
+    for index, (metric, direction) in enumerate(spec.objectives.items()):
+        values = [t.values[index] for t in best if t.values]
+        if values:
+            metrics[f"{records.BEST_PREFIX}{metric}"] = (max if direction == "maximize" else min)(values)
+    return metrics
