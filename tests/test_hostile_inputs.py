@@ -180,6 +180,8 @@ SEARCH_CASES = [
     ("name-10000-chars", ["--study-name", "x" * 10000], ["study name is 10000 bytes long; the limit is 200"]),
     ("name-newline", ["--study-name", "a\nb"], ["study name holds a control character ('\\n'"]),
     ("name-dotdot", ["--study-name", "../x"], ["study name '../x' names a path"]),
+    ("workers-bound", ["--workers", "100000"], ["--workers must be at most 256 (a process each)"]),
+    ("timeout-nan", ["--timeout", "nan"], ["--timeout must be positive seconds, got nan"]),
     ("name-in-study-file", [], ["Study(name=...): study name 'team/good' names a path"]),  # slash.py
 ]
 # (case id, full arguments, words): commands on the template's stores
@@ -195,8 +197,26 @@ RESULT_CASES = [
     ("report-out-directory", ["report", "good", "--out", "mlruns"], ["--out mlruns is a directory"]),
     ("report-dotdot-name", ["report", "../good"], ["exp report: study name '../good' names a path"]),
     ("train-not-utf8", ["train", "bytes.yaml"], ["bytes.yaml: byte 0xff at offset 4 is not UTF-8"]),
+    (  # the provenance block names the run's experiment: MLflow's 500-character limit came after training
+        "train-provenance-study",
+        ["train", "long-study.yaml"],
+        ["long-study.yaml: provenance study: study name is 10000 bytes long"],
+    ),
+    (
+        "train-provenance-threads",
+        ["train", "threads.yaml"],
+        ["provenance torch_threads must be a whole number from 1 to 1024, got 1000000000"],
+    ),
+    ("train-register-slash", ["train", "trained.yaml", "--register", "a/b"], ["--register 'a/b'", "'/'"]),
 ]
-HOSTILE_FILES = {"bytes.yaml": b"lr: \xff\n", "digits.yaml": f"lr: {NINES}\n".encode()}
+TRAINED = "epochs: 1\nsubset: 32\nimage_size: 8\nweights: none\nlr: 0.01\nbatch_size: 16\n"
+HOSTILE_FILES = {
+    "bytes.yaml": b"lr: \xff\n",
+    "digits.yaml": f"lr: {NINES}\n".encode(),
+    "trained.yaml": TRAINED.encode(),
+    "long-study.yaml": f"{TRAINED}provenance: {{study: {'x' * 10000}, trial: 0}}\n".encode(),
+    "threads.yaml": f"{TRAINED}provenance: {{torch_threads: 1000000000}}\n".encode(),
+}
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import torch
 from exptrack import config as cfg
 from exptrack import processes, records, store_checks
 from exptrack.errors import UserError, failure_reason
+from exptrack.study import check_name
 from exptrack.tracking import logged_models
 from exptrack.tracking.tracker import Tracker, resolve_tracking_uri
 from exptrack.training import fit, profiling, weights
@@ -57,10 +58,38 @@ class RunReporter:
 def load_config(path: Path, overrides: list[str]) -> tuple[cfg.TrialConfig, dict[str, Any]]:
     """The config file with `--set` overrides applied, and its provenance."""
     config, provenance = cfg.read_yaml(path)
+    check_provenance(provenance, f"{path}: {records.PROVENANCE_BLOCK}")
     changes = cfg.parse_overrides(overrides)
     if changes:
         config = cfg.from_dict(cfg.apply_overrides(config.to_dict(), changes), source="--set")
     return config, provenance
+
+
+# More threads than any CPU has (1,024): torch.set_num_threads(10**9) would try to start them.
+MAX_THREADS = 1024
+
+
+def check_provenance(provenance: Mapping[str, Any], where: str) -> None:
+    """The provenance keys exp train acts on, as exp export writes them: the study names the
+    run's experiment, the trial its tag, torch_threads the thread count; an edited block with a
+    10,000-character study or `torch_threads: many` is one line before MLflow is touched."""
+    study = provenance.get(records.PROVENANCE_STUDY)
+    if study is not None:
+        check_name(study, f"{where} {records.PROVENANCE_STUDY}")
+    for key, high in ((records.PROVENANCE_TRIAL, cfg.MAX_INT), (records.TORCH_THREADS, MAX_THREADS)):
+        value = provenance.get(key)
+        low = 0 if key == records.PROVENANCE_TRIAL else 1
+        if value is not None and (type(value) is not int or not low <= value <= high):
+            raise UserError(
+                f"{where} {key} must be a whole number from {low} to {high}, got {cfg.shown(value)}"
+            )
+    run_id = provenance.get(records.PROVENANCE_RUN_ID)
+    if run_id is not None:
+        cfg.check_text(str(run_id), f"{where} {records.PROVENANCE_RUN_ID}")
+    value = provenance.get(records.PROVENANCE_VALUE)
+    values = value if isinstance(value, list) else [value]
+    if value is not None and not all(type(v) in (int, float) and math.isfinite(v) for v in values):
+        raise UserError(f"{where} {records.PROVENANCE_VALUE} must be a finite number, got {cfg.shown(value)}")
 
 
 def apply_threads(provenance: Mapping[str, Any], threads: int | None) -> int:
@@ -101,6 +130,7 @@ def reproduce(
     """Train the config at `path` as one MLflow run; log (and register) the trained model. With
     `profile`, a few steady-state steps are traced onto the run under `profile/`."""
     config, provenance = load_config(path, overrides)
+    logged_models.check_model_name(register)
     used_threads = apply_threads(provenance, threads)
     uri = resolve_tracking_uri(tracking_uri)
     store_checks.check_store(uri, "MLflow tracking store", "--tracking-uri")  # before MLflow creates it

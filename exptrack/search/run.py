@@ -22,6 +22,9 @@ from exptrack.tracking import logged_models
 from exptrack.tracking.tracker import Tracker, resolve_tracking_uri
 from exptrack.training import weights
 
+# Worker processes one command starts: each imports torch (~300 MB resident), so 256 of them
+# take ~77 GB before a trial; --workers 100000 would fork until the machine ran out of processes.
+MAX_WORKERS = 256
 CREATING = (
     "stopping while the stores are created (each is created whole or not at all; re-run the same command)"
 )
@@ -123,7 +126,10 @@ def check_options(options: SearchOptions) -> None:
     for flag, value in counts:
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
-    if options.timeout is not None and options.timeout <= 0:
+    for flag, value in (("--workers", options.workers), ("--per-gpu", options.per_gpu)):
+        if value > MAX_WORKERS:
+            raise UserError(f"{flag} must be at most {MAX_WORKERS} (a process each), got {value}")
+    if options.timeout is not None and not options.timeout > 0:  # `not >`: NaN is refused too
         raise UserError(f"--timeout must be positive seconds, got {options.timeout}")
     if options.profile_trials < 0:
         raise UserError(f"--profile-trials must be 0 or more, got {options.profile_trials}")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from exptrack import records
+from exptrack.config import check_text
 from exptrack.errors import UserError, first_line, redact
 from exptrack.tracking.tracker import Tracker
 
@@ -44,6 +45,20 @@ def load_state_dict(uri: str, store: str) -> dict[str, Any]:
             f"check the URI and the store ({redact(store)}, set by --tracking-uri / MLFLOW_TRACKING_URI)"
         ) from exc
     return dict(model.state_dict())
+
+
+def check_model_name(name: str | None) -> None:
+    """`--register NAME` as MLflow's registry takes it, checked before training (not after)."""
+    if name is None:
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name  # MLflow's own rule: no `/` or `:`
+
+    check_text(name, "--register")
+    try:
+        _validate_model_name(name)
+    except MlflowException as exc:
+        raise UserError(f"--register {name!r}: {first_line(exc)}") from exc
 
 
 def log_model(
