@@ -180,6 +180,11 @@ SEARCH_CASES = [
     ("name-10000-chars", ["--study-name", "x" * 10000], ["study name is 10000 bytes long; the limit is 200"]),
     ("name-newline", ["--study-name", "a\nb"], ["study name holds a control character ('\\n'"]),
     ("name-dotdot", ["--study-name", "../x"], ["study name '../x' names a path"]),
+    (
+        "synthetic-terabytes",
+        ["--set", "dataset=synthetic:1000000000000"],
+        ["1,000,000,000,000 images at 8 px need 192,000.0 GB as uint8, more than this machine's"],
+    ),
     ("workers-bound", ["--workers", "100000"], ["--workers must be at most 256 (a process each)"]),
     ("timeout-nan", ["--timeout", "nan"], ["--timeout must be positive seconds, got nan"]),
     ("name-in-study-file", [], ["Study(name=...): study name 'team/good' names a path"]),  # slash.py

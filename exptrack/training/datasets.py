@@ -8,10 +8,13 @@ trial's seed, so every trial of a study is scored on the same images.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -150,9 +153,30 @@ def shuffled(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return x[order], y[order]
 
 
+def check_fits(count: int, size: int) -> None:
+    """`count` images at `size` px fit in this machine's memory as uint8 (N x 3 x size x size
+    bytes), checked before any is made (preflight loads the set): `synthetic:1000000000` asked
+    for terabytes, and a side of 99,999,999 px overflowed torch's size calculation."""
+    need, have = count * 3 * size * size, _memory_bytes()
+    if need > have:
+        raise UserError(
+            f"{count:,} images at {size} px need {need / 1e9:,.1f} GB as uint8, more than this machine's "
+            f"{have / 1e9:,.1f} GB; lower image_size or use fewer images"
+        )
+
+
+def _memory_bytes() -> int:
+    """Physical memory, or the cgroup's limit (a container's) when that is lower."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    with contextlib.suppress(OSError, ValueError):  # no cgroup v2 here, or `max`: no limit
+        total = min(total, int(Path("/sys/fs/cgroup/memory.max").read_text()))
+    return total
+
+
 def to_uint8_rgb(images: torch.Tensor, size: int) -> torch.Tensor:
     """(N, C, h, w) uint8 or float in [0, 1] -> (N, 3, size, size) uint8; grey repeated to 3 channels.
     Resized in chunks of 256 so a float copy of a whole large set is never held."""
+    check_fits(len(images), size)
     chunks = []
     for part in images.split(256):
         part = part.float() / 255.0 if part.dtype == torch.uint8 else part.float()
@@ -184,6 +208,7 @@ def load_synthetic(path: str | None, config: TrialConfig, geometry: Geometry) ->
     count, classes = _synthetic_shape(path)
     gen = torch.Generator().manual_seed(SPLIT_SEED)
     size = geometry.size
+    check_fits(count, size)
     prototypes = torch.rand(classes, 3, 8, 8, generator=gen)
     labels = torch.randint(0, classes, (count,), generator=gen)
     chunks = []
@@ -201,8 +226,10 @@ def _synthetic_shape(path: str | None) -> tuple[int, int]:
     except ValueError as exc:
         raise UserError(f"synthetic:{path}: expected synthetic:COUNT or synthetic:COUNT,CLASSES") from exc
     count, classes = (parts + [2048, 10][len(parts) :])[:2]
-    if count < 4 or classes < 2:
-        raise UserError(f"synthetic:{path}: needs at least 4 images and 2 classes")
+    if count < 4 or classes < 2 or classes > count:
+        raise UserError(
+            f"synthetic:{path}: needs at least 4 images, 2 classes and no more classes than images"
+        )
     return count, classes
 
 
