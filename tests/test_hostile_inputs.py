@@ -212,6 +212,11 @@ RESULT_CASES = [
         ["train", "threads.yaml"],
         ["provenance torch_threads must be a whole number from 1 to 1024, got 1000000000"],
     ),
+    (
+        "train-threads-flag",
+        ["train", "trained.yaml", "--threads", "1000000000"],
+        ["--threads must be from 1 to 1024"],
+    ),
     ("train-register-slash", ["train", "trained.yaml", "--register", "a/b"], ["--register 'a/b'", "'/'"]),
 ]
 TRAINED = "epochs: 1\nsubset: 32\nimage_size: 8\nweights: none\nlr: 0.01\nbatch_size: 16\n"

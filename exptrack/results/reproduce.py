@@ -96,8 +96,8 @@ def apply_threads(provenance: Mapping[str, Any], threads: int | None) -> int:
     """Use the thread count given, else the one the trial ran with, else torch's default."""
     wanted = threads or provenance.get(records.TORCH_THREADS)
     if wanted is not None:
-        if int(wanted) < 1:
-            raise UserError(f"--threads must be at least 1, got {wanted}")
+        if not 1 <= int(wanted) <= MAX_THREADS:
+            raise UserError(f"--threads must be from 1 to {MAX_THREADS}, got {wanted}")
         torch.set_num_threads(int(wanted))
     return torch.get_num_threads()
 
