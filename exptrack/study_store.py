@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from exptrack import coordination, records
+from exptrack import coordination, records, store_schema
 from exptrack.errors import UserError, redact
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -58,6 +58,8 @@ def open_storage(url: str, grace_period: int | None = None) -> optuna.storages.R
     if grace_period is not None:
         heartbeat = {"heartbeat_interval": heartbeat_every(grace_period), "grace_period": grace_period}
     engine = _engine_kwargs(url)
+    if store_schema.is_database(url):
+        store_schema.check_optuna_target(url)  # never Optuna's tables inside another store
     try:
         path = coordination.sqlite_path(url)
         if path is not None:
@@ -147,8 +149,10 @@ def readable_storage(storage: str | None) -> tuple[RDBStorage, list[str]]:
     missing = coordination.missing_sqlite_file(url)
     if missing:
         raise UserError(f"no Optuna storage at {missing}; run exp search here first, or pass --storage")
+    if store_schema.is_database(url) and not store_schema.check_optuna_target(url):  # never create by reading
+        raise UserError(f"no Optuna storage at {redact(url)}; run exp search there first, or fix --storage")
     try:
-        opened = RDBStorage(url)
+        opened = RDBStorage(url, skip_table_creation=True)
         return opened, [s.study_name for s in opened.get_all_studies()]
     except Exception as exc:
         raise UserError(

@@ -23,6 +23,7 @@ CORE = {
     "registry",
     "study_store",
     "store_checks",
+    "store_schema",
     "processes",
     "coordination",
 }

@@ -11,11 +11,12 @@ from typing import Any
 import optuna
 
 from exptrack import config as cfg
-from exptrack import records, store_checks
+from exptrack import records, store_checks, store_schema
 from exptrack.errors import UserError, redact
 from exptrack.search import samplers
 from exptrack.search import space as spaces
 from exptrack.study import Constraint, Study
+from exptrack.tracking import store_setup
 from exptrack.training import backbones, datasets, fit, losses
 
 TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
@@ -125,6 +126,8 @@ def check_storage_url(url: str) -> None:
             "fix --storage, e.g. sqlite:///optuna.db"
         ) from exc
     store_checks.check_store(url, "Optuna storage", "--storage")
+    if store_schema.is_database(url):
+        store_schema.check_optuna_target(url)  # an MLflow store or an application's database: refused
 
 
 def check_tracking_uri(uri: str) -> None:
@@ -137,6 +140,8 @@ def check_tracking_uri(uri: str) -> None:
             "use sqlite:///mlflow.db or http://HOST:PORT"
         )
     store_checks.check_store(uri, "MLflow tracking store", "--tracking-uri")
+    if store_schema.is_database(uri):
+        store_setup.mlflow_state(uri)  # an Optuna study or an application's database: refused
 
 
 def first_point(space: spaces.SearchSpace) -> dict[str, Any]:

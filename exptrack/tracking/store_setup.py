@@ -1,33 +1,64 @@
-"""Creating the MLflow tracking store before any client touches it: once, whole, whatever else runs.
+"""Creating the MLflow tracking store before any client touches it: once, whole, whatever else runs,
+and only where the database is provably MLflow's (`store_schema`): never over another store.
 
 MLflow creates a database store on first use, in ~80 schema migrations (~5 s on sqlite) with no
 lock across processes: a kill in those seconds left a half-migrated file that failed every later
 start, and two processes creating one store at once interleaved their migrations. Here a sqlite
-store is built under a temporary name and linked into place (`coordination.create_sqlite_once`),
-one that a kill left half-made (holding no record yet) is rebuilt, and a PostgreSQL store is
-created under the database's advisory lock. An MLflow server creates its own store.
+store is built under a temporary name and linked into place (`coordination.create_sqlite_once`);
+one whose creation a kill cut short (MLflow's tables, not one row) is rebuilt; one of an older MLflow
+is migrated as `mlflow db upgrade` does, after a copy of the file is kept beside it. A PostgreSQL
+store is created under the database's advisory lock. An MLflow server creates its own store.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import functools
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from exptrack import coordination, store_checks
+from exptrack import coordination, store_schema
+from exptrack.errors import UserError, redact
 
 
-def ensure_store(uri: str) -> None:
-    """Create the database store at `uri` if it is new; rebuild a sqlite one a kill left half-made."""
+def ensure_store(uri: str, say: Callable[[str], None] = print) -> None:
+    """Create the database store at `uri` if it is new; rebuild a sqlite one a kill left half-made,
+    migrate an older one. A database that is not an MLflow store is a UserError, left untouched."""
     path = coordination.sqlite_path(uri)
     if path is not None:
-        if coordination.create_sqlite_once(path, _build) or _complete(path):
+        if coordination.create_sqlite_once(path, _build):
             return
         with coordination.store_lock(uri):
-            if not _complete(path) and not _holds_records(path):
+            state = mlflow_state(uri)
+            if state in ("new", "unfinished"):  # an empty file, or a creation cut short: no row to lose
                 coordination.replace_sqlite(path, _build)
+            elif state == "older":
+                _migrate_sqlite(uri, path, say)
     elif coordination.is_postgres(uri):
         with coordination.store_lock(uri):
+            if mlflow_state(uri) == "older":
+                # a shared database's other clients may still be of the older MLflow: its owner decides
+                raise UserError(
+                    f"MLflow store {redact(uri)} has an older MLflow's schema; back the database up, "
+                    "then run: mlflow db upgrade URI (MLFLOW_TRACKING_URI's value)"
+                )
             _create(uri)  # MLflow creates or finishes the tables; its engine stays cached for the client
+
+
+def _migrate_sqlite(uri: str, path: Path, say: Callable[[str], None]) -> None:
+    """MLflow's own upgrade (`mlflow db upgrade`), after the copy MLflow tells its users to take."""
+    from mlflow.store.db.utils import _upgrade_db
+    from sqlalchemy import create_engine
+
+    before = store_schema.read_contents(uri).revision
+    backup = path.with_name(f"{path.name}.{before}.bak")
+    shutil.copy2(path, backup)
+    engine = create_engine(uri)
+    try:
+        _upgrade_db(engine)
+    finally:
+        engine.dispose()
+    say(f"MLflow store {path} migrated from schema {before} to {mlflow_head()}; the old file is {backup}")
 
 
 def _build(url: str) -> None:
@@ -42,29 +73,93 @@ def _create(url: str):  # type: ignore[no-untyped-def]
     return SqlAlchemyStore(url, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
 
 
-def _complete(path: Path) -> bool:
-    """The schema is at this MLflow's newest migration (an empty file is a store still to build)."""
+# Tables MLflow's own migrations write a row into (1b5f0d9ad7c1 adds the 'default' workspace): a
+# row there is not a user's record, so a creation killed after that migration is still unfinished.
+MIGRATION_SEEDS = frozenset({"workspaces"})
+
+# --- what the database at a tracking URI is ------------------------------------------------
+
+
+def mlflow_state(url: str, flag: str = "--tracking-uri") -> str:
+    """The state of the MLflow store at `url`: 'new' (nothing there yet), 'current' (at this
+    MLflow's schema), 'unfinished' (a creation cut short: MLflow's tables, not one row), or
+    'older' (an MLflow store of an earlier release, to migrate). Anything else is a UserError
+    naming what the database holds, so nothing is ever written into it."""
+    contents = store_schema.read(url, "MLflow tracking store", flag)
+    kind = contents.kind
+    if kind == "empty":
+        return "new"
+    if kind == "optuna":
+        raise UserError(
+            f"{redact(url)} holds an Optuna study, not an MLflow store: did you swap --storage and "
+            f"--tracking-uri? Fix {flag} (e.g. sqlite:///mlflow.db)"
+        )
+    if kind == "other":
+        raise UserError(store_schema.foreign(url, contents, "an MLflow store", flag))
+    return _mlflow_revision_state(url, contents, flag)
+
+
+def _mlflow_revision_state(url: str, contents: store_schema.Contents, flag: str) -> str:
+    if contents.revision == mlflow_head():
+        return "current"
+    if not contents.filled - MIGRATION_SEEDS and _mlflow_built_it(contents):
+        return "unfinished"  # MLflow writes its Default experiment after its last migration
+    if contents.revision is None:
+        raise UserError(store_schema.foreign(url, contents, "an MLflow store (it has no schema revision)", flag))
+    if contents.revision in mlflow_revisions():
+        return "older"
+    raise UserError(
+        f"{redact(url)} has schema revision {contents.revision}, which is not one of this MLflow's: a "
+        f"newer MLflow made it (pip install -U mlflow) or it is another application's database (fix {flag})"
+    )
+
+
+def _mlflow_built_it(contents: store_schema.Contents) -> bool:
+    """Stamped with one of MLflow's revisions, or (killed before the first stamp) MLflow's tables
+    only, with the copies alembic makes while it alters a sqlite table."""
+    if contents.revision is not None:
+        return contents.revision in mlflow_revisions()
+    return all(t in mlflow_tables() or t.startswith("_alembic_tmp_") for t in contents.tables)
+
+
+@functools.cache
+def mlflow_tables() -> frozenset[str]:
+    """Every table MLflow's migrations create (its tracking, registry and later models)."""
+    import importlib
+
+    from mlflow.store.db.base_sql_model import Base
+
+    for models in ("tracking", "model_registry", "workspace"):  # importing them registers their tables
+        importlib.import_module(f"mlflow.store.{models}.dbmodels.models")
+    from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
+
+    return frozenset(Base.metadata.tables) | frozenset(InitialBase.metadata.tables)
+
+
+@functools.cache
+def mlflow_revisions() -> frozenset[str]:
+    """Every schema revision MLflow's migration scripts know."""
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
+    return frozenset(r.revision for r in script.walk_revisions())
+
+
+@functools.cache
+def mlflow_head() -> str:
     from mlflow.store.db.utils import _get_latest_schema_revision
 
-    return _schema_version(path) == _get_latest_schema_revision()
+    return str(_get_latest_schema_revision())
 
 
-def _schema_version(path: Path) -> str | None:
-    with store_checks.read_only(path, timeout=60) as db:
-        try:
-            row = db.execute("SELECT version_num FROM alembic_version").fetchone()
-        except sqlite3.OperationalError:  # no such table: creation never got that far
-            return None
-    return str(row[0]) if row else None
-
-
-def _holds_records(path: Path) -> bool:
-    """Any run or experiment of a user: such a store is MLflow's to upgrade, never ours to rebuild."""
-    with store_checks.read_only(path, timeout=60) as db:
-        for query in ("SELECT 1 FROM runs LIMIT 1", "SELECT 1 FROM experiments WHERE name != 'Default'"):
-            try:
-                if db.execute(query).fetchone():
-                    return True
-            except sqlite3.OperationalError:  # the table is not there yet
-                continue
-    return False
+def unreadable_mlflow(url: str, flag: str = "--tracking-uri") -> str | None:
+    """For commands that only read: None when the MLflow store at `url` can be read as it is, else
+    why not: 'new' (nothing there yet), a creation cut short, or an older schema (reading never
+    migrates). A database that is not an MLflow store is a UserError."""
+    state = mlflow_state(url, flag)
+    if state == "older":
+        return "it has an older MLflow's schema; exp search migrates it, keeping a copy, or run mlflow db upgrade"
+    if state == "unfinished":
+        return "its creation was cut short; the next exp search rebuilds it"
+    return None if state == "current" else "new"

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from exptrack import coordination, processes, records
+from exptrack import coordination, processes, records, store_schema
 from exptrack.errors import UserError, first_line, redact
 from exptrack.records import ROLE_TAG, RUN_STATUS, STUDY_TAG, TRIAL_TAG
 from exptrack.tracking import store_setup
@@ -73,7 +73,9 @@ def credentials_to_environment(uri: str) -> str:
 class Tracker:
     """MLflow records of one study. Construct with the tracking URI; `check()` before trial 1."""
 
-    def __init__(self, uri: str | None = None, warn: Any = print) -> None:
+    def __init__(self, uri: str | None = None, warn: Any = print, create: bool = True) -> None:
+        """`create=False` for commands that only read or add to an existing store (results
+        commands): the store is then never created, migrated or rebuilt."""
         from mlflow import MlflowClient
 
         # importing mlflow configured its loggers at INFO; its table-creation lines are noise here
@@ -82,7 +84,8 @@ class Tracker:
         if self.uri.startswith(("http://", "https://")):
             for key, value in HTTP_DEFAULTS.items():
                 os.environ.setdefault(key, value)  # a user's own setting wins
-        store_setup.ensure_store(self.uri)  # before MlflowClient, which would create it unguarded
+        if create:
+            store_setup.ensure_store(self.uri, warn)  # before MlflowClient, which would create it unguarded
         self.client = MlflowClient(tracking_uri=self.uri)
         self.warn = warn
         self.failures: list[str] = []
@@ -508,12 +511,26 @@ def read_experiment_ids(uri: str | None, warn: Any = print) -> dict[str, str]:
     return found or {}
 
 
+def existing_store(uri: str | None, warn: Any = print) -> Tracker | None:
+    """A `Tracker` on the MLflow store at `uri` as it is, for a command that must not create,
+    migrate or rebuild it; None (with a line saying why, unless there is simply no store yet) when
+    there is nothing it can read. A database that is not an MLflow store is a UserError."""
+    resolved = resolve_tracking_uri(uri)
+    if store_schema.is_database(resolved):
+        why = store_setup.unreadable_mlflow(resolved)
+        if why:
+            if why != "new":
+                warn(f"MLflow {redact(resolved)} not read ({why}); showing what Optuna has")
+            return None
+    return Tracker(uri, warn=warn, create=False)
+
+
 def _read_store(uri: str | None, warn: Any, read: Any) -> Any:
     """`read(tracker)` for a results command; None, with a warning, when the store cannot be read.
-    A missing sqlite file is never created by looking."""
-    if coordination.missing_sqlite_file(resolve_tracking_uri(uri)):  # before Tracker, which creates it
+    A store is never created, migrated or rebuilt by looking."""
+    tracker = existing_store(uri, warn)
+    if tracker is None:
         return None
-    tracker = Tracker(uri, warn=warn)
     try:
         return read(tracker)
     except Exception as exc:

@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from exptrack import coordination, records, store_checks
+from exptrack import coordination, records, store_checks, store_schema
 from exptrack.errors import UserError, first_line, redact
-from exptrack.tracking import ui_links
+from exptrack.tracking import store_setup, ui_links
 from exptrack.tracking.tracker import resolve_tracking_uri
 
 LOOPBACK = "127.0.0.1"
@@ -141,6 +141,17 @@ def wait_until_up(
     raise UserError(f"mlflow server did not answer on {base} within {timeout:.0f} s; see {log}")
 
 
+def _check_serves_as_is(uri: str) -> None:
+    """The server would create, or refuse, what is not a current MLflow store: say so first."""
+    if not store_schema.is_database(uri):
+        return
+    why = store_setup.unreadable_mlflow(uri)
+    if why == "new":
+        raise UserError(f"no MLflow records in {redact(uri)} yet; run exp search with it first, or fix --tracking-uri")
+    if why:
+        raise UserError(f"MLflow store {redact(uri)} cannot be served as it is: {why}")
+
+
 @contextlib.contextmanager
 def running_server(
     tracking_uri: str | None,
@@ -155,6 +166,7 @@ def running_server(
     if missing:
         raise UserError(f"no MLflow store at {missing}; run exp search here first, or pass --tracking-uri")
     store_checks.check_store(uri, "MLflow tracking store", "--tracking-uri", write=False)
+    _check_serves_as_is(uri)
     check_port_free(host, port)
     base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     log = Path(tempfile.mkstemp(prefix="exptrack-ui-", suffix=".log")[1])
