@@ -12,6 +12,10 @@ runs; an older MLflow store is migrated the way `mlflow db upgrade` does, never 
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import sqlite3
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +66,25 @@ def read_contents(url: str) -> Contents:
 
 
 def _sqlite_contents(path: Path) -> Contents:
+    try:
+        return _read_sqlite(path)
+    except sqlite3.OperationalError as exc:
+        if not getattr(exc, "sqlite_errorname", "").startswith("SQLITE_READONLY"):
+            raise
+    # A writer killed mid-transaction left a hot journal, which a read-only connection cannot roll
+    # back: judge a private copy (sqlite rolls the copy back), leaving the file as it is.
+    with tempfile.TemporaryDirectory(prefix="exptrack-judge-") as folder:
+        copy = Path(folder) / path.name
+        for suffix in ("", "-journal"):
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                shutil.copyfile(source, copy.with_name(copy.name + suffix))
+        with contextlib.closing(sqlite3.connect(copy)) as db:  # its first read rolls the journal back
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return _read_sqlite(copy)
+
+
+def _read_sqlite(path: Path) -> Contents:
     with store_checks.read_only(path, timeout=60) as db:
         names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         tables = frozenset(n for n in names if not n.startswith("sqlite_") and n != ALEMBIC_TABLE)

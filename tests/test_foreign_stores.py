@@ -29,6 +29,27 @@ def _application_db(path: Path) -> None:
     db.close()
 
 
+_KILLED_MID_TRANSACTION = """
+import os, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA cache_size=2")  # spills the transaction's pages into the file before it ends
+db.execute("BEGIN")
+db.execute("CREATE TABLE orders (item)")
+for _ in range(3000):
+    db.execute("INSERT INTO orders VALUES (?)", ("x" * 500,))
+os._exit(0)  # killed: the file holds half a transaction, its hot journal the way back
+"""
+
+
+def _application_db_killed_mid_write(path: Path) -> None:
+    import subprocess
+    import sys
+
+    _application_db(path)
+    subprocess.run([sys.executable, "-c", _KILLED_MID_TRANSACTION, str(path)], check=True)
+    assert path.with_name(path.name + "-journal").stat().st_size > 0
+
+
 def _older_mlflow_store(path: Path) -> None:
     """An MLflow store as the previous MLflow release left it: one schema migration behind its
     head, holding a registered model and no run."""
@@ -65,13 +86,15 @@ def _creation_cut_short_after(path: Path, revision: str) -> None:
 @pytest.fixture
 def stores(searched: Searched, tmp_path: Path) -> Path:
     """A folder holding copies of a real search's stores (o.db: Optuna's, m.db: MLflow's, o.bak: a
-    copy of o.db), an application's database (app.db) and an older MLflow store (older.db)."""
+    copy of o.db), an application's database (app.db; hot.db, as a writer killed mid-transaction
+    left it) and an older MLflow store (older.db)."""
     shutil.copy(searched.cwd / "optuna.db", tmp_path / "o.db")
     shutil.copy(searched.cwd / "optuna.db", tmp_path / "o.bak")
     shutil.copy(searched.cwd / "mlflow.db", tmp_path / "m.db")
     for folder in ("studies", "search_spaces", "dashboards"):
         shutil.copytree(searched.cwd / folder, tmp_path / folder)
     _application_db(tmp_path / "app.db")
+    _application_db_killed_mid_write(tmp_path / "hot.db")
     _older_mlflow_store(tmp_path / "older.db")
     return tmp_path
 
@@ -95,6 +118,8 @@ REFUSED = [
     ([*SEARCH, *_uris("app.db", "new.db")], "app.db", "not an Optuna storage"),
     (["trials", STUDY, "--storage", "sqlite:///app.db"], "app.db", "not an Optuna storage"),
     (["train", "best.yaml", "--tracking-uri", "sqlite:///app.db"], "app.db", "not an MLflow store"),
+    ([*SEARCH, *_uris("new.db", "hot.db")], "hot.db-journal", "holds other tables (users)"),
+    (["trials", STUDY, *_uris("o.bak", "hot.db")], "hot.db", "holds other tables (users)"),
 ]
 
 
@@ -105,7 +130,7 @@ def test_a_wrong_or_foreign_store_file_is_refused_in_one_line_and_left_byte_iden
         shutil.copytree(stores, cwd, ignore=shutil.ignore_patterns("case-*"))
         (cwd / "best.yaml").write_text("backbone: resnet18\nweights: none\nepochs: 1\nsubset: 32\nimage_size: 8\n")
         cases.append((cwd, args))
-    before = {cwd: {p.name: _digest(p) for p in cwd.glob("*.db")} for cwd, _ in cases}
+    before = {cwd: {p.name: _digest(p) for p in cwd.glob("*.db*")} for cwd, _ in cases}
     results = run_cli_batch(cases)
     for (cwd, args), result, (_, untouched, words) in zip(cases, results, REFUSED, strict=True):
         shown = " ".join(args)
@@ -115,7 +140,7 @@ def test_a_wrong_or_foreign_store_file_is_refused_in_one_line_and_left_byte_iden
         assert "Traceback" not in result.stdout + result.stderr
         assert _digest(cwd / untouched) == before[cwd][untouched], shown
         # nothing else written either: no store created, no page, no export
-        assert {p.name: _digest(p) for p in cwd.glob("*.db")} == before[cwd], shown
+        assert {p.name: _digest(p) for p in cwd.glob("*.db*")} == before[cwd], shown
         assert not (cwd / "page.html").exists() and not (cwd / "best").exists(), shown
 
 

@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from exptrack.tracking.ui_links import run_url, runs_url, runs_view_url, server_base
 from exptrack.tracking.ui_server import check_port_free, is_loopback, server_command, server_environment
@@ -233,6 +234,7 @@ def test_ui_over_postgres_shows_no_password_and_its_server_dies_with_it_on_sigki
 ) -> None:
     password = "Hunter2-ui-pw"
     url = postgres.create_database("mlflow_ui", "alice", password)
+    MlflowClient(url).search_experiments()  # the store a search made (exp ui never creates one)
     env = {**exp_env(tmp_path), "MLFLOW_TRACKING_URI": url}  # not on exp ui's own command line
     port = free_port()
     process = start_ui(tmp_path, port, env)
