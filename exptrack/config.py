@@ -136,6 +136,9 @@ class TrialConfig:
     # forked until the machine ran out of processes)
     num_workers: int = ranged(2, ">= 0", f"<= {MAX_NUM_WORKERS}")
     compile: bool = False  # torch.compile the model (pays off only for long trials on CUDA)
+    # frozen stages computed once per process and key, where exact (training.feature_cache); false:
+    # every epoch recomputes them from the images (the plain path)
+    feature_cache: bool = True
 
     def __post_init__(self) -> None:
         # A private copy, so the frozen config cannot change through a caller's dict.

@@ -27,7 +27,11 @@ PROFILE_FIGURES = (
     "peak_rss_mb",  # this trial's peak resident memory (Linux)
     "peak_rss_growth_mb",
     "process_peak_rss_mb",  # where the per-trial peak cannot be measured
+    "feature_cache_seconds_saved",  # frozen stages' seconds the feature cache saved (training.feature_cache)
 )
+# FitResult.profile's text figures: on MLflow a tag under `profile/`, never a metric or an objective
+FEATURE_CACHE = "feature_cache"  # hit | miss | miss:from_depth_<e> | off:<reason>
+PROFILE_TEXT = (FEATURE_CACHE,)
 
 # --- Optuna study user attrs: what the study was declared with (checked on resume) -------------
 STUDY_METRIC_ATTR = "metric"  # the first (or only) objective's figure

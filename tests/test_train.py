@@ -48,7 +48,9 @@ def test_fit_reports_every_epoch_in_order_with_finite_metrics_and_a_profile() ->
     assert 5e7 < result.profile["flops_per_sample"] < 2e8 and result.profile["achieved_tflops"] > 0
     assert "mfu" not in result.profile  # no peak to compare a CPU with
     # every figure (but the thread count) is a name an objective or constraint may use
-    assert set(result.profile) - {records.TORCH_THREADS} <= set(records.PROFILE_FIGURES)
+    assert set(result.profile) - {records.TORCH_THREADS, *records.PROFILE_TEXT} <= set(
+        records.PROFILE_FIGURES
+    )
 
 
 def test_a_reporter_asking_to_stop_ends_training_after_that_epoch() -> None:

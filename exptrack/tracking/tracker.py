@@ -399,7 +399,7 @@ class Tracker:
         run_id: str | None,
         state: str,
         metrics: Mapping[str, float],
-        profile: Mapping[str, float] | None = None,
+        profile: Mapping[str, float | str] | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> None:
         """Wait for the trial's pending epoch logs, log its final figures (`profile`'s cost figures
@@ -410,8 +410,9 @@ class Tracker:
         for future in self._pending.pop(run_id, []):
             future.result()  # guarded inside: never raises
         self._stop_watching(run_id)
-        costs = {records.profile_metric(k): v for k, v in (profile or {}).items()}
-        tags = {records.STATE_TAG: state, **(tags or {})}
+        costs = {records.profile_metric(k): v for k, v in (profile or {}).items() if not isinstance(v, str)}
+        texts = {records.profile_metric(k): v for k, v in (profile or {}).items() if isinstance(v, str)}
+        tags = {records.STATE_TAG: state, **texts, **(tags or {})}
         self._log(run_id, metrics={**metrics, **costs}, tags=tags)
         with self._guard(f"close run {run_id}"):
             self.client.set_terminated(run_id, status=RUN_STATUS[state])

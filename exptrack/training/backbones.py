@@ -25,6 +25,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 from torchvision import models as tvm
 
@@ -34,6 +35,11 @@ from exptrack.training import weights as weight_sources
 
 Stage = list[nn.Module | nn.Parameter]
 StageFn = Callable[[nn.Module], list[Stage]]
+# The model's forward cut at its stage bounds: one runner per stage and the head after the last,
+# so that head(runner_n(...runner_1(x))) == model(x). The frozen-feature cache runs the first d
+# runners once and trains the rest (`split_at`).
+Runners = tuple[list[nn.Module], nn.Module]
+RunnerFn = Callable[[nn.Module], Runners]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,14 +49,16 @@ class Backbone:
     name: str
     stages: StageFn
     min_size: int = 1  # smallest input side the architecture accepts
+    runners: RunnerFn | None = None  # its forward cut by stage; None: no frozen-feature cache
 
 
 BACKBONES: dict[str, Backbone] = {}
 
 
-def register_backbone(name: str, stages: StageFn, min_size: int = 1) -> None:
-    """Add a torchvision architecture under its `get_model` name; duplicates are refused."""
-    registry.add(BACKBONES, "backbone", name, Backbone(name, stages, min_size))
+def register_backbone(name: str, stages: StageFn, min_size: int = 1, runners: RunnerFn | None = None) -> None:
+    """Add a torchvision architecture under its `get_model` name; duplicates are refused. Without
+    `runners` its trials train on the plain path (no frozen-feature cache)."""
+    registry.add(BACKBONES, "backbone", name, Backbone(name, stages, min_size, runners))
 
 
 def backbone(name: str) -> Backbone:
@@ -117,11 +125,64 @@ def _vit_stages(model: Any) -> list[Stage]:  # torchvision's attributes are unty
     return [embed, *groups]
 
 
+# --- forward runners (the same cuts as the stages, following torchvision's forward) ----------
+
+
+def _resnet_runners(model: Any) -> Runners:  # torchvision's attributes are untyped
+    stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+    head = nn.Sequential(model.avgpool, nn.Flatten(1), model.fc)
+    return [stem, model.layer1, model.layer2, model.layer3, model.layer4], head
+
+
+def _features_runners(model: Any) -> Runners:  # torchvision's attributes are untyped
+    groups = _split_by_resolution(list(model.features.children()))
+    runners: list[nn.Module] = [nn.Sequential(*group) for group in groups]  # type: ignore[arg-type]
+    # ConvNeXt's classifier starts with a LayerNorm2d and flattens itself; the others flatten first
+    flatten = [] if isinstance(model, tvm.ConvNeXt) else [nn.Flatten(1)]
+    return runners, nn.Sequential(model.avgpool, *flatten, model.classifier)
+
+
+class _VitEmbed(nn.Module):
+    """ViT's stage 0 as a module: patches, class token, position embedding (torchvision's
+    `VisionTransformer.forward` up to the encoder's blocks)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.conv_proj, self.dropout = model.conv_proj, model.encoder.dropout
+        self.class_token, self.pos_embedding = model.class_token, model.encoder.pos_embedding
+        self._process_input = model._process_input  # a bound method: the model is not a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._process_input(x)
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.dropout(x + self.pos_embedding)
+
+
+class _ClassToken(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]
+
+
+def _vit_runners(model: Any) -> Runners:  # torchvision's attributes are untyped
+    groups = [nn.Sequential(*group) for group in _vit_stages(model)[1:]]  # type: ignore[arg-type]
+    return [_VitEmbed(model), *groups], nn.Sequential(_ClassToken(), model.heads)
+
+
+def split_at(name: str, model: nn.Module, depth: int) -> tuple[list[nn.Module], nn.Module] | None:
+    """(the first `depth` stage runners, the rest of the forward as one module) for a model of
+    backbone `name`, sharing its modules; None where the backbone has no runners."""
+    runners = backbone(name).runners
+    if runners is None:
+        return None
+    stages, head = runners(model)
+    return stages[:depth], nn.Sequential(*stages[depth:], head)
+
+
 for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
-    register_backbone(_name, _resnet_stages)
+    register_backbone(_name, _resnet_stages, runners=_resnet_runners)
 for _name in ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny"):
-    register_backbone(_name, _features_stages, min_size=32)
-register_backbone("vit_b_16", _vit_stages, min_size=16)
+    register_backbone(_name, _features_stages, min_size=32, runners=_features_runners)
+register_backbone("vit_b_16", _vit_stages, min_size=16, runners=_vit_runners)
 
 
 # --- building --------------------------------------------------------------------------------

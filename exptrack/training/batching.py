@@ -187,3 +187,33 @@ class LoaderBatches:
             if self.device.type == "cuda":
                 xb = xb.pin_memory()
             yield self.normalize(xb), y[start : start + batch_size].to(self.device, non_blocking=True)
+
+
+class FeatureBatches:
+    """Batches of a split's cached frozen features (`feature_cache`), in the order and bounds of
+    `DeviceBatches` (the same seeded permutation per epoch), so a cached trial sees each sample's
+    features exactly where the plain path would compute them."""
+
+    def __init__(
+        self, train_x: torch.Tensor, val_x: torch.Tensor, split: TensorSplit, config: TrialConfig
+    ) -> None:
+        self.device, self.config = train_x.device, config
+        self.train_x, self.val_x = train_x, val_x
+        self.train_y, self.val_y = split.train_y.to(self.device), split.val_y.to(self.device)
+
+    def train(self, epoch: int) -> Iterator[Batch]:
+        y, c = self.train_y, self.config
+        order = epoch_order(len(y), c.seed, epoch, self.device)
+        for bounds in batch_slices(len(y), c.batch_size):
+            idx = order[bounds]
+            yield _layout(self.train_x[idx]), y[idx]
+
+    def val(self, batch_size: int) -> Iterator[Batch]:
+        for start in range(0, len(self.val_y), batch_size):
+            bounds = slice(start, start + batch_size)
+            yield _layout(self.val_x[bounds]), self.val_y[bounds]
+
+
+def _layout(x: torch.Tensor) -> torch.Tensor:
+    """Feature maps go channels_last on CUDA, as the plain path's activations are there."""
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda and x.dim() == 4 else x

@@ -23,7 +23,16 @@ from torch import nn
 from exptrack import records
 from exptrack.config import TrialConfig
 from exptrack.errors import UserError
-from exptrack.training import backbones, batching, datasets, flops, losses, tracing, weights
+from exptrack.training import (
+    backbones,
+    batching,
+    datasets,
+    feature_cache,
+    flops,
+    losses,
+    tracing,
+    weights,
+)
 from exptrack.training.profiling import Profile, TrialMemory
 
 
@@ -50,7 +59,8 @@ class NonFiniteLossError(RuntimeError):
 @dataclasses.dataclass
 class FitResult:
     history: list[dict[str, float]]  # one entry per finished epoch, with "epoch"
-    profile: dict[str, float]  # cost figures under bare names (`seconds_per_epoch`, `flops_per_sample`)
+    # cost figures under bare names (`seconds_per_epoch`, `flops_per_sample`); `feature_cache` is text
+    profile: dict[str, float | str]
     stopped_early: bool  # the reporter asked to stop (a pruned trial)
     weights_source: str
     model: nn.Module
@@ -90,20 +100,23 @@ def fit(
     device = resolve_device(config.device)
     memory = TrialMemory(device)  # before the data and model: they are this trial's memory too
     torch.manual_seed(config.seed)
-    size, resize = backbones.preprocessing(config.backbone).geometry(config.image_size)
-    split = datasets.load(config, datasets.Geometry(size, resize))
+    geometry = datasets.Geometry(*backbones.preprocessing(config.backbone).geometry(config.image_size))
+    split = datasets.load(config, geometry)
     built = backbones.build_model(
-        config.backbone, config.weights, split.num_classes, config.freeze_depth, warn, size
+        config.backbone, config.weights, split.num_classes, config.freeze_depth, warn, geometry.size
     )
-    source = batching.make(config, split, device, built.mean, built.std)
     model = _prepare(built.model, device)
+    amp = autocast_dtype(config, device)
+    normalize = batching.Normalizer(device, built.mean, built.std)
+    cache = feature_cache.plan(feature_cache.Inputs(config, model, split, geometry, normalize, amp), warn)
+    source = _batches(config, split, device, built, cache)
     trainer = _Trainer(
-        model,
-        _compiled_step(config, model),
+        cache.net,
+        _compiled_step(config, cache.net),
         built.frozen_modules,
         losses.build_loss(config.loss, config.loss_params),
         _optimizer(config, model, device),
-        autocast_dtype(config, device),
+        amp,
         Profile(device),
         # FLOPs depend on the architecture, what is frozen and the input shape (added per batch)
         (config.backbone, config.freeze_depth, split.num_classes),
@@ -127,16 +140,31 @@ def fit(
     with tracing.window(trace_dir, device, steps) as on_step:
         trainer.on_step = on_step
         history, stopped = _epochs(config, trainer, source, reporter)
-    figures = trainer.profile.summary(trainable, frozen, memory)
+    figures: dict[str, float | str] = {**trainer.profile.summary(trainable, frozen, memory)}
+    figures.update(cache.figures(len(history)))
     # what a logged model's signature and input example are made from: two validation images as
     # the model sees them (normalised float32), on the CPU where a logged model is loaded
     example = batching.Normalizer(torch.device("cpu"), built.mean, built.std)(split.val_x[:2].cpu())
     return FitResult(history, figures, stopped, built.weights_source, model, example)
 
 
+def _batches(
+    config: TrialConfig,
+    split: datasets.TensorSplit,
+    device: torch.device,
+    built: backbones.BuiltModel,
+    cache: feature_cache.Plan,
+) -> batching.DeviceBatches | batching.LoaderBatches | batching.FeatureBatches:
+    """Cached frozen features where the cache serves this trial, else images."""
+    if cache.features is None:
+        return batching.make(config, split, device, built.mean, built.std)
+    return batching.FeatureBatches(cache.features.train, cache.features.val, split, config)
+
+
 @dataclasses.dataclass
 class _Trainer:
-    """What one training step needs, built once per run."""
+    """What one training step needs, built once per run. `model` is what the batches go through:
+    the whole model, or with the feature cache the stages after the frozen ones."""
 
     model: nn.Module
     forward: Callable[[torch.Tensor], torch.Tensor]  # the model, or torch.compile of it
@@ -152,7 +180,7 @@ class _Trainer:
 def _epochs(
     config: TrialConfig,
     trainer: _Trainer,
-    source: batching.DeviceBatches | batching.LoaderBatches,
+    source: batching.DeviceBatches | batching.LoaderBatches | batching.FeatureBatches,
     reporter: Reporter,
 ) -> tuple[list[dict[str, float]], bool]:
     """Train and evaluate epoch by epoch: (the history, whether the reporter stopped it)."""
