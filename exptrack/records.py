@@ -27,8 +27,10 @@ PROFILE_FIGURES = (
     "peak_rss_mb",  # this trial's peak resident memory (Linux)
     "peak_rss_growth_mb",
     "process_peak_rss_mb",  # where the per-trial peak cannot be measured
-    "feature_cache_seconds_saved",  # frozen stages' seconds the feature cache saved (training.feature_cache)
+    "feature_cache_seconds_saved",  # FEATURE_CACHE_SAVED
 )
+# the frozen stages' seconds the feature cache saved a trial (training.feature_cache)
+FEATURE_CACHE_SAVED = "feature_cache_seconds_saved"
 # FitResult.profile's text figures: on MLflow a tag under `profile/`, never a metric or an objective
 FEATURE_CACHE = "feature_cache"  # hit | miss | miss:from_depth_<e> | off:<reason>
 PROFILE_TEXT = (FEATURE_CACHE,)

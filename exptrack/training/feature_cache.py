@@ -38,6 +38,7 @@ from collections.abc import Callable, Hashable, Iterator
 import torch
 from torch import nn
 
+from exptrack import records
 from exptrack.config import TrialConfig
 from exptrack.training import backbones, batching
 from exptrack.training.datasets import Geometry, TensorSplit
@@ -83,7 +84,7 @@ class Plan:
         stages over train and val every epoch (`Features.seconds`, measured when computed); this
         trial spent `spent`. Negative when a one-epoch miss cost more than it saved."""
         saved = epochs_run * self.features.seconds - self.spent if self.features else 0.0
-        return {"feature_cache": self.status, "feature_cache_seconds_saved": saved}
+        return {records.FEATURE_CACHE: self.status, records.FEATURE_CACHE_SAVED: saved}
 
 
 @dataclasses.dataclass
