@@ -78,3 +78,11 @@ def test_memory_figures_are_each_trials_own_peak_not_the_processes_high_water_ma
     # so without the reset the small trial would report the big one's peak)
     assert 0 < small.profile["peak_rss_growth_mb"] < big.profile["peak_rss_growth_mb"] / 2
     assert "process_peak_rss_mb" not in small.profile
+
+
+def test_a_processes_warm_up_step_leaves_no_trace_on_the_first_trials_results() -> None:
+    fit._WARM.clear()  # this fit is the process's first of resnet18 on the CPU: it warms up first
+    warmed = fit.fit(TINY.replace(epochs=1), warn=lambda _: None)
+    assert fit._WARM == {("cpu", "resnet18")}
+    plain = fit.fit(TINY.replace(epochs=1), warn=lambda _: None)  # no warm-up this time
+    assert warmed.history == plain.history
