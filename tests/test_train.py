@@ -83,6 +83,6 @@ def test_memory_figures_are_each_trials_own_peak_not_the_processes_high_water_ma
 def test_a_processes_warm_up_step_leaves_no_trace_on_the_first_trials_results() -> None:
     fit._WARM.clear()  # this fit is the process's first of resnet18 on the CPU: it warms up first
     warmed = fit.fit(TINY.replace(epochs=1), warn=lambda _: None)
-    assert fit._WARM == {("cpu", "resnet18")}
+    assert {("cpu", "resnet18")} == fit._WARM
     plain = fit.fit(TINY.replace(epochs=1), warn=lambda _: None)  # no warm-up this time
     assert warmed.history == plain.history

@@ -223,7 +223,8 @@ def _tell(
         if values:
             figures[f"{records.BEST_PREFIX}{metric}"] = (max if direction == "maximize" else min)(values)
     trial.set_user_attr(records.PROFILE_ATTR, {**result.profile, records.TRAIN_STARTED_AT: started_at})
-    reported = {**result.profile, **final}  # what an objective or a constraint may name
+    # what an objective or a constraint may name (numbers: `feature_cache` is a text figure)
+    reported = {k: v for k, v in {**result.profile, **final}.items() if not isinstance(v, str)}
     tags: dict[str, str] = {}
     if ctx.constraints or ctx.learns_infeasible:  # before tell: the sampler reads them then
         try:

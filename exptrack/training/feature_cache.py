@@ -141,9 +141,9 @@ def _keys(inputs: Inputs, prefix: list[nn.Module]) -> list[Key]:
     """The key of each depth 1..d: what decides the frozen output, with the stages' weights as
     a running digest (depth e's key is a prefix of depth d's computation, so it can seed it)."""
     c, split = inputs.config, inputs.split
-    base = (c.backbone, inputs.geometry, c.dataset, c.subset, c.val_fraction, split.digest)
+    base: Key = (c.backbone, inputs.geometry, c.dataset, c.subset, c.val_fraction, split.digest)
     base += (str(inputs.normalize.device), str(inputs.amp))
-    digest, keys = hashlib.sha256(), []
+    digest, keys = hashlib.sha256(), list[Key]()
     for depth, runner in enumerate(prefix, start=1):
         for name, tensor in sorted(runner.state_dict().items()):
             digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
