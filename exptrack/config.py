@@ -44,6 +44,8 @@ MAX_TEXT = 4096
 # A YAML file exptrack reads (config, --enqueue, search space, dashboard) is at most 1 MiB: an
 # exported config is about 1 KB and a search space a few; a bigger file is not one of these.
 MAX_YAML_BYTES = 1 << 20
+# ... and holds at most 100,000 values once its aliases are expanded (a search space has tens).
+MAX_YAML_VALUES = 100_000
 
 
 # Bounds a numeric field can carry: `>= 1` reads "at least 1" in a message.
@@ -364,12 +366,35 @@ def read_text(path: Path) -> str:
         ) from exc
 
 
+def _expanded_size(node: Any, source: str, sizes: dict[int, int], path: set[int]) -> int:
+    """How many values `node` holds once its YAML aliases are expanded (as json.dumps or a walk
+    of the config expands them), counted without expanding: `&a [*a]` (a cycle) or a few lines of
+    aliases that expand to billions of values are one line here, not a hang or a RecursionError."""
+    if not isinstance(node, dict | list):
+        return 1
+    key = id(node)
+    if key in path:
+        raise UserError(f"{source}: a YAML alias refers to itself; write the values out")
+    if key not in sizes:
+        path.add(key)
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        sizes[key] = 1 + sum(_expanded_size(child, source, sizes, path) for child in children)
+        path.discard(key)
+    if sizes[key] > MAX_YAML_VALUES:
+        raise UserError(
+            f"{source}: expands to more than {MAX_YAML_VALUES:,} values (YAML aliases); write it out"
+        )
+    return sizes[key]
+
+
 def load_yaml(text: str, source: str) -> Any:
     """`yaml.safe_load`, every way it can fail as one line: bad syntax, a tag (`!!python/...` is
     never executed: safe_load refuses it), a number past Python's 4,300-digit limit (ValueError
     from PyYAML's int constructor), nesting deeper than the stack (RecursionError)."""
     try:
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
+        _expanded_size(data, source, {}, set())
+        return data
     except yaml.constructor.ConstructorError as exc:
         raise UserError(
             f"{source}: not valid YAML ({shown(exc.problem, 120)}); write plain values, no tags"

@@ -28,6 +28,7 @@ from mlflow import MlflowClient
 
 from exptrack import config as cfg
 from exptrack import records
+from exptrack.errors import UserError
 from tests.conftest import OFFLINE, exp_env, run_exp
 from tests.faultkit import SMALL
 
@@ -298,6 +299,35 @@ def test_export_replaces_a_symlink_instead_of_writing_through_it(cli: Cli, templ
     assert written.is_file() and not written.is_symlink()
     assert cfg.read_yaml(written)[0].weights == "none"  # the exported config, readable by exp train
     assert sorted(p.name for p in (cwd / "best").iterdir()) == ["trial-000.yaml"]  # no temporary left
+
+
+LAUGHS = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+)  # nine lines that expand to 10^9 values
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"lr: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply for YAML"),
+        (b"lr: &a [*a]\n", "a YAML alias refers to itself"),
+        (LAUGHS.encode(), "expands to more than 100,000 values"),
+        (b"lr: 0.001\n" + b"#" * (1 << 20), "is over 1024 KiB"),
+        (b"lr: !!python/name:os.system\n", "no tags"),
+        (b"\xfflr: 1\n", "byte 0xff at offset 0 is not UTF-8"),
+        (b"- 1\n", "expected a mapping of config keys, got list"),
+        (b"lr: 1\nprovenance: 3\n", "provenance: must be a mapping"),
+        (b"? [1]\n: 2\n", "not valid YAML ('found unhashable key')"),
+    ],
+    ids=["deep", "self-alias", "laughs", "over-1-MiB", "tag", "not-utf8", "list", "provenance", "list-key"],
+)
+def test_a_file_yaml_cannot_take_is_one_line(tmp_path: Path, content: bytes, words: str) -> None:
+    """The one reader every config, --enqueue, search-space and dashboard file goes through."""
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as caught:
+        cfg.read_mapping(path)
+    assert words in str(caught.value) and "\n" not in str(caught.value)
 
 
 # --- properties: any --set value, --enqueue file, search space or --out path ----------------------
