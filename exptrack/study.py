@@ -127,7 +127,18 @@ class Study:
         points = self.starting_points
         if isinstance(points, Mapping | str) or not all(isinstance(p, Mapping) for p in points):
             raise UserError(f"{where}: starting_points must be a list of dicts like {{'lr': 1e-3}}")
+        self._check_paths(where)
         cfg.from_dict(self.fixed, source=f"{where} fixed")  # type-check early
+
+    def _check_paths(self, where: str) -> None:
+        """The files it names are paths of printable text: a NUL byte raised ValueError from the
+        file system, a number TypeError."""
+        for key in ("search_space", "dashboard"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str | Path):
+                raise UserError(f"{where}: {key} must be a path, got {cfg.shown(value)}")
+            if value is not None:
+                cfg.check_text(str(value), f"{where} {key}")
 
     def _objectives(self, where: str) -> dict[str, str]:
         if not self.objectives:

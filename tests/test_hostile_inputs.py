@@ -40,6 +40,7 @@ FILES = {
     "good.py": GOOD,
     "space.yaml": "lr: {float: [1.0e-3, 1.0e-2], log: true}\n",
     "slash.py": GOOD.replace("name='good'", "name='team/good'"),
+    "nul.py": GOOD.replace("'space.yaml'", "'sp\\x00ace.yaml'"),
 }
 # A trial of `good` at SMALL's size, with MLflow: the study the results commands read.
 TEMPLATE_ARGS = ["search", "good.py", *SMALL, "--trials", "1", "--seed", "0"]
@@ -189,6 +190,7 @@ SEARCH_CASES = [
     ("workers-bound", ["--workers", "100000"], ["--workers must be at most 256 (a process each)"]),
     ("timeout-nan", ["--timeout", "nan"], ["--timeout must be positive seconds, got nan"]),
     ("name-in-study-file", [], ["Study(name=...): study name 'team/good' names a path"]),  # slash.py
+    ("nul-in-study-file", [], ["Study 'good' search_space holds a control character ('\\x00'"]),  # nul.py
 ]
 # (case id, full arguments, words): commands on the template's stores
 RESULT_CASES = [
@@ -244,7 +246,7 @@ def outcomes(
         else:
             cwd = Path(tempfile.mkdtemp(dir=template.parent, prefix=f"{case_id}-"))
             write_files(cwd)
-            study = "slash.py" if case_id == "name-in-study-file" else "good.py"
+            study = {"name-in-study-file": "slash.py", "nul-in-study-file": "nul.py"}.get(case_id, "good.py")
             args = ["search", study, *SMALL, "--trials", "1", *args]
         for name, data in HOSTILE_FILES.items():
             (cwd / name).write_bytes(data)
