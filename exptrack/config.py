@@ -98,7 +98,7 @@ def check_value(key: str, value: Any) -> None:
     value and search-space value goes through."""
     allowed = NAMED_VALUES.get(key)
     if allowed is not None and value not in allowed:
-        raise UserError(f"unknown {key} {value!r}; use {', '.join(allowed)}")
+        raise UserError(f"unknown {key} {shown(value)}; use {', '.join(allowed)}")
     bounds = field_range(key)
     if bounds is not None and not bounds.contains(value):
         raise UserError(f"{key} must be {bounds.broken(value)}, got {value!r}")
@@ -177,7 +177,7 @@ def from_dict(values: Mapping[str, Any], *, source: str = "config") -> TrialConf
     types = field_types()
     unknown = sorted(set(values) - set(types), key=repr)  # a YAML key may be a number: never sorted with text
     if unknown:
-        raise UserError(f"{source}: unknown config key {unknown[0]!r}; valid keys are {', '.join(types)}")
+        raise UserError(f"{source}: unknown config key {shown(unknown[0])}; valid keys are {', '.join(types)}")
     typed = {key: _coerce(key, value, types[key], source) for key, value in values.items()}
     try:
         return TrialConfig(**typed)
@@ -201,7 +201,7 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
         value = parse_number(value)
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise UserError(f"{source}: {key} must be a mapping, got {value!r}")
+            raise UserError(f"{source}: {key} must be a mapping, got {shown(value)}")
         return {_sub_key(key, k, source): _coerce(f"{key}.{k}", v, float, source) for k, v in value.items()}
     if annotation is bool:
         if isinstance(value, bool):
