@@ -50,9 +50,9 @@ def _commands(
     debug: Annotated[
         bool,
         typer.Option(
-            "--debug",
-            envvar=DEBUG_ENV,
-            help="Print the whole traceback of an unexpected error (otherwise: one line and a file)",
+            "--debug",  # EXPTRACK_DEBUG is read in main: any value but 0 turns it on, none is refused
+            help=f"Print the whole traceback of an unexpected error (otherwise: one line and a file); "
+            f"or set {DEBUG_ENV}=1",
         ),
     ] = False,
 ) -> None:
