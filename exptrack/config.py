@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import operator
 import typing
@@ -28,6 +29,12 @@ NAMED_VALUES = {
     "optimizer": ("adamw", "sgd"),
     "batching": ("auto", "device", "loader"),
 }
+
+
+# Fields that say how a trial runs, not what it measures: a study continues across them (resumed
+# on another device, with other loader workers, compiled). Every other field changes what a trial
+# means (epochs, subset, image_size, dataset, backbone, weights, precision, ...).
+RUN_ONLY_FIELDS = ("device", "batching", "num_workers", "compile", "download")
 
 
 # Upper bounds on the fields that can exhaust a machine (memory, processes, time); each field
@@ -301,6 +308,15 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         else:
             overrides[key] = value
     return overrides
+
+
+def meaning(values: Mapping[str, Any], searched: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """What a fixed config means for a trial: every field (defaults filled in, so an unset epochs
+    equals epochs=3), as JSON would store it, less RUN_ONLY_FIELDS and the `searched` keys (a
+    searched loss carries its loss_params)."""
+    full = json.loads(json.dumps({**TrialConfig().to_dict(), **values}, default=str))
+    aside = {*RUN_ONLY_FIELDS, *searched, *(["loss_params"] if "loss" in searched else [])}
+    return {key: value for key, value in full.items() if key not in aside}
 
 
 def apply_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

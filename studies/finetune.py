@@ -1,7 +1,7 @@
 """Fine-tune a pretrained ResNet-18 on scikit-learn's handwritten digits (24 px, offline).
 
 Run: exp search studies/finetune.py --trials 50
-Shrink it: exp search studies/finetune.py --trials 3 --set epochs=1 --set subset=300
+Shrink it: exp search studies/finetune.py --trials 3 --set epochs=1 --set subset=300 --study-name finetune-quick
 """
 
 from exptrack import Study

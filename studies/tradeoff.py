@@ -2,7 +2,7 @@
 fewest seconds per epoch (a Pareto front of configs, two objectives), within a weight budget.
 
 Run: exp search studies/tradeoff.py --trials 30
-Shrink it: exp search studies/tradeoff.py --trials 6 --set epochs=1 --set subset=300
+Shrink it: exp search studies/tradeoff.py --trials 6 --set epochs=1 --set subset=300 --study-name tradeoff-quick
 Then: exp trials tradeoff (the pareto column), exp export tradeoff --out front/ (the Pareto set)
 """
 

@@ -66,7 +66,7 @@ def test_a_changed_study_is_refused_with_the_difference_unless_new_study_or_new_
     assert "--new-study" not in results[7].stderr and "resumable-" not in results[7].stderr
     assert "this search continues study 'resumable-2'" in results[8].stderr
     help_text = " ".join(results[9].stdout.split())
-    assert "Only when the stored study's direction, metric or search space differs" in help_text
+    assert "Only when the stored study's direction, metric, search space or fixed config" in help_text
 
     storage = "sqlite:///optuna.db"
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
@@ -109,3 +109,36 @@ def test_changed_objectives_or_constraints_are_a_changed_study(tmp_path: Path) -
         UserError, match=r"constraints \[seconds_per_epoch <= 30\], now \[seconds_per_epoch <= 20\]"
     ):
         check(objectives=pair, constraints=["seconds_per_epoch <= 20"])
+
+
+def test_a_changed_fixed_config_is_a_changed_study_and_trials_shows_an_older_mix(project: Path) -> None:
+    """A quick look (`--set epochs=2`) on a stored study is refused with the difference, or runs
+    under its own name; how a trial runs (`--set num_workers=0`) is no change. A study an older
+    exptrack let mix shows the differing keys in `exp trials`."""
+    base = study_file(project, "base", "val_loss", "minimize", SPACE)
+    search = ["search", base, "--trials", "1", "--no-tracking", *SMALL]
+    cases = [
+        search,
+        [*search, "--set", "epochs=2"],
+        [*search, "--set", "num_workers=0", "--trials", "2"],  # how it runs: the study continues
+        [*search, "--set", "epochs=2", "--study-name", "resumable-quick"],
+    ]
+    results = run_cli_batch([(project, args) for args in cases])
+    assert [r.returncode for r in results] == [0, 2, 0, 0], [r.stderr for r in results]
+    assert results[1].stderr.strip() == (
+        "error: study 'resumable' was created with fixed epochs=1, now 2; use --new-study or --study-name NEW"
+    )
+    storage = "sqlite:///optuna.db"
+    assert len(optuna.load_study(study_name="resumable", storage=storage).trials) == 2
+    # an older exptrack recorded the new fixed config and ran on: the study now holds a mix
+    optuna.load_study(study_name="resumable", storage=storage).set_user_attr(
+        "fixed", {"weights": "none", "epochs": 2, "subset": 32, "image_size": 8}
+    )
+    mixed = run_cli_batch([(project, [*search, "--set", "epochs=2", "--trials", "3"]),
+                           (project, ["trials", "resumable", "--format", "csv"])])  # fmt: skip
+    assert [r.returncode for r in mixed] == [0, 0], [r.stderr for r in mixed]
+    table = mixed[1].stdout.splitlines()
+    assert "epochs" in table[0].split(",")
+    epochs = [row.split(",")[table[0].split(",").index("epochs")] for row in table[1:]]
+    assert sorted(epochs) == ["1", "1", "2"]
+    assert "trials of study 'resumable' differ in fixed config (epochs; shown as columns)" in mixed[1].stderr

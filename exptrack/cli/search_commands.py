@@ -103,8 +103,8 @@ def search(
         bool,
         typer.Option(
             "--new-study",
-            help="Only when the stored study's direction, metric or search space differs from the study "
-            "file: run as NAME-2 instead of refusing (created once, continued by re-runs); an unchanged "
+            help="Only when the stored study's direction, metric, search space or fixed config (a --set "
+            "epochs, subset, dataset, ...) differs from the study file: run as NAME-2 instead of refusing (created once, continued by re-runs); an unchanged "
             "study just continues",
         ),
     ] = False,

@@ -13,6 +13,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from exptrack import config as cfg
 from exptrack import records, study_store
 from exptrack.errors import UserError
 from exptrack.tracking.tracker import read_experiment_ids, read_trial_runs
@@ -52,6 +53,9 @@ def trials_frame(study: optuna.Study, runs: list[Any], costs: bool = False) -> p
     profile = [m for m in PROFILE_METRICS if m not in values and m not in shown_costs]
     trials = study.get_trials(deepcopy=False)
     rows = [_trial_row(t, values, by_trial.get(t.number), [*shown_costs, *profile]) for t in trials]
+    mixed = [key for key in mixed_fixed(trials) if key != "weights"]  # weights: a column of its own
+    for row, trial in zip(rows, trials, strict=True):  # a mixed study shows what differs
+        row.update({key: (trial.user_attrs.get(records.CONFIG_ATTR) or {}).get(key) for key in mixed})
     marks = _marks(study, trials)
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -94,7 +98,29 @@ def trials_table(
     filtered, sorted and cut. MLflow being unreadable only costs the run columns."""
     study = study_store.load_existing_study(study_name, storage)
     runs = read_trial_runs(study_name, tracking_uri, warn, study.user_attrs.get(records.STUDY_UID_ATTR))
+    mixed = mixed_fixed(study.get_trials(deepcopy=False))
+    if mixed:
+        warn(
+            f"trials of study {study_name!r} differ in fixed config ({', '.join(mixed)}; shown as "
+            "columns): compare only trials alike"
+        )
     return select(trials_frame(study, runs, costs), study, state, sort, top)
+
+
+def mixed_fixed(trials: list[FrozenTrial]) -> list[str]:
+    """The fixed-config keys (not searched, not how a trial runs) whose values differ between a
+    study's trials: an exptrack that did not refuse a changed fixed config let a `--set epochs=1`
+    quick look into the study. Weights compare as asked for (an offline fallback is no change)."""
+    seen: dict[str, set[str]] = {}
+    for trial in trials:
+        config = dict(trial.user_attrs.get(records.CONFIG_ATTR) or {})
+        if not config:
+            continue
+        config["weights"] = trial.user_attrs.get(records.WEIGHTS_REQUESTED) or config.get("weights")
+        searched = {name.split(".")[0] for name in trial.params}
+        for key, value in cfg.meaning(config, searched).items():
+            seen.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
+    return sorted(key for key, values in seen.items() if len(values) > 1)
 
 
 def _trial_row(

@@ -1,6 +1,8 @@
 """Refusing a changed study: a stored study is continued only when its objectives (metrics and
-directions), constraints and search space are the ones the study file declares now; otherwise the
-search is refused with the difference shown (or, with --new-study, runs as the study `NAME-2`, created the first time)."""
+directions), constraints, search space and fixed config (what a trial means: epochs, subset,
+dataset, backbone, weights, ...) are the ones the study file and `--set` declare now; otherwise the
+search is refused with the difference shown (or, with --new-study, runs as the study `NAME-2`,
+created the first time). A quick look with `--set epochs=1` thus never mixes into the real study."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 
 import optuna
 
+from exptrack import config as cfg
 from exptrack import records
 from exptrack.errors import UserError
 from exptrack.study import Study
@@ -27,12 +30,14 @@ class Declaration:
     metric: str | None  # the objectives' figures, comma-joined
     search_space: Mapping[str, Any] | None
     constraints: list[str] | None = None
+    fixed: Mapping[str, Any] | None = None  # the fixed config, `--set` values merged in
 
 
 def declaration(spec: Study, search_space: Mapping[str, Any]) -> Declaration:
     """What the study file declares now."""
     constraints = [str(c) for c in spec.parsed_constraints()]
-    return Declaration(",".join(spec.directions), ",".join(spec.objectives), search_space, constraints)
+    directions, metrics = ",".join(spec.directions), ",".join(spec.objectives)
+    return Declaration(directions, metrics, search_space, constraints, dict(spec.fixed))
 
 
 def stored_declaration(storage: optuna.storages.BaseStorage, name: str) -> Declaration | None:
@@ -51,6 +56,7 @@ def stored_declaration(storage: optuna.storages.BaseStorage, name: str) -> Decla
         ",".join(metrics) if metrics is not None else None,
         attrs.get(records.STUDY_SPACE_ATTR),
         attrs.get(records.STUDY_CONSTRAINTS_ATTR),
+        attrs.get(records.STUDY_FIXED_ATTR),
     )
 
 
@@ -67,7 +73,11 @@ def difference(stored: Declaration, current: Declaration) -> str | None:
             return f"{key}={old_value}, now {new_value}"
     if stored.constraints is not None and stored.constraints != current.constraints:
         return f"constraints {_listed(stored.constraints)}, now {_listed(current.constraints)}"
-    old, new = stored.search_space, _plain(current.search_space)
+    return _space_difference(stored.search_space, current.search_space) or _fixed_difference(stored, current)
+
+
+def _space_difference(old: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> str | None:
+    new = _plain(current)
     if old is None or old == new:
         return None
     for param in sorted(set(old) | set(new)):
@@ -77,6 +87,19 @@ def difference(stored: Declaration, current: Declaration) -> str | None:
             return f"search space without {param}, now {param} {_short(new[param])}"
         if old[param] != new[param]:
             return f"search space {param} {_short(old[param])}, now {_short(new[param])}"
+    return None
+
+
+def _fixed_difference(stored: Declaration, current: Declaration) -> str | None:
+    """The first fixed-config key whose value changes what a trial means (`epochs=2, now 1`);
+    keys the space searches and keys that only say how a trial runs (cfg.RUN_ONLY_FIELDS) aside."""
+    if stored.fixed is None or current.fixed is None:
+        return None
+    searched = set(current.search_space or {})
+    old, new = cfg.meaning(stored.fixed, searched), cfg.meaning(current.fixed, searched)
+    for key in old:
+        if old[key] != new.get(key):
+            return f"fixed {key}={_short(old[key])}, now {_short(new.get(key))}"
     return None
 
 
