@@ -45,6 +45,11 @@ FILES = {
     "negative_lr.yaml": "lr: {float: [-0.1, -0.01]}\n",
     "zero_batch.py": GOOD.replace("space.yaml", "zero_batch.yaml"),
     "zero_batch.yaml": "batch_size: {choice: [0, 32]}\n",
+    "deep.py": GOOD.replace("space.yaml", "deep.yaml"),
+    "deep.yaml": "freeze_depth: {int: [0, 9]}\n",  # resnet18 has 5 stages
+    "deep_branch.py": GOOD.replace("space.yaml", "deep_branch.yaml"),
+    "deep_branch.yaml": "backbone:\n  choice:\n    resnet18: {freeze_depth: {int: [0, 5]}}\n"
+    "    mobilenet_v3_small: {freeze_depth: {int: [1, 8], step: 3}}\n",
     "trained.yaml": "epochs: 1\nsubset: 32\nimage_size: 8\nweights: none\nlr: 0.01\nbatch_size: 16\n",
 }
 
@@ -98,6 +103,17 @@ CASES = [
     ("no-study", ["empty.py"], ["defines no Study"]),
     ("space-low-above-high", ["badspace.py"], ["lr"]),
     ("space-unknown-key", ["unknownkey.py"], ["learning_rate"]),
+    (
+        "freeze-depth-high-end",
+        ["deep.py"],
+        ["deep.yaml: parameter 'freeze_depth' high end 9 exceeds resnet18's 5 stages", "{int: [0, max]}"],
+    ),
+    (
+        "freeze-depth-high-end-of-a-backbone-branch",
+        ["deep_branch.py"],
+        ["'backbone.mobilenet_v3_small.freeze_depth' high end 7 exceeds mobilenet_v3_small's"],
+    ),
+    ("fixed-freeze-depth-too-deep", ["good.py", "--set", "freeze_depth=7"], ["fixed freeze_depth 7 exceeds"]),
     ("unknown-sampler", ["good.py", "--sampler", "anneal"], ["unknown sampler 'anneal'", "tpe"]),
     ("unknown-pruner", ["good.py", "--pruner", "asha"], ["unknown pruner 'asha'", "median"]),
     (

@@ -53,6 +53,7 @@ def prepare(
     sampler_name, pruner_name = sampler or default_sampler(spec), pruner or spec.pruner
     samplers.check_names(sampler_name, pruner_name)
     space = spaces.load(spec.search_space_path()).pin(pins or {})
+    check_ends(space, spec.fixed)  # the high ends too: trial 30 drawing freeze_depth=9 stopped a search
     config = cfg.from_dict(space.sample(optuna.trial.FixedTrial(first_point(space)), spec.fixed))
     backbones.backbone(config.backbone)  # unknown names end here, before any store is opened
     datasets.parse_spec(config.dataset)
@@ -88,6 +89,44 @@ def prepare(
         tuple(constraints),
         learns,
         tuple(notes),
+    )
+
+
+def check_ends(space: spaces.SearchSpace, fixed: Mapping[str, Any]) -> None:
+    """Every searched range at its high end as well as its low one (the first trial's point
+    checks the low ends): a freeze_depth range, or a fixed freeze_depth, deeper than a backbone
+    the study can train is refused now, not when a trial draws it. Ranges against the config's
+    own bounds are checked at both ends when the space is parsed."""
+    chosen = [p for p in space.params if p.field == "backbone" and p.kind == "choice"]
+    names = [str(n) for n in chosen[0].choices] if chosen else [str(fixed.get("backbone", "resnet18"))]
+    if not _searches(space.params, "freeze_depth") and "freeze_depth" in fixed:
+        for name in names:
+            _check_depth(name, int(fixed["freeze_depth"]), "fixed freeze_depth", "--set freeze_depth=")
+    _check_depths(space.params, names, space.source)
+
+
+def _check_depths(params: tuple[spaces.Param, ...], names: list[str], source: str) -> None:
+    for param in params:
+        if param.field == "freeze_depth" and param.kind == "int" and param.high != "max":
+            high = int(max(spaces.ends(param)))
+            where = f"{source}: parameter {param.name!r} high end"
+            for name in names:
+                _check_depth(name, high, where, f"use {{int: [{param.low}, max]}} or a high end")
+        for option, subs in param.branches.items():  # under a backbone's option: its own stages
+            _check_depths(subs, [str(option)] if param.field == "backbone" else names, source)
+
+
+def _check_depth(name: str, depth: int, where: str, fix: str) -> None:
+    stages = backbones.stage_count(name)
+    if depth > stages:
+        raise UserError(f"{where} {depth} exceeds {name}'s {stages} stages; {fix} of at most {stages}")
+
+
+def _searches(params: tuple[spaces.Param, ...], field: str) -> bool:
+    """Whether any parameter, under any branch, sets `field`."""
+    return any(
+        p.field == field or _searches(tuple(s for subs in p.branches.values() for s in subs), field)
+        for p in params
     )
 
 

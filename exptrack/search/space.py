@@ -238,7 +238,7 @@ def _check_reachable(param: Param, source: str) -> None:
     Ranges are intervals, so a numeric parameter's two ends stand for all of its values."""
     where = f"{source}: parameter {param.name!r}"
     loss_option = param.name.split(".")[1] if param.name.startswith("loss.") else None
-    for value in _ends(param):
+    for value in ends(param):
         if loss_option is None:
             cfg.check_field(param.field, value, where)
             continue
@@ -251,7 +251,7 @@ def _check_reachable(param: Param, source: str) -> None:
             _check_reachable(sub, source)
 
 
-def _ends(param: Param) -> list[Any]:
+def ends(param: Param) -> list[Any]:
     """A choice's options, or a range's lowest and highest reachable values (`step` may stop
     short of high; freeze_depth's `max` is the backbone's own stage count, always valid)."""
     if param.kind == "choice":
