@@ -23,6 +23,11 @@ DIRECTIONS = ("maximize", "minimize")
 # and a file name stops at 255 bytes (ext4, xfs); MLflow's own limit on the experiment is 500
 # characters, and `--new-study` may add `-2`.
 MAX_NAME_BYTES = 200
+# The dashboard a study names by default, and the copy of it that ships inside the package
+# (dashboards/study.yaml is the user-facing copy, kept the same by a test): a study searched
+# outside this repository still gets its dashboard.
+DEFAULT_DASHBOARD = "dashboards/study.yaml"
+PACKAGED_DASHBOARD = Path(__file__).with_name("default_dashboard.yaml")
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 
@@ -99,7 +104,7 @@ class Study:
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     pruner: str = "median"
     sampler: str | None = None
-    dashboard: str | None = "dashboards/study.yaml"
+    dashboard: str | None = DEFAULT_DASHBOARD
     description: str = ""
     source_path: Path | None = None  # set by load_study_file
     objectives: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -189,10 +194,12 @@ class Study:
 
     def dashboard_path(self) -> Path | None:
         """The dashboard file the study names, found as `resolve` finds files; None when it names
-        none or the file is absent (the default one is optional)."""
+        none or the file is absent. The default one, absent here, is the package's own copy."""
         if not self.dashboard:
             return None
         path = self.resolve(self.dashboard)
+        if not path.is_file() and str(self.dashboard) == DEFAULT_DASHBOARD:
+            return PACKAGED_DASHBOARD
         return path.resolve() if path.is_file() else None
 
     def search_space_path(self) -> Path:

@@ -166,3 +166,37 @@ def test_report_draws_the_dashboard_the_study_was_searched_with_from_any_directo
     page = (tmp_path / f"{STUDY}-dashboard.html").read_text()
     assert f"{STUDY}: search overview" in page and "<h2>learning curves</h2>" in page
     assert "on MLflow run" in done.stdout  # logged on the study's run as well
+
+
+def test_the_default_dashboard_ships_in_the_package_and_matches_the_repo_copy() -> None:
+    from exptrack.study import PACKAGED_DASHBOARD
+
+    assert PACKAGED_DASHBOARD.read_text() == (REPO / "dashboards" / "study.yaml").read_text()
+
+
+def test_a_study_searched_outside_the_repo_gets_the_default_dashboard(tmp_path: Path) -> None:
+    """No dashboards/ where the study is searched, nor where `exp report` runs: the package's own
+    dashboard is drawn (and an older study with no dashboard recorded gets it too)."""
+    from tests.conftest import TINY
+
+    outside, elsewhere = tmp_path / "own", tmp_path / "elsewhere"
+    outside.mkdir(), elsewhere.mkdir()
+    (outside / "space.yaml").write_text("lr: {float: [1.0e-3, 1.0e-2], log: true}\n")
+    (outside / "own.py").write_text(
+        "from exptrack import Study\nstudy = Study(name='own', search_space='space.yaml')\n"
+    )
+    searched = run_exp(outside, "search", "own.py", "--trials", "1", *TINY)
+    assert searched.returncode == 0, searched.stderr
+    stores = [
+        "--storage",
+        f"sqlite:///{outside / 'optuna.db'}",
+        "--tracking-uri",
+        f"sqlite:///{outside / 'mlflow.db'}",
+    ]
+    done = run_exp(elsewhere, "report", "own", *stores)
+    assert done.returncode == 0, done.stderr
+    assert "own: search overview" in (elsewhere / "own-dashboard.html").read_text()
+    optuna.load_study(study_name="own", storage=stores[1]).set_user_attr("dashboard", None)  # an older study
+    again = run_exp(elsewhere, "report", "own", *stores, "--out", "older.html")
+    assert again.returncode == 0, again.stderr
+    assert "<h2>learning curves</h2>" in (elsewhere / "older.html").read_text()

@@ -20,7 +20,7 @@ from exptrack import config as cfg
 from exptrack import records, registry, study_store
 from exptrack.errors import UserError
 from exptrack.results import output
-from exptrack.study import Study
+from exptrack.study import DEFAULT_DASHBOARD, PACKAGED_DASHBOARD, Study
 from exptrack.tracking.tracker import existing_store
 
 PanelFn = Callable[[optuna.Study, Mapping[str, Any]], Any]
@@ -32,7 +32,7 @@ register_panel = registry.registrar(PANELS, "panel")
 
 
 Dashboard = tuple[str, list[tuple[str, dict[str, Any]]]]  # (title template, [(panel, options)])
-DEFAULT_FILE = Path("dashboards/study.yaml")
+DEFAULT_FILE = Path(DEFAULT_DASHBOARD)
 
 
 def load(path: Path) -> Dashboard:
@@ -53,16 +53,11 @@ def parse(text: str, source: str) -> Dashboard:
 
 def recorded(study: optuna.Study) -> Dashboard:
     """The dashboard the study was searched with (recorded on it by the search), else
-    `dashboards/study.yaml` in the working directory."""
+    `dashboards/study.yaml` in the working directory, else the package's own copy of it."""
     copy = study.user_attrs.get(records.STUDY_DASHBOARD_ATTR)
     if isinstance(copy, dict) and isinstance(copy.get("text"), str):
         return parse(copy["text"], f"{copy.get('path')} (as recorded on study {study.study_name!r})")
-    if DEFAULT_FILE.is_file():
-        return load(DEFAULT_FILE)
-    raise UserError(
-        f"study {study.study_name!r} has no recorded dashboard and there is no {DEFAULT_FILE} here; "
-        "pass --dashboard FILE"
-    )
+    return load(DEFAULT_FILE if DEFAULT_FILE.is_file() else PACKAGED_DASHBOARD)
 
 
 def _panel_entry(entry: Any, path: str) -> tuple[str, dict[str, Any]]:
