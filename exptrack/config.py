@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from exptrack import records
-from exptrack.errors import UserError
+from exptrack.errors import UserError, did_you_mean
 
 PARAMS_SUFFIX = "_params"  # `loss_params` holds the parameters of the chosen `loss`
 # Config fields that take one of a few names: checked once, when a config is built.
@@ -105,7 +105,7 @@ def check_value(key: str, value: Any) -> None:
     value and search-space value goes through."""
     allowed = NAMED_VALUES.get(key)
     if allowed is not None and value not in allowed:
-        raise UserError(f"unknown {key} {shown(value)}; use {', '.join(allowed)}")
+        raise UserError(f"unknown {key} {shown(value)}{did_you_mean(value, allowed)}; use {', '.join(allowed)}")
     bounds = field_range(key)
     if bounds is not None and not bounds.contains(value):
         raise UserError(f"{key} must be {bounds.broken(value)}, got {value!r}")
@@ -184,7 +184,7 @@ def from_dict(values: Mapping[str, Any], *, source: str = "config") -> TrialConf
     types = field_types()
     unknown = sorted(set(values) - set(types), key=repr)  # a YAML key may be a number: never sorted with text
     if unknown:
-        raise UserError(f"{source}: unknown config key {shown(unknown[0])}; valid keys are {', '.join(types)}")
+        raise UserError(f"{source}: unknown config key {shown(unknown[0])}{did_you_mean(unknown[0], types)}; valid keys are {', '.join(types)}")
     typed = {key: _coerce(key, value, types[key], source) for key, value in values.items()}
     try:
         return TrialConfig(**typed)
@@ -415,6 +415,10 @@ def load_yaml(text: str, source: str) -> Any:
         raise UserError(
             f"{source}: not valid YAML ({shown(exc.problem, 120)}); write plain values, no tags"
         ) from exc
+    except yaml.MarkedYAMLError as exc:  # where it broke, as an editor counts: line and column from 1
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise UserError(f"{where}: not valid YAML ({shown(exc.problem or exc.context, 80)}); fix the file") from exc
     except yaml.YAMLError as exc:
         raise UserError(f"{source}: not valid YAML ({exc.__class__.__name__}); fix the file") from exc
     except (ValueError, OverflowError) as exc:

@@ -3,7 +3,9 @@ the helpers that keep messages to one line without a password in them."""
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 
 # scheme://user:password@ -- the password runs to the last `@` before a space: drivers such as
 # SQLAlchemy's take `/`, `:` and `@` in it unencoded, so a shorter match would print its tail.
@@ -42,3 +44,12 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's first line, password-free, for a one-line message; its type when it is silent."""
     lines = str(exc).strip().splitlines()
     return redact(lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def did_you_mean(name: object, choices: Iterable[object]) -> str:
+    """` (did you mean 'resnet18'?)` when one of `choices` is close to a mistyped `name`
+    (difflib's ratio of at least 0.6, its default: `resnet81` finds `resnet18`), else ''."""
+    if not isinstance(name, str):
+        return ""
+    close = difflib.get_close_matches(name, [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

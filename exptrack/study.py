@@ -14,7 +14,7 @@ from typing import Any
 
 from exptrack import config as cfg
 from exptrack import records
-from exptrack.errors import UserError
+from exptrack.errors import UserError, did_you_mean
 
 # What an objective or a constraint may name: a figure training reports, by its bare name.
 FIGURES = (*records.EPOCH_METRICS, *records.PROFILE_FIGURES)
@@ -67,7 +67,7 @@ def _number(text: str) -> float | None:
 
 def _check_figure(name: str, role: str, where: str) -> None:
     if name not in FIGURES:
-        raise UserError(f"{where}: unknown {role} {name!r}; use one of {', '.join(FIGURES)}")
+        raise UserError(f"{where}: unknown {role} {name!r}{did_you_mean(name, FIGURES)}; use one of {', '.join(FIGURES)}")
 
 
 def check_name(name: Any, where: str) -> str:

@@ -58,3 +58,69 @@ def test_training_progress_is_drawn_on_the_search_bar_while_it_runs() -> None:
     bar.stop()
     assert "downloading resnet18 ImageNet weights (MB) 45/45" in console.export_text()
     assert not bar.tasks  # gone from the bar once done
+
+
+COMMANDS = ("search", "trials", "export", "train", "report", "ui", "studies")
+
+
+def test_help_lists_commands_in_workflow_order_with_no_type_hints_or_doubled_defaults(tmp_path: Path) -> None:
+    helps = run_cli_batch([(tmp_path, ["--help"]), *((tmp_path, [name, "--help"]) for name in COMMANDS)])
+    assert all(r.returncode == 0 for r in helps), [r.stderr for r in helps]
+    listed = [line.strip("│ ").split(" ")[0] for line in helps[0].stdout.splitlines()]
+    assert [name for name in listed if name in COMMANDS] == list(COMMANDS)  # search, trials, export, ...
+    for result in helps:
+        text = " ".join(result.stdout.replace("│", " ").split())  # a help cell's lines, joined
+        assert "<bool>" not in text and "list[" not in text, text
+        assert not re.search(r"\[default: [^\]]*\] \[default:", text), text
+    search = " ".join(helps[1].stdout.replace("│", " ").split())
+    assert "--enqueue FILE|DIR" in search and "[default: 0: none]" in search
+
+
+def test_a_broken_yaml_names_line_and_column_and_a_typo_gets_did_you_mean(tmp_path: Path) -> None:
+    (tmp_path / "space.yaml").write_text(
+        "lr: {float: [1.0e-3, 1.0e-2]}\nbatch_size: {choice: [16, 32]\nloss: x\n"
+    )
+    (tmp_path / "typo.yaml").write_text("lr: {float: [1.0e-3, 1.0e-2], lgo: true}\n")
+    study = "from exptrack import Study\nstudy = Study(name='s', search_space='SPACE', fixed=FIXED)\n"
+    (tmp_path / "broken.py").write_text(study.replace("SPACE", "space.yaml").replace("FIXED", "{}"))
+    (tmp_path / "typo.py").write_text(study.replace("SPACE", "typo.yaml").replace("FIXED", "{}"))
+    (tmp_path / "epoch.py").write_text(study.replace("SPACE", "typo.yaml").replace("FIXED", "{'epoch': 2}"))
+    (tmp_path / "good.yaml").write_text("lr: {float: [1.0e-3, 1.0e-2]}\n")
+    (tmp_path / "good.py").write_text(study.replace("SPACE", "good.yaml").replace("FIXED", "{}"))
+    broken, typo, epoch, backbone = run_cli_batch(
+        [(tmp_path, ["search", "broken.py"]), (tmp_path, ["search", "typo.py"]),
+         (tmp_path, ["search", "epoch.py"]), (tmp_path, ["search", "good.py", "--set", "backbone=resnet81"])]
+    )  # fmt: skip
+    assert [r.returncode for r in (broken, typo, epoch, backbone)] == [2, 2, 2, 2]
+    assert broken.stderr.startswith("error: ") and "space.yaml:3:1: not valid YAML" in broken.stderr
+    assert "unknown key 'lgo' (did you mean 'log'?)" in typo.stderr
+    assert "unknown config key 'epoch' (did you mean 'epochs'?)" in epoch.stderr
+    assert "unknown backbone 'resnet81' (did you mean 'resnet18'?)" in backbone.stderr
+
+
+def test_a_bad_study_file_is_refused_before_torch_is_imported(tmp_path: Path) -> None:
+    """The search's modules import torch (4-5 s idle, 25 s on a loaded 2-core machine); a typo in
+    the study file, a --set or the space's YAML is told before that (2 s measured there)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import exp_env
+
+    (tmp_path / "space.yaml").write_text("lr: {float: [1.0e-3, 1.0e-2]\n")
+    (tmp_path / "bad.py").write_text(
+        "from exptrack import Study\nstudy = Study(name='b', search_space='space.yaml')\n"
+    )
+    probe = (
+        "import sys\nfrom exptrack.cli import main\nsys.argv = ['exp', 'search', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    print(exc.code, 'torch' in sys.modules)\n"
+    )
+    for args in (["bad.py"], ["bad.py", "--set", "epoch=2"]):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args],
+            cwd=tmp_path,
+            env=exp_env(tmp_path),
+            capture_output=True,
+            text=True,
+        )
+        assert done.stdout.split() == ["2", "False"], (done.stdout, done.stderr)
+        assert done.stderr.startswith("error: ")

@@ -13,9 +13,10 @@ import sys
 import tempfile
 import traceback
 from importlib import metadata
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import typer.core
 
 from exptrack.cli import results_commands, search_commands
 from exptrack.cli.options import err
@@ -27,7 +28,25 @@ from exptrack.search import signals
 DEBUG_ENV = "EXPTRACK_DEBUG"
 _debug = {"on": False}
 
+
+class _Command(typer.core.TyperCommand):
+    """A command whose help shows no type for a flag (`--costs`, not `--costs <bool>`): a flag
+    takes no value, and typer would print its Python type there."""
+
+    def get_params(self, ctx: Any) -> list[Any]:  # typer's own (vendored) click types
+        params = super().get_params(ctx)
+        for param in params:  # the --help option is made per call, so it is caught here too
+            if isinstance(param, typer.core.TyperOption) and param.is_flag:
+                param.metavar = ""
+        return params
+
+
+class _Group(typer.core.TyperGroup, _Command):
+    """The `exp` group itself, with the same flags' help (--version, --debug, --help)."""
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=True,  # typer's own --install-completion / --show-completion (bash, zsh, fish)
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -56,20 +75,21 @@ def _commands(
         ),
     ] = False,
 ) -> None:
-    """exp search | trials | studies | export | train | ui | report"""
+    """exp search | trials | export | train | report | ui | studies"""
     _debug["on"] = debug
 
 
+# In the order a user works: tune, look, export, re-run, report, browse; then every study.
 for _command in (
     search_commands.search,
-    search_commands.report,
     results_commands.trials,
-    results_commands.studies,
     results_commands.export,
     results_commands.train,
+    search_commands.report,
     results_commands.ui,
+    results_commands.studies,
 ):
-    app.command()(_command)
+    app.command(cls=_Command)(_command)
 
 
 def main() -> None:

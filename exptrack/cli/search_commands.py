@@ -127,13 +127,17 @@ def search(
         int,
         typer.Option(
             help="Trace the first K trials this command runs with torch.profiler "
-            "(profile/trace.json.gz and profile/ops.csv on their MLflow runs) " + default("0: none")
+            "(profile/trace.json.gz and profile/ops.csv on their MLflow runs) " + default("0: none"),
+            show_default=False,  # the help says it: `[default: 0: none]`, not that and `[default: 0]`
         ),
     ] = 0,
     worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
     enqueue: Annotated[
         list[Path] | None,
-        typer.Option(help="Run these configs first: a YAML file or directory from exp export (repeatable)"),
+        typer.Option(
+            metavar="FILE|DIR",
+            help="Run these configs first: a YAML file or directory from exp export (repeatable)",
+        ),
     ] = None,
     from_study: Annotated[
         str | None, typer.Option(help="Run the best trials of this earlier study (same storage) first")
@@ -141,14 +145,23 @@ def search(
     from_top: Annotated[int, typer.Option(help="How many of --from-study's best trials")] = 3,
 ) -> None:
     """Tune a study: sample configs, train each, prune hopeless ones, log every trial to MLflow."""
+    from exptrack.study import load_study_file
+
+    overrides = cfg.parse_overrides(set_ or [])
+    if device is not None:
+        overrides["device"] = device
+    # The study file, --set and the search space's YAML are checked before torch is imported (the
+    # search's modules take 4-5 s to import idle): a typo is one line at once.
+    study = load_study_file(study_file)
+    study.with_overrides(overrides)
+    space_path = study.search_space_path()
+    cfg.load_yaml(cfg.read_text(space_path), str(space_path))
+
     from exptrack.results import dashboards
     from exptrack.search.options import SearchOptions
     from exptrack.search.run import run_search
     from exptrack.training import progress as training_progress
 
-    overrides = cfg.parse_overrides(set_ or [])
-    if device is not None:
-        overrides["device"] = device
     options = SearchOptions(
         trials, timeout, storage, study_name, sampler, pruner, seed, max_failures, new_study, worker,
         tracking_uri, not no_tracking, workers, grace_period=grace_period, gpus=gpus, per_gpu=per_gpu,
@@ -157,7 +170,7 @@ def search(
     progress = SearchProgress()
     training_progress.use(RichTasks(progress.bar))  # a download or image folder: a task on the bar
     try:
-        summary = run_search(study_file, options, overrides, progress, progress.warn, dashboards.renderer_for)
+        summary = run_search(study, options, overrides, progress, progress.warn, dashboards.renderer_for)
     finally:
         progress.stop()
         training_progress.use(None)

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from exptrack import config as cfg
 from exptrack import records, registry, study_store
-from exptrack.errors import UserError
+from exptrack.errors import UserError, did_you_mean
 from exptrack.results import output
 from exptrack.study import DEFAULT_DASHBOARD, PACKAGED_DASHBOARD, Study
 from exptrack.tracking.tracker import existing_store
@@ -65,7 +65,7 @@ def _panel_entry(entry: Any, path: str) -> tuple[str, dict[str, Any]]:
         raise UserError(f"{path}: a panel is a name or `name: {{options}}`, got {cfg.shown(entry)}")
     name, options = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
     if name not in PANELS:
-        raise UserError(f"{path}: unknown panel {name!r}; choose from {', '.join(PANELS)}")
+        raise UserError(f"{path}: unknown panel {name!r}{did_you_mean(name, PANELS)}; choose from {', '.join(PANELS)}")
     if not isinstance(options or {}, dict):
         raise UserError(f"{path}: panel {name!r} takes `{{option: value}}`, got {cfg.shown(options)}")
     return str(name), dict(options or {})

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import optuna
 
 from exptrack import registry
-from exptrack.errors import UserError
+from exptrack.errors import UserError, did_you_mean
 from exptrack.search.space import SearchSpace
 
 # Optuna 5 samplers that steer away from infeasible trials: they read the constraint values each
@@ -60,7 +60,7 @@ Built = TypeVar("Built")
 
 def _builder(registry: dict[str, Builder], kind: str, name: str) -> Builder:
     if name not in registry:
-        raise UserError(f"unknown {kind} {name!r}; use one of {', '.join(registry)}")
+        raise UserError(f"unknown {kind} {name!r}{did_you_mean(name, registry)}; use one of {', '.join(registry)}")
     return registry[name]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from exptrack import config as cfg
-from exptrack.errors import UserError
+from exptrack.errors import UserError, did_you_mean
 from exptrack.training import backbones, losses
 
 KINDS = ("float", "int", "choice")
@@ -113,7 +113,7 @@ def parse(data: Any, source: str = "search space") -> SearchSpace:
     for name, spec in data.items():
         if name not in fields or name.endswith(cfg.PARAMS_SUFFIX):
             raise UserError(
-                f"{source}: unknown parameter {name!r}; searchable config keys are {', '.join(k for k in fields if not k.endswith(cfg.PARAMS_SUFFIX))}"
+                f"{source}: unknown parameter {name!r}{did_you_mean(name, fields)}; searchable config keys are {', '.join(k for k in fields if not k.endswith(cfg.PARAMS_SUFFIX))}"
             )
         params.append(_parse_param(str(name), str(name), spec, source, top_field=str(name)))
     for param in params:
@@ -128,7 +128,9 @@ def _parse_param(name: str, field: str, spec: Any, source: str, top_field: str) 
     kinds = [k for k in spec if k in KINDS]
     unknown = [k for k in spec if k not in KINDS and k not in OPTIONS]
     if unknown:
-        raise UserError(f"{where}: unknown key {unknown[0]!r}; use one of float, int, choice, log, step")
+        raise UserError(
+            f"{where}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], (*KINDS, *OPTIONS))}; use one of float, int, choice, log, step"
+        )
     if len(kinds) != 1:
         raise UserError(f"{where}: give exactly one of float, int or choice")
     kind = kinds[0]

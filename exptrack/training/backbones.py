@@ -30,7 +30,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from exptrack import registry
-from exptrack.errors import UserError
+from exptrack.errors import UserError, did_you_mean
 from exptrack.training import weights as weight_sources
 
 Stage = list[nn.Module | nn.Parameter]
@@ -63,7 +63,7 @@ def register_backbone(name: str, stages: StageFn, min_size: int = 1, runners: Ru
 
 def backbone(name: str) -> Backbone:
     if name not in BACKBONES:
-        raise UserError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}")
+        raise UserError(f"unknown backbone {name!r}{did_you_mean(name, BACKBONES)}; choose one of: {', '.join(sorted(BACKBONES))}")
     return BACKBONES[name]
 
 

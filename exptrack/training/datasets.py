@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from exptrack import registry
 from exptrack.config import TrialConfig
-from exptrack.errors import UserError, first_line
+from exptrack.errors import UserError, did_you_mean, first_line
 from exptrack.training import imagefiles
 
 SPLIT_SEED = 20241  # fixed: the same train/val split for every trial and every re-run
@@ -95,7 +95,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     name, sep, path = spec.partition(":")
     if name not in DATASETS:
         raise UserError(
-            f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))} (NAME[:PATH])"
+            f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; choose one of: {', '.join(sorted(DATASETS))} (NAME[:PATH])"
         )
     return name, (path if sep and path else None)
 

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from exptrack import registry
-from exptrack.errors import UserError
+from exptrack.errors import UserError, did_you_mean
 
 LossBuilder = Callable[..., nn.Module]
 LOSSES: dict[str, LossBuilder] = {}
@@ -40,7 +40,7 @@ def build_loss(name: str, params: Mapping[str, float]) -> nn.Module:
 
 def _builder(name: str) -> LossBuilder:
     if name not in LOSSES:
-        raise UserError(f"unknown loss {name!r}; choose one of: {', '.join(sorted(LOSSES))}")
+        raise UserError(f"unknown loss {name!r}{did_you_mean(name, LOSSES)}; choose one of: {', '.join(sorted(LOSSES))}")
     return LOSSES[name]
 
 
