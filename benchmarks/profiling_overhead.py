@@ -80,7 +80,11 @@ def main() -> None:
         searches, runs = {}, {}
         for arm in ARMS:  # random sampler, same seed: every arm trains the same configs
             options = SearchOptions(
-                args.trials, storage=f"sqlite:///{tmp}/{arm}.db", sampler="random", pruner="none", seed=7
+                trials=args.trials,
+                storage=f"sqlite:///{tmp}/{arm}.db",
+                sampler="random",
+                pruner="none",
+                seed=7,
             )
             tracker = Tracker(f"sqlite:///{tmp}/mlflow-{arm}.db")
             searches[arm] = loop.open_search(spec, options, tracker, warn=lambda m: None)

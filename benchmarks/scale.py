@@ -59,7 +59,12 @@ def worker(storage: str, tracking: str, trials: int, out: Path, grace: int) -> N
 
     fit.fit, loop.run_one = timed_fit, timed_run_one
     options = SearchOptions(
-        trials, storage=storage, tracking_uri=tracking, study_name="scale", grace_period=grace, seed=None
+        trials=trials,
+        storage=storage,
+        tracking_uri=tracking,
+        study_name="scale",
+        grace_period=grace,
+        seed=None,
     )
     run_search(REPO / "studies" / "synthetic.py", options, TINY, warn=lambda _: None)
     out.write_text(json.dumps(records))

@@ -98,7 +98,7 @@ def study_wall_time(args: argparse.Namespace) -> float:
     spec = load_study_file(REPO / "studies" / "synthetic.py").with_overrides(overrides)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        options = SearchOptions(args.trials, storage=f"sqlite:///{tmp}/optuna.db", seed=0)
+        options = SearchOptions(trials=args.trials, storage=f"sqlite:///{tmp}/optuna.db", seed=0)
         loop.run(loop.open_search(spec, options, Tracker(f"sqlite:///{tmp}/mlflow.db"), warn=lambda m: None))
         return time.perf_counter() - start
 

@@ -86,7 +86,11 @@ def main() -> None:
         arms = {}
         for arm in ("tracked", "untracked"):  # random sampler, same seed: both arms train the same configs
             options = SearchOptions(
-                args.trials, storage=f"sqlite:///{tmp}/{arm}.db", sampler="random", pruner="none", seed=7
+                trials=args.trials,
+                storage=f"sqlite:///{tmp}/{arm}.db",
+                sampler="random",
+                pruner="none",
+                seed=7,
             )
             tracker = Tracker(f"sqlite:///{tmp}/mlflow.db") if arm == "tracked" else None
             arms[arm] = loop.open_search(spec, options, tracker, warn=lambda m: None)

@@ -59,7 +59,7 @@ def search(
             "exptrack.search runs in this process; for several workers use exp search --workers K"
         )
     chosen = SearchOptions(
-        trials, storage=store_url(storage), tracking_uri=store_url(tracking_uri), **options
+        trials=trials, storage=store_url(storage), tracking_uri=store_url(tracking_uri), **options
     )
     source = study if isinstance(study, Study) else Path(study)
     return run_search(source, chosen, overrides, None, print, dashboards.renderer_for, own_signals=False)

@@ -14,6 +14,7 @@ from exptrack import config as cfg
 from exptrack import records
 from exptrack.cli.options import RichTasks, SetOpt, StorageOpt, TrackingOpt, default, err, out, warn
 from exptrack.errors import redact
+from exptrack.search.options import GRACE_PERIOD_S, MAX_CONSECUTIVE_FAILURES
 from exptrack.tracking import ui_links
 
 
@@ -98,7 +99,7 @@ def search(
     ] = False,
     max_failures: Annotated[
         int, typer.Option(help="Stop the search after this many failed trials in a row (exit code 2)")
-    ] = 5,
+    ] = MAX_CONSECUTIVE_FAILURES,
     new_study: Annotated[
         bool,
         typer.Option(
@@ -115,7 +116,7 @@ def search(
             help="Seconds without a heartbeat before a trial of a dead worker (any machine) is failed "
             "and retried; give every worker of a study the same value"
         ),
-    ] = 180,
+    ] = GRACE_PERIOD_S,
     gpus: Annotated[
         str | None,
         typer.Option(help="One worker per listed GPU: 0,1,3 or all (each with its own CUDA_VISIBLE_DEVICES)"),
@@ -163,9 +164,11 @@ def search(
     from exptrack.training import progress as training_progress
 
     options = SearchOptions(
-        trials, timeout, storage, study_name, sampler, pruner, seed, max_failures, new_study, worker,
-        tracking_uri, not no_tracking, workers, grace_period=grace_period, gpus=gpus, per_gpu=per_gpu,
-        profile_trials=profile_trials, enqueue=tuple(enqueue or ()), from_study=from_study, from_top=from_top,
+        trials=trials, timeout=timeout, storage=storage, study_name=study_name, sampler=sampler,
+        pruner=pruner, seed=seed, max_failures=max_failures, new_study=new_study, worker=worker,
+        tracking_uri=tracking_uri, tracking=not no_tracking, workers=workers, grace_period=grace_period,
+        gpus=gpus, per_gpu=per_gpu, profile_trials=profile_trials, enqueue=tuple(enqueue or ()),
+        from_study=from_study, from_top=from_top,
     )  # fmt: skip
     progress = SearchProgress()
     training_progress.use(RichTasks(progress.bar))  # a download or image folder: a task on the bar

@@ -12,7 +12,7 @@ MAX_CONSECUTIVE_FAILURES = 5
 GRACE_PERIOD_S = 180
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)  # by keyword: 20 fields, several of one type
 class SearchOptions:
     trials: int
     timeout: float | None = None  # seconds for this invocation
