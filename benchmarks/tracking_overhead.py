@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 class WaitClock:
     """Seconds the trial's own thread spends inside `Tracker` calls: the part of tracking that
     training (or the next trial) waits for. Writes on the tracker's background thread overlap
-    training and do not count, unless `finish_trial` has to wait for them."""
+    training and do not count, unless `close_run` has to wait for them."""
 
     def __init__(self, tracker: Tracker) -> None:
         self.seconds, self._depth = 0.0, 0

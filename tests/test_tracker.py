@@ -1,5 +1,5 @@
 """The Tracker's background writes: a trial's params, config.yaml and tags are queued behind the
-run's creation, and `finish_trial` waits for them before it closes the run with its status."""
+run's creation, and `runs.finish_run` waits for them before it closes the run with its status."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from exptrack import records
+from exptrack.tracking import runs
 from exptrack.tracking.tracker import Tracker
 
 PARAMS = {"lr": "0.01", "loss": "focal", "loss_params.gamma": "2.0"}
@@ -21,10 +22,12 @@ def tracker(tmp_path_factory: pytest.TempPathFactory) -> Tracker:
 
 
 def open_trial(tracker: Tracker, params: dict[str, str]) -> str:
-    experiment_id, parent, _ = tracker.open_study_run("study", "study-uid", {}, [], False)
+    study = runs.StudyFacts(
+        "study", "study-uid", "x.db", "TPESampler", "NopPruner", {"val_accuracy": "maximize"}, {}, []
+    )
     config = yaml.safe_dump({"lr": 0.01, "loss": "focal", "loss_params": {"gamma": 2.0}})
-    run_id = tracker.start_trial(
-        experiment_id, parent, "study", 3, params, config, {"optuna.storage": "x.db"}
+    run_id = runs.open_trial_run(
+        tracker, runs.open_study_run(tracker, study), runs.TrialFacts("study", "x.db", 3, params, config)
     )
     assert run_id is not None
     return run_id
@@ -34,7 +37,7 @@ def test_a_run_closed_right_after_it_opened_has_every_queued_write(tracker: Trac
     run_id = open_trial(tracker, PARAMS)
     tracker.log_later(run_id, tags=records.setup_tags({"device": "cpu"}))
     tracker.log_epoch(run_id, 1, {"val_accuracy": 0.5})
-    tracker.finish_trial(run_id, "PRUNED", {"best_val_accuracy": 0.5})
+    runs.finish_run(tracker, run_id, "PRUNED", {"best_val_accuracy": 0.5})
 
     run = tracker.client.get_run(run_id)
     assert run.info.status == "KILLED" and run.info.end_time is not None
@@ -52,7 +55,7 @@ def test_a_background_write_the_store_refuses_is_reported_and_the_run_still_clos
     warnings: list[str] = []
     tracker.warn, tracker.failures = warnings.append, []
     run_id = open_trial(tracker, {"x" * 300: "1"})  # MLflow refuses param keys over 250 characters
-    tracker.finish_trial(run_id, "COMPLETE", {"val_accuracy": 0.9})
+    runs.finish_run(tracker, run_id, "COMPLETE", {"val_accuracy": 0.9})
 
     run = tracker.client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.metrics == {"val_accuracy": 0.9}

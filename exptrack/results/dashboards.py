@@ -21,7 +21,7 @@ from exptrack import records, registry, study_store
 from exptrack.errors import UserError, did_you_mean
 from exptrack.results import output
 from exptrack.study import DEFAULT_DASHBOARD, PACKAGED_DASHBOARD, Study
-from exptrack.tracking.tracker import existing_store
+from exptrack.tracking import queries
 
 PanelFn = Callable[[optuna.Study, Mapping[str, Any]], Any]
 PANELS: dict[str, PanelFn] = {}
@@ -93,12 +93,14 @@ def publish(
     Without `dashboard`, the one the study was searched with."""
     output.check_file(target, "--out", f"{study_name}-dashboard.html")  # before any store is read
     study = study_store.load_existing_study(study_name, storage)
-    tracker = existing_store(tracking_uri, warn)  # adds to a store, never creates one; a wrong one ends here
+    tracker = queries.existing_store(
+        tracking_uri, warn
+    )  # adds to a store, never creates one; a wrong one ends here
     page = render(study, load(dashboard) if dashboard else recorded(study))
     output.write_file(target, page, "--out")
     if tracker is None:
         return None
-    run_id = tracker.study_run_id(study_name, study.user_attrs.get(records.STUDY_UID_ATTR))
+    run_id = queries.study_run_id(tracker, study_name, study.user_attrs.get(records.STUDY_UID_ATTR))
     tracker.log_text(run_id, page, records.DASHBOARD_ARTIFACT)
     return run_id if run_id and not tracker.failures else None
 

@@ -21,7 +21,7 @@ from exptrack import config as cfg
 from exptrack import records, study_store
 from exptrack.errors import UserError
 from exptrack.results import output
-from exptrack.tracking.tracker import read_trial_runs
+from exptrack.tracking.queries import read_trial_runs
 
 PACKAGES = ("exptrack", "torch", "torchvision", "optuna", "mlflow")
 

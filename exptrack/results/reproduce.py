@@ -18,10 +18,10 @@ from typing import Any
 import torch
 
 from exptrack import config as cfg
-from exptrack import processes, records, store_checks
+from exptrack import records, store_checks
 from exptrack.errors import UserError, failure_reason
 from exptrack.study import check_name
-from exptrack.tracking import logged_models
+from exptrack.tracking import logged_models, runs
 from exptrack.tracking.tracker import Tracker, resolve_tracking_uri
 from exptrack.training import fit, profiling, weights
 
@@ -102,22 +102,6 @@ def apply_threads(provenance: Mapping[str, Any], threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def run_tags(path: Path, provenance: Mapping[str, Any]) -> dict[str, str]:
-    tags = {
-        records.ROLE_TAG: records.ROLE_TRAIN,
-        records.CONFIG_FILE_TAG: str(path),
-        records.HOST_TAG: platform.node(),
-        records.OWNER_TAG: processes.worker_id(),  # with the run's creation: no window without it
-    }
-    study, trial = provenance.get(records.PROVENANCE_STUDY), provenance.get(records.PROVENANCE_TRIAL)
-    if study is not None and trial is not None:
-        tags[records.STUDY_TAG] = str(study)
-        tags[records.REPRODUCES_TAG] = f"{study}/{records.trial_run_name(int(trial))}"
-    if provenance.get(records.PROVENANCE_RUN_ID):
-        tags[records.SOURCE_RUN_TAG] = str(provenance[records.PROVENANCE_RUN_ID])
-    return tags
-
-
 def reproduce(
     path: Path,
     overrides: list[str],
@@ -136,7 +120,7 @@ def reproduce(
     store_checks.check_store(uri, "MLflow tracking store", "--tracking-uri")  # before MLflow creates it
     tracker = Tracker(uri, warn=warn)
     tracker.check()
-    closed = tracker.close_dead_train_runs()  # a killed `exp train` could not close its own
+    closed = runs.close_dead_train_runs(tracker)  # a killed `exp train` could not close its own
     if closed:
         warn(
             f"closed {len(closed)} exp train run(s) left RUNNING by a process that died: {', '.join(closed)}"
@@ -146,10 +130,8 @@ def reproduce(
     note = {records.WEIGHTS_REQUESTED: asked} if asked != config.weights else {}
     provenance = {**provenance, **note}
     experiment = str(provenance.get(records.PROVENANCE_STUDY) or DEFAULT_EXPERIMENT)
-    experiment_id = tracker.experiment_id(experiment)
-    run_id = tracker.start_run(
-        experiment_id, f"train-{path.stem}", run_tags(path, provenance), {**config.flat_params(), **note}
-    )
+    opened = runs.open_train_run(tracker, experiment, path, provenance, {**config.flat_params(), **note})
+    experiment_id, run_id = opened.experiment_id, opened.run_id
     tracker.log_text(run_id, cfg.dump_yaml(config, provenance), records.CONFIG_ARTIFACT)
     tracker.watch_system(run_id, records.system_node(platform.node(), profiling.physical_gpu(config.device)))
     try:
@@ -158,12 +140,11 @@ def reproduce(
             tracker, experiment_id, run_id, result.model, register, result.example
         )
     except BaseException as exc:  # never leave the run RUNNING (a second signal exits at once: see OWNER_TAG)
-        tracker.log(run_id, tags={records.FAIL_REASON_TAG: failure_reason(exc)})
-        tracker.finish_trial(run_id, "FAIL", {})
+        runs.fail_run(tracker, run_id, failure_reason(exc))
         raise
     final = {k: v for k, v in result.final.items() if k != "epoch"}
     figures = {f"{records.FINAL_PREFIX}{k}": v for k, v in final.items()}
-    tracker.finish_trial(run_id, "COMPLETE", figures, result.profile)
+    runs.finish_run(tracker, run_id, "COMPLETE", figures, result.profile)
     if tracker.failures:
         raise UserError(f"MLflow did not record this run completely: {tracker.failures[0]}")
     return TrainOutcome(

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from exptrack import config as cfg
 from exptrack import records, study_store
 from exptrack.errors import UserError
-from exptrack.tracking.tracker import read_experiment_ids, read_trial_runs
+from exptrack.tracking.queries import read_experiment_ids, read_trial_runs
 
 STATES = ("complete", "pruned", "fail", "running", "waiting", "all")
 FORMATS = ("table", "csv", "json", "markdown")

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from exptrack import records, study_store
 from exptrack.coordination import StoreLock
 from exptrack.search.ownership import Abandoned, fail_abandoned
+from exptrack.tracking import queries, runs
 from exptrack.tracking.tracker import Tracker
 
 
@@ -21,7 +22,7 @@ def close_abandoned_runs(tracker: Tracker | None, abandoned: list[Abandoned]) ->
     """Close the MLflow runs of trials this process marked FAIL, saying why."""
     for trial in abandoned:
         if tracker and trial.run_id:
-            tracker.close_stale_run(trial.run_id, "FAILED", trial.reason)
+            runs.close_stale_run(tracker, trial.run_id, "FAILED", trial.reason)
 
 
 def repair_runs(
@@ -30,14 +31,14 @@ def repair_runs(
     """Close this study's MLflow trial runs left RUNNING whose trial is no longer running."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     closed = []
-    for run_id, number in tracker.running_trial_runs(experiment_id, parent_run_id):
+    for run_id, number in queries.running_trial_runs(tracker, experiment_id, parent_run_id):
         trial = by_number.get(number)
         if trial is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
         why = trial.user_attrs.get(records.FAIL_REASON_ATTR)
         reason = f"trial {number} is {trial.state.name} in Optuna" + (f": {why}" if why else "")
         status = records.RUN_STATUS.get(study_store.state_name(trial), "FAILED")  # out of memory: FAILED
-        tracker.close_stale_run(run_id, status, reason)
+        runs.close_stale_run(tracker, run_id, status, reason)
         closed.append(run_id)
     return closed
 
@@ -58,7 +59,7 @@ def repair(
         closed = repair_runs(study, tracker, experiment_id, parent_run_id)
         if closed:
             warn(f"closed {len(closed)} MLflow run(s) left RUNNING by an interrupted search")
-        trained = tracker.close_dead_train_runs([experiment_id])
+        trained = runs.close_dead_train_runs(tracker, [experiment_id])
         if trained:
             warn(f"closed {len(trained)} exp train run(s) left RUNNING by a process that died")
 

@@ -14,11 +14,11 @@ from optuna.trial import TrialState
 
 from exptrack import records
 from exptrack.coordination import StoreLock
-from exptrack.errors import redact
 from exptrack.search import preflight
 from exptrack.search.study_setup import StoredStudy
 from exptrack.study import Study
-from exptrack.study_store import absolute_url, counted_trials, ranked
+from exptrack.study_store import counted_trials, ranked
+from exptrack.tracking import runs
 from exptrack.tracking.tracker import Tracker
 
 DASHBOARD_EVERY_S = 30.0  # a page inlines 4.8 MB of plotly.js: re-render at most this often, and at the end
@@ -38,39 +38,30 @@ class StudyRun:
 def open_study_run(
     tracker: Tracker, stored: StoredStudy, spec: Study, prepared: preflight.Prepared, storage_url: str
 ) -> StudyRun:
-    """The study's experiment and parent run, its search space as a param and its saved runs
-    view. Call under the store lock: the first of several workers creates them."""
-    tags = {
-        records.STORAGE_TAG: redact(absolute_url(storage_url)),
-        records.SAMPLER_TAG: type(stored.study.sampler).__name__,
-        records.PRUNER_TAG: type(prepared.pruner).__name__,
-        records.METRIC_TAG: ",".join(spec.objectives),
-        records.DIRECTION_TAG: ",".join(spec.directions),
-        records.OPTUNA_STUDY_TAG: stored.name,
-    }
-    if prepared.constraints:
-        tags[records.CONSTRAINTS_TAG] = ", ".join(map(str, prepared.constraints))
-    files = [p for p in (spec.source_path, spec.search_space_path()) if p is not None]
-    experiment_id, run_id, other = tracker.open_study_run(
-        stored.name, stored.uid, tags, files, stored.adopt_untagged
+    """The study's experiment and parent run (`tracking.runs`). Call under the store lock: the
+    first of several workers creates them."""
+    record = runs.StudyFacts(
+        name=stored.name,
+        uid=stored.uid,
+        storage_url=storage_url,
+        sampler=type(stored.study.sampler).__name__,
+        pruner=type(prepared.pruner).__name__,
+        objectives=spec.objectives,
+        search_space=prepared.space.describe(),
+        params=prepared.space.names(),
+        constraints=[str(c) for c in prepared.constraints],
+        files=[p for p in (spec.source_path, spec.search_space_path()) if p is not None],
+        adopt_untagged=stored.adopt_untagged,
     )
+    opened = runs.open_study_run(tracker, record)
     notes: tuple[str, ...] = ()
-    if other is not None:
+    if opened.replaced is not None:
         notes = (
-            f"MLflow experiment {stored.name!r} already held parent run {other} of another Optuna "
-            f"study named {stored.name!r} (its Optuna store was reset or replaced); this study's "
-            f"trials are under a new parent run {run_id}",
+            f"MLflow experiment {stored.name!r} already held parent run {opened.replaced} of another "
+            f"Optuna study named {stored.name!r} (its Optuna store was reset or replaced); this "
+            f"study's trials are under a new parent run {opened.run_id}",
         )
-    tracker.log(run_id, params={records.SEARCH_SPACE_PARAM: str(prepared.space.describe())})
-    first, *others = (_mlflow_metric(name) for name in spec.objectives)
-    maximize = spec.direction == "maximize"
-    tracker.save_runs_view(experiment_id, stored.name, first, maximize, prepared.space.names(), others)
-    return StudyRun(experiment_id, run_id, notes)
-
-
-def _mlflow_metric(figure: str) -> str:
-    """An objective's name on a trial's MLflow run: an epoch metric as is, a cost figure under `profile/`."""
-    return figure if figure in records.EPOCH_METRICS else records.profile_metric(figure)
+    return StudyRun(opened.experiment_id, opened.run_id, notes)
 
 
 class Dashboard:
@@ -99,7 +90,7 @@ def close_if_last(
     with lock:
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
-        tracker.close_study_run(run.parent_run_id, status, study_metrics(study, spec))
+        runs.close_study_run(tracker, run.parent_run_id, status, study_metrics(study, spec))
 
 
 def study_metrics(study: optuna.Study, spec: Study) -> dict[str, float]:

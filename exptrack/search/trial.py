@@ -26,12 +26,11 @@ from optuna.trial import TrialState
 
 from exptrack import config as cfg
 from exptrack import records, study_store
-from exptrack.errors import UserError, failure_reason, redact
+from exptrack.errors import UserError, failure_reason
 from exptrack.search import feasibility, signals
 from exptrack.search.space import SearchSpace
 from exptrack.study import Constraint, Study
-from exptrack.study_store import absolute_url
-from exptrack.tracking import ui_links
+from exptrack.tracking import runs, ui_links
 from exptrack.tracking.tracker import Tracker
 from exptrack.training import fit, profiling
 
@@ -183,24 +182,20 @@ def _start_run(
     if ctx.tracker is None or ctx.experiment_id is None or ctx.parent_run_id is None:
         return None
     provenance = {records.PROVENANCE_STUDY: ctx.name, records.PROVENANCE_TRIAL: trial.number, **note}
-    tags = {records.TRIAL_STORAGE_TAG: redact(absolute_url(ctx.storage_url))}
-    if records.RETRY_ATTR in trial.user_attrs:
-        tags[records.RETRY_OF_TAG] = str(trial.user_attrs[records.RETRY_ATTR])
-    run_id = ctx.tracker.start_trial(
-        ctx.experiment_id,
-        ctx.parent_run_id,
-        ctx.name,
-        trial.number,
-        {**ctx.space.named_params(config.flat_params(), trial.params), **note},
-        cfg.dump_yaml(config, provenance),
-        tags,
+    retry_of = trial.user_attrs.get(records.RETRY_ATTR)
+    record = runs.TrialFacts(
+        study_name=ctx.name,
+        storage_url=ctx.storage_url,
+        number=trial.number,
+        params={**ctx.space.named_params(config.flat_params(), trial.params), **note},
+        config_yaml=cfg.dump_yaml(config, provenance),
+        node_id=records.system_node(platform.node(), profiling.physical_gpu(config.device)),
+        retry_of=None if retry_of is None else str(retry_of),
     )
+    run_id = runs.open_trial_run(ctx.tracker, runs.OpenedRun(ctx.experiment_id, ctx.parent_run_id), record)
     if run_id is None:
         return None
     trial.set_user_attr(records.RUN_ID_ATTR, run_id)
-    ctx.tracker.watch_system(
-        run_id, records.system_node(platform.node(), profiling.physical_gpu(config.device))
-    )
     base = ui_links.server_base(ctx.tracker.uri)
     if base:  # a link optuna-dashboard shows beside the trial (and that opens in a browser)
         trial.set_user_attr(records.RUN_URL_ATTR, ui_links.run_url(base, ctx.experiment_id, run_id))
@@ -225,15 +220,13 @@ def _tell(
     trial.set_user_attr(records.PROFILE_ATTR, {**result.profile, records.TRAIN_STARTED_AT: started_at})
     # what an objective or a constraint may name (numbers: `feature_cache` is a text figure)
     reported = {k: v for k, v in {**result.profile, **final}.items() if not isinstance(v, str)}
-    tags: dict[str, str] = {}
+    broken: list[str] = []
     if ctx.constraints or ctx.learns_infeasible:  # before tell: the sampler reads them then
         try:
             violations = feasibility.violations(ctx.constraints, reported)
         except ValueError as exc:
             return fail(ctx, trial, run_id, exc)
         broken = feasibility.record(trial, violations)
-        if broken:
-            tags[records.INFEASIBLE_TAG] = ", ".join(broken)
     if result.stopped_early:
         state = "PRUNED"
         ctx.study.tell(trial, state=TrialState.PRUNED)
@@ -251,9 +244,10 @@ def _tell(
         state = "COMPLETE"
         ctx.study.tell(trial, values)
     if ctx.tracker:
-        if state == "PRUNED":
-            tags[records.PRUNED_EPOCH_TAG] = str(len(result.history))
-        ctx.tracker.finish_trial(run_id, state, figures, result.profile, tags)
+        pruned_epoch = len(result.history) if state == "PRUNED" else None
+        runs.finish_run(
+            ctx.tracker, run_id, state, figures, result.profile, pruned_epoch=pruned_epoch, broken=broken
+        )
     return state
 
 
@@ -275,15 +269,8 @@ def fail(
     else:
         ctx.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     if ctx.tracker:
-        tags = {records.FAIL_REASON_TAG: reason}
-        if infeasible:
-            tags[records.INFEASIBLE_TAG] = records.OUT_OF_MEMORY
-        ctx.tracker.log(run_id, tags=tags)
-        if not isinstance(exc, KeyboardInterrupt):
-            ctx.tracker.log_text(
-                run_id, redact("".join(traceback.format_exception(exc))), records.TRACEBACK_ARTIFACT
-            )
-        ctx.tracker.finish_trial(run_id, "FAIL", {})
+        trace = None if isinstance(exc, KeyboardInterrupt) else "".join(traceback.format_exception(exc))
+        runs.fail_run(ctx.tracker, run_id, reason, trace, out_of_memory=infeasible)
     return "FAIL"
 
 
@@ -293,8 +280,7 @@ def _taken_over(ctx: TrialContext, trial: optuna.Trial, run_id: str | None) -> s
     before it was sampled: a database restart drops the advisory lock under which the trial was
     asked, and a worker that took the lock next found it without its worker recorded yet."""
     if ctx.tracker:
-        ctx.tracker.log(run_id, tags={records.FAIL_REASON_TAG: TAKEN_OVER})
-        ctx.tracker.finish_trial(run_id, "FAIL", {})
+        runs.fail_run(ctx.tracker, run_id, TAKEN_OVER)
     return "FAIL"
 
 
