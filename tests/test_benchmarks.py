@@ -85,3 +85,22 @@ def test_exptrack_stores_when_each_trial_began_training(rehearsal: tuple[Path, d
     for trial in study.trials:
         started = trial.user_attrs[records.PROFILE_ATTR][records.TRAIN_STARTED_AT]
         assert trial.datetime_start.timestamp() < started < trial.datetime_complete.timestamp()
+
+
+@pytest.mark.slow
+def test_study_vs_baseline_alternates_the_arms_and_splits_the_saving_into_its_levers(tmp_path: Path) -> None:
+    command = [sys.executable, str(REPO / "benchmarks" / "study_vs_baseline.py"), "--out", str(tmp_path)]
+    command += ["--trials", "1", "--subset", "48", "--image-size", "16", "--epochs", "1"]
+    done = subprocess.run(
+        command, cwd=tmp_path, env=exp_env(tmp_path), capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((tmp_path / "study_vs_baseline.json").read_text())
+    runs = sorted((r["started_at"], name) for name, arm in result["runs"].items() for r in arm)
+    assert [name for _, name in runs] == ["exptrack", "baseline", "baseline", "exptrack"]  # A-B-B-A
+    assert all(r["finished_trials"] == 1 for arm in result["runs"].values() for r in arm)
+    summary = result["summary"]
+    assert summary["ratio"] == pytest.approx(summary["wall_s"]["exptrack"] / summary["wall_s"]["baseline"])
+    levers = summary["levers"]
+    assert levers["cache_s"] + levers["optimizer_s"] + levers["other_s"] == pytest.approx(levers["saving_s"])
+    assert "ratio" in done.stdout and "best_val_accuracy" in done.stdout
