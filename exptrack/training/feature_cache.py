@@ -77,7 +77,7 @@ class Plan:
     status: str  # hit | miss | miss:from_depth_<e> | off:<reason>
     net: nn.Module
     features: Features | None = None
-    spent: float = 0.0  # seconds this trial spent computing features
+    spent: float = 0.0  # seconds this trial spent on the cache: the weights' digest, computing features
 
     def figures(self, epochs_run: int) -> dict[str, float | str]:
         """`feature_cache` and `feature_cache_seconds_saved`: the plain path recomputes the frozen
@@ -106,7 +106,15 @@ def plan(inputs: Inputs, warn: Callable[[str], None]) -> Plan:
     cut = None if reason else backbones.split_at(c.backbone, inputs.model, c.freeze_depth)
     if cut is None:
         return Plan(f"off:{reason or 'backbone'}", inputs.model)
-    prefix, suffix = cut
+    start = time.perf_counter()
+    served = _serve(inputs, *cut, warn)
+    if served.features is not None:
+        served.spent = time.perf_counter() - start
+    return served
+
+
+def _serve(inputs: Inputs, prefix: list[nn.Module], suffix: nn.Module, warn: Callable[[str], None]) -> Plan:
+    """A hit, a miss (features computed now, from images or a shallower depth's), or off:memory."""
     for runner in prefix:
         runner.eval()  # frozen: batch norm keeps its statistics, dropout is off
     keys = _keys(inputs, prefix)
@@ -114,7 +122,7 @@ def plan(inputs: Inputs, warn: Callable[[str], None]) -> Plan:
         _STORE.move_to_end(keys[-1])
         return Plan("hit", suffix, _STORE[keys[-1]])
     need = _size(inputs, prefix)
-    if not _make_room(need, keys[-1]):
+    if not _make_room(need):
         warn(
             f"feature cache off for this trial: its frozen features need {need / 2**20:.1f} MB, over "
             f"the {budget_bytes() / 2**20:g} MB budget ({BUDGET_ENV}); training on the plain path"
@@ -159,7 +167,7 @@ def _size(inputs: Inputs, prefix: list[nn.Module]) -> int:
     return per_sample * (len(inputs.split.train_y) + len(inputs.split.val_y))
 
 
-def _make_room(need: int, key: Key) -> bool:
+def _make_room(need: int) -> bool:
     """Drop least recently used entries until `need` fits the budget; False if it never can."""
     budget = budget_bytes()
     if need > budget:
@@ -185,8 +193,7 @@ def _compute(inputs: Inputs, prefix: list[nn.Module], suffix: nn.Module, keys: l
     spent = time.perf_counter() - start
     features.seconds = base_seconds + spent
     _STORE[keys[-1]] = features
-    status = f"miss:from_depth_{seed_depth}" if seed_depth else "miss"
-    return Plan(status, suffix, features, spent)
+    return Plan(f"miss:from_depth_{seed_depth}" if seed_depth else "miss", suffix, features)
 
 
 def _images(inputs: Inputs, x: torch.Tensor) -> Iterator[torch.Tensor]:
