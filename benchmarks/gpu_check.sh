@@ -19,7 +19,7 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl -r benchmarks/gpu_wheels.txt
-# Then on the device: run(command="bash benchmarks/gpu_check.sh $OUT", carry=[".whl"], timeout_s=360).
+# Then on the device: run(command="bash benchmarks/gpu_check.sh $OUT", carry=[".whl"], timeout_s=510).
 #
 # Rehearsal on CPU (every step, tiny sizes, generous limits; the GPU-only figures come out null):
 #   WHEEL_PYTHON=3.11 WHEELS=/tmp/whl311 bash benchmarks/gpu_check.sh --fetch-wheels
