@@ -138,8 +138,7 @@ class Study:
     def _check_paths(self, where: str) -> None:
         """The files it names are paths of printable text: a NUL byte raised ValueError from the
         file system, a number TypeError."""
-        for key in ("search_space", "dashboard"):
-            value = getattr(self, key)
+        for key, value in (("search space", self.search_space), ("dashboard", self.dashboard)):
             if value is not None and not isinstance(value, str | Path):
                 raise UserError(f"{where}: {key} must be a path, got {cfg.shown(value)}")
             if value is not None:

@@ -16,7 +16,7 @@ from tests.conftest import exp_env
 from tests.faultkit import wait_for
 
 # Long enough never to finish on its own (a 32-image epoch at 8 px takes a fraction of a second)
-ENDLESS = "epochs: 100000\nsubset: 32\nimage_size: 8\nweights: none\nbatch_size: 16\nnum_workers: 0\n"
+ENDLESS = "epochs: 10000\nsubset: 32\nimage_size: 8\nweights: none\nbatch_size: 16\nnum_workers: 0\n"
 
 
 def start_train(cwd: Path) -> subprocess.Popen[str]:
