@@ -41,6 +41,9 @@ STUDY_OBJECTIVES_ATTR = "objectives"  # every objective's figure, in Optuna's va
 STUDY_CONSTRAINTS_ATTR = "constraints"  # the declared constraints as written (`seconds_per_epoch <= 30`)
 STUDY_SPACE_ATTR = "search_space"
 STUDY_FIXED_ATTR = "fixed"
+# the study file a search last ran from (absolute): `exp export` records it, so `exp train` loads
+# it first and the losses, backbones and datasets it registers are known again
+STUDY_FILE_ATTR = "study_file"
 STUDY_DASHBOARD_ATTR = "dashboard"  # the dashboard file the study was searched with (path and text)
 STUDY_UID_ATTR = "study_uid"  # set once when the study is created: which MLflow parent run is its own
 STUDY_JOINS_ATTR = "exptrack:worker_joins"  # a study system attr: processes that joined it so far
@@ -149,4 +152,5 @@ PROVENANCE_BLOCK = "provenance"
 PROVENANCE_STUDY, PROVENANCE_TRIAL, PROVENANCE_VALUE = "study", "trial", "value"
 PROVENANCE_METRIC, PROVENANCE_RUN_ID, PROVENANCE_SEED = "metric", "mlflow_run_id", "seed"
 PROVENANCE_VERSIONS = "versions"
+PROVENANCE_STUDY_FILE = STUDY_FILE_ATTR  # in an exported file: the study file that registers its names
 TORCH_THREADS = "torch_threads"  # a profiling figure, and the provenance key `exp train` applies

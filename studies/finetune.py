@@ -1,4 +1,10 @@
-"""Fine-tune a pretrained ResNet-18 on scikit-learn's handwritten digits (24 px, offline).
+"""Fine-tune ResNet-18 from ImageNet weights on scikit-learn's handwritten digits (24 px).
+
+The digits ship with scikit-learn (offline). The ImageNet checkpoint (resnet18-f37072fd.pth,
+45 MB) is read from $TORCH_HOME/hub/checkpoints, or downloaded there once. A machine that has
+neither trains every trial from scratch (random init): one line says so and how to fix it, and
+each trial records `weights: none` with `weights_requested: imagenet`. To fine-tune offline,
+copy the checkpoint there first, or pass your own: --set weights=path/to/state_dict.pt.
 
 Run: exp search studies/finetune.py --trials 50
 Shrink it: exp search studies/finetune.py --trials 3 --set epochs=1 --set subset=300 --study-name finetune-quick

@@ -152,3 +152,57 @@ def test_a_multi_objective_study_exports_its_pareto_set(tmp_path: Path) -> None:
     frame = tables.trials_frame(study, [])
     assert list(frame.columns[:4]) == ["number", "state", "value_0", "value_1"]
     assert list(tables.select(frame, study)["number"]) == [0, 1, 2]
+
+
+POLY1_STUDY = '''"""A study that registers its own loss: Poly-1 (Leng et al. 2022), cross entropy + eps * (1 - p_true)."""
+from torch import nn
+from torch.nn import functional as F
+
+from exptrack import Study
+from exptrack.training.losses import register_loss
+
+
+class Poly1(nn.Module):
+    def __init__(self, epsilon: float) -> None:
+        super().__init__()
+        self.epsilon = epsilon
+
+    def forward(self, logits, target):
+        logits = logits.float()
+        p_true = F.softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
+        return (F.cross_entropy(logits, target, reduction="none") + self.epsilon * (1 - p_true)).mean()
+
+
+@register_loss("poly1")
+def poly1(epsilon: float = 1.0) -> nn.Module:
+    return Poly1(epsilon)
+
+
+study = Study(name="poly", search_space="poly.yaml", dashboard=None)
+'''
+
+
+def test_a_loss_registered_in_the_study_file_is_reproduced_by_exp_train(tmp_path: Path) -> None:
+    """`exp export` records the study file that registers `poly1`; `exp train` loads it first,
+    from another directory, and re-runs the trial to the same metric."""
+    from tests.conftest import TINY
+
+    searched, elsewhere = tmp_path / "own", tmp_path / "elsewhere"
+    searched.mkdir(), elsewhere.mkdir()
+    (searched / "poly.py").write_text(POLY1_STUDY)
+    (searched / "poly.yaml").write_text("loss:\n  choice:\n    poly1: {epsilon: {float: [0.5, 2.0]}}\n")
+    done = run_exp(searched, "search", "poly.py", "--trials", "1", *TINY)
+    assert done.returncode == 0, done.stderr
+    exported = run_exp(searched, "export", "poly", "--out", str(elsewhere / "best"))
+    assert exported.returncode == 0, exported.stderr
+    (path,) = (elsewhere / "best").glob("*.yaml")
+    written = yaml.safe_load(path.read_text())
+    assert written["loss"] == "poly1" and written["provenance"]["study_file"] == str(searched / "poly.py")
+    trained = run_exp(elsewhere, "train", f"best/{path.name}")
+    assert trained.returncode == 0, trained.stderr
+    assert "(identical)" in trained.stdout, trained.stdout
+    (searched / "poly.py").rename(searched / "moved.py")  # the study file gone: one line says why
+    lost = run_exp(elsewhere, "train", f"best/{path.name}")
+    assert lost.returncode == 2
+    assert f"study file {searched / 'poly.py'} (provenance) is not there" in lost.stderr
+    assert "unknown loss 'poly1'" in lost.stderr

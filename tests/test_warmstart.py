@@ -126,3 +126,27 @@ def test_an_earlier_study_outside_this_space_is_refused_in_one_line(tmp_path: Pa
     )
     with pytest.raises(UserError, match="is this study itself"):
         warmstart.best_of_study(SPACE, "wide", 3, storage, "wide")
+
+
+def test_an_offline_export_enqueued_in_its_own_study_reports_no_weights_difference(
+    searched: Searched, exp, project: Path
+) -> None:
+    """The searched study ran offline: its exports say `weights: none`, asked as imagenet. Queued
+    into a study of weights imagenet that is no difference to report; the offline warning and the
+    summary name the fix (the checkpoint's folder under TORCH_HOME, or --set weights=PATH.pt)."""
+    from tests.conftest import OFFLINE
+
+    copy_stores(searched, project)
+    assert exp("export", STUDY, "--top", "1", "--out", "best").returncode == 0
+    tiny = TINY[: TINY.index("weights=none") - 1]  # the study's own weights: imagenet
+    again = exp("search", "studies/finetune.py", "--study-name", "again", "--enqueue", "best", "--trials", "1",
+                "--no-tracking", *tiny, env=OFFLINE)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "(study: 'imagenet')" not in again.stderr and "only searched keys are queued" not in again.stderr
+    checkpoints = searched.cwd / "torch-home" / "hub" / "checkpoints"
+    assert (
+        f"training from scratch (random init). To fine-tune, copy resnet18-f37072fd.pth into {checkpoints}"
+        in (searched.stderr)
+    )
+    assert "(set TORCH_HOME) or --set weights=PATH.pt" in searched.stderr
+    assert "trained from scratch (random init)" in again.stderr and "--set weights=PATH.pt" in again.stderr

@@ -210,8 +210,9 @@ def print_summary(summary: Any) -> None:
     )
     if asked:
         warn(
-            f"weights: {', '.join(asked)} could not be had, so these trials trained from random init; "
-            "their params, configs and exports say weights=none"
+            f"weights: {', '.join(asked)} could not be had, so these trials trained from scratch (random "
+            "init); their params, configs and exports say weights=none. To fine-tune: the checkpoint in "
+            "$TORCH_HOME/hub/checkpoints, or --set weights=PATH.pt"
         )
     if summary.tracking_uri and summary.experiment_id:
         out.print(

@@ -87,6 +87,9 @@ def provenance(
     threads = trial.user_attrs.get(records.PROFILE_ATTR, {}).get(records.TORCH_THREADS)
     if threads and math.isfinite(threads):
         facts[records.TORCH_THREADS] = int(threads)  # `exp train` applies it: CPU sums depend on it
+    study_file = study.user_attrs.get(records.STUDY_FILE_ATTR)
+    if isinstance(study_file, str):  # what registers the config's own loss, backbone or dataset
+        facts[records.PROVENANCE_STUDY_FILE] = study_file
     facts[records.PROVENANCE_VERSIONS] = versions()
     return facts
 

@@ -20,7 +20,7 @@ import torch
 from exptrack import config as cfg
 from exptrack import records, store_checks
 from exptrack.errors import UserError, failure_reason
-from exptrack.study import check_name
+from exptrack.study import check_name, load_study_file
 from exptrack.tracking import logged_models, runs
 from exptrack.tracking.tracker import Tracker, resolve_tracking_uri
 from exptrack.training import fit, profiling, weights
@@ -55,14 +55,35 @@ class RunReporter:
         return False  # nothing prunes a standalone run
 
 
-def load_config(path: Path, overrides: list[str]) -> tuple[cfg.TrialConfig, dict[str, Any]]:
-    """The config file with `--set` overrides applied, and its provenance."""
+def load_config(
+    path: Path, overrides: list[str], warn: Callable[[str], None] = print
+) -> tuple[cfg.TrialConfig, dict[str, Any]]:
+    """The config file with `--set` overrides applied, and its provenance; the study file it was
+    searched with is loaded first, for what it registers."""
     config, provenance = cfg.read_yaml(path)
     check_provenance(provenance, f"{path}: {records.PROVENANCE_BLOCK}")
+    load_registrations(provenance, warn)
     changes = cfg.parse_overrides(overrides)
     if changes:
         config = cfg.from_dict(cfg.apply_overrides(config.to_dict(), changes), source="--set")
     return config, provenance
+
+
+def load_registrations(provenance: Mapping[str, Any], warn: Callable[[str], None]) -> None:
+    """Import the study file the config was searched with, as the search did: a loss, backbone or
+    dataset it registers (`@register_loss("poly1")`) is known to this run too. A study file that
+    is gone or fails is one warning; the config then runs if it needs nothing from it."""
+    recorded = provenance.get(records.PROVENANCE_STUDY_FILE)
+    if not isinstance(recorded, str):
+        return
+    path = Path(recorded)
+    if not path.is_file():
+        warn(f"study file {path} (provenance) is not there: what it registers is unknown to this run")
+        return
+    try:
+        load_study_file(path)
+    except UserError as exc:
+        warn(f"{exc} (loaded for what it registers)")
 
 
 # More threads than any CPU has (1,024): torch.set_num_threads(10**9) would try to start them.
@@ -113,7 +134,7 @@ def reproduce(
 ) -> TrainOutcome:
     """Train the config at `path` as one MLflow run; log (and register) the trained model. With
     `profile`, a few steady-state steps are traced onto the run under `profile/`."""
-    config, provenance = load_config(path, overrides)
+    config, provenance = load_config(path, overrides, warn)
     logged_models.check_model_name(register)
     used_threads = apply_threads(provenance, threads)
     uri = resolve_tracking_uri(tracking_uri)

@@ -101,6 +101,8 @@ def _write_attributes(
     for key, value in attrs.items():
         if key not in stored:
             study.set_user_attr(key, value)
+    if spec.source_path is not None:  # the latest file wins: a moved study file is found again
+        study.set_user_attr(records.STUDY_FILE_ATTR, str(spec.source_path))
     path = spec.dashboard_path() if dashboard else None
     if path:  # `exp report` draws what the search drew, from any directory
         study.set_user_attr(records.STUDY_DASHBOARD_ATTR, {"path": str(path), "text": path.read_text()})

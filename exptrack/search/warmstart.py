@@ -148,19 +148,31 @@ def config_files(path: Path) -> list[Path]:
 def from_files(space: SearchSpace, spec: Study, path: Path, warn: Callable[[str], None]) -> list[Start]:
     starts = []
     for file in config_files(path):
-        data, _ = cfg.read_mapping(file)
+        data, provenance = cfg.read_mapping(file)
         starts.append(from_values(space, data, str(file)))
-        _say_what_is_ignored(space, spec, data, str(file), warn)
+        _say_what_is_ignored(space, spec, data, str(file), warn, provenance.get(records.WEIGHTS_REQUESTED))
     return starts
 
 
 def _say_what_is_ignored(
-    space: SearchSpace, spec: Study, data: Mapping[str, Any], source: str, warn: Callable[[str], None]
+    space: SearchSpace,
+    spec: Study,
+    data: Mapping[str, Any],
+    source: str,
+    warn: Callable[[str], None],
+    asked: Any = None,  # the weights the file's trial asked for (its provenance), when it fell back
 ) -> None:
-    """A file's non-searched keys that differ from this study's: one line, since they are not used."""
+    """A file's non-searched keys that differ from this study's: one line, since they are not used.
+    `weights: none` asked as imagenet is imagenet's offline fallback, no difference from imagenet."""
     study = cfg.from_dict(spec.fixed).to_dict()
     written = cfg.from_dict(data, source=source).to_dict()
-    differ = [k for k in data if k not in searched_keys(space) and written[k] != study[k]]
+    differ = [
+        k
+        for k in data
+        if k not in searched_keys(space)
+        and written[k] != study[k]
+        and not (k == "weights" and asked == study[k])
+    ]
     if differ:
         shown = ", ".join(f"{k}={written[k]!r} (study: {study[k]!r})" for k in differ[:3])
         warn(f"{source}: only searched keys are queued; the study's own values are used for {shown}")

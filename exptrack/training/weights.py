@@ -72,9 +72,20 @@ def imagenet_available(name: str, warn: Callable[[str], None]) -> bool:
         download(url, path, f"{name} ImageNet weights")
     except (OSError, ValueError) as exc:
         _unavailable.add(name)
-        warn(f"ImageNet weights for {name} unavailable ({first_line(exc, 120)}); training from random init")
+        warn(
+            f"ImageNet weights for {name} unavailable ({first_line(exc, 120)}); training from scratch "
+            f"(random init). {fine_tune_fix(name)}"
+        )
         return False
     return True
+
+
+def fine_tune_fix(name: str) -> str:
+    """How to fine-tune `name` from ImageNet on a machine that cannot download: the checkpoint
+    where torch looks for it ($TORCH_HOME), or a weights file of one's own."""
+    url = tvm.get_model_weights(name).DEFAULT.url
+    where = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(url).path).name
+    return f"To fine-tune, copy {where.name} into {where.parent} (set TORCH_HOME) or --set weights=PATH.pt"
 
 
 def download(url: str, path: Path, what: str) -> None:
@@ -108,7 +119,10 @@ def load_imagenet(model: nn.Module, name: str, warn: Callable[[str], None]) -> s
         state = weights_enum.get_state_dict(progress=False, check_hash=True)  # from the cache file
     except (OSError, RuntimeError) as exc:
         _unavailable.add(name)
-        warn(f"ImageNet weights for {name} unreadable ({first_line(exc, 120)}); training from random init")
+        warn(
+            f"ImageNet weights for {name} unreadable ({first_line(exc, 120)}); training from scratch "
+            f"(random init). {fine_tune_fix(name)}"
+        )
         return RANDOM_FALLBACK
     if isinstance(model, VisionTransformer) and model.image_size != weights_enum.meta["min_size"][0]:
         # ViT built for another size: resample its position embedding to the new patch grid
