@@ -55,6 +55,7 @@ FAIL_REASON_ATTR = "fail_reason"  # why a trial failed (exception, signal, dead 
 RETRY_ATTR = "retry_of"  # on a retried trial: the number of the killed trial it repeats
 WORKER_ATTR = "worker"  # the process running the trial, as host:pid:start-time
 PROFILE_ATTR = "profile"  # the trial's profiling figures
+CLASSES_ATTR = "class_count"  # the trial's dataset's class count: chance is 1/classes
 # When the weights asked for could not be had (ImageNet offline), the trial trains with what it
 # could get and its config says so (`weights: none`); this records what was asked for. Also the
 # name of the MLflow param and of the provenance key that carry the same note.
@@ -80,6 +81,8 @@ ROLE_TAG = "exptrack.role"  # which of the roles below a run plays
 ROLE_STUDY, ROLE_TRIAL, ROLE_TRAIN = "study", "trial", "train"
 STUDY_TAG = "exptrack.study"  # the Optuna study name (on experiments and runs)
 TRIAL_TAG = "exptrack.trial"  # the trial number, on a trial run
+# on the study run: what the end of a search warned (all trials at chance, best at a range's edge)
+SEARCH_WARNINGS_TAG = "exptrack.search_warnings"
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own nesting of a trial run under the study run
 HOST_TAG = "host"
 FAIL_REASON_TAG = "exptrack.fail_reason"

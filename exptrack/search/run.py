@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from exptrack.errors import UserError
-from exptrack.search import loop, preflight, signals, slots, warmstart, workers
+from exptrack.search import loop, preflight, signals, slots, verdict, warmstart, workers
 from exptrack.search.loop import SearchSummary
 from exptrack.search.options import SearchOptions
 from exptrack.search.study_run import DashboardRenderer
@@ -93,9 +93,10 @@ def run_search(
                 tracker = Tracker(tracking_uri, warn=warn)
                 tracker.check()
             search = loop.open_search(spec, options, tracker, progress, warn, prepared, render, starts)
-        if planned:
-            return workers.run_workers(search, planned, sys.argv[1:])
-        return loop.run(search)
+        summary = workers.run_workers(search, planned, sys.argv[1:]) if planned else loop.run(search)
+    if not options.worker:  # the coordinator tells what the whole study shows, once
+        verdict.report(search.study, spec.metric, tracker, summary.parent_run_id, warn)
+    return summary
 
 
 def _signals_handled(

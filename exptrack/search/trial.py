@@ -95,6 +95,8 @@ class TrialReporter:
 
     def on_setup(self, facts: Mapping[str, Any]) -> None:
         self.train_started_at = time.time()
+        if "num_classes" in facts:  # the end of the search tells a study at chance (search.verdict)
+            self.trial.set_user_attr(records.CLASSES_ATTR, int(facts["num_classes"]))
         if self.tracker:
             self.tracker.log_setup(self.run_id, facts)
 
