@@ -149,6 +149,8 @@ def train(
     say(
         f"MLflow run {outcome.run_id} in experiment {outcome.experiment!r}; model: runs:/{outcome.run_id}/model"
     )
+    if outcome.run_url:  # MLflow's own "View run" link would open the GenAI layout: suppressed
+        say(f"run: {outcome.run_url}")
     if outcome.registered:
         say(f"registered: {outcome.registered}")
 

@@ -21,7 +21,7 @@ from exptrack import config as cfg
 from exptrack import records, store_checks
 from exptrack.errors import UserError, failure_reason
 from exptrack.study import check_name, load_study_file
-from exptrack.tracking import logged_models, runs
+from exptrack.tracking import logged_models, runs, ui_links
 from exptrack.tracking.tracker import Tracker, resolve_tracking_uri
 from exptrack.training import fit, profiling, weights
 
@@ -39,6 +39,7 @@ class TrainOutcome:
     registered: str | None  # "NAME version N"
     threads: int
     provenance: dict[str, Any]
+    run_url: str | None = None  # the run's page when the tracking store is a server (else `exp ui`)
 
 
 class RunReporter:
@@ -168,8 +169,10 @@ def reproduce(
     runs.finish_run(tracker, run_id, "COMPLETE", figures, result.profile)
     if tracker.failures:
         raise UserError(f"MLflow did not record this run completely: {tracker.failures[0]}")
+    base = ui_links.server_base(tracker.uri)
+    link = ui_links.run_url(base, experiment_id, run_id) if base else None
     return TrainOutcome(
-        run_id, experiment, experiment_id, config, final, model_uri, registered, used_threads, provenance
+        run_id, experiment, experiment_id, config, final, model_uri, registered, used_threads, provenance, link
     )
 
 
