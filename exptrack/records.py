@@ -92,6 +92,17 @@ TRIAL_STORAGE_TAG = "optuna.storage"  # on a trial run: where its Optuna trial l
 # On a trial run: its Optuna state (COMPLETE, PRUNED, FAIL), readable where MLflow's status icon
 # shows a pruned trial like a failure, and the epoch a pruned trial stopped after.
 STATE_TAG, PRUNED_EPOCH_TAG = "state", "pruned_at_epoch"
+# MLflow's run description (the run page's "Description", the runs table's column): a pruned run
+# says so there, since MLflow draws its KILLED status with the same red icon as a failure
+DESCRIPTION_TAG = "mlflow.note.content"
+
+
+def pruned_description(epoch: int) -> str:
+    """What a pruned trial's run description says."""
+    return (
+        f"PRUNED after epoch {epoch}: the pruner stopped this trial early (a normal outcome, not a "
+        "failure); MLflow shows its status as KILLED, with the same red icon as a failed run."
+    )
 # on the study's parent run
 STORAGE_TAG, SAMPLER_TAG, PRUNER_TAG = "storage", "sampler", "pruner"
 METRIC_TAG, DIRECTION_TAG, OPTUNA_STUDY_TAG = "metric", "direction", "optuna_study"  # comma-joined

@@ -106,6 +106,8 @@ def test_a_pruned_trial_hands_back_its_last_reported_value(
     assert outcome.value == frozen.intermediate_values[1]
     run = mlflow_run(tmp_path, frozen.user_attrs[records.RUN_ID_ATTR])
     assert run.info.status == "KILLED" and run.data.tags[records.PRUNED_EPOCH_TAG] == "1"
+    # readable at a glance: the run's description (a column of the saved view) says pruned
+    assert run.data.tags["mlflow.note.content"].startswith("PRUNED after epoch 1: ")
 
 
 def test_a_trial_whose_run_cannot_be_opened_trains_and_says_it_is_unrecorded(

@@ -165,7 +165,7 @@ def test_ui_serves_the_study_runs_and_stops_cleanly_on_ctrl_c(searched: Searched
         assert f"{STUDY}: trials" in table  # the saved view is the one open
         # the metric, each trial's state and every searched parameter are columns, not hidden
         searched_params = {p for t in searched.study().trials for p in t.params}
-        wanted = {"metrics.`val_accuracy`", "tags.`state`", *(f"params.`{p}`" for p in searched_params)}
+        wanted = {"metrics.`val_accuracy`", "tags.`state`", "attributes.`Description`", *(f"params.`{p}`" for p in searched_params)}
         assert wanted <= set(re.findall(r'col-id="([^"]+)"', table)), table[-3000:]
         assert "COMPLETE" in table and "trial-000" in table
 

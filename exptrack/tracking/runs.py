@@ -182,6 +182,7 @@ def finish_run(
     tags = {records.profile_metric(k): v for k, v in (profile or {}).items() if isinstance(v, str)}
     if pruned_epoch is not None:
         tags[records.PRUNED_EPOCH_TAG] = str(pruned_epoch)
+        tags[records.DESCRIPTION_TAG] = records.pruned_description(pruned_epoch)
     if broken:
         tags[records.INFEASIBLE_TAG] = ", ".join(broken)
     tracker.close_run(run_id, state, {**metrics, **costs}, tags)

@@ -64,6 +64,7 @@ def runs_view_tag(
         *(f"metrics.`{name}`" for name in also),
         f"tags.`{records.STATE_TAG}`",
         f"tags.`{records.PRUNED_EPOCH_TAG}`",
+        "attributes.`Description`",  # "PRUNED after epoch N: ..." on a pruned trial's row
         *(f"params.`{name}`" for name in params),
         "attributes.`Dataset`",
     ]
