@@ -98,6 +98,17 @@ def test_exp_train_profile_traces_a_reproduction_onto_its_run(searched: Searched
     client, _ = trial_runs(searched)
     assert_trace_and_ops(client, run_id, tmp_path / "train")
     assert client.get_run(run_id).data.metrics["profile/flops_per_sample"] > 0
+    assert_no_profiler_noise(trained.stdout + trained.stderr)
+
+
+def assert_no_profiler_noise(printed: str) -> None:
+    """torch's C++ profiler logs (libkineto, c10) are not the user's concern (issue 19, item 14)."""
+    for line in ("gpuGetDeviceCount", "USDT:", "STAGE:", "CPUAllocator"):
+        assert line not in printed, printed[-2000:]
+
+
+def test_a_profiled_search_on_cpu_prints_none_of_torchs_profiler_logs(searched: Searched) -> None:
+    assert_no_profiler_noise(searched.stdout + searched.stderr)  # its first trial was traced
 
 
 def test_profile_trials_are_shared_out_among_workers_not_repeated_by_each() -> None:

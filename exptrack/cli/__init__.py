@@ -18,7 +18,11 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
-from exptrack.cli import results_commands, search_commands
+from exptrack.cli import (
+    quiet_torch,  # noqa: F401  (first: before anything loads torch)
+    results_commands,
+    search_commands,
+)
 from exptrack.cli.options import err
 from exptrack.errors import UserError, first_line, one_line, redact
 from exptrack.search import signals
