@@ -18,6 +18,13 @@ def test_two_workers_on_empty_stores_finish_exactly_four_trials(project: Path) -
     result = run_search(project, *args, timeout=300, env={"OMP_NUM_THREADS": ""})
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
+    # one display for the study (issue 19, item 12): one summary, one bar, each line once
+    assert result.stdout.count("best trials (") == 1, result.stdout
+    # (libgomp's complaint about the empty OMP_NUM_THREADS this test sets comes from the
+    # coordinator's own process, before any worker starts)
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("libgomp")]
+    assert [line for line in lines if line.startswith("trials ")] != [] and len(lines) == len(set(lines)), lines
+    assert all(result.stderr.count(f"trial {n}: COMPLETE") == 1 for n in range(4)), result.stderr
 
     found = trials(project)
     numbers = [t.number for t in found]

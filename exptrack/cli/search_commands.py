@@ -19,10 +19,11 @@ from exptrack.tracking import ui_links
 
 
 class SearchProgress:
-    """Rich progress bar: trials done / total, best value so far, the current trial."""
+    """Rich progress bar: trials done / total, best value so far, the current trial. A `--workers`
+    worker (`draw=False`) prints its lines for the coordinator, whose one bar shows the study."""
 
-    def __init__(self) -> None:
-        self.metric = ""
+    def __init__(self, draw: bool = True) -> None:
+        self.metric, self.draw = "", draw
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -37,7 +38,8 @@ class SearchProgress:
 
     def start(self, done: int, total: int, metric: str) -> None:
         self.metric = metric
-        self.bar.start()
+        if self.draw:
+            self.bar.start()
         self.task = self.bar.add_task("trials", total=total, completed=min(done, total), best="", current="")
 
     def trial_started(self, number: int, config: cfg.TrialConfig) -> None:
@@ -50,6 +52,7 @@ class SearchProgress:
     def trial_finished(self, number: int, state: str, value: float | None, best: float | None) -> None:
         if state in ("COMPLETE", "PRUNED"):
             self.bar.advance(self.task)
+        self.bar.update(self.task, current="")  # the last frame must not show an ended trial running
         if best is not None:
             self.bar.update(self.task, best=f"best {self.metric}={best:.4f}")
         shown = "" if value is None else f" {value:.4f}"
@@ -170,14 +173,15 @@ def search(
         gpus=gpus, per_gpu=per_gpu, profile_trials=profile_trials, enqueue=tuple(enqueue or ()),
         from_study=from_study, from_top=from_top,
     )  # fmt: skip
-    progress = SearchProgress()
+    progress = SearchProgress(draw=not worker)
     training_progress.use(RichTasks(progress.bar))  # a download or image folder: a task on the bar
     try:
         summary = run_search(study, options, overrides, progress, progress.warn, dashboards.renderer_for)
     finally:
         progress.stop()
         training_progress.use(None)
-    print_summary(summary)
+    if not worker:  # the coordinator prints the study's one summary
+        print_summary(summary)
 
 
 def print_summary(summary: Any) -> None:

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 from types import FrameType
+from typing import IO
 
+from optuna.trial import TrialState
+
+from exptrack import study_store
 from exptrack.errors import UserError
 from exptrack.search import loop
 from exptrack.search.loop import Search, SearchSummary
@@ -19,6 +25,53 @@ from exptrack.search.slots import Slot
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 COORDINATOR_ENV = "EXPTRACK_COORDINATOR_PID"  # tells a worker whose death it follows
+
+
+# A worker's line for a finished trial (`SearchProgress.trial_finished`): "trial 7: COMPLETE 0.9312"
+TRIAL_LINE = re.compile(r"^trial (\d+): ([A-Z]+)(?: (\S+))?$")
+
+
+class Relay:
+    """One display for K workers (issue 19, item 12): the workers draw no bar and print no
+    summary; their stderr comes here, a finished trial advances this process's bar, and any other
+    line (a warning, an error) is shown once, however many workers print it."""
+
+    def __init__(self, search: Search) -> None:
+        self.search, self.lock = search, threading.Lock()
+        self.said: dict[str, int] = {}  # line -> the worker that said it first
+        self.readers: list[threading.Thread] = []
+
+    def follow(self, index: int, stream: IO[str]) -> None:
+        """Read worker `index`'s stderr until it closes, on a thread of its own."""
+        reader = threading.Thread(target=self._read, args=(index, stream), daemon=True)
+        reader.start()
+        self.readers.append(reader)
+
+    def join(self) -> None:
+        for reader in self.readers:
+            reader.join()
+
+    def _read(self, index: int, stream: IO[str]) -> None:
+        for line in stream:
+            self.line(index, line.rstrip("\n"))
+
+    def line(self, index: int, text: str) -> None:
+        """A worker's line: a trial onto the bar, anything else once (a worker may repeat its own)."""
+        with self.lock:
+            progress, match = self.search.progress, TRIAL_LINE.match(text)
+            if match and progress is not None:
+                number, state, value = match.groups()
+                progress.trial_finished(int(number), state, float(value) if value else None, self._best())
+            elif text.strip() and self.said.setdefault(text, index) == index:
+                self.search.warn(text)
+
+    def _best(self) -> float | None:
+        """The study's best feasible value so far, as a worker's own bar would show it."""
+        if self.search.spec.multi_objective:
+            return None
+        done = self.search.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        ranked = study_store.best_first(done, self.search.spec.direction == "maximize")
+        return ranked[0].value if ranked else None
 
 
 SPREADING = ("--workers", "--gpus", "--per-gpu")  # the coordinator's own flags, with a value
@@ -46,6 +99,9 @@ def profile_shares(traced: int, count: int) -> list[int]:
 def run_workers(search: Search, slots: list[Slot], argv: list[str]) -> SearchSummary:
     """One worker per slot to the study's budget; a signal here is passed on to each of them."""
     tracking = loop.open_tracking(search)
+    if search.progress is not None:  # the one bar: the workers draw none
+        search.progress.start(study_store.counted_trials(search.study), search.options.trials, search.spec.metric)
+    relay = Relay(search)
     count = len(slots)
     command = [sys.executable, "-m", "exptrack", *worker_args(argv, search.name)]
     # Own sessions: a Ctrl-C in the terminal reaches them once, through `forward`, not twice
@@ -56,9 +112,13 @@ def run_workers(search: Search, slots: list[Slot], argv: list[str]) -> SearchSum
             [*command, "--profile-trials", str(traced)],
             start_new_session=True,
             env={**os.environ, **slot.env(), COORDINATOR_ENV: str(os.getpid())},
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for slot, traced in zip(slots, shares, strict=True)
     ]
+    for index, child in enumerate(children):
+        relay.follow(index, child.stderr)  # type: ignore[arg-type]
     received: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:
@@ -70,6 +130,7 @@ def run_workers(search: Search, slots: list[Slot], argv: list[str]) -> SearchSum
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         codes = [child.wait() for child in children]
+        relay.join()  # every line the workers wrote is shown before the summary
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
