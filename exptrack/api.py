@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exptrack.errors import UserError
+from exptrack.stores.url import parse
 from exptrack.study import Study
 
 if TYPE_CHECKING:
@@ -91,6 +92,6 @@ def store_url(store: Store) -> str | None:
     default (the flag's environment variable, else a file in the working directory)."""
     if store is None:
         return None
-    if isinstance(store, Path) or "://" not in store:
+    if isinstance(store, Path) or not parse(store).has_scheme:
         return f"sqlite:///{Path(store).resolve()}"
     return store

@@ -21,6 +21,7 @@ from exptrack.cli.options import (
     warn,
 )
 from exptrack.errors import UserError, redact
+from exptrack.stores.url import resolve_storage
 
 
 def _render(frame: object, fmt: str, title: str) -> None:
@@ -63,11 +64,10 @@ def trials(
 
 def studies(storage: StorageOpt = None, tracking_uri: TrackingOpt = None, fmt: FormatOpt = "table") -> None:
     """The studies in an Optuna storage: direction, trials by state, best value, MLflow experiment."""
-    from exptrack import study_store
     from exptrack.results import tables
 
     frame = tables.studies_frame(storage, tracking_uri, warn)
-    where = redact(study_store.resolve_storage(storage))
+    where = redact(resolve_storage(storage))
     if frame.empty:
         err.print(f"no studies in {where} yet: run exp search first")
         return

@@ -20,6 +20,7 @@ from exptrack import config as cfg
 from exptrack import records, registry, study_store
 from exptrack.errors import UserError, did_you_mean
 from exptrack.results import output
+from exptrack.stores import optuna_storage
 from exptrack.study import DEFAULT_DASHBOARD, PACKAGED_DASHBOARD, Study
 from exptrack.tracking import queries
 
@@ -92,7 +93,7 @@ def publish(
     that run's id, or None when MLflow has no record of the study or the write failed.
     Without `dashboard`, the one the study was searched with."""
     output.check_file(target, "--out", f"{study_name}-dashboard.html")  # before any store is read
-    study = study_store.load_existing_study(study_name, storage)
+    study = optuna_storage.load_existing_study(study_name, storage)
     tracker = queries.existing_store(
         tracking_uri, warn
     )  # adds to a store, never creates one; a wrong one ends here

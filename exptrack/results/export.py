@@ -21,6 +21,7 @@ from exptrack import config as cfg
 from exptrack import records, study_store
 from exptrack.errors import UserError
 from exptrack.results import output
+from exptrack.stores import optuna_storage
 from exptrack.tracking.queries import read_trial_runs
 
 PACKAGES = ("exptrack", "torch", "torchvision", "optuna", "mlflow")
@@ -121,7 +122,7 @@ def export_study(
 ) -> list[Exported]:
     """The best trials of a stored study as configs with provenance; their MLflow run ids come
     from the tracking store (one query) where it can be read, else from the trials' own links."""
-    study = study_store.load_existing_study(study_name, storage)
+    study = optuna_storage.load_existing_study(study_name, storage)
     best_trials(study, top)  # nothing to export is one line, before MLflow is asked
     runs = read_trial_runs(study_name, tracking_uri, warn, study.user_attrs.get(records.STUDY_UID_ATTR))
     return export_trials(study, top, {int(r.data.tags[records.TRIAL_TAG]): r.info.run_id for r in runs})

@@ -18,11 +18,13 @@ from typing import Any
 import torch
 
 from exptrack import config as cfg
-from exptrack import records, store_checks
+from exptrack import records
 from exptrack.errors import UserError, failure_reason
+from exptrack.stores import backends
+from exptrack.stores.url import resolve_tracking
 from exptrack.study import check_name, load_study_file
 from exptrack.tracking import logged_models, runs, ui_links
-from exptrack.tracking.tracker import Tracker, resolve_tracking_uri
+from exptrack.tracking.tracker import Tracker
 from exptrack.training import fit, profiling, weights
 
 DEFAULT_EXPERIMENT = "exptrack-train"
@@ -138,8 +140,8 @@ def reproduce(
     config, provenance = load_config(path, overrides, warn)
     logged_models.check_model_name(register)
     used_threads = apply_threads(provenance, threads)
-    uri = resolve_tracking_uri(tracking_uri)
-    store_checks.check_store(uri, "MLflow tracking store", "--tracking-uri")  # before MLflow creates it
+    uri = resolve_tracking(tracking_uri)
+    backends.check_store(uri, "MLflow tracking store", "--tracking-uri")  # before MLflow creates it
     tracker = Tracker(uri, warn=warn)
     tracker.check()
     closed = runs.close_dead_train_runs(tracker)  # a killed `exp train` could not close its own

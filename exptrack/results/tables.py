@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from exptrack import config as cfg
 from exptrack import records, study_store
 from exptrack.errors import UserError
+from exptrack.stores import optuna_storage
 from exptrack.tracking.queries import read_experiment_ids, read_trial_runs
 
 STATES = ("complete", "pruned", "fail", "running", "waiting", "all")
@@ -96,7 +97,7 @@ def trials_table(
 ) -> pd.DataFrame:
     """`exp trials`: the study's trials from Optuna joined to their MLflow runs (one query), then
     filtered, sorted and cut. MLflow being unreadable only costs the run columns."""
-    study = study_store.load_existing_study(study_name, storage)
+    study = optuna_storage.load_existing_study(study_name, storage)
     runs = read_trial_runs(study_name, tracking_uri, warn, study.user_attrs.get(records.STUDY_UID_ATTR))
     mixed = mixed_fixed(study.get_trials(deepcopy=False))
     if mixed:
@@ -203,7 +204,7 @@ def studies_frame(
     storage: str | None, tracking_uri: str | None = None, warn: Callable[[str], None] = print
 ) -> pd.DataFrame:
     """One row per study: name, direction(s), trials by state, best value, MLflow experiment id."""
-    opened, _ = study_store.readable_storage(storage)  # or one line saying it cannot be read
+    opened, _ = optuna_storage.readable_storage(storage)  # or one line saying it cannot be read
     rows = []
     for summary in optuna.get_all_study_summaries(storage=opened, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=opened)

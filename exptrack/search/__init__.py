@@ -4,7 +4,7 @@ joining the study (`study_setup`), the study's MLflow parent run and dashboard (
 `SearchOptions` and their defaults (`options`), search spaces (`space`), samplers and pruners, the checks made
 before any store is created (`preflight`), the repair of what dead processes left (`repair`),
 refusing a changed study (`changed_study`), who owns a trial (`ownership`, under the store lock of
-`coordination`), several worker processes (`workers`) and where each runs (`slots`), constraints
+`stores.backends`), several worker processes (`workers`) and where each runs (`slots`), constraints
 (`feasibility`), warm starts (`warmstart`) and signals. `run.run_search` is the one entry point the CLI calls. Called, this package is the Python
 API's `exptrack.search(study, trials=...)` (`exptrack.api.search`), which calls `run_search` too.
 

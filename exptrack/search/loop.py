@@ -17,16 +17,18 @@ from collections.abc import Callable, Sequence
 import optuna
 from optuna.trial import TrialState
 
-from exptrack import coordination, records
-from exptrack.coordination import StoreLock
+from exptrack import records
 from exptrack.errors import UserError
 from exptrack.search import ownership, preflight, repair, signals, study_run, warmstart
 from exptrack.search.options import SearchOptions
 from exptrack.search.study_run import Dashboard, DashboardRenderer, StudyRun
 from exptrack.search.study_setup import StoredStudy, create_study
 from exptrack.search.trial import Progress, TrialContext, TrialOutcome, run_trial
+from exptrack.stores import backends, optuna_private
+from exptrack.stores.locks import StoreLock
+from exptrack.stores.url import resolve_storage
 from exptrack.study import Study
-from exptrack.study_store import counted_trials, ranked, resolve_storage
+from exptrack.study_store import counted_trials, ranked
 from exptrack.tracking.tracker import Tracker
 
 BUDGET_POLL_S = 0.5  # a worker whose budget is all running elsewhere looks again this often
@@ -100,7 +102,7 @@ def open_search(
     if prepared is None:
         preflight.check_storage_url(storage_url)
         prepared = preflight.prepare(spec, options.sampler, options.pruner, options.seed)
-    lock = coordination.store_lock(storage_url)
+    lock = backends.store_lock(storage_url)
     dashboard = render_dashboard is not None
     stored = create_study(spec, options, prepared, storage_url, lock, warn, dashboard, starts)
     return Search(
@@ -159,7 +161,7 @@ def run_one(search: Search, tracking: StudyRun, traced: bool = False) -> TrialOu
     repair.report_abandoned(search.tracker, abandoned, search.warn)
     if asked is None:
         return None
-    with ownership.Heartbeat(search.study, asked._trial_id):
+    with ownership.Heartbeat(search.study, optuna_private.trial_id(asked)):
         return run_trial(trial_context(search, tracking, traced), asked)
 
 

@@ -1,6 +1,6 @@
 """Who owns a running trial, and when it counts as abandoned: one mechanism on one machine and on many.
 
-A trial is asked under the store's lock (`coordination.store_lock`: a directory flock for sqlite, a
+A trial is asked under the store's lock (`stores.backends.store_lock`: a directory flock for sqlite, a
 PostgreSQL advisory lock), and before the lock is released it holds its first Optuna heartbeat and
 its worker (host:pid:start-time). So, seen under that lock, a RUNNING trial without a worker was
 asked by a process that died inside the lock: abandoned at once. A trial whose worker is a dead
@@ -23,8 +23,9 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from exptrack import records
-from exptrack.coordination import StoreLock
 from exptrack.processes import owner_is_dead, worker_id
+from exptrack.stores import optuna_private
+from exptrack.stores.locks import StoreLock
 from exptrack.study_store import counted_trials
 
 ORPHAN_REASON = "asked by a process that died before it recorded itself as the trial's worker"
@@ -49,7 +50,7 @@ def ask(study: optuna.Study, lock: StoreLock, budget: int) -> tuple[optuna.Trial
             return None, abandoned
         trial = study.ask()
         if _heartbeat_interval(study) is not None:
-            study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+            optuna_private.storage_of(study).record_heartbeat(optuna_private.trial_id(trial))
         trial.set_user_attr(records.WORKER_ATTR, worker_id())
     return trial, abandoned
 
@@ -59,7 +60,7 @@ def fail_abandoned(study: optuna.Study, lock: StoreLock) -> list[Abandoned]:
     stale = set(_stale_trial_ids(study))
     failed = []
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        reason = _why_abandoned(frozen, frozen._trial_id in stale, lock, study)
+        reason = _why_abandoned(frozen, optuna_private.trial_id(frozen) in stale, lock, study)
         if reason and _fail(study, frozen, reason):
             failed.append(Abandoned(frozen.number, frozen.user_attrs.get(records.RUN_ID_ATTR), reason))
     return failed
@@ -78,7 +79,7 @@ def _why_abandoned(
     if owner_is_dead(worker):
         return f"worker process {worker} died while the trial ran (killed or crashed)"
     if stale:
-        backend = getattr(study._storage, "_backend", study._storage)  # Optuna wraps it in a cache
+        backend = optuna_private.rdb_storage_of(study)  # Optuna wraps it in a cache
         grace = getattr(backend, "grace_period", None)
         return f"worker process {worker} sent no heartbeat for {grace} s (killed, crashed or cut off)"
     return None
@@ -86,10 +87,10 @@ def _why_abandoned(
 
 def _fail(study: optuna.Study, frozen: optuna.trial.FrozenTrial, reason: str) -> bool:
     """FAIL with `reason`, then one retry; False when another process finished the trial first."""
-    storage = study._storage
+    storage = optuna_private.storage_of(study)
     try:
-        storage.set_trial_user_attr(frozen._trial_id, records.FAIL_REASON_ATTR, reason)
-        storage.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL)
+        storage.set_trial_user_attr(optuna_private.trial_id(frozen), records.FAIL_REASON_ATTR, reason)
+        storage.set_trial_state_values(optuna_private.trial_id(frozen), state=TrialState.FAIL)
     except UpdateFinishedTrialError:
         return False
     if frozen.params and records.RETRY_ATTR not in frozen.user_attrs:
@@ -98,14 +99,14 @@ def _fail(study: optuna.Study, frozen: optuna.trial.FrozenTrial, reason: str) ->
 
 
 def _heartbeat_interval(study: optuna.Study) -> int | None:
-    getter = getattr(study._storage, "get_heartbeat_interval", None)
+    getter = getattr(optuna_private.storage_of(study), "get_heartbeat_interval", None)
     return getter() if getter else None
 
 
 def _stale_trial_ids(study: optuna.Study) -> list[int]:
     if _heartbeat_interval(study) is None:
         return []
-    return list(study._storage._get_stale_trial_ids(study._study_id))  # type: ignore[attr-defined]
+    return optuna_private.stale_trial_ids(study)
 
 
 class Heartbeat:
@@ -114,7 +115,7 @@ class Heartbeat:
 
     def __init__(self, study: optuna.Study, trial_id: int) -> None:
         self.interval = _heartbeat_interval(study)
-        self.storage, self.trial_id = study._storage, trial_id
+        self.storage, self.trial_id = optuna_private.storage_of(study), trial_id
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="exptrack-heartbeat", daemon=True)
 

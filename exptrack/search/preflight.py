@@ -11,10 +11,12 @@ from typing import Any
 import optuna
 
 from exptrack import config as cfg
-from exptrack import records, store_checks, store_schema
-from exptrack.errors import UserError, redact
+from exptrack import records
+from exptrack.errors import UserError
 from exptrack.search import samplers
 from exptrack.search import space as spaces
+from exptrack.stores import backends, schema
+from exptrack.stores.url import parse
 from exptrack.study import Constraint, Study
 from exptrack.tracking import store_setup
 from exptrack.training import backbones, datasets, fit, losses
@@ -155,31 +157,23 @@ def _why_no_pruning(spec: Study) -> str | None:
 def check_storage_url(url: str) -> None:
     """A storage URL SQLAlchemy can parse, whose store can be opened and written (a database server
     must answer; a sqlite file is created later, so a missing one is not touched here)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        make_url(url).get_dialect()
-    except Exception as exc:
-        raise UserError(
-            f"Optuna storage {redact(url)} is not a valid database URL ({type(exc).__name__}); "
-            "fix --storage, e.g. sqlite:///optuna.db"
-        ) from exc
-    store_checks.check_store(url, "Optuna storage", "--storage")
-    if store_schema.is_database(url):
-        store_schema.check_optuna_target(url)  # an MLflow store or an application's database: refused
+    parse(url).check_database_url("Optuna storage", "--storage", "sqlite:///optuna.db")
+    backends.check_store(url, "Optuna storage", "--storage")
+    if parse(url).is_database:
+        schema.check_optuna_target(url)  # an MLflow store or an application's database: refused
 
 
 def check_tracking_uri(uri: str) -> None:
     """A tracking URI of a known scheme whose store can be opened and written (an http server is
     asked by the `Tracker`'s own check)."""
-    scheme, sep, _ = uri.partition("://")
-    if sep and scheme.split("+")[0] not in TRACKING_SCHEMES:
+    parsed = parse(uri)
+    if parsed.has_scheme and parsed.scheme not in TRACKING_SCHEMES:
         raise UserError(
-            f"MLflow tracking URI {redact(uri)} has an unknown scheme {scheme!r}; "
+            f"MLflow tracking URI {parsed} has an unknown scheme {uri.partition(':')[0]!r}; "
             "use sqlite:///mlflow.db or http://HOST:PORT"
         )
-    store_checks.check_store(uri, "MLflow tracking store", "--tracking-uri")
-    if store_schema.is_database(uri):
+    backends.check_store(uri, "MLflow tracking store", "--tracking-uri")
+    if parse(uri).is_database:
         store_setup.mlflow_state(uri)  # an Optuna study or an application's database: refused
 
 

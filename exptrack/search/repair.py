@@ -12,8 +12,8 @@ import optuna
 from optuna.trial import TrialState
 
 from exptrack import records, study_store
-from exptrack.coordination import StoreLock
 from exptrack.search.ownership import Abandoned, fail_abandoned
+from exptrack.stores.locks import StoreLock
 from exptrack.tracking import queries, runs
 from exptrack.tracking.tracker import Tracker
 

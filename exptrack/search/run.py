@@ -16,10 +16,10 @@ from exptrack.search.loop import SearchSummary
 from exptrack.search.options import SearchOptions
 from exptrack.search.study_run import DashboardRenderer
 from exptrack.search.trial import Progress
+from exptrack.stores.url import resolve_storage, resolve_tracking
 from exptrack.study import Study, check_name, load_study_file
-from exptrack.study_store import resolve_storage
 from exptrack.tracking import logged_models
-from exptrack.tracking.tracker import Tracker, resolve_tracking_uri
+from exptrack.tracking.tracker import Tracker
 from exptrack.training import weights
 
 # Worker processes one command starts: each imports torch (~300 MB resident), so 256 of them
@@ -54,7 +54,7 @@ def run_search(
         overrides or {}
     )
     storage_url = resolve_storage(options.storage)
-    tracking_uri = resolve_tracking_uri(options.tracking_uri)
+    tracking_uri = resolve_tracking(options.tracking_uri)
     # Everything checkable without a store, before either store is created.
     preflight.check_storage_url(storage_url)
     if options.tracking:

@@ -13,9 +13,9 @@ import optuna
 from optuna.trial import TrialState
 
 from exptrack import records
-from exptrack.coordination import StoreLock
 from exptrack.search import preflight
 from exptrack.search.study_setup import StoredStudy
+from exptrack.stores.locks import StoreLock
 from exptrack.study import Study
 from exptrack.study_store import counted_trials, ranked
 from exptrack.tracking import runs

@@ -13,11 +13,12 @@ import numpy as np
 import optuna
 
 from exptrack import records
-from exptrack.coordination import StoreLock
 from exptrack.search import changed_study, preflight, warmstart
 from exptrack.search.options import SearchOptions
+from exptrack.stores import optuna_private
+from exptrack.stores.locks import StoreLock
+from exptrack.stores.optuna_storage import open_storage
 from exptrack.study import Study
-from exptrack.study_store import open_storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +116,9 @@ def _join(study: optuna.Study, prepared: preflight.Prepared, seed: int | None) -
     """Count this process in (hold the lock). With --seed, the k-th process to join samples
     from its own stream derived from the study seed: k = 0 keeps the seed itself, so a seeded
     study stays repeatable, and workers (or a resumed search) never replay each other's points."""
-    joined = int(study._storage.get_study_system_attrs(study._study_id).get(records.STUDY_JOINS_ATTR, 0))
-    study._storage.set_study_system_attr(study._study_id, records.STUDY_JOINS_ATTR, joined + 1)
+    storage, study_id = optuna_private.storage_of(study), optuna_private.study_id(study)
+    joined = int(storage.get_study_system_attrs(study_id).get(records.STUDY_JOINS_ATTR, 0))
+    storage.set_study_system_attr(study_id, records.STUDY_JOINS_ATTR, joined + 1)
     if seed is not None and joined:
         study.sampler = prepared.sampler_seeded(worker_seed(seed, joined))
 

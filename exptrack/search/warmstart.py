@@ -23,6 +23,8 @@ from exptrack import config as cfg
 from exptrack import records, study_store
 from exptrack.errors import UserError, redact
 from exptrack.search.space import Param, SearchSpace, is_loss_param, is_number
+from exptrack.stores import optuna_storage
+from exptrack.stores.url import resolve_storage
 from exptrack.study import Study
 from exptrack.training import backbones
 
@@ -190,11 +192,11 @@ def best_of_study(
         raise UserError(f"--from-top must be at least 1, got {top}")
     if name == current:
         raise UserError(f"--from-study {name!r} is this study itself; name an earlier study")
-    earlier = study_store.load_existing_study(name, storage_url)
+    earlier = optuna_storage.load_existing_study(name, storage_url)
     chosen = study_store.ranked(earlier)[:top]
     if not chosen:
         raise UserError(
-            f"--from-study {name!r} has no complete feasible trial in {redact(study_store.resolve_storage(storage_url))}"
+            f"--from-study {name!r} has no complete feasible trial in {redact(resolve_storage(storage_url))}"
         )
     starts = []
     for trial in chosen:

@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from exptrack import records, store_schema
+from exptrack import records
 from exptrack.errors import redact
 from exptrack.records import ROLE_TAG, STUDY_TAG, TRIAL_TAG
+from exptrack.stores.url import parse, resolve_tracking
 from exptrack.tracking import store_setup
-from exptrack.tracking.tracker import Tracker, resolve_tracking_uri
+from exptrack.tracking.tracker import Tracker
 
 
 def study_runs(tracker: Tracker, experiment_id: str, study_name: str) -> list[Any]:
@@ -109,8 +110,8 @@ def existing_store(uri: str | None, warn: Callable[[str], None] = print) -> Trac
     """A `Tracker` on the MLflow store at `uri` as it is, for a command that must not create,
     migrate or rebuild it; None (with a line saying why, unless there is simply no store yet) when
     there is nothing it can read. A database that is not an MLflow store is a UserError."""
-    resolved = resolve_tracking_uri(uri)
-    if store_schema.is_database(resolved):
+    resolved = resolve_tracking(uri)
+    if parse(resolved).is_database:
         why = store_setup.unreadable_mlflow(resolved)
         if why:
             if why != "new":

@@ -15,7 +15,7 @@ from typing import Any
 from exptrack import processes, records
 from exptrack.errors import first_line, redact
 from exptrack.records import ROLE_TAG, RUN_STATUS, STUDY_TAG, TRIAL_TAG
-from exptrack.study_store import absolute_url
+from exptrack.stores.url import parse
 from exptrack.tracking import queries, ui_links
 from exptrack.tracking.tracker import Tracker
 
@@ -115,7 +115,7 @@ def _study_tags(study: StudyFacts) -> dict[str, str]:
         STUDY_TAG: study.name,
         records.STUDY_UID_TAG: study.uid,
         records.HOST_TAG: platform.node(),
-        records.STORAGE_TAG: redact(absolute_url(study.storage_url)),
+        records.STORAGE_TAG: redact(parse(study.storage_url).absolute().text),
         records.SAMPLER_TAG: study.sampler,
         records.PRUNER_TAG: study.pruner,
         records.METRIC_TAG: ",".join(study.objectives),
@@ -148,7 +148,7 @@ def open_trial_run(tracker: Tracker, study: OpenedRun, trial: TrialFacts) -> str
         ROLE_TAG: records.ROLE_TRIAL,
         STUDY_TAG: trial.study_name,
         TRIAL_TAG: str(trial.number),
-        records.TRIAL_STORAGE_TAG: redact(absolute_url(trial.storage_url)),
+        records.TRIAL_STORAGE_TAG: redact(parse(trial.storage_url).absolute().text),
     }
     if trial.retry_of is not None:
         tags[records.RETRY_OF_TAG] = trial.retry_of

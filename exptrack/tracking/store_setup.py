@@ -1,10 +1,10 @@
 """Creating the MLflow tracking store before any client touches it: once, whole, whatever else runs,
-and only where the database is provably MLflow's (`store_schema`): never over another store.
+and only where the database is provably MLflow's (`stores.schema`): never over another store.
 
 MLflow creates a database store on first use, in ~80 schema migrations (~5 s on sqlite) with no
 lock across processes: a kill in those seconds left a half-migrated file that failed every later
 start, and two processes creating one store at once interleaved their migrations. Here a sqlite
-store is built under a temporary name and linked into place (`coordination.create_sqlite_once`);
+store is built under a temporary name and linked into place (`stores.sqlite.create_once`);
 one whose creation a kill cut short (MLflow's tables, not one row) is rebuilt; one of an older MLflow
 is migrated as `mlflow db upgrade` does, after a copy of the file is kept beside it. A PostgreSQL
 store is created under the database's advisory lock. An MLflow server creates its own store.
@@ -17,25 +17,26 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from exptrack import coordination, store_schema
 from exptrack.errors import UserError, redact
+from exptrack.stores import backends, schema, sqlite
+from exptrack.stores.url import parse
 
 
 def ensure_store(uri: str, say: Callable[[str], None] = print) -> None:
     """Create the database store at `uri` if it is new; rebuild a sqlite one a kill left half-made,
     migrate an older one. A database that is not an MLflow store is a UserError, left untouched."""
-    path = coordination.sqlite_path(uri)
+    path = parse(uri).path
     if path is not None:
-        if coordination.create_sqlite_once(path, _build):
+        if sqlite.create_once(path, _build):
             return
-        with coordination.store_lock(uri):
+        with backends.store_lock(uri):
             state = mlflow_state(uri)
             if state in ("new", "unfinished"):  # an empty file, or a creation cut short: no row to lose
-                coordination.replace_sqlite(path, _build)
+                sqlite.rebuild(path, _build)
             elif state == "older":
                 _migrate_sqlite(uri, path, say)
-    elif coordination.is_postgres(uri):
-        with coordination.store_lock(uri):
+    elif parse(uri).backend == "postgresql":
+        with backends.store_lock(uri):
             if mlflow_state(uri) == "older":
                 # a shared database's other clients may still be of the older MLflow: its owner decides
                 raise UserError(
@@ -50,7 +51,7 @@ def _migrate_sqlite(uri: str, path: Path, say: Callable[[str], None]) -> None:
     from mlflow.store.db.utils import _upgrade_db
     from sqlalchemy import create_engine
 
-    before = store_schema.read_contents(uri).revision
+    before = schema.read_contents(uri).revision
     backup = path.with_name(f"{path.name}.{before}.bak")
     shutil.copy2(path, backup)
     engine = create_engine(uri)
@@ -85,7 +86,7 @@ def mlflow_state(url: str, flag: str = "--tracking-uri") -> str:
     MLflow's schema), 'unfinished' (a creation cut short: MLflow's tables, not one row), or
     'older' (an MLflow store of an earlier release, to migrate). Anything else is a UserError
     naming what the database holds, so nothing is ever written into it."""
-    contents = store_schema.read(url, "MLflow tracking store", flag)
+    contents = schema.read(url, "MLflow tracking store", flag)
     kind = contents.kind
     if kind == "empty":
         return "new"
@@ -95,17 +96,17 @@ def mlflow_state(url: str, flag: str = "--tracking-uri") -> str:
             f"--tracking-uri? Fix {flag} (e.g. sqlite:///mlflow.db)"
         )
     if kind == "other":
-        raise UserError(store_schema.foreign(url, contents, "an MLflow store", flag))
+        raise UserError(schema.foreign(url, contents, "an MLflow store", flag))
     return _mlflow_revision_state(url, contents, flag)
 
 
-def _mlflow_revision_state(url: str, contents: store_schema.Contents, flag: str) -> str:
+def _mlflow_revision_state(url: str, contents: schema.Contents, flag: str) -> str:
     if contents.revision == mlflow_head():
         return "current"
     if not contents.filled - MIGRATION_SEEDS and _mlflow_built_it(contents):
         return "unfinished"  # MLflow writes its Default experiment after its last migration
     if contents.revision is None:
-        raise UserError(store_schema.foreign(url, contents, "an MLflow store (it has no schema revision)", flag))
+        raise UserError(schema.foreign(url, contents, "an MLflow store (it has no schema revision)", flag))
     if contents.revision in mlflow_revisions():
         return "older"
     raise UserError(
@@ -114,7 +115,7 @@ def _mlflow_revision_state(url: str, contents: store_schema.Contents, flag: str)
     )
 
 
-def _mlflow_built_it(contents: store_schema.Contents) -> bool:
+def _mlflow_built_it(contents: schema.Contents) -> bool:
     """Stamped with one of MLflow's revisions, or (killed before the first stamp) MLflow's tables
     only, with the copies alembic makes while it alters a sqlite table."""
     if contents.revision is not None:

@@ -15,18 +15,17 @@ import json
 import logging
 import os
 import time
-import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from exptrack import coordination, records
+from exptrack import records
 from exptrack.errors import UserError, first_line, redact
+from exptrack.stores.url import parse, resolve_tracking
 from exptrack.tracking import store_setup
 from exptrack.tracking.system_metrics import SystemMetrics
 from exptrack.tracking.writer import BackgroundWriter
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # A dead tracking server must not stall each trial for minutes (MLflow's defaults: 7 retries with
 # exponential backoff, ~4 min; 120 s timeout): 2 quick retries (~2 s), then the write counts as failed.
 HTTP_DEFAULTS = {
@@ -41,29 +40,6 @@ HTTP_DEFAULTS = {
 }
 
 
-def resolve_tracking_uri(uri: str | None) -> str:
-    """Flag, then MLFLOW_TRACKING_URI, then a sqlite file in the working directory. A tracking
-    server's `user:password@` moves into MLflow's own credential variables (see below); a PostgreSQL
-    URI gets the psycopg 3 driver of the `postgres` extra."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    return coordination.with_postgres_driver(credentials_to_environment(uri))
-
-
-def credentials_to_environment(uri: str) -> str:
-    """`http://user:pw@host` -> `http://host`, with user and password in MLFLOW_TRACKING_USERNAME
-    and MLFLOW_TRACKING_PASSWORD (MLflow sends them as basic auth on every request). MLflow prints
-    its client's URI ("View run ... at: URL", once per run) and puts it in its error messages, so
-    that URI must not hold the password. Other URIs come back unchanged."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
-        return uri
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(user)
-    os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(password)
-    return urllib.parse.urlunsplit(parts._replace(netloc=host))
-
-
 class Tracker:
     """MLflow writes of one process, by explicit run id. Construct with the tracking URI; `check()`
     before trial 1. Which runs there are and what they are tagged with is `runs`'; reads `queries`'."""
@@ -75,8 +51,8 @@ class Tracker:
 
         # importing mlflow configured its loggers at INFO; its table-creation lines are noise here
         logging.getLogger("mlflow").setLevel(logging.WARNING)
-        self.uri = resolve_tracking_uri(uri)
-        if self.uri.startswith(("http://", "https://")):
+        self.uri = resolve_tracking(uri)
+        if parse(self.uri).backend == "server":
             for key, value in HTTP_DEFAULTS.items():
                 os.environ.setdefault(key, value)  # a user's own setting wins
         if create:

@@ -16,6 +16,7 @@ import urllib.parse
 from collections.abc import Sequence
 
 from exptrack import records
+from exptrack.stores.url import parse
 
 ML_LAYOUT = "workflowType=machine_learning"
 
@@ -44,12 +45,7 @@ def run_url(base: str, experiment_id: str, run_id: str) -> str:
 def server_base(tracking_uri: str) -> str | None:
     """The UI's address when the tracking store is an MLflow server (without any user:password),
     so links can be written down; None for a database or file store (`exp ui` serves those)."""
-    parts = urllib.parse.urlsplit(tracking_uri)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    return parse(tracking_uri).server_base()
 
 
 def runs_view_tag(

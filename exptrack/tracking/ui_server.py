@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from exptrack import coordination, records, store_checks, store_schema
+from exptrack import records
 from exptrack.errors import UserError, first_line, redact
+from exptrack.stores import backends
+from exptrack.stores.url import parse, resolve_tracking
 from exptrack.tracking import store_setup, ui_links
-from exptrack.tracking.tracker import resolve_tracking_uri
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 120.0  # a cold `mlflow server` on 2 busy cores takes ~10-30 s
@@ -56,7 +57,7 @@ def server_command(tracking_uri: str, host: str, port: int) -> list[str]:
     artifacts where the search's client put them (`./mlruns` beside it, recorded per experiment as
     an absolute path), which the server reads directly; only experiments created in the UI use the
     root given here. The store URI itself goes through the environment (`server_environment`)."""
-    if tracking_uri.startswith(("http://", "https://", "databricks")):
+    if parse(tracking_uri).backend == "server" or parse(tracking_uri).scheme == "databricks":
         raise UserError(
             f"tracking URI {redact(tracking_uri)} is already a server: open it in a browser instead of exp ui"
         )
@@ -143,7 +144,7 @@ def wait_until_up(
 
 def _check_serves_as_is(uri: str) -> None:
     """The server would create, or refuse, what is not a current MLflow store: say so first."""
-    if not store_schema.is_database(uri):
+    if not parse(uri).is_database:
         return
     why = store_setup.unreadable_mlflow(uri)
     if why == "new":
@@ -161,11 +162,11 @@ def running_server(
 ) -> Iterator[tuple[subprocess.Popen[Any], str]]:
     """Start `mlflow server`, wait until it answers, yield (process, base URL); always stop it.
     MLflow's client is imported while the server boots (10-20 s), for the study listing after it."""
-    uri = resolve_tracking_uri(tracking_uri)
-    missing = coordination.missing_sqlite_file(uri)
+    uri = resolve_tracking(tracking_uri)
+    missing = parse(uri).missing_file()
     if missing:
         raise UserError(f"no MLflow store at {missing}; run exp search here first, or pass --tracking-uri")
-    store_checks.check_store(uri, "MLflow tracking store", "--tracking-uri", write=False)
+    backends.check_store(uri, "MLflow tracking store", "--tracking-uri", write=False)
     _check_serves_as_is(uri)
     check_port_free(host, port)
     base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -247,8 +248,8 @@ def serve(tracking_uri: str | None, host: str, port: int, say: Callable[[str], N
     """Run the UI until SIGINT or SIGTERM (returns 130 or 143) or until the server exits by itself
     (returns its exit code). A tracking server already is the UI: its study pages are listed,
     nothing is started."""
-    uri = resolve_tracking_uri(tracking_uri)
-    if uri.startswith(("http://", "https://")):
+    uri = resolve_tracking(tracking_uri)
+    if parse(uri).backend == "server":
         say(f"MLflow UI: {redact(uri)}  (the tracking server's own)")
         for line in listed_studies(uri, redact(uri).rstrip("/")):
             say(f"  {line}")

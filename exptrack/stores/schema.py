@@ -19,8 +19,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from exptrack import coordination, store_checks
 from exptrack.errors import UserError, first_line, redact
+from exptrack.stores import sqlite
+from exptrack.stores.url import parse
 
 # Tables every MLflow and every Optuna schema has had; either pair tells the two stores apart.
 MLFLOW_MARKS = frozenset({"experiments", "runs"})
@@ -50,16 +51,9 @@ class Contents:
         return "other"
 
 
-def is_database(url: str) -> bool:
-    """A sqlite file or a database server (not an MLflow server, a file store or memory)."""
-    if url.startswith("sqlite"):
-        return coordination.sqlite_path(url) is not None
-    return url.split("://")[0].split("+")[0] in store_checks.DATABASE_SCHEMES
-
-
 def read_contents(url: str) -> Contents:
     """What the database at `url` holds (a missing sqlite file holds nothing). Read-only."""
-    path = coordination.sqlite_path(url)
+    path = parse(url).path
     if path is not None:
         return _sqlite_contents(path) if path.exists() and path.stat().st_size else Contents(frozenset(), None, frozenset())
     return _server_contents(url)
@@ -85,7 +79,7 @@ def _sqlite_contents(path: Path) -> Contents:
 
 
 def _read_sqlite(path: Path) -> Contents:
-    with store_checks.read_only(path, timeout=60) as db:
+    with sqlite.read_only(path, timeout=60) as db:
         names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         tables = frozenset(n for n in names if not n.startswith("sqlite_") and n != ALEMBIC_TABLE)
         revision = None

@@ -1,0 +1,52 @@
+"""Every use of Optuna's private API, in one place: the storage behind a study, study and trial
+ids, the stale-trial query of its heartbeat, and the storage methods Optuna's cache calls directly.
+An Optuna release that changes one of them fails `tests/stores/test_optuna_contract.py`, naming the
+call, instead of a search in the middle of a study; pyproject pins optuna to the majors it passes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+
+# RDBStorage methods that Optuna's cache in front of the storage (`_CachedStorage`) calls directly,
+# beside BaseStorage's public ones, and the heartbeat's own: a wrapper of every store call needs them.
+CACHED_STORAGE_CALLS = ("_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials")
+HEARTBEAT_CALLS = ("record_heartbeat", "_get_stale_trial_ids")
+
+
+def storage_calls() -> list[str]:
+    """Every method of an RDB storage that reaches the database."""
+    public = [n for n, v in vars(optuna.storages.BaseStorage).items() if callable(v) and n[0] != "_"]
+    return [*public, *CACHED_STORAGE_CALLS, *HEARTBEAT_CALLS]
+
+
+def wrap_storage_calls(storage_class: type, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Replace each of `storage_calls()` on `storage_class` (an RDBStorage subclass) by `wrap(it)`."""
+    for name in storage_calls():
+        setattr(storage_class, name, wrap(getattr(optuna.storages.RDBStorage, name)))
+
+
+def storage_of(study: optuna.Study) -> Any:
+    """The storage a study reads and writes through (Optuna's cache around ours, for RDB stores)."""
+    return study._storage
+
+
+def rdb_storage_of(study: optuna.Study) -> Any:
+    """The RDB storage itself, under Optuna's cache."""
+    return getattr(study._storage, "_backend", study._storage)
+
+
+def study_id(study: optuna.Study) -> int:
+    return int(study._study_id)
+
+
+def trial_id(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> int:
+    return int(trial._trial_id)  # type: ignore[union-attr]
+
+
+def stale_trial_ids(study: optuna.Study) -> list[int]:
+    """Running trials whose heartbeat is older than the grace period (Optuna's own test)."""
+    return list(study._storage._get_stale_trial_ids(study._study_id))  # type: ignore[attr-defined]

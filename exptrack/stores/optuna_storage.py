@@ -1,0 +1,121 @@
+"""The Optuna storage, as both the search and the results commands open it: created whole (a
+sqlite file whole or not at all, a database server's tables under its lock), only in an empty
+database or Optuna's own, with the trial heartbeat, and waiting out a database restart; read by
+results commands without ever creating tables. Kept light (optuna only, no torch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+
+from exptrack.errors import UserError, redact
+from exptrack.stores import backends, locks, optuna_private, schema, sqlite
+from exptrack.stores.url import parse, resolve_storage
+
+RDBStorage = optuna.storages.RDBStorage
+
+
+def heartbeat_every(grace_period: int) -> int:
+    """Seconds between a running trial's heartbeats: six chances to beat within the grace period."""
+    return max(1, grace_period // 6)
+
+
+def open_storage(url: str, grace_period: int | None = None) -> optuna.storages.RDBStorage:
+    """The RDB storage at `url`, its tables created when new (a sqlite file whole or not at all; a
+    database server under its advisory lock). With `grace_period`, running trials record Optuna's
+    heartbeat and count as abandoned after that many seconds without one."""
+    heartbeat: dict[str, Any] = {}
+    if grace_period is not None:
+        heartbeat = {"heartbeat_interval": heartbeat_every(grace_period), "grace_period": grace_period}
+    engine = backends.engine_kwargs(url)
+    if parse(url).is_database:
+        schema.check_optuna_target(url)  # never Optuna's tables inside another store
+    try:
+        path = parse(url).path
+        if path is not None:
+            sqlite.create_once(path, lambda temp: _dispose(RDBStorage(temp)))
+            return ResilientStorage(url, engine_kwargs=engine, **heartbeat)
+        with backends.store_lock(url):  # tables created by one process at a time
+            return ResilientStorage(url, engine_kwargs=engine, **heartbeat)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(
+            f"Optuna storage {redact(url)} cannot be opened ({type(exc).__name__}); fix --storage"
+        ) from exc
+
+
+def _dispose(storage: optuna.storages.RDBStorage) -> None:
+    storage.engine.dispose()  # closes the file before it is linked into place
+
+
+
+
+def _waits_out_outages(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + locks.OUTAGE_S
+        retried = False
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # a retried tell whose first attempt committed before the connection dropped
+                if retried and method.__name__ == "set_trial_state_values":
+                    return True
+                raise
+            except Exception as exc:
+                if not locks.is_connection_lost(exc) or time.monotonic() > deadline:
+                    raise
+            # this thread's session may still hold the broken transaction: start a fresh one
+            with contextlib.suppress(Exception):
+                self.scoped_session.remove()
+            retried = True
+            time.sleep(1.0)
+
+    return call
+
+
+class ResilientStorage(RDBStorage):
+    """Optuna's RDB storage whose calls wait out a database restart instead of
+    failing the trial (`locks.OUTAGE_S`): each call is one transaction, so repeating it
+    after a refused connection is safe. A trial created twice (its commit landed, the reply was lost) stays RUNNING without an
+    owner, and the next ask marks it FAIL (search.ownership)."""
+
+
+optuna_private.wrap_storage_calls(ResilientStorage, _waits_out_outages)
+
+
+def readable_storage(storage: str | None) -> tuple[RDBStorage, list[str]]:
+    """A storage a results command reads, opened once, and the names of its studies; an absent or
+    unreadable storage is a UserError."""
+    url = resolve_storage(storage)
+    missing = parse(url).missing_file()
+    if missing:
+        raise UserError(f"no Optuna storage at {missing}; run exp search here first, or pass --storage")
+    if parse(url).is_database and not schema.check_optuna_target(url):  # never create by reading
+        raise UserError(f"no Optuna storage at {redact(url)}; run exp search there first, or fix --storage")
+    try:
+        opened = RDBStorage(url, skip_table_creation=True)
+        return opened, [s.study_name for s in opened.get_all_studies()]
+    except Exception as exc:
+        raise UserError(
+            f"Optuna storage {redact(url)} cannot be read ({type(exc).__name__}); fix --storage"
+        ) from exc
+
+
+def load_existing_study(name: str, storage: str | None) -> optuna.Study:
+    """A study a search already wrote; an unknown name lists the ones that exist."""
+    opened, names = readable_storage(storage)
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none yet: run exp search first"
+        raise UserError(f"no study named {name!r} in {redact(opened.url)}; studies there: {known}")
+    return optuna.load_study(study_name=name, storage=opened)
+
+

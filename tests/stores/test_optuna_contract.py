@@ -1,0 +1,48 @@
+"""The contract with Optuna's private API (`exptrack.stores.optuna_private`), checked on a real
+storage: an Optuna release that renames or reshapes one of these fails here, naming the call,
+instead of a search failing mid-study. pyproject pins optuna to the majors this passes on."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from exptrack.stores import optuna_private
+from exptrack.stores.optuna_storage import ResilientStorage, open_storage
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> optuna.Study:
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", grace_period=60)
+    return optuna.create_study(study_name="contract", storage=storage)
+
+
+def test_every_storage_call_the_outage_wrapper_names_exists_on_optunas_rdb_storage() -> None:
+    missing = [n for n in optuna_private.storage_calls() if not callable(getattr(optuna.storages.RDBStorage, n, None))]
+    assert missing == [], f"optuna {optuna.__version__} has no RDBStorage.{missing}: update stores/optuna_private.py"
+    wrapped = [n for n in optuna_private.storage_calls() if getattr(ResilientStorage, n).__wrapped__ is None]
+    assert wrapped == []
+
+
+def test_a_study_exposes_its_storage_and_ids_where_optuna_private_reads_them(study: optuna.Study) -> None:
+    assert optuna_private.storage_of(study) is not None, "Study._storage"
+    assert isinstance(optuna_private.rdb_storage_of(study), ResilientStorage), "Study._storage._backend"
+    assert optuna_private.study_id(study) == optuna_private.storage_of(study).get_study_id_from_name("contract")
+    trial = study.ask()
+    frozen = study.trials[0]
+    assert optuna_private.trial_id(trial) == optuna_private.trial_id(frozen), "Trial._trial_id / FrozenTrial._trial_id"
+
+
+def test_the_heartbeat_and_its_stale_trial_query_work_as_optuna_private_calls_them(study: optuna.Study) -> None:
+    trial = study.ask()
+    optuna_private.storage_of(study).record_heartbeat(optuna_private.trial_id(trial))
+    assert optuna_private.stale_trial_ids(study) == []  # beat just now, grace period 60 s
+    # a storage whose grace period has passed finds it stale: Optuna's own test, as repair uses it
+    stale_view = open_storage(optuna_private.rdb_storage_of(study).url, grace_period=1)
+    time.sleep(1.5)
+    assert optuna_private.stale_trial_ids(optuna.load_study(study_name="contract", storage=stale_view)) == [
+        optuna_private.trial_id(trial)
+    ]
