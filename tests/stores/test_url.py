@@ -24,8 +24,10 @@ def test_a_store_url_names_its_backend_driver_file_and_shows_no_password() -> No
     assert parse("http://mlflow:5000").backend == "server" and parse("mysql://u@h/db").backend == "database"
 
 
-def test_a_relative_sqlite_url_is_made_absolute_for_records_read_elsewhere(tmp_path: Path) -> None:
-    os.chdir(tmp_path)
+def test_a_relative_sqlite_url_is_made_absolute_for_records_read_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     assert parse("sqlite:///optuna.db?x=1").absolute().text == f"sqlite:///{tmp_path / 'optuna.db'}?x=1"
     assert parse("postgresql://h/db").absolute().text == "postgresql://h/db"
 
