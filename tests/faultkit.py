@@ -188,20 +188,28 @@ def _port_open(port: int) -> bool:
 
 # Runs each case through the CLI's real entry point (`exptrack.cli.main`) in its own working
 # directory, all in one interpreter: importing torch and MLflow once instead of per case.
-_BATCH = r"""
+# `run_case(args)` runs one `exp ARGS` through the real entry point, in this interpreter, and
+# returns its exit code and output; test_hostile_inputs' long-lived loop uses it too.
+RUN_CASE = r"""
 import contextlib, io, json, os, sys
 from exptrack import cli
-results = []
-for case in json.load(sys.stdin):
-    os.chdir(case["cwd"])
+
+
+def run_case(args):
     out, err, code = io.StringIO(), io.StringIO(), 0
-    sys.argv = ["exp", *case["args"]]
+    sys.argv = ["exp", *args]
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             cli.main()
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
-    results.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
+    return {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
+"""
+_BATCH = RUN_CASE + r"""
+results = []
+for case in json.load(sys.stdin):
+    os.chdir(case["cwd"])
+    results.append(run_case(case["args"]))
 print(json.dumps(results))
 """
 

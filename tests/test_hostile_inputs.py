@@ -30,12 +30,9 @@ from exptrack import config as cfg
 from exptrack import records
 from exptrack.errors import UserError
 from tests.conftest import OFFLINE, exp_env, run_exp
-from tests.faultkit import SMALL
+from tests.faultkit import RUN_CASE, SMALL
+from tests.test_bad_inputs import GOOD
 
-GOOD = (
-    "from exptrack import Study\n"
-    "study = Study(name='good', search_space='space.yaml', fixed={'weights': 'none'}, dashboard=None)\n"
-)
 FILES = {
     "good.py": GOOD,
     "space.yaml": "lr: {float: [1.0e-3, 1.0e-2], log: true}\n",
@@ -48,21 +45,12 @@ MARK = "@@exp-result@@"
 # Reads (cwd, env, args) as JSON lines; answers each with the exit code and output of `exp ARGS`
 # run through the real entry point, on a line of its own after MARK (a child process or a library
 # writing to fd 1 cannot be taken for an answer).
-_LOOP = r"""
-import contextlib, io, json, os, sys
-from exptrack import cli
+_LOOP = RUN_CASE + r"""
 for line in sys.stdin:
     case = json.loads(line)
     os.chdir(case["cwd"])
     os.environ.update(case["env"])
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    sys.argv = ["exp", *case["args"]]
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli.main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    answer = {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
+    answer = run_case(case["args"])
     sys.__stdout__.write("MARK" + json.dumps(answer) + "\n")
     sys.__stdout__.flush()
 """.replace("MARK", MARK)
@@ -190,7 +178,7 @@ SEARCH_CASES = [
     ("workers-bound", ["--workers", "100000"], ["--workers must be at most 256 (a process each)"]),
     ("timeout-nan", ["--timeout", "nan"], ["--timeout must be positive seconds, got nan"]),
     ("name-in-study-file", [], ["Study(name=...): study name 'team/good' names a path"]),  # slash.py
-    ("nul-in-study-file", [], ["Study 'good' search_space holds a control character ('\\x00'"]),  # nul.py
+    ("nul-in-study-file", [], ["Study 'good' search space holds a control character ('\\x00'"]),  # nul.py
 ]
 # (case id, full arguments, words): commands on the template's stores
 RESULT_CASES = [
