@@ -8,7 +8,7 @@ from pathlib import Path
 
 from exptrack import __version__
 from tests.faultkit import run_cli_batch
-from tests.fixtures_search import STUDY, Searched
+from tests.fixtures_search import STUDY, TRIALS, Searched
 
 
 def test_help_shows_the_defaults_and_exp_has_version_short_help_and_completion(tmp_path: Path) -> None:
@@ -41,6 +41,15 @@ def test_output_to_a_file_or_pipe_never_cuts_or_wraps_a_run_id(searched: Searche
         for run_id in run_ids:
             assert any(re.search(rf"\b{run_id}\b", line) for line in lines), output
         assert "…" not in output
+
+
+def test_a_piped_search_ends_on_a_whole_last_frame_with_no_trial_running(searched: Searched) -> None:
+    """Issue 19, item 13: the search ran with stderr a pipe; its bar's last frame is one line."""
+    frames = [line for line in searched.stderr.splitlines() if line.startswith("trials ")]
+    assert frames, searched.stderr
+    last = frames[-1]
+    assert "running trial" not in last and "…" not in last, last  # ended, and not cut at 80 columns
+    assert f"{TRIALS}/{TRIALS}" in last and re.search(r"best val_accuracy=\d\.\d{4}", last), last
 
 
 def test_training_progress_is_drawn_on_the_search_bar_while_it_runs() -> None:

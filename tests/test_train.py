@@ -32,9 +32,15 @@ class Recorder:
 
 
 def test_fit_reports_every_epoch_in_order_with_finite_metrics_and_a_profile() -> None:
+    from tests.progress_recorder import recording
+
     reporter = Recorder()
-    result = fit.fit(TINY, reporter, warn=lambda _: None)
+    with recording() as shown:
+        result = fit.fit(TINY, reporter, warn=lambda _: None)
     assert [epoch for epoch, _ in reporter.epochs] == [1, 2]
+    # the trial's own progress (issue 19, item 13): one step an epoch, so the bar has an ETA
+    (epochs,) = [task for task in shown if task.description == "epochs"]
+    assert epochs.total == 2 and epochs.steps == [1, 1]
     for _, metrics in reporter.epochs:
         assert set(metrics) == {"train_loss", "val_loss", "val_accuracy"}
         assert all(math.isfinite(v) for v in metrics.values())

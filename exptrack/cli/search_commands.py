@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from exptrack import config as cfg
@@ -16,6 +24,10 @@ from exptrack.cli.options import RichTasks, SetOpt, StorageOpt, TrackingOpt, def
 from exptrack.errors import redact
 from exptrack.search.options import GRACE_PERIOD_S, MAX_CONSECUTIVE_FAILURES
 from exptrack.tracking import ui_links
+
+# A pipe or log file gets the bar's last frame as one line: rich's 80 columns for a console that is
+# not a terminal cut it mid-field ("running trial 4 (lr=…"), so it gets room for every field.
+PIPED = Console(stderr=True, soft_wrap=True, width=240)
 
 
 class SearchProgress:
@@ -31,7 +43,8 @@ class SearchProgress:
             TextColumn("{task.fields[best]}"),
             TextColumn("{task.fields[current]}"),
             TimeElapsedColumn(),
-            console=err,
+            TimeRemainingColumn(),  # the study's ETA, and a trial's over its epochs (`fit`)
+            console=err if err.is_terminal else PIPED,
             transient=False,
         )
         self.task: Any = None

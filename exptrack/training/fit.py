@@ -30,6 +30,7 @@ from exptrack.training import (
     feature_cache,
     flops,
     losses,
+    progress,
     tracing,
     weights,
 )
@@ -185,6 +186,17 @@ def _epochs(
     reporter: Reporter,
 ) -> tuple[list[dict[str, float]], bool]:
     """Train and evaluate epoch by epoch: (the history, whether the reporter stopped it)."""
+    with progress.task("epochs", config.epochs) as shown:  # the trial's own bar, with an ETA
+        return _epoch_loop(config, trainer, source, reporter, shown)
+
+
+def _epoch_loop(
+    config: TrialConfig,
+    trainer: _Trainer,
+    source: batching.DeviceBatches | batching.LoaderBatches | batching.FeatureBatches,
+    reporter: Reporter,
+    shown: progress.Task,
+) -> tuple[list[dict[str, float]], bool]:
     profile, device, history = trainer.profile, trainer.profile.device, []
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
@@ -200,6 +212,7 @@ def _epochs(
         profile.epoch_seconds.append(time.perf_counter() - start)
         metrics = {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc}
         history.append({"epoch": epoch, **metrics})
+        shown.advance(1)
         if reporter.on_epoch(epoch, metrics):
             return history, True
     return history, False
