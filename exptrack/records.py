@@ -127,6 +127,7 @@ BEST_PREFIX, FINAL_PREFIX = "best_", "final_"  # best_val_accuracy, final_val_lo
 CONFIG_ARTIFACT = "config.yaml"
 TRACEBACK_ARTIFACT = "traceback.txt"
 DASHBOARD_ARTIFACT = "dashboard.html"
+DASHBOARD_IMAGE = "dashboard.png"  # its main plots as an image: the artifact viewer shows it (the page previews blank)
 STUDY_FILES_DIR = "study"  # the study file and its search space, on the study run
 MODEL_ARTIFACT = "model"  # a trained model lands at runs:/<run id>/model
 # Cost figures keep bare names in training and in Optuna (`seconds_per_epoch`); on MLflow they are

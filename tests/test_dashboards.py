@@ -73,6 +73,21 @@ def test_the_shipped_dashboard_draws_every_panel_offline() -> None:
     assert "4 complete, 1 pruned" in page
 
 
+def test_the_study_run_gets_its_plots_as_a_png_beside_the_page() -> None:
+    """MLflow's artifact viewer previews the plotly page blank (issue 19, item 1): a PNG it shows."""
+    import io
+
+    from PIL import Image
+
+    files = dashboards.artifacts(study_with_trials(), REPO / "dashboards" / "study.yaml")
+    assert set(files) == {"dashboard.html", "dashboard.png"}
+    with Image.open(io.BytesIO(files["dashboard.png"])) as image:  # type: ignore[arg-type]
+        assert image.size == (1200, 450)
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 100  # drawn
+    empty = dashboards.artifacts(optuna.create_study(study_name="empty"), REPO / "dashboards" / "study.yaml")
+    assert set(empty) == {"dashboard.html"}  # nothing to plot yet: no image
+
+
 def test_an_empty_study_renders_with_notes_instead_of_failing() -> None:
     page = dashboards.render(optuna.create_study(study_name="empty"), REPO / "dashboards" / "study.yaml")
     assert "no trials yet" in page and "no data yet" in page

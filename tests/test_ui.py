@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from exptrack.results import export
 from exptrack.tracking.ui_links import run_url, runs_url, runs_view_url, server_base
 from exptrack.tracking.ui_server import check_port_free, is_loopback, server_command, server_environment
 from tests.conftest import REPO, exp_env
@@ -36,8 +37,8 @@ from tests.pgserver import PostgresServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # ignored by git; kept for a human to look at
-SCREENSHOT, RUN_SCREENSHOT = (
-    REPO / "test-artifacts" / f"exp-ui-{page}.png" for page in ("runs", "study-run")
+SCREENSHOT, RUN_SCREENSHOT, PLOTS_SCREENSHOT = (
+    REPO / "test-artifacts" / f"exp-ui-{page}.png" for page in ("runs", "study-run", "study-plots")
 )
 WINDOW = (2400, 900)  # wide: the runs table draws only the columns in view
 
@@ -97,6 +98,15 @@ def assert_rendered(path: Path) -> None:
         assert shot.size == WINDOW
         colours = shot.convert("RGB").getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 100, f"the page in {path} looks blank ({len(colours)} colours)"
+
+
+def drawn_pixels(path: Path, colour: tuple[int, int, int], tolerance: int = 40) -> int:
+    """How many pixels of the screenshot are near `colour` (a plot's line, not the UI's chrome)."""
+    from PIL import Image
+
+    with Image.open(path) as shot:
+        pixels = shot.convert("RGB").getdata()
+    return sum(1 for p in pixels if sum(abs(a - b) for a, b in zip(p, colour, strict=True)) <= tolerance)
 
 
 def start_ui(cwd: Path, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -160,19 +170,31 @@ def test_ui_serves_the_study_runs_and_stops_cleanly_on_ctrl_c(searched: Searched
 
         if not Path(CHROMIUM).exists():
             pytest.skip("chromium is not installed (scripts/test.sh installs it): no screenshot taken")
+        # a reproduction of the best trial: its run (train-trial-NNN) stays out of the trials view
+        (config,) = export.write(export.export_trials(searched.study(), top=1), searched.cwd / "repro")
+        assert searched.exp("train", str(config)).returncode == 0
         table = browse(url, SCREENSHOT)
         print(f"screenshot of {url}: {SCREENSHOT}")
         assert f"{STUDY}: trials" in table  # the saved view is the one open
         # the metric, each trial's state and every searched parameter are columns, not hidden
         searched_params = {p for t in searched.study().trials for p in t.params}
-        wanted = {"metrics.`val_accuracy`", "tags.`state`", "attributes.`Description`", *(f"params.`{p}`" for p in searched_params)}
+        wanted = {"metrics.`val_accuracy`", "tags.`state`", *(f"params.`{p}`" for p in searched_params)}
         assert wanted <= set(re.findall(r'col-id="([^"]+)"', table)), table[-3000:]
         assert "COMPLETE" in table and "trial-000" in table
+        assert f"train-{config.stem}" not in table  # apart from the trials (issue 19, item 4)
 
         # the study run opens in the model-training layout, not under GenAI evaluations
         study_run = browse(study_run_url, RUN_SCREENSHOT)
         assert STUDY in study_run and ">Runs<" in study_run
         assert "Evaluation runs" not in study_run and "Evaluations" not in study_run
+
+        # the study's plots inside the MLflow UI (issue 19, item 1): dashboard.png in the study
+        # run's artifact view, drawn (the best-so-far line's red), where the plotly page is blank
+        (study,) = [r for r in runs if {"key": "exptrack.role", "value": "study"} in r["data"]["tags"]]
+        plots_url = study_run_url.replace("?", "/artifacts/dashboard.png?", 1)
+        assert study["info"]["run_id"] in plots_url
+        browse(plots_url, PLOTS_SCREENSHOT)
+        assert drawn_pixels(PLOTS_SCREENSHOT, (214, 39, 40)) > 100, PLOTS_SCREENSHOT  # matplotlib's tab:red
     finally:
         group = server_group(process)
         if group is None:

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from exptrack import config as cfg
 from exptrack import records, registry, study_store
 from exptrack.errors import UserError, did_you_mean
-from exptrack.results import output
+from exptrack.results import output, overview
 from exptrack.stores import optuna_storage
 from exptrack.study import DEFAULT_DASHBOARD, PACKAGED_DASHBOARD, Study
 from exptrack.tracking import queries
@@ -72,13 +72,23 @@ def _panel_entry(entry: Any, path: str) -> tuple[str, dict[str, Any]]:
     return str(name), dict(options or {})
 
 
-def renderer_for(spec: Study) -> Callable[[optuna.Study], str] | None:
+def renderer_for(spec: Study) -> Callable[[optuna.Study], dict[str, str | bytes]] | None:
     """The study's dashboard as a renderer, its file validated now (before any store is created);
     None when the study names no dashboard or its default file is absent."""
     path = spec.dashboard_path()
     if path is None:
         return None
-    return functools.partial(render, dashboard=load(path))
+    return functools.partial(artifacts, dashboard=load(path))
+
+
+def artifacts(study: optuna.Study, dashboard: Path | Dashboard) -> dict[str, str | bytes]:
+    """What the study run carries: the interactive page, and its main plots as a PNG, which
+    MLflow's artifact viewer shows (it previews the plotly page as a blank pane)."""
+    files: dict[str, str | bytes] = {records.DASHBOARD_ARTIFACT: render(study, dashboard)}
+    image = overview.overview_png(study)
+    if image is not None:
+        files[records.DASHBOARD_IMAGE] = image
+    return files
 
 
 def publish(
@@ -97,12 +107,13 @@ def publish(
     tracker = queries.existing_store(
         tracking_uri, warn
     )  # adds to a store, never creates one; a wrong one ends here
-    page = render(study, load(dashboard) if dashboard else recorded(study))
-    output.write_file(target, page, "--out")
+    files = artifacts(study, load(dashboard) if dashboard else recorded(study))
+    output.write_file(target, str(files[records.DASHBOARD_ARTIFACT]), "--out")
     if tracker is None:
         return None
     run_id = queries.study_run_id(tracker, study_name, study.user_attrs.get(records.STUDY_UID_ATTR))
-    tracker.log_text(run_id, page, records.DASHBOARD_ARTIFACT)
+    for name, content in files.items():
+        tracker.log_content(run_id, content, name)
     return run_id if run_id and not tracker.failures else None
 
 

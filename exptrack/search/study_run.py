@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import optuna
 from optuna.trial import TrialState
@@ -23,7 +23,8 @@ from exptrack.tracking.tracker import Tracker
 
 DASHBOARD_EVERY_S = 30.0  # a page inlines 4.8 MB of plotly.js: re-render at most this often, and at the end
 
-DashboardRenderer = Callable[[optuna.Study], str]  # the study -> a standalone HTML page
+# the study -> its dashboard's artifacts: file name -> text (the HTML page) or bytes (the PNG)
+DashboardRenderer = Callable[[optuna.Study], Mapping[str, str | bytes]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +79,8 @@ class Dashboard:
         if not force and time.monotonic() - self.rendered_at < DASHBOARD_EVERY_S:
             return
         self.rendered_at = time.monotonic()
-        self.tracker.log_text(self.run_id, self.render(study), records.DASHBOARD_ARTIFACT)
+        for name, content in self.render(study).items():
+            self.tracker.log_content(self.run_id, content, name)
 
 
 def close_if_last(

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -150,6 +151,16 @@ class Tracker:
         if run_id is not None:
             with self.guard(f"log {artifact_file}"):
                 self.client.log_text(run_id, text, artifact_file)
+
+    def log_content(self, run_id: str | None, content: str | bytes, artifact_file: str) -> None:
+        """Text or bytes (the dashboard's page and its PNG) as the artifact `artifact_file`."""
+        if isinstance(content, str):
+            self.log_text(run_id, content, artifact_file)
+            return
+        if run_id is not None:
+            with self.guard(f"log {artifact_file}"), tempfile.TemporaryDirectory() as folder:
+                (Path(folder) / artifact_file).write_bytes(content)
+                self.client.log_artifact(run_id, str(Path(folder) / artifact_file))
 
     def log_folder(self, run_id: str | None, folder: Path, artifact_path: str) -> None:
         """Every file in `folder` as an artifact under `artifact_path` (a trace, its table)."""

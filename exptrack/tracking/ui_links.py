@@ -60,10 +60,17 @@ def runs_view_tag(
         *(f"metrics.`{name}`" for name in also),
         f"tags.`{records.STATE_TAG}`",
         f"tags.`{records.PRUNED_EPOCH_TAG}`",
-        "attributes.`Description`",  # "PRUNED after epoch N: ..." on a pruned trial's row
         *(f"params.`{name}`" for name in params),
         "attributes.`Dataset`",
     ]
-    state = {"orderByKey": metric_key, "orderByAsc": not maximize, "selectedColumns": columns}
+    # trials only: `exp train` runs of the study (`train-trial-NNN`, role train) stay out of the
+    # ranking, found by that filter or their own printed link
+    only_trials = f"tags.`{records.ROLE_TAG}` = '{records.ROLE_TRIAL}'"
+    state = {
+        "orderByKey": metric_key,
+        "orderByAsc": not maximize,
+        "selectedColumns": columns,
+        "searchFilter": only_trials,
+    }
     envelope = {"name": f"{study}: trials", "createdAt": int(time.time() * 1000), "state": json.dumps(state)}
     return records.RUNS_VIEW_TAG, json.dumps(envelope)
