@@ -13,6 +13,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # its table-creation INFO lines are noise here
+# MLflow's SQL store logs each failed statement with its traceback (13 of them on a full disk)
+# before it raises; the error itself reaches the tracker, which reports it in one line
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 # soft_wrap: a line is never broken by us, so a run id, URL or path stays whole in a log file or
 # a pipe (where rich would otherwise wrap at 80 columns); a terminal wraps it if it must.

@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 
 from exptrack.errors import UserError, redact
-from exptrack.stores import backends, locks, optuna_private, schema, sqlite
+from exptrack.stores import backends, faults, locks, optuna_private, schema, sqlite
 from exptrack.stores.url import parse, resolve_storage
 
 RDBStorage = optuna.storages.RDBStorage
@@ -60,7 +60,10 @@ def _dispose(storage: optuna.storages.RDBStorage) -> None:
 def _waits_out_outages(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def call(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
-        deadline = time.monotonic() + locks.OUTAGE_S
+        started = time.monotonic()
+        # once a wait ran out in this process, later calls (a failed trial's record, a summary)
+        # try once: another full wait would only hold the one-line ending back
+        deadline = started + (0.0 if getattr(self, "_gave_up", False) else locks.outage_s())
         retried = False
         while True:
             try:
@@ -71,8 +74,7 @@ def _waits_out_outages(method: Callable[..., Any]) -> Callable[..., Any]:
                     return True
                 raise
             except Exception as exc:
-                if not locks.is_connection_lost(exc) or time.monotonic() > deadline:
-                    raise
+                _give_up_unless_outage(self, exc, time.monotonic() - started, time.monotonic() > deadline)
             # this thread's session may still hold the broken transaction: start a fresh one
             with contextlib.suppress(Exception):
                 self.scoped_session.remove()
@@ -82,11 +84,26 @@ def _waits_out_outages(method: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def _give_up_unless_outage(storage: RDBStorage, exc: Exception, waited_s: float, late: bool) -> None:
+    """Return to wait an outage out; otherwise raise: a full disk or damage at once, an outage past
+    the wait, each as one line (stores.faults), and anything else as it is."""
+    kind = faults.kind(exc, storage.url)
+    if kind == "outage" and not late:
+        return
+    ending = faults.ending(exc, storage.url, "Optuna storage", waited_s)
+    if ending is None:
+        raise exc
+    if kind == "outage":
+        storage._gave_up = True  # type: ignore[attr-defined]
+    raise ending from exc
+
+
 class ResilientStorage(RDBStorage):
-    """Optuna's RDB storage whose calls wait out a database restart instead of
-    failing the trial (`locks.OUTAGE_S`): each call is one transaction, so repeating it
-    after a refused connection is safe. A trial created twice (its commit landed, the reply was lost) stays RUNNING without an
-    owner, and the next ask marks it FAIL (search.ownership)."""
+    """Optuna's RDB storage whose calls wait out a database restart instead of failing the trial
+    (`locks.outage_s()`, EXPTRACK_STORE_WAIT): each call is one transaction, so repeating it after
+    a refused connection is safe. Past the wait, on a full disk or a damaged store, a call ends in
+    one line (a `faults.StoreFault`). A trial created twice (its commit landed, the reply was lost)
+    stays RUNNING without an owner, and the next ask marks it FAIL (search.ownership)."""
 
 
 optuna_private.wrap_storage_calls(ResilientStorage, _waits_out_outages)
@@ -101,9 +118,11 @@ def readable_storage(storage: str | None) -> tuple[RDBStorage, list[str]]:
         raise UserError(f"no Optuna storage at {missing}; run exp search here first, or pass --storage")
     if parse(url).is_database and not schema.check_optuna_target(url):  # never create by reading
         raise UserError(f"no Optuna storage at {redact(url)}; run exp search there first, or fix --storage")
-    try:
-        opened = RDBStorage(url, skip_table_creation=True)
+    try:  # resilient too: a results command waits out a restart and ends an outage in one line
+        opened = ResilientStorage(url, skip_table_creation=True, engine_kwargs=backends.engine_kwargs(url))
         return opened, [s.study_name for s in opened.get_all_studies()]
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(
             f"Optuna storage {redact(url)} cannot be read ({type(exc).__name__}); fix --storage"

@@ -22,7 +22,27 @@ ENGINE: dict[str, Any] = {
     "pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 300,
     "connect_args": {"connect_timeout": 10},
 }  # fmt: skip
-is_outage = locks.is_connection_lost
+DISK_FULL = "53100"  # SQLSTATE disk_full
+DATA_CORRUPTED = ("XX001", "XX002")  # SQLSTATE data_corrupted, index_corrupted
+
+
+def _states(exc: BaseException) -> set[str]:
+    return {str(getattr(seen, "sqlstate", "") or "") for seen in locks.chain(exc)}
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """The server's disk is full (DiskFull, or `No space left on device` in its message): a full
+    disk does not clear by itself, so it is never waited out."""
+    return DISK_FULL in _states(exc) or locks.says(exc, "no space left on device")
+
+
+def is_damaged(exc: BaseException) -> bool:
+    return bool(_states(exc) & set(DATA_CORRUPTED))
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A lost or refused connection (a restart, a network cut), not a full disk."""
+    return locks.is_connection_lost(exc) and not is_disk_full(exc)
 
 
 class AdvisoryLock(locks.StoreLock):
@@ -30,7 +50,10 @@ class AdvisoryLock(locks.StoreLock):
     no transaction stays open while the lock is held)."""
 
     locks_processes = True
-    lost_for_s = float(locks.OUTAGE_S)
+
+    @property
+    def lost_for_s(self) -> float:  # type: ignore[override]
+        return locks.outage_s()
 
     def __init__(self, url: str) -> None:
         super().__init__()
@@ -39,7 +62,8 @@ class AdvisoryLock(locks.StoreLock):
         self._connection: Any = None
 
     def _acquire(self) -> None:
-        deadline = time.monotonic() + locks.OUTAGE_S
+        started = time.monotonic()
+        deadline = started + locks.outage_s()
         while True:
             try:
                 self._connect().exec_driver_sql(f"SELECT pg_advisory_lock({ADVISORY_KEY})")
@@ -49,9 +73,10 @@ class AdvisoryLock(locks.StoreLock):
                 if _lock_timed_out(exc):
                     raise locks.stuck(redact(self.url)) from exc
                 if time.monotonic() > deadline:  # the database is gone, not just restarting
-                    raise UserError(
-                        f"database {redact(self.url)} unreachable for {locks.OUTAGE_S} s "
-                        f"({type(exc).__name__}); start it and re-run the same command"
+                    raise locks.StoreUnavailable(
+                        f"database {redact(self.url)} unreachable; waited {time.monotonic() - started:.0f} s "
+                        f"({type(exc).__name__}); start it and re-run the same command: the study resumes "
+                        f"(the wait is {locks.WAIT_ENV}={locks.outage_s():g} seconds)"
                     ) from exc
                 time.sleep(1.0)
 

@@ -8,6 +8,7 @@ written.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import sqlite3
@@ -23,7 +24,30 @@ from exptrack.stores import locks
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 BUSY_TIMEOUT_S = 60  # several processes on one file: wait for the lock, don't fail
 ENGINE: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_S}}
-is_outage = locks.is_connection_lost
+FULL_CODES = ("SQLITE_FULL",)
+DAMAGE_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def _codes(exc: BaseException) -> set[str]:
+    return {getattr(seen, "sqlite_errorname", "") for seen in locks.chain(exc)}
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """sqlite's `database or disk is full`, or the file system's ENOSPC (a journal, a temporary
+    build): a full disk does not clear by itself, so it is never waited out."""
+    if _codes(exc) & set(FULL_CODES) or locks.says(exc, "database or disk is full"):
+        return True
+    return any(isinstance(seen, OSError) and seen.errno == errno.ENOSPC for seen in locks.chain(exc))
+
+
+def is_damaged(exc: BaseException) -> bool:
+    """`database disk image is malformed` (pages damaged behind an intact header) or not a database."""
+    return bool(_codes(exc) & set(DAMAGE_CODES)) or locks.says(exc, "disk image is malformed")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A locked or briefly unreadable file, which waiting may clear; a full disk or damage never does."""
+    return locks.is_connection_lost(exc) and not is_disk_full(exc) and not is_damaged(exc)
 
 
 class DirectoryLock(locks.StoreLock):
