@@ -11,7 +11,7 @@ from exptrack.stores.locks import StoreDamaged, StoreFault, StoreFull, StoreUnav
 from exptrack.stores.url import parse
 
 RESUME = "re-run the same command: the study resumes"
-__all__ = ["StoreDamaged", "StoreFault", "StoreFull", "StoreUnavailable", "ending", "kind"]
+__all__ = ["StoreDamaged", "StoreFault", "StoreFull", "StoreUnavailable", "ending", "kind", "raise_at_once"]
 
 
 def kind(exc: BaseException, url: str) -> str | None:
@@ -47,6 +47,13 @@ def ending(exc: BaseException, url: str, what: str, waited_s: float) -> StoreFau
             f"start it and {RESUME} (the wait is {locks.WAIT_ENV}={locks.outage_s():g} seconds)"
         )
     return None
+
+
+def raise_at_once(exc: BaseException, url: str, what: str) -> None:
+    """Raise the one-line ending of a full disk or a damaged store (which no wait clears) found in
+    `exc`; return for anything else, which the caller raises or words as it does."""
+    if isinstance(exc, Exception) and kind(exc, url) in ("full", "damaged"):
+        raise ending(exc, url, what, 0.0) from exc  # type: ignore[misc]
 
 
 def _driver_reason(exc: BaseException) -> str:

@@ -46,6 +46,7 @@ def open_storage(url: str, grace_period: int | None = None) -> optuna.storages.R
     except UserError:
         raise
     except Exception as exc:
+        faults.raise_at_once(exc, url, "Optuna storage")
         raise UserError(
             f"Optuna storage {redact(url)} cannot be opened ({type(exc).__name__}); fix --storage"
         ) from exc
@@ -124,6 +125,7 @@ def readable_storage(storage: str | None) -> tuple[RDBStorage, list[str]]:
     except UserError:
         raise
     except Exception as exc:
+        faults.raise_at_once(exc, url, "Optuna storage")
         raise UserError(
             f"Optuna storage {redact(url)} cannot be read ({type(exc).__name__}); fix --storage"
         ) from exc

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exptrack.errors import UserError, first_line, redact
-from exptrack.stores import sqlite
+from exptrack.stores import faults, sqlite
 from exptrack.stores.url import parse
 
 # Tables every MLflow and every Optuna schema has had; either pair tells the two stores apart.
@@ -137,6 +137,7 @@ def read(url: str, what: str, flag: str) -> Contents:
     try:
         return read_contents(url)
     except Exception as exc:  # sqlite3, OS or a database server's error: unreadable either way
+        faults.raise_at_once(exc, url, what)  # damaged pages, a full disk: said as such
         raise UserError(f"{what} {redact(url)} cannot be read ({first_line(exc)}); fix {flag}") from exc
 
 

@@ -18,13 +18,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 from exptrack.errors import UserError, redact
-from exptrack.stores import backends, schema, sqlite
+from exptrack.stores import backends, faults, schema, sqlite
 from exptrack.stores.url import parse
 
 
 def ensure_store(uri: str, say: Callable[[str], None] = print) -> None:
     """Create the database store at `uri` if it is new; rebuild a sqlite one a kill left half-made,
-    migrate an older one. A database that is not an MLflow store is a UserError, left untouched."""
+    migrate an older one. A database that is not an MLflow store is a UserError, left untouched; a
+    disk that fills meanwhile ends in one line (not MLflow's migration SQL and its traceback)."""
+    try:
+        _ensure_store(uri, say)
+    except UserError:
+        raise
+    except Exception as exc:
+        faults.raise_at_once(exc, uri, "MLflow tracking store")
+        raise
+
+
+def _ensure_store(uri: str, say: Callable[[str], None]) -> None:
     path = parse(uri).path
     if path is not None:
         if sqlite.create_once(path, _build):
