@@ -85,6 +85,10 @@ class PostgresServer:
         log = str(self.root / "server.log")  # the server must not inherit our output pipes
         self._as_postgres(_binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "-l", log, "-w", "restart")
 
+    def halt(self) -> None:
+        """Stop the server, keeping its data (a database gone down); `start` brings it back."""
+        self._as_postgres(_binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
             self._as_postgres(_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")

@@ -17,13 +17,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import exp_env, run_exp
-from tests.faultkit import FAULTY, SMALL, runs_by_trial, wait_for
+from tests.faultkit import FAULTY, SMALL, run_search, runs_by_trial, start_search, wait_for
+
+if TYPE_CHECKING:
+    from tests.pgserver import PostgresServer
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare for a private tmpfs"
@@ -170,3 +174,48 @@ def _study_run(folder: Path):  # type: ignore[no-untyped-def]
     return parent
 
 
+
+
+@pytest.mark.slow
+def test_postgres_down_past_the_wait_ends_in_one_line_and_the_rerun_finishes_exactly_3(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    storage = postgres.create_database("down_past_the_wait")
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ("--trials", "3", "--storage", storage, "--tracking-uri", tracking)
+    wait = {"EXPTRACK_STORE_WAIT": "4"}  # the default 120 s, cut short for the test
+    process = start_search(tmp_path, *args, faults="1:gate", gate_dir=tmp_path, env=wait)
+    wait_for(lambda: (tmp_path / "waiting-1").exists(), "trial 1 to train", 300, process=process)
+    postgres.halt()
+    try:
+        (tmp_path / "go-1").touch()  # trial 1 ends its epoch and reports to a database that is gone
+        _, err = process.communicate(timeout=300)
+        left = [t.state.name for t in _pg_trials_after(postgres, storage)]
+    finally:
+        postgres.start()
+    assert process.returncode == 2, err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: Optuna storage {storage} unreachable; waited "), last
+    assert "start it and re-run the same command: the study resumes" in last and "EXPTRACK_STORE_WAIT=4" in last
+    # Left by the outage: trial 1 RUNNING (its report never reached the database) and the study
+    # run RUNNING, for the next run to repair.
+    assert left == ["COMPLETE", "RUNNING"], left
+    assert _study_run(tmp_path).info.status == "RUNNING"
+
+    again = run_search(tmp_path, *args, env=wait)
+    assert again.returncode == 0, again.stderr
+    states = [t.state.name for t in optuna.load_study(study_name="faulty", storage=storage).get_trials()]
+    assert states.count("COMPLETE") == 3 and states[1] == "FAIL" and "RUNNING" not in states, states
+    runs = runs_by_trial(tracking)
+    assert all(len(found) == 1 and found[0].info.status != "RUNNING" for found in runs.values()), runs
+    assert _study_run(tmp_path).info.status == "FINISHED"
+
+
+def _pg_trials_after(postgres: PostgresServer, storage: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials as the database kept them, read once it is back (then stopped again)."""
+    postgres.start()
+    try:
+        return optuna.load_study(study_name="faulty", storage=storage).get_trials()
+    finally:
+        postgres.halt()
