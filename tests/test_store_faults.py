@@ -99,7 +99,9 @@ def test_a_disk_that_fills_mid_study_ends_at_once_in_one_line_and_the_rerun_fini
     assert time.monotonic() - started < 60  # never the 120 s wait of a database restart
     last = _one_line_exit_2(tmp_path, 1)
     assert last.startswith("error: Optuna storage sqlite:///optuna.db: the disk is full"), last
-    assert "database or disk is full" in last and "not waited out" in last and "re-run the same command" in last
+    assert (
+        "database or disk is full" in last and "not waited out" in last and "re-run the same command" in last
+    )
     (disk / "filler").unlink()
     (tmp_path / "freed").touch()
     assert process.wait(timeout=400) == 0
@@ -169,11 +171,11 @@ def _study_run(folder: Path):  # type: ignore[no-untyped-def]
     client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
     experiment = client.get_experiment_by_name("faulty")
     (parent,) = [
-        r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("exptrack.role") == "study"
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("exptrack.role") == "study"
     ]
     return parent
-
-
 
 
 @pytest.mark.slow
@@ -197,7 +199,9 @@ def test_postgres_down_past_the_wait_ends_in_one_line_and_the_rerun_finishes_exa
     assert "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"error: Optuna storage {storage} unreachable; waited "), last
-    assert "start it and re-run the same command: the study resumes" in last and "EXPTRACK_STORE_WAIT=4" in last
+    assert (
+        "start it and re-run the same command: the study resumes" in last and "EXPTRACK_STORE_WAIT=4" in last
+    )
     # Left by the outage: trial 1 RUNNING (its report never reached the database) and the study
     # run RUNNING, for the next run to repair.
     assert left == ["COMPLETE", "RUNNING"], left

@@ -35,7 +35,9 @@ def ending(exc: BaseException, url: str, what: str, waited_s: float) -> StoreFau
     if found == "full":
         where = parse(url).path
         room = f"on the disk of {where.resolve().parent}" if where is not None else "on the database server"
-        return StoreFull(f"{store}: the disk is full ({reason}); not waited out: free space {room} and {RESUME}")
+        return StoreFull(
+            f"{store}: the disk is full ({reason}); not waited out: free space {room} and {RESUME}"
+        )
     if found == "damaged":
         return StoreDamaged(
             f"{store} is damaged ({reason}); restore a backup or recover it "
@@ -60,6 +62,8 @@ def _driver_reason(exc: BaseException) -> str:
     """The database driver's own words (`database or disk is full`), not a wrapper's: SQLAlchemy
     and Optuna wrap them in sentences about commits."""
     for seen in reversed(locks.chain(exc)):
-        if type(seen).__module__.split(".")[0] in ("sqlite3", "psycopg", "psycopg2") or isinstance(seen, OSError):
+        if type(seen).__module__.split(".")[0] in ("sqlite3", "psycopg", "psycopg2") or isinstance(
+            seen, OSError
+        ):
             return first_line(seen, 120)
     return first_line(exc, 120)
