@@ -1,7 +1,8 @@
 """`--workers K`: K `exp search --worker` processes on one study. This process creates both stores
 and the study's run first (under the store lock), waits for the workers, then closes the run.
-A worker gets SIGTERM when this process dies, even by SIGKILL (Linux's parent-death signal), so
-none keeps training for a coordinator that is gone; the next start repairs the study's run."""
+A worker is told when this process dies, even by SIGKILL (Linux's parent-death signal, taken as one
+SIGTERM: `signals.on_parent_death`), so none keeps training for a coordinator that is gone: it
+closes its trial FAIL and the trial's run FAILED; the next start repairs the study's run."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from optuna.trial import TrialState
 
 from exptrack import study_store
 from exptrack.errors import UserError
-from exptrack.search import loop
+from exptrack.search import loop, signals
 from exptrack.search.loop import Search, SearchSummary
 from exptrack.search.slots import Slot
 
@@ -147,12 +148,13 @@ def run_workers(search: Search, slots: list[Slot], argv: list[str]) -> SearchSum
 
 
 def follow_coordinator() -> None:
-    """In a worker: get SIGTERM when the coordinator dies (it closes the running trial as failed),
+    """In a worker: be signalled when the coordinator dies (it closes the running trial as failed),
     and stop at once if it died before this line ran."""
     parent = os.environ.get(COORDINATOR_ENV)
     if not parent or not sys.platform.startswith("linux"):
         return
+    signals.on_parent_death()  # before the kernel may send it
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    libc.prctl(PR_SET_PDEATHSIG, signals.PARENT_DEATH, 0, 0, 0)
     if os.getppid() != int(parent):
         raise UserError("the --workers coordinator that started this worker is gone; re-run the search")
