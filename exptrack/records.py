@@ -44,7 +44,7 @@ STUDY_FIXED_ATTR = "fixed"
 # the study file a search last ran from (absolute): `exp export` records it, so `exp train` loads
 # it first and the losses, backbones and datasets it registers are known again
 STUDY_FILE_ATTR = "study_file"
-STUDY_DASHBOARD_ATTR = "dashboard"  # the dashboard file the study was searched with (path and text)
+STUDY_DASHBOARD_ATTR = "dashboard"  # the dashboard the study was searched with (its name and text)
 STUDY_UID_ATTR = "study_uid"  # set once when the study is created: which MLflow parent run is its own
 STUDY_JOINS_ATTR = "exptrack:worker_joins"  # a study system attr: processes that joined it so far
 

@@ -57,7 +57,8 @@ def recorded(study: optuna.Study) -> Dashboard:
     `dashboards/study.yaml` in the working directory, else the package's own copy of it."""
     copy = study.user_attrs.get(records.STUDY_DASHBOARD_ATTR)
     if isinstance(copy, dict) and isinstance(copy.get("text"), str):
-        return parse(copy["text"], f"{copy.get('path')} (as recorded on study {study.study_name!r})")
+        name = copy.get("name", copy.get("path"))  # `path`: recorded by exptrack before names
+        return parse(copy["text"], f"{name} (as recorded on study {study.study_name!r})")
     return load(DEFAULT_FILE if DEFAULT_FILE.is_file() else PACKAGED_DASHBOARD)
 
 

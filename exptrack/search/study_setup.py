@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,11 +106,19 @@ def _write_attributes(
     if spec.source_path is not None:  # the latest file wins: a moved study file is found again
         study.set_user_attr(records.STUDY_FILE_ATTR, str(spec.source_path))
     path = spec.dashboard_path() if dashboard else None
-    if path:  # `exp report` draws what the search drew, from any directory
-        study.set_user_attr(records.STUDY_DASHBOARD_ATTR, {"path": str(path), "text": path.read_text()})
+    if path:  # `exp report` draws what the search drew, from any directory and any host
+        study.set_user_attr(records.STUDY_DASHBOARD_ATTR, dashboard_record(spec.dashboard or path.name, path))
     if study.metric_names is None:  # optuna-dashboard and the plots name the objectives
         study.set_metric_names(list(spec.objectives))
     return str(stored.get(records.STUDY_UID_ATTR, attrs.get(records.STUDY_UID_ATTR))), adopt_untagged
+
+
+def dashboard_record(named: str, path: Path) -> dict[str, str]:
+    """What rebuilds the dashboard anywhere: its text, and its name as the study file gives it
+    (`dashboards/study.yaml`; an absolute one by its file name alone). Never this host's absolute
+    path, which means nothing on another host and shows this one's layout."""
+    name = named if not Path(named).is_absolute() else path.name
+    return {"name": name, "text": path.read_text()}
 
 
 def _join(study: optuna.Study, prepared: preflight.Prepared, seed: int | None) -> None:
