@@ -23,6 +23,8 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from exptrack.errors import UserError
+from exptrack.stores import locks
 from tests.conftest import exp_env, run_exp
 from tests.faultkit import FAULTY, SMALL, run_search, runs_by_trial, start_search, wait_for
 
@@ -223,3 +225,27 @@ def _pg_trials_after(postgres: PostgresServer, storage: str) -> list[optuna.tria
         return optuna.load_study(study_name="faulty", storage=storage).get_trials()
     finally:
         postgres.halt()
+
+
+def test_a_store_wait_that_is_not_seconds_is_one_line_before_any_store(tmp_path: Path) -> None:
+    for args in (["search", FAULTY, *SMALL, "--trials", "1"], ["trials", "faulty"]):
+        result = run_exp(tmp_path, *args, env={"EXPTRACK_STORE_WAIT": "soon"})
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert (
+            line
+            == "error: EXPTRACK_STORE_WAIT='soon' is not a number of seconds (0 or more); fix or unset it"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == []
+
+
+def test_the_store_wait_is_seconds_from_the_environment_else_120(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EXPTRACK_STORE_WAIT", raising=False)
+    assert locks.outage_s() == 120
+    for text, seconds in (("4", 4.0), (" 0.5 ", 0.5), ("0", 0.0), ("", 120.0)):
+        monkeypatch.setenv("EXPTRACK_STORE_WAIT", text)
+        assert locks.outage_s() == seconds
+    for text in ("-1", "nan", "inf", "2 min"):
+        monkeypatch.setenv("EXPTRACK_STORE_WAIT", text)
+        with pytest.raises(UserError, match="is not a number of seconds"):
+            locks.outage_s()

@@ -56,6 +56,7 @@ def engine_kwargs(url: str) -> dict[str, Any]:
 def check_store(url: str, what: str, flag: str, write: bool = True) -> None:
     """Raise a one-line UserError when the store at `url` cannot be opened (or, with `write`,
     written). `what` names the store in the message, `flag` is the option that fixes it."""
+    locks.outage_s()  # a bad EXPTRACK_STORE_WAIT is said now, not at the first outage
     parsed = require_backend(url, flag)
     if parsed.path is not None:
         sqlite.check_file(parsed.path, what, flag, write)

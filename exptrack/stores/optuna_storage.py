@@ -114,6 +114,7 @@ def readable_storage(storage: str | None) -> tuple[RDBStorage, list[str]]:
     """A storage a results command reads, opened once, and the names of its studies; an absent or
     unreadable storage is a UserError."""
     url = resolve_storage(storage)
+    locks.outage_s()  # a bad EXPTRACK_STORE_WAIT is said now, not at the first outage
     missing = parse(url).missing_file()
     if missing:
         raise UserError(f"no Optuna storage at {missing}; run exp search here first, or pass --storage")
