@@ -30,11 +30,11 @@ def test_workers_of_a_sigkilled_coordinator_close_their_trials_and_runs_failed_w
         return len(running) == 2
 
     wait_for(both_training, "two trials training", 300, process=process)
+    workers = [int(t.user_attrs["worker"].split(":")[1]) for t in trials(tmp_path)]
     process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    # the workers hold the pipes they inherited: end of file once both have exited
-    err = process.stderr.read() if process.stderr else ""
+    _, err = process.communicate(timeout=30)
     assert "Traceback" not in err, err
+    wait_for(lambda: all(_gone(pid) for pid in workers), "the workers to exit", 120)
     assert [t.state.name for t in trials(tmp_path)] == ["FAIL", "FAIL"], err
     runs = runs_by_trial(f"sqlite:///{tmp_path}/mlflow.db")
     assert sorted(runs) == [0, 1]
@@ -43,3 +43,11 @@ def test_workers_of_a_sigkilled_coordinator_close_their_trials_and_runs_failed_w
         assert run.info.end_time is not None and run.info.end_time >= run.info.start_time
         # said by the worker itself, or by the other worker's last repair if that came first
         assert "interrupted by SIGTERM" in run.data.tags["exptrack.fail_reason"]
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie waiting for a reaper counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -54,6 +54,11 @@ def on_parent_death() -> None:
     def handle(signum: int, frame: FrameType | None) -> None:
         if _state["requested"] is not None:
             return
+        # stderr is a pipe the dead coordinator read (workers.Relay): a write to it would raise
+        # BrokenPipeError (rich turns it into SystemExit(1), the trial's reason): nobody reads it now
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
         current = signal.getsignal(signal.SIGTERM)
         if callable(current):
             current(signal.SIGTERM, frame)
