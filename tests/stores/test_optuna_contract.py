@@ -42,7 +42,7 @@ def test_the_heartbeat_and_its_stale_trial_query_work_as_optuna_private_calls_th
     assert optuna_private.stale_trial_ids(study) == []  # beat just now, grace period 60 s
     # a storage whose grace period has passed finds it stale: Optuna's own test, as repair uses it
     stale_view = open_storage(optuna_private.rdb_storage_of(study).url, grace_period=1)
-    time.sleep(1.5)
+    time.sleep(2.5)  # past the 1 s grace by more than sqlite timestamps' whole-second resolution
     assert optuna_private.stale_trial_ids(optuna.load_study(study_name="contract", storage=stale_view)) == [
         optuna_private.trial_id(trial)
     ]
