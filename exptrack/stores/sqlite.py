@@ -106,11 +106,16 @@ def create_once(path: Path, build: Callable[[str], None]) -> bool:
 
 
 def rebuild(path: Path, build: Callable[[str], None]) -> None:
-    """Rebuild the sqlite store `path` (hold its lock): build beside it, then rename over it."""
+    """Rebuild the sqlite store `path` (hold its lock): build beside it, then rename over it. The old
+    file's journal goes first: a hot journal a killed writer left would otherwise be rolled back
+    into the new file on its first open, writing old pages over it ('no such column')."""
     path = path.resolve()
     temp = _build_name(path)
     try:
         build(f"sqlite:///{temp}")
+        for suffix in ("-journal", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                path.with_name(path.name + suffix).unlink()
         os.replace(temp, path)
     finally:
         _remove(temp)
