@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
@@ -36,20 +36,26 @@ def open_storage(url: str, grace_period: int | None = None) -> optuna.storages.R
     engine = backends.engine_kwargs(url)
     if parse(url).is_database:
         schema.check_optuna_target(url)  # never Optuna's tables inside another store
-    try:
+    with _one_line_failure(url, "opened"):
         path = parse(url).path
         if path is not None:
             sqlite.create_once(path, lambda temp: _dispose(RDBStorage(temp)))
             return ResilientStorage(url, engine_kwargs=engine, **heartbeat)
         with backends.store_lock(url):  # tables created by one process at a time
             return ResilientStorage(url, engine_kwargs=engine, **heartbeat)
+
+
+@contextlib.contextmanager
+def _one_line_failure(url: str, verb: str) -> Iterator[None]:
+    """Any failure of the storage at `url` as one line: a full disk or damage as such, else what
+    could not be done and the flag that fixes it."""
+    try:
+        yield
     except UserError:
         raise
     except Exception as exc:
         faults.raise_at_once(exc, url, "Optuna storage")
-        raise UserError(
-            f"Optuna storage {redact(url)} cannot be opened ({type(exc).__name__}); fix --storage"
-        ) from exc
+        raise UserError(f"Optuna storage {redact(url)} cannot be {verb} ({type(exc).__name__}); fix --storage") from exc
 
 
 def _dispose(storage: optuna.storages.RDBStorage) -> None:
@@ -120,16 +126,9 @@ def readable_storage(storage: str | None) -> tuple[RDBStorage, list[str]]:
         raise UserError(f"no Optuna storage at {missing}; run exp search here first, or pass --storage")
     if parse(url).is_database and not schema.check_optuna_target(url):  # never create by reading
         raise UserError(f"no Optuna storage at {redact(url)}; run exp search there first, or fix --storage")
-    try:  # resilient too: a results command waits out a restart and ends an outage in one line
+    with _one_line_failure(url, "read"):  # resilient too: a results command waits out a restart
         opened = ResilientStorage(url, skip_table_creation=True, engine_kwargs=backends.engine_kwargs(url))
         return opened, [s.study_name for s in opened.get_all_studies()]
-    except UserError:
-        raise
-    except Exception as exc:
-        faults.raise_at_once(exc, url, "Optuna storage")
-        raise UserError(
-            f"Optuna storage {redact(url)} cannot be read ({type(exc).__name__}); fix --storage"
-        ) from exc
 
 
 def load_existing_study(name: str, storage: str | None) -> optuna.Study:
