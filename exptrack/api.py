@@ -37,12 +37,14 @@ def search(
     finished trials, as `exp search` does; returns the summary (`.best`: the best trials, best
     first; `.finished`, `.ran`, `.experiment_id`, `.parent_run_id`). `overrides` are `--set`
     values (`{"epochs": 2}`); `options` are `exp search`'s other flags by name (sampler, pruner,
-    seed, timeout, study_name, new_study, max_failures, device, tracking=False for
+    seed, timeout, study_name, new_study, max_failures, device, workers, gpus, per_gpu, tracking=False for
     --no-tracking). Ctrl-C ends the search as in the CLI and raises KeyboardInterrupt."""
+    from exptrack import processes
     from exptrack.results import dashboards
     from exptrack.search.options import SearchOptions
     from exptrack.search.run import run_search
 
+    processes.quiet_libraries()
     overrides = dict(overrides or {})
     if "device" in options:  # --device is a config value, as in the CLI
         overrides["device"] = options.pop("device")
@@ -55,10 +57,6 @@ def search(
     unknown = sorted(set(options) - fields)
     if unknown:
         raise UserError(f"exptrack.search: unknown option {unknown[0]!r}; use {', '.join(sorted(fields))}")
-    if options.get("workers", 1) > 1:
-        raise UserError(
-            "exptrack.search runs in this process; for several workers use exp search --workers K"
-        )
     chosen = SearchOptions(
         trials=trials, storage=store_url(storage), tracking_uri=store_url(tracking_uri), **options
     )

@@ -4,7 +4,10 @@ the helpers that keep messages to one line without a password in them."""
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import tempfile
+import traceback
 from collections.abc import Iterable
 
 # scheme://user:password@ -- the password runs to the last `@` before a space: drivers such as
@@ -53,3 +56,19 @@ def did_you_mean(name: object, choices: Iterable[object]) -> str:
         return ""
     close = difflib.get_close_matches(name, [str(c) for c in choices], n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unexpected_line(exc: BaseException) -> str:
+    """The last resort's one line (`exp`, a `--workers` worker): the error, and a file holding its
+    traceback (a file, not the terminal: it ran to 700 lines through torch and MLflow)."""
+    text = redact("".join(traceback.format_exception(exc)))
+    how = "exp --debug or EXPTRACK_DEBUG=1 prints it; please report it with the file"
+    try:
+        fd, path = tempfile.mkstemp(prefix="exptrack-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as file:
+            file.write(text)
+    except OSError as error:  # a full disk: the one line still comes
+        saved = f"the traceback could not be saved ({error.strerror}); {how}"
+    else:
+        saved = f"full traceback in {path} ({how})"
+    return f"error: unexpected {type(exc).__name__}: {first_line(exc)}; {saved}"

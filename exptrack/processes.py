@@ -1,11 +1,41 @@
 """Which process owns a record, and whether it is gone: a trial records its worker, an `exp train`
 run its process, as host:pid:start-time, so a later command can close what a killed one left
-RUNNING (a recycled pid, with another start time, is not taken for the owner)."""
+RUNNING (a recycled pid, with another start time, is not taken for the owner). And the one
+process-wide setup every entry point (`exp`, a `--workers` worker, the Python API) makes first:
+`quiet_libraries`; no module does it on import."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+
+# torch's C++ logs that are the profiler's internals, not the user's concern (issue 19, item 14):
+# - libkineto (torch.profiler's engine) prints `USDT: ... profiler_start/stop`, `STAGE:` lines and,
+#   on a machine without a GPU, `ERROR: ... gpuGetDeviceCount failed with code 35`. Its levels run
+#   0 (verbose) to 5 (USDT); 6 is the first that prints none of them (measured, torch 2.x CPU).
+# - c10 logs `[W ... CPUAllocator.cpp] Memory block of unknown size was allocated before the
+#   profiling started` under `profile_memory=True`; ERROR keeps c10's errors. c10 reads its level
+#   once, when torch loads, so this must run before torch is imported.
+QUIET_TORCH = {"KINETO_LOG_LEVEL": "6", "TORCH_CPP_LOG_LEVEL": "ERROR"}
+# MLflow sets its own logger's level when it is imported, from MLFLOW_LOGGING_LEVEL (INFO unset):
+# the variable covers an import still to come, the level one already made.
+QUIET_MLFLOW = {"MLFLOW_LOGGING_LEVEL": "WARNING"}
+QUIET_LOGGERS = {
+    "mlflow": logging.WARNING,  # its table-creation INFO lines are noise here
+    # MLflow's SQL store logs each failed statement with its traceback (13 of them on a full disk)
+    # before it raises; the error itself reaches the tracker, which reports it in one line
+    "mlflow.store.db.utils": logging.CRITICAL,
+}
+
+
+def quiet_libraries() -> None:
+    """Keep torch's profiler internals and MLflow's INFO lines off the terminal, before either
+    loads. A user's own setting of any of these variables wins; workers inherit them."""
+    for key, value in {**QUIET_TORCH, **QUIET_MLFLOW}.items():
+        os.environ.setdefault(key, value)
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def worker_id(pid: int | None = None) -> str:

@@ -41,6 +41,19 @@ def test_search_and_trials_from_python_match_the_cli(project: Path) -> None:
     assert frame.loc[0, "weights"] == "none"
 
 
+@pytest.mark.slow
+def test_search_from_python_runs_workers_as_exp_search_does(project: Path) -> None:
+    stores = {"storage": project / "optuna.db", "tracking_uri": project / "mlflow.db"}
+    before = signal.getsignal(signal.SIGINT)
+    summary = exptrack.search(
+        "studies/finetune.py", trials=2, workers=2, overrides=TINY, seed=0, pruner="none", **stores
+    )
+    assert (summary.finished, summary.parent_run_id is not None) == (2, True)
+    assert signal.getsignal(signal.SIGINT) is before
+    frame = exptrack.trials("finetune", **stores)
+    assert list(frame["state"]) == ["COMPLETE", "COMPLETE"] and frame["run_id"].notna().all()
+
+
 def test_search_names_an_unknown_option_and_the_valid_ones(project: Path) -> None:
     with pytest.raises(exptrack.UserError, match=r"unknown option 'trails'; use .*sampler"):
         exptrack.search("studies/finetune.py", trails=3)

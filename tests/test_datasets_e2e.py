@@ -57,5 +57,5 @@ def test_missing_torchvision_files_stop_the_search_before_trial_one(project: Pat
     with pytest.raises(
         UserError, match=f"no CIFAR10 files under {root}; place them there or add --set download=true"
     ):
-        open_search(study, SearchOptions(trials=1), tracker=None)
+        open_search(study, SearchOptions(trials=1).resolved(), tracker=None)
     assert not (project / "optuna.db").exists()  # nothing was recorded

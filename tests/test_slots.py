@@ -1,6 +1,6 @@
 """Where `--workers` and `--gpus` workers run, as plain arithmetic (no GPU needed): each worker's
 share of the cores, one GPU each with its share of the free memory, refusals in one line, the
-worker command line, and each worker's seed stream."""
+order each worker is handed, and each worker's seed stream."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from exptrack.errors import UserError
+from exptrack.search.options import Order, SearchOptions, factory_name, study_source
 from exptrack.search.slots import MIN_SLOT_BYTES, Slot, cpu_slots, gpu_slots, parse_gpus, thread_share
 from exptrack.search.study_setup import worker_seed
-from exptrack.search.workers import worker_args
+from exptrack.search.workers import worker_options
+from exptrack.study import Study
 from tests.faultkit import FAULTY, SMALL, run_cli_batch
 
 GiB = 2**30
@@ -49,30 +51,24 @@ def test_per_gpu_packs_workers_each_limited_to_its_share_of_the_free_memory() ->
     assert gpu_slots([0], 1, {0: MIN_SLOT_BYTES * 2}, {0: 80 * GiB}, cores=1)[0].threads == 1
 
 
-def test_a_worker_runs_the_same_command_for_one_process_on_the_resolved_study() -> None:
-    argv = [
-        "search",
-        "s.py",
-        "--gpus",
-        "all",
-        "--per-gpu=2",
-        "--workers",
-        "3",
-        "--trials",
-        "9",
-        "--new-study",
-    ]
-    assert worker_args(argv, "s-2") == [
-        "search",
-        "s.py",
-        "--trials",
-        "9",
-        "--workers",
-        "1",
-        "--worker",
-        "--study-name",
-        "s-2",
-    ]
+def test_a_worker_is_ordered_the_same_search_for_one_process_on_the_resolved_study(tmp_path: Path) -> None:
+    asked = SearchOptions(
+        trials=9, storage="sqlite:///o.db", gpus="all", per_gpu=2, workers=3, new_study=True,
+        profile_trials=5, enqueue=(Path("best"),), seed=7,
+    ).resolved()  # fmt: skip
+    one = worker_options(asked, "s-2", 3)
+    assert (one.workers, one.gpus, one.per_gpu, one.worker) == (1, None, 1, True)
+    assert (one.study_name, one.new_study, one.profile_trials) == ("s-2", False, 3)  # NAME-2 joined, not made
+    assert (one.trials, one.seed, one.storage, one.enqueue) == (9, 7, "sqlite:///o.db", (Path("best"),))
+    # what the worker reads back from its file is what the coordinator meant, a Python Study included
+    study = Study(name="s", search_space="space.yaml", fixed={"epochs": 1}, constraints=["trainable_params <= 5"],
+                  starting_points=[{"lr": 0.01}])
+    order = Order(study_source(study), {"lr": 0.1}, one, factory_name(study_source))
+    back = Order.from_json(order.to_json())
+    assert (back.options, back.overrides, back.dashboard) == (one, {"lr": 0.1}, order.dashboard)
+    assert back.load_study() == study and back.dashboard_factory() is study_source
+    file_study = Study(name="f", search_space="space.yaml", source_path=tmp_path / "f.py")
+    assert study_source(file_study) == str(tmp_path / "f.py")  # imported again: its registrations too
 
 
 def test_each_worker_samples_from_its_own_stream_of_the_study_seed() -> None:

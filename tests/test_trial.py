@@ -50,7 +50,7 @@ def opened(tmp_path: Path, tracking: bool = True, epochs: int = 1) -> tuple[Sear
     """The faulty test study (its loss misbehaves as EXPTRACK_FAULTS says) on sqlite stores in
     `tmp_path`, its parent run open when tracking."""
     spec = load_study_file(FAULTY).with_overrides({**SMALL, "epochs": epochs})
-    options = SearchOptions(trials=5, storage=f"sqlite:///{tmp_path}/optuna.db", seed=0)
+    options = SearchOptions(trials=5, storage=f"sqlite:///{tmp_path}/optuna.db", seed=0).resolved()
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", warn=lambda _: None) if tracking else None
     search = loop.open_search(spec, options, tracker, warn=lambda _: None)
     return search, loop.open_tracking(search)

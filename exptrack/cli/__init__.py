@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import traceback
 from importlib import metadata
 from typing import Annotated, Any
@@ -18,13 +17,10 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
-from exptrack.cli import (
-    quiet_torch,  # noqa: F401  (first: before anything loads torch)
-    results_commands,
-    search_commands,
-)
-from exptrack.cli.options import err
-from exptrack.errors import UserError, first_line, one_line, redact
+from exptrack import processes
+from exptrack.cli import results_commands, search_commands
+from exptrack.cli.options import err, registered_names
+from exptrack.errors import UserError, one_line, redact, unexpected_line
 from exptrack.search import signals
 
 # EXPTRACK_DEBUG=1 (or `exp --debug ...`): an unexpected error prints its whole traceback
@@ -43,6 +39,14 @@ class _Command(typer.core.TyperCommand):
             if isinstance(param, typer.core.TyperOption) and param.is_flag:
                 param.metavar = ""
         return params
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        """The registries' names in place of their stand-ins (`options.registered_names`), read
+        only when help is shown."""
+        for param in self.params:
+            if isinstance(param, typer.core.TyperOption) and param.help:
+                param.help = registered_names(param.help)
+        super().format_help(ctx, formatter)
 
 
 class _Group(typer.core.TyperGroup, _Command):
@@ -81,6 +85,7 @@ def _commands(
 ) -> None:
     """exp search | trials | export | train | report | ui | studies"""
     _debug["on"] = debug
+    processes.quiet_libraries()  # before any command loads torch or MLflow
 
 
 # In the order a user works: tune, look, export, re-run, report, browse; then every study.
@@ -134,7 +139,7 @@ def _unexpected(exc: Exception) -> None:
     if _debugging():
         sys.stderr.write(text)
     else:
-        _say(f"error: unexpected {type(exc).__name__}: {first_line(exc)}; {_saved(text)}")
+        _say(unexpected_line(exc))
     sys.exit(1)
 
 
@@ -142,16 +147,3 @@ def _say(line: str) -> None:
     """One line on stderr, as typed: [brackets] stay (no markup), a newline or a stray byte in a
     user's path is escaped, never wrapped by rich."""
     err.print(one_line(line), highlight=False, soft_wrap=True, markup=False)
-
-
-def _saved(text: str) -> str:
-    """Where the full traceback of an unexpected error went (a file, not the terminal: it ran to
-    700 lines through torch and MLflow), and how to see it."""
-    how = f"exp --debug or {DEBUG_ENV}=1 prints it; please report it with the file"
-    try:
-        fd, path = tempfile.mkstemp(prefix="exptrack-traceback-", suffix=".txt")
-        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as file:
-            file.write(text)
-    except OSError as error:  # a full disk: the one line still comes
-        return f"the traceback could not be saved ({error.strerror}); {how}"
-    return f"full traceback in {path} ({how})"

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -12,15 +11,27 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-logging.getLogger("mlflow").setLevel(logging.WARNING)  # its table-creation INFO lines are noise here
-# MLflow's SQL store logs each failed statement with its traceback (13 of them on a full disk)
-# before it raises; the error itself reaches the tracker, which reports it in one line
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-
 # soft_wrap: a line is never broken by us, so a run id, URL or path stays whole in a log file or
 # a pipe (where rich would otherwise wrap at 80 columns); a terminal wraps it if it must.
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
+
+
+# Stand-ins in a help text for the registries' names, filled in when help is shown
+# (`registered_names`): the registries load Optuna, which `exp` does not load to start.
+SAMPLER_NAMES, PRUNER_NAMES = "<samplers>", "<pruners>"
+
+
+def registered_names(help_text: str) -> str:
+    """`help_text` with the sampler and pruner stand-ins replaced by the registered names (a
+    study file's own registrations are not loaded by --help)."""
+    if SAMPLER_NAMES not in help_text and PRUNER_NAMES not in help_text:
+        return help_text
+    from exptrack.search import samplers
+
+    for stand_in, names in ((SAMPLER_NAMES, samplers.SAMPLERS), (PRUNER_NAMES, samplers.PRUNERS)):
+        help_text = help_text.replace(stand_in, " | ".join(names))
+    return help_text
 
 
 def default(text: str) -> str:

@@ -20,7 +20,18 @@ from rich.table import Table
 
 from exptrack import config as cfg
 from exptrack import records
-from exptrack.cli.options import RichTasks, SetOpt, StorageOpt, TrackingOpt, default, err, out, warn
+from exptrack.cli.options import (
+    PRUNER_NAMES,
+    SAMPLER_NAMES,
+    RichTasks,
+    SetOpt,
+    StorageOpt,
+    TrackingOpt,
+    default,
+    err,
+    out,
+    warn,
+)
 from exptrack.errors import redact
 from exptrack.search.options import GRACE_PERIOD_S, MAX_CONSECUTIVE_FAILURES
 from exptrack.tracking import ui_links
@@ -31,11 +42,11 @@ PIPED = Console(stderr=True, soft_wrap=True, width=240)
 
 
 class SearchProgress:
-    """Rich progress bar: trials done / total, best value so far, the current trial. A `--workers`
-    worker (`draw=False`) prints its lines for the coordinator, whose one bar shows the study."""
+    """Rich progress bar: trials done / total, best value so far, the current trial. `--workers`
+    workers draw none (`search.worker.LineProgress`): this one bar shows the study."""
 
-    def __init__(self, draw: bool = True) -> None:
-        self.metric, self.draw = "", draw
+    def __init__(self) -> None:
+        self.metric = ""
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -51,8 +62,7 @@ class SearchProgress:
 
     def start(self, done: int, total: int, metric: str) -> None:
         self.metric = metric
-        if self.draw:
-            self.bar.start()
+        self.bar.start()
         self.task = self.bar.add_task("trials", total=total, completed=min(done, total), best="", current="")
 
     def trial_started(self, number: int, config: cfg.TrialConfig) -> None:
@@ -94,14 +104,14 @@ def search(
     sampler: Annotated[
         str | None,
         typer.Option(
-            help="tpe | random | cmaes | gp | qmc | grid | nsga2 | nsga3 | botorch "
+            help=f"{SAMPLER_NAMES} "
             + default("the study file's; tpe, or nsga2 for several objectives")
         ),
     ] = None,
     pruner: Annotated[
         str | None,
         typer.Option(
-            help="none | median | percentile | successive_halving | hyperband | wilcoxon "
+            help=f"{PRUNER_NAMES} "
             + default("the study file's")
         ),
     ] = None,
@@ -148,7 +158,6 @@ def search(
             show_default=False,  # the help says it: `[default: 0: none]`, not that and `[default: 0]`
         ),
     ] = 0,
-    worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
     enqueue: Annotated[
         list[Path] | None,
         typer.Option(
@@ -181,20 +190,19 @@ def search(
 
     options = SearchOptions(
         trials=trials, timeout=timeout, storage=storage, study_name=study_name, sampler=sampler,
-        pruner=pruner, seed=seed, max_failures=max_failures, new_study=new_study, worker=worker,
+        pruner=pruner, seed=seed, max_failures=max_failures, new_study=new_study,
         tracking_uri=tracking_uri, tracking=not no_tracking, workers=workers, grace_period=grace_period,
         gpus=gpus, per_gpu=per_gpu, profile_trials=profile_trials, enqueue=tuple(enqueue or ()),
         from_study=from_study, from_top=from_top,
     )  # fmt: skip
-    progress = SearchProgress(draw=not worker)
+    progress = SearchProgress()
     training_progress.use(RichTasks(progress.bar))  # a download or image folder: a task on the bar
     try:
         summary = run_search(study, options, overrides, progress, progress.warn, dashboards.renderer_for)
     finally:
         progress.stop()
         training_progress.use(None)
-    if not worker:  # the coordinator prints the study's one summary
-        print_summary(summary)
+    print_summary(summary)
 
 
 def print_summary(summary: Any) -> None:

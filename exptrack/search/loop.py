@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from collections.abc import Callable, Sequence
 
 import optuna
@@ -26,16 +25,11 @@ from exptrack.search.study_setup import StoredStudy, create_study
 from exptrack.search.trial import Progress, TrialContext, TrialOutcome, run_trial
 from exptrack.stores import backends, optuna_private
 from exptrack.stores.locks import StoreLock
-from exptrack.stores.url import resolve_storage
 from exptrack.study import Study
 from exptrack.study_store import counted_trials, ranked
 from exptrack.tracking.tracker import Tracker
 
 BUDGET_POLL_S = 0.5  # a worker whose budget is all running elsewhere looks again this often
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-# ask/tell with Optuna's heartbeat is what we mean: our loop records it (search.ownership)
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 @dataclasses.dataclass
@@ -97,8 +91,9 @@ def open_search(
     render_dashboard: DashboardRenderer | None = None,
     starts: Sequence[warmstart.Start] = (),  # queued once the study exists (run_search checked them)
 ) -> Search:
-    """Check what run_search did not, then create or join the study (`study_setup`)."""
-    storage_url = resolve_storage(options.storage)
+    """Check what run_search did not, then create or join the study (`study_setup`). `options`
+    are `SearchOptions.resolved()`: the stores were resolved where the search started."""
+    storage_url = str(options.storage)
     if prepared is None:
         preflight.check_storage_url(storage_url)
         prepared = preflight.prepare(spec, options.sampler, options.pruner, options.seed)

@@ -1,10 +1,19 @@
-"""`SearchOptions`: what one `exp search` (or `exptrack.search(...)`) is asked to do, built by
-keyword, with the defaults of its counts and times in one place."""
+"""`SearchOptions`: what one `exp search` (or `exptrack.run_search(...)`) is asked to do, built by
+keyword, with the defaults of its counts and times in one place; `Order`: what a `--workers`
+worker is asked to do, as the JSON the coordinator hands it (`search.worker`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+from exptrack.errors import UserError
+from exptrack.stores.url import resolve_storage, resolve_tracking
+from exptrack.study import Study, load_study_file
 
 MAX_CONSECUTIVE_FAILURES = 5
 # A worker killed on another machine: its trial is failed and retried this long after its last
@@ -34,3 +43,66 @@ class SearchOptions:
     enqueue: tuple[Path, ...] = ()  # config files or directories queued as the next trials
     from_study: str | None = None  # an earlier study whose best trials are queued first
     from_top: int = 3  # how many of them
+
+    def resolved(self) -> SearchOptions:
+        """These options with both stores resolved (flag, environment variable, default), once,
+        where a search starts: everything after it, and its workers, reads the same URLs."""
+        return dataclasses.replace(
+            self, storage=resolve_storage(self.storage), tracking_uri=resolve_tracking(self.tracking_uri)
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Order:
+    """What one worker is asked to do. `study` is a study file's path (the worker imports it, so the
+    samplers or losses it registers exist there too) or a `Study`'s fields (one built in Python)."""
+
+    study: str | dict[str, Any]
+    overrides: Mapping[str, Any]
+    options: SearchOptions
+    dashboard: str | None = None  # "module:function" of the run's DashboardFactory
+
+    def to_json(self) -> str:
+        options = dataclasses.asdict(self.options)
+        options["enqueue"] = [str(path) for path in self.options.enqueue]
+        return json.dumps({**dataclasses.asdict(self), "options": options})
+
+    @staticmethod
+    def from_json(text: str) -> Order:
+        raw = json.loads(text)
+        options = dict(raw["options"], enqueue=tuple(Path(p) for p in raw["options"]["enqueue"]))
+        return Order(raw["study"], raw["overrides"], SearchOptions(**options), raw["dashboard"])
+
+    def load_study(self) -> Study:
+        if isinstance(self.study, str):
+            return load_study_file(Path(self.study))
+        return Study(**self.study)
+
+    def dashboard_factory(self) -> Callable[..., Any] | None:
+        """The coordinator's dashboard factory, imported by name (a study file names no code here)."""
+        if self.dashboard is None:
+            return None
+        module, _, attribute = self.dashboard.partition(":")
+        return getattr(importlib.import_module(module), attribute)  # type: ignore[no-any-return]
+
+
+def study_source(study: Study | Path) -> str | dict[str, Any]:
+    """How a worker finds the study: its file when it has one, else its fields (JSON values)."""
+    if isinstance(study, Path):
+        return str(study.resolve())
+    if study.source_path is not None:
+        return str(study.source_path)
+    fields = {f.name: getattr(study, f.name) for f in dataclasses.fields(study)}
+    try:
+        json.dumps(fields)
+    except TypeError as exc:
+        raise UserError(
+            f"Study {study.name!r} holds a value workers cannot be sent ({exc}); put it in a study file "
+            "and pass its path"
+        ) from exc
+    return fields
+
+
+def factory_name(factory: Callable[..., Any] | None) -> str | None:
+    """A dashboard factory by name, for a worker to import (it must be a module-level function)."""
+    return None if factory is None else f"{factory.__module__}:{factory.__qualname__}"

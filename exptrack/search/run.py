@@ -5,7 +5,7 @@ then search (in this process, or in `--workers` processes)."""
 from __future__ import annotations
 
 import contextlib
-import sys
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,10 +13,9 @@ from typing import Any
 from exptrack.errors import UserError
 from exptrack.search import loop, preflight, signals, slots, verdict, warmstart, workers
 from exptrack.search.loop import SearchSummary
-from exptrack.search.options import SearchOptions
+from exptrack.search.options import Order, SearchOptions, factory_name, study_source
 from exptrack.search.study_run import DashboardRenderer
 from exptrack.search.trial import Progress
-from exptrack.stores.url import resolve_storage, resolve_tracking
 from exptrack.study import Study, check_name, load_study_file
 from exptrack.tracking import logged_models
 from exptrack.tracking.tracker import Tracker
@@ -46,6 +45,8 @@ def run_search(
     SIGINT/SIGTERM stay handled for the rest of the process (the CLI's); False hands them back
     afterwards (the Python API's)."""
     check_options(options)
+    options = options.resolved()  # the one place the stores are resolved, for workers too
+    quiet_optuna()
     if options.worker:
         workers.follow_coordinator()
         slots.apply_in_worker()  # its share of the cores (and of its GPU) before torch works
@@ -53,8 +54,7 @@ def run_search(
     spec = (study if isinstance(study, Study) else load_study_file(Path(study))).with_overrides(
         overrides or {}
     )
-    storage_url = resolve_storage(options.storage)
-    tracking_uri = resolve_tracking(options.tracking_uri)
+    storage_url, tracking_uri = str(options.storage), str(options.tracking_uri)
     # Everything checkable without a store, before either store is created.
     preflight.check_storage_url(storage_url)
     if options.tracking:
@@ -93,10 +93,27 @@ def run_search(
                 tracker = Tracker(tracking_uri, warn=warn)
                 tracker.check()
             search = loop.open_search(spec, options, tracker, progress, warn, prepared, render, starts)
-        summary = workers.run_workers(search, planned, sys.argv[1:]) if planned else loop.run(search)
+        if planned:
+            order = Order(study_source(study), dict(overrides or {}), options, factory_name(dashboard))
+            summary = workers.run_workers(search, planned, order)
+        else:
+            summary = loop.run(search)
     if not options.worker:  # the coordinator tells what the whole study shows, once
         verdict.report(search.study, spec.metric, tracker, summary.parent_run_id, warn)
     return summary
+
+
+def quiet_optuna() -> None:
+    """Optuna's per-trial INFO lines and the warnings our use of it triggers on purpose stay off the
+    terminal (set when a search starts, not when a module is imported)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # ask/tell with Optuna's heartbeat is what we mean: our loop records it (search.ownership)
+    warnings.filterwarnings(
+        "ignore", message="Heartbeat of storage is supposed to be used with Study.optimize"
+    )
 
 
 def _signals_handled(

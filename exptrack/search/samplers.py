@@ -12,13 +12,15 @@ import dataclasses
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import optuna
 
 from exptrack import registry
 from exptrack.errors import UserError, did_you_mean
-from exptrack.search.space import SearchSpace
+
+if TYPE_CHECKING:  # a type only: the CLI's help reads these registries without loading torch
+    from exptrack.search.space import SearchSpace
 
 # Optuna 5 samplers that steer away from infeasible trials: they read the constraint values each
 # trial stores with `Trial.set_constraint` (search.feasibility). Random, QMC, grid and CMA-ES do not.

@@ -7,12 +7,15 @@ closes its trial FAIL and the trial's run FAILED; the next start repairs the stu
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import IO
 
@@ -22,7 +25,9 @@ from exptrack import study_store
 from exptrack.errors import UserError
 from exptrack.search import loop, signals
 from exptrack.search.loop import Search, SearchSummary
+from exptrack.search.options import Order, SearchOptions
 from exptrack.search.slots import Slot
+from exptrack.search.study_run import StudyRun
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 COORDINATOR_ENV = "EXPTRACK_COORDINATOR_PID"  # tells a worker whose death it follows
@@ -60,9 +65,10 @@ class Relay:
         """A worker's line: a trial onto the bar, anything else once (a worker may repeat its own)."""
         with self.lock:
             progress, match = self.search.progress, TRIAL_LINE.match(text)
-            if match and progress is not None:
+            if match:  # onto the one bar; a search from Python draws none
                 number, state, value = match.groups()
-                progress.trial_finished(int(number), state, float(value) if value else None, self._best())
+                if progress is not None:
+                    progress.trial_finished(int(number), state, float(value) if value else None, self._best())
             elif text.strip() and self.said.setdefault(text, index) == index:
                 self.search.warn(text)
 
@@ -75,51 +81,60 @@ class Relay:
         return ranked[0].value if ranked else None
 
 
-SPREADING = ("--workers", "--gpus", "--per-gpu")  # the coordinator's own flags, with a value
-
-
-def worker_args(argv: list[str], study_name: str) -> list[str]:
-    """This command's arguments for one worker: one process, the study's resolved name."""
-    args, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in SPREADING:
-            skip = True
-        elif not arg.startswith(tuple(f"{flag}=" for flag in SPREADING)) and arg != "--new-study":
-            args.append(arg)
-    # click keeps the last value of a repeated option, so these win over the user's.
-    return [*args, "--workers", "1", "--worker", "--study-name", study_name]
-
-
 def profile_shares(traced: int, count: int) -> list[int]:
     """--profile-trials K over `count` workers: K traces in all, not K each (5 over 2: [3, 2])."""
     return [traced // count + (1 if i < traced % count else 0) for i in range(count)]
 
 
-def run_workers(search: Search, slots: list[Slot], argv: list[str]) -> SearchSummary:
-    """One worker per slot to the study's budget; a signal here is passed on to each of them."""
+def worker_options(options: SearchOptions, study_name: str, traced: int) -> SearchOptions:
+    """The coordinator's options for one worker: one process on the study's resolved name (a
+    `--new-study` NAME-2 is joined, not made again), tracing its share of the profiled trials."""
+    return dataclasses.replace(
+        options, worker=True, workers=1, gpus=None, per_gpu=1, new_study=False,
+        study_name=study_name, profile_trials=traced,
+    )  # fmt: skip
+
+
+def run_workers(search: Search, slots: list[Slot], order: Order) -> SearchSummary:
+    """One worker per slot to the study's budget, each given `order` with its own options; a
+    signal here is passed on to each of them."""
     tracking = loop.open_tracking(search)
     if search.progress is not None:  # the one bar: the workers draw none
-        search.progress.start(study_store.counted_trials(search.study), search.options.trials, search.spec.metric)
+        search.progress.start(
+            study_store.counted_trials(search.study), search.options.trials, search.spec.metric
+        )
     relay = Relay(search)
     count = len(slots)
-    command = [sys.executable, "-m", "exptrack", *worker_args(argv, search.name)]
-    # Own sessions: a Ctrl-C in the terminal reaches them once, through `forward`, not twice
-    # (a second signal would make them exit at once instead of closing their trials).
-    shares = profile_shares(search.options.profile_trials, count)  # the last --profile-trials wins
-    children = [
-        subprocess.Popen(
-            [*command, "--profile-trials", str(traced)],
-            start_new_session=True,
-            env={**os.environ, **slot.env(), COORDINATOR_ENV: str(os.getpid())},
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for slot, traced in zip(slots, shares, strict=True)
-    ]
-    for index, child in enumerate(children):
-        relay.follow(index, child.stderr)  # type: ignore[arg-type]
+    shares = profile_shares(search.options.profile_trials, count)
+    with tempfile.TemporaryDirectory(prefix="exptrack-workers-") as folder:  # mode 0700: only ours
+        children = [
+            _start(slot, dataclasses.replace(order, options=worker_options(search.options, search.name, traced)),
+                   Path(folder) / f"worker-{index}.json")
+            for index, (slot, traced) in enumerate(zip(slots, shares, strict=True))
+        ]  # fmt: skip
+        for index, child in enumerate(children):
+            relay.follow(index, child.stderr)  # type: ignore[arg-type]
+        codes, received = _wait(children, relay)
+    _end(search, tracking, codes, received)
+    return loop.summary(search, tracking)
+
+
+def _start(slot: Slot, order: Order, path: Path) -> subprocess.Popen[str]:
+    """One worker process on `slot`, reading its order from `path`. Its own session: a Ctrl-C in
+    the terminal reaches it once, through `_wait`'s forwarding, not twice (a second signal would
+    make it exit at once instead of closing its trial)."""
+    path.write_text(order.to_json(), encoding="utf-8")
+    return subprocess.Popen(
+        [sys.executable, "-m", "exptrack.search.worker", str(path)],
+        start_new_session=True,
+        env={**os.environ, **slot.env(), COORDINATOR_ENV: str(os.getpid())},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait(children: list[subprocess.Popen[str]], relay: Relay) -> tuple[list[int], list[int]]:
+    """Every worker's exit code, and the signals this process received (passed on) meanwhile."""
     received: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:
@@ -135,16 +150,21 @@ def run_workers(search: Search, slots: list[Slot], argv: list[str]) -> SearchSum
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    return codes, received
+
+
+def _end(search: Search, tracking: StudyRun, codes: list[int], received: list[int]) -> None:
+    """Close the study's run as the workers ended; a signal ends this process as it would have
+    ended one worker (exit 128 + its number), a failed worker in one line."""
     failed = [code for code in codes if code != 0]
     loop.finish(search, tracking, "KILLED" if received else "FAILED" if failed else "FINISHED")
     if received:
-        sys.exit(128 + received[0])
+        raise signals.Interrupted(received[0])
     if failed:
         raise UserError(
-            f"{len(failed)} of {count} workers ended with an error (exit codes {sorted(set(failed))}); "
+            f"{len(failed)} of {len(codes)} workers ended with an error (exit codes {sorted(set(failed))}); "
             "read their messages above, fix the cause and re-run the same command"
         )
-    return loop.summary(search, tracking)
 
 
 def follow_coordinator() -> None:

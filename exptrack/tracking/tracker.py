@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import tempfile
 import time
@@ -50,8 +49,6 @@ class Tracker:
         commands): the store is then never created, migrated or rebuilt."""
         from mlflow import MlflowClient
 
-        # importing mlflow configured its loggers at INFO; its table-creation lines are noise here
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.uri = resolve_tracking(uri)
         if parse(self.uri).backend == "server":
             for key, value in HTTP_DEFAULTS.items():
