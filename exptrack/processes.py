@@ -27,13 +27,25 @@ QUIET_LOGGERS = {
     # before it raises; the error itself reaches the tracker, which reports it in one line
     "mlflow.store.db.utils": logging.CRITICAL,
 }
+# OpenMP's idle threads sleep (PASSIVE) instead of spinning. torch's CPU kernels run under libgomp,
+# whose default spins (GOMP_SPINCOUNT 300,000, ~3 ms) at every barrier; on cores that other
+# processes share, a spinning thread burns the time slice its partner needs, and each operator
+# waits for a descheduled thread. On 2 cores at load 6-13 (benchmarks/README.md, "levers") an
+# 8-trial finetune study's trials took 31.8 s passive against 255.0 s spinning (8x), same results:
+# the thread count, so the work each thread does, is unchanged (bit-identical,
+# tests/training/test_threads.py). libgomp reads it once, when torch loads. Set only where the
+# user chose no wait behaviour (OMP_WAIT_POLICY, or GOMP_SPINCOUNT, which sets one too).
+OMP_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def quiet_libraries() -> None:
-    """Keep torch's profiler internals and MLflow's INFO lines off the terminal, before either
-    loads. A user's own setting of any of these variables wins; workers inherit them."""
+    """Keep torch's profiler internals and MLflow's INFO lines off the terminal, and OpenMP's idle
+    threads asleep (`OMP_WAIT`), before either loads. A user's own setting of any of these
+    variables wins; workers inherit them."""
     for key, value in {**QUIET_TORCH, **QUIET_MLFLOW}.items():
         os.environ.setdefault(key, value)
+    if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os.environ.keys():
+        os.environ.update(OMP_WAIT)
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
 
