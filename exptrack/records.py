@@ -31,7 +31,7 @@ PROFILE_FIGURES = (
 )
 # the frozen stages' seconds the feature cache saved a trial (training.feature_cache)
 FEATURE_CACHE_SAVED = "feature_cache_seconds_saved"
-# FitResult.profile's text figures: on MLflow a tag under `profile/`, never a metric or an objective
+# FitResult.profile's text figures: never an objective (on MLflow every figure is a tag under `profile/`)
 FEATURE_CACHE = "feature_cache"  # hit | miss | miss:from_depth_<e> | off:<reason>
 PROFILE_TEXT = (FEATURE_CACHE,)
 
@@ -123,7 +123,7 @@ DATASET_CONTEXT_TAG = "mlflow.data.context"  # MLflow's tag on a dataset input: 
 SEARCH_SPACE_PARAM = "search_space"  # on the study run
 FINISHED_TRIALS_METRIC = "finished_trials"
 PARETO_SIZE_METRIC = "pareto_front_size"  # on a multi-objective study's run
-BEST_PREFIX, FINAL_PREFIX = "best_", "final_"  # best_val_accuracy, final_val_loss, ...
+BEST_PREFIX = "best_"  # best_val_accuracy: on a study run a metric, on a trial run a tag (its best epoch)
 CONFIG_ARTIFACT = "config.yaml"
 TRACEBACK_ARTIFACT = "traceback.txt"
 DASHBOARD_ARTIFACT = "dashboard.html"
@@ -131,7 +131,10 @@ DASHBOARD_IMAGE = "dashboard.png"  # its main plots as an image: the artifact vi
 STUDY_FILES_DIR = "study"  # the study file and its search space, on the study run
 MODEL_ARTIFACT = "model"  # a trained model lands at runs:/<run id>/model
 # Cost figures keep bare names in training and in Optuna (`seconds_per_epoch`); on MLflow they are
-# filed under this prefix, so the UI groups them apart from the learning curves.
+# tags under this prefix (the run's Overview lists them as a table), never metrics: MLflow's metrics
+# tab draws every metric, a single value as a bar chart, and puts each `prefix/` section before the
+# unprefixed learning curves, which 13 cost bars pushed 2.5 screens down. A trial run's only metrics
+# are its per-epoch curves (EPOCH_METRICS), so its metrics tab opens on them.
 PROFILE_DIR = "profile"  # also the artifact folder of a traced run's files:
 TRACE_FILE = "trace.json.gz"  # a Chrome/Perfetto trace of a few training steps
 OPS_FILE = "ops.csv"  # the top operators by self time
@@ -141,8 +144,8 @@ PROFILE_PREFIX = f"{PROFILE_DIR}/"
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
-def profile_metric(figure: str) -> str:
-    """`seconds_per_epoch` -> `profile/seconds_per_epoch`, its name on MLflow."""
+def profile_tag(figure: str) -> str:
+    """`seconds_per_epoch` -> `profile/seconds_per_epoch`, its tag on MLflow."""
     return f"{PROFILE_PREFIX}{figure}"
 
 

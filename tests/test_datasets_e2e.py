@@ -38,7 +38,7 @@ def test_a_study_over_an_image_folder_of_pngs_runs_end_to_end(exp, project: Path
     assert len(runs) == 2
     assert {r.data.params["dataset"] for r in runs} == {f"imagefolder:{root}"}
     assert {r.data.params["augment"] for r in runs} == {"True"}
-    assert all(r.data.metrics["profile/train_seconds"] > 0 for r in runs)
+    assert all(float(r.data.tags["profile/train_seconds"]) > 0 for r in runs)
 
 
 def test_a_synthetic_study_runs_end_to_end(exp, project: Path) -> None:

@@ -64,7 +64,7 @@ def test_a_two_objective_study_marks_exports_and_records_its_pareto_front(exp, p
     view = json.loads(
         json.loads(experiment.tags["mlflow.sharedViewState.exptrack"])["state"]
     )  # what `exp ui` opens
-    assert view["selectedColumns"][:2] == ["metrics.`val_accuracy`", "metrics.`profile/seconds_per_epoch`"]
+    assert view["selectedColumns"][:2] == ["metrics.`val_accuracy`", "tags.`profile/seconds_per_epoch`"]
     page = Path(client.download_artifacts(parent.info.run_id, "dashboard.html", str(project))).read_text()
     assert "<h2>pareto front</h2>" in page and "not drawn yet" not in page
     (infeasible_run,) = client.search_runs([experiment.experiment_id], "tags.`exptrack.trial` = '1'")

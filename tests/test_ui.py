@@ -30,17 +30,19 @@ from mlflow import MlflowClient
 from exptrack.results import export
 from exptrack.tracking.ui_links import run_url, runs_url, runs_view_url, server_base
 from exptrack.tracking.ui_server import check_port_free, is_loopback, server_command, server_environment
-from tests.conftest import REPO, exp_env
+from tests.conftest import REPO, TINY, exp_env
 from tests.faultkit import wait_for
 from tests.fixtures_search import STUDY, Searched
 from tests.pgserver import PostgresServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # ignored by git; kept for a human to look at
-SCREENSHOT, RUN_SCREENSHOT, PLOTS_SCREENSHOT = (
-    REPO / "test-artifacts" / f"exp-ui-{page}.png" for page in ("runs", "study-run", "study-plots")
+SCREENSHOT, RUN_SCREENSHOT, PLOTS_SCREENSHOT, CURVES_SCREENSHOT = (
+    REPO / "test-artifacts" / f"exp-ui-{page}.png"
+    for page in ("runs", "study-run", "study-plots", "trial-metrics")
 )
 WINDOW = (2400, 900)  # wide: the runs table draws only the columns in view
+FIRST_SCREEN = (1400, 900)  # a laptop's browser window: what a user sees before scrolling
 
 
 def free_port() -> int:
@@ -72,7 +74,7 @@ def search_runs(base: str, experiment_id: str) -> list[dict]:
         return json.load(reply)["runs"]
 
 
-def browse(url: str, target: Path) -> str:
+def browse(url: str, target: Path, window: tuple[int, int] = WINDOW) -> str:
     """Open `url` in headless Chromium: a screenshot to `target`, and the page's DOM once its
     scripts have run (one browser start for both)."""
     target.parent.mkdir(exist_ok=True)
@@ -81,21 +83,21 @@ def browse(url: str, target: Path) -> str:
     with tempfile.TemporaryDirectory(prefix="exptrack-chromium-") as profile:
         done = subprocess.run(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
-             f"--screenshot={target}", "--dump-dom", f"--window-size={WINDOW[0]},{WINDOW[1]}",
+             f"--screenshot={target}", "--dump-dom", f"--window-size={window[0]},{window[1]}",
              "--virtual-time-budget=8000", url],
             capture_output=True, text=True, timeout=180, check=False,
         )  # fmt: skip
-    assert_rendered(target)
+    assert_rendered(target, window)
     return done.stdout
 
 
-def assert_rendered(path: Path) -> None:
+def assert_rendered(path: Path, window: tuple[int, int] = WINDOW) -> None:
     """A screenshot at the window's size with a drawn page on it: a blank or error page has a
     handful of colours, the runs table (text, icons, links) hundreds."""
     from PIL import Image
 
     with Image.open(path) as shot:
-        assert shot.size == WINDOW
+        assert shot.size == window
         colours = shot.convert("RGB").getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 100, f"the page in {path} looks blank ({len(colours)} colours)"
 
@@ -203,6 +205,41 @@ def test_ui_serves_the_study_runs_and_stops_cleanly_on_ctrl_c(searched: Searched
         stop_and_check(process, signal.SIGINT, group)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{base}/health", timeout=2)
+
+
+def test_a_trial_run_opens_on_its_learning_curves(exp, project: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 19 item 2: a trial's *Model metrics* tab, at a laptop's window size, shows the
+    val_accuracy curve (drawn, not a bar) on its first screen: no `profile` section of single-value
+    bars in front of it (MLflow puts every `prefix/` section before the unprefixed curves)."""
+    two_epochs = [*TINY[:TINY.index("epochs=1")], "epochs=2", *TINY[TINY.index("epochs=1") + 1:]]
+    done = exp("search", "studies/finetune.py", "--trials", "1", "--pruner", "none", *two_epochs)
+    assert done.returncode == 0, done.stderr
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (scripts/test.sh installs it): no screenshot taken")
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name(STUDY).experiment_id
+    (trial,) = client.search_runs([experiment_id], "tags.`exptrack.role` = 'trial'")
+    process = start_ui(project, free_port())
+    try:
+        base = read_until(process, r"MLflow UI: (http://127\.0\.0\.1:\d+)", timeout=120)[1]
+        url = run_url(base, experiment_id, trial.info.run_id).replace("?", "/model-metrics?", 1)
+        for _ in range(4):  # a loaded machine's server may answer after the browser's budget
+            page = browse(url, CURVES_SCREENSHOT, FIRST_SCREEN)
+            if 'class="js-line"' in page:
+                break
+        print(f"screenshot of {url}: {CURVES_SCREENSHOT}")
+    finally:
+        group = server_group(process)
+        assert group is not None, process.communicate()
+        stop_and_check(process, signal.SIGINT, group)
+    charts = re.findall(r'<h4[^>]*title="([^"]+)"', page)  # chart titles, in the page's order
+    assert "val_accuracy" in charts[:3], charts  # the first row of three: on the first screen
+    card = page[page.index('title="val_accuracy"') :]
+    card = card[: card.find("<h4", 1)]
+    line = re.search(r'class="js-line" d="M[^"]*L[^"]*" style="[^"]*stroke: rgb\((\d+), (\d+), (\d+)\)', card)
+    assert line, "val_accuracy is not drawn as a line over its 2 epochs"
+    colour = tuple(int(c) for c in line.groups())
+    assert drawn_pixels(CURVES_SCREENSHOT, colour, tolerance=10) > 50, CURVES_SCREENSHOT  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -144,9 +144,9 @@ def _trial_row(
 
 
 def _figure(trial: FrozenTrial, run: Any | None, name: str) -> float:
-    """A cost figure: MLflow's record (under `profile/`), else the trial's own copy in Optuna."""
-    if run is not None and records.profile_metric(name) in run.data.metrics:
-        return float(run.data.metrics[records.profile_metric(name)])
+    """A cost figure: MLflow's record (a tag under `profile/`), else the trial's own copy in Optuna."""
+    if run is not None and records.profile_tag(name) in run.data.tags:
+        return float(run.data.tags[records.profile_tag(name)])
     return float(trial.user_attrs.get(records.PROFILE_ATTR, {}).get(name, math.nan))
 
 

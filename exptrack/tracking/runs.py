@@ -82,7 +82,7 @@ def open_study_run(tracker: Tracker, study: StudyFacts) -> OpenedRun:
     of the same name (its Optuna store reset) gets a new parent run, and names the older one."""
     opened = _parent_run(tracker, study)
     tracker.log(opened.run_id, params={records.SEARCH_SPACE_PARAM: str(study.search_space)})
-    first, *others = (_metric_name(figure) for figure in study.objectives)
+    first, *others = (_column(figure) for figure in study.objectives)
     maximize = next(iter(study.objectives.values())) == "maximize"
     key, value = ui_links.runs_view_tag(study.name, first, maximize, list(study.params), others)
     with tracker.guard("save the runs table view"):
@@ -127,9 +127,12 @@ def _study_tags(study: StudyFacts) -> dict[str, str]:
     return tags
 
 
-def _metric_name(figure: str) -> str:
-    """An objective's name on a trial's run: an epoch metric as is, a cost figure under `profile/`."""
-    return figure if figure in records.EPOCH_METRICS else records.profile_metric(figure)
+def _column(figure: str) -> str:
+    """An objective's column in the runs table: an epoch metric's latest value, or a cost figure's
+    tag under `profile/` (see records.PROFILE_DIR: cost figures are tags, not metrics)."""
+    if figure in records.EPOCH_METRICS:
+        return f"metrics.`{figure}`"
+    return f"tags.`{records.profile_tag(figure)}`"
 
 
 def close_study_run(tracker: Tracker, run_id: str, status: str, metrics: Mapping[str, float]) -> None:
@@ -169,23 +172,25 @@ def finish_run(
     tracker: Tracker,
     run_id: str | None,
     state: str,
-    metrics: Mapping[str, float],
+    summary: Mapping[str, float],
     profile: Mapping[str, float | str] | None = None,
     *,
     pruned_epoch: int | None = None,
     broken: Sequence[str] = (),
 ) -> None:
     """Close a trial's (or `exp train`'s) run with the status matching `state` once its queued
-    writes are done: its final figures, `profile`'s cost figures under `profile/`, the epoch a
-    pruned trial stopped after, the constraints it broke. A text figure of `profile` is a tag."""
-    costs = {records.profile_metric(k): v for k, v in (profile or {}).items() if not isinstance(v, str)}
-    tags = {records.profile_metric(k): v for k, v in (profile or {}).items() if isinstance(v, str)}
+    writes are done. Its single figures are tags, not metrics, so the UI's metrics tab opens on
+    the learning curves (records.PROFILE_DIR says why): `summary` (best_val_accuracy, ...) as is,
+    `profile`'s cost figures under `profile/`; then the epoch a pruned trial stopped after and
+    the constraints it broke."""
+    figures = {**summary, **{records.profile_tag(k): v for k, v in (profile or {}).items()}}
+    tags = {name: str(value) for name, value in figures.items()}  # str(float) reads back exactly
     if pruned_epoch is not None:
         tags[records.PRUNED_EPOCH_TAG] = str(pruned_epoch)
         tags[records.DESCRIPTION_TAG] = records.pruned_description(pruned_epoch)
     if broken:
         tags[records.INFEASIBLE_TAG] = ", ".join(broken)
-    tracker.close_run(run_id, state, {**metrics, **costs}, tags)
+    tracker.close_run(run_id, state, {}, tags)
 
 
 def fail_run(

@@ -49,15 +49,16 @@ def server_base(tracking_uri: str) -> str | None:
 
 
 def runs_view_tag(
-    study: str, metric: str, maximize: bool, params: Sequence[str], also: Sequence[str] = ()
+    study: str, column: str, maximize: bool, params: Sequence[str], also: Sequence[str] = ()
 ) -> tuple[str, str]:
     """(experiment tag, value) that saves the study's runs view the way the UI's "Save view" does:
     an envelope {name, createdAt, state} whose state holds the sort and the selected columns.
-    `also`: more metric columns after the sorting one (a study's other objectives)."""
-    metric_key = f"metrics.`{metric}`"
+    `column` sorts (``metrics.`val_accuracy` ``); `also`: more columns after it (a study's other
+    objectives)."""
+    metric_key = column
     columns = [
         metric_key,
-        *(f"metrics.`{name}`" for name in also),
+        *also,
         f"tags.`{records.STATE_TAG}`",
         f"tags.`{records.PRUNED_EPOCH_TAG}`",
         *(f"params.`{name}`" for name in params),
