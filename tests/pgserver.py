@@ -123,7 +123,7 @@ class PostgresServer:
 
 class MlflowPgServer(MlflowServer):
     """`mlflow server` over a PostgreSQL database, serving artifacts over HTTP from a folder: what
-    workers on other machines write to (the README's tracking-server recipe, exactly)."""
+    workers on other machines write to (docs/scaling.md's tracking-server recipe, exactly)."""
 
     def __init__(self, backend: str, artifacts: Path) -> None:
         super().__init__(artifacts.parent, backend, serve_artifacts=True)

@@ -1,5 +1,5 @@
 """One study shared by several machines through PostgreSQL and an MLflow tracking server, the way
-the README's cluster recipes run it: each "host" is `exp search` processes under `unshare --uts`
+the cluster recipes of docs/scaling.md run it: each "host" is `exp search` processes under `unshare --uts`
 with a hostname, a working directory and a $TMPDIR of their own, so only the database and the
 tracking server are shared. Exact totals, a worker SIGKILLed on another host, every worker asking
 at once on an empty database, the database restarted mid-search, a new MLflow database raced on."""
@@ -52,7 +52,7 @@ def test_three_hosts_two_workers_asking_at_once_on_an_empty_database_finish_exac
     postgres: PostgresServer, tracking_server: MlflowPgServer, tmp_path: Path
 ) -> None:
     storage = postgres.create_database("three_hosts")
-    # the README's recipe: the stores in the environment, the same command on every machine
+    # docs/scaling.md's recipe: the stores in the environment, the same command on every machine
     stores = {"OPTUNA_STORAGE": storage, "MLFLOW_TRACKING_URI": tracking_server.uri}
     hosts = [Host(name, tmp_path) for name in ("host-a", "host-b", "host-c")]
     workers = [
