@@ -99,23 +99,25 @@ def check_ends(space: spaces.SearchSpace, fixed: Mapping[str, Any]) -> None:
     checks the low ends): a freeze_depth range, or a fixed freeze_depth, deeper than a backbone
     the study can train is refused now, not when a trial draws it. Ranges against the config's
     own bounds are checked at both ends when the space is parsed."""
-    chosen = [p for p in space.params if p.field == "backbone" and p.kind == "choice"]
-    names = [str(n) for n in chosen[0].choices] if chosen else [str(fixed.get("backbone", "resnet18"))]
-    if not _searches(space.params, "freeze_depth") and "freeze_depth" in fixed:
+    chosen = [p for p in space.params if p.field == spaces.BACKBONE and p.kind is spaces.Kind.CHOICE]
+    default = fixed.get(spaces.BACKBONE, cfg.TrialConfig.backbone)
+    names = [str(n) for n in chosen[0].choices] if chosen else [str(default)]
+    depth = spaces.FREEZE_DEPTH
+    if not _searches(space.params, depth) and depth in fixed:
         for name in names:
-            _check_depth(name, int(fixed["freeze_depth"]), "fixed freeze_depth", "--set freeze_depth=")
+            _check_depth(name, int(fixed[depth]), f"fixed {depth}", f"--set {depth}=")
     _check_depths(space.params, names, space.source)
 
 
 def _check_depths(params: tuple[spaces.Param, ...], names: list[str], source: str) -> None:
     for param in params:
-        if param.field == "freeze_depth" and param.kind == "int" and param.high != "max":
+        if param.field == spaces.FREEZE_DEPTH and param.kind is spaces.Kind.INT and not param.to_stage_count:
             high = int(max(spaces.ends(param)))
             where = f"{source}: parameter {param.name!r} high end"
             for name in names:
-                _check_depth(name, high, where, f"use {{int: [{param.low}, max]}} or a high end")
+                _check_depth(name, high, where, f"use {{int: [{param.low}, {spaces.STAGES}]}} or a high end")
         for option, subs in param.branches.items():  # under a backbone's option: its own stages
-            _check_depths(subs, [str(option)] if param.field == "backbone" else names, source)
+            _check_depths(subs, [str(option)] if param.field == spaces.BACKBONE else names, source)
 
 
 def _check_depth(name: str, depth: int, where: str, fix: str) -> None:
@@ -188,7 +190,7 @@ def first_point(space: spaces.SearchSpace) -> dict[str, Any]:
             point[param.name] = option
             for sub in param.branches[option]:
                 visit(sub)
-        elif param.kind == "choice":
+        elif param.kind is spaces.Kind.CHOICE:
             point[param.name] = param.choices[0]
         else:
             point[param.name] = param.low

@@ -6,11 +6,13 @@ keys are the options and each holds the parameters that exist only when it is ch
 dotted Optuna names (`loss.focal.gamma`) so two branches never share a distribution. Values of a
 `loss` branch go to `loss_params`; values under any other branch (e.g. `freeze_depth` under each
 `backbone`) set that config field. `int: [0, max]` on freeze_depth means the backbone's stage count.
+Those three fields are the space's special cases, named once (`LOSS`, `BACKBONE`, `FREEZE_DEPTH`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,8 +22,23 @@ from exptrack import config as cfg
 from exptrack.errors import UserError, did_you_mean
 from exptrack.training import backbones, losses
 
-KINDS = ("float", "int", "choice")
+
+class Kind(enum.Enum):
+    """What a parameter's spec names it: a range of floats, of whole numbers, or a choice."""
+
+    FLOAT = "float"
+    INT = "int"
+    CHOICE = "choice"
+
+
+KINDS = tuple(kind.value for kind in Kind)
 OPTIONS = ("log", "step")
+# The config fields a space treats apart, declared once: a loss's branches hold its own
+# parameters (which go to `loss_params`), a backbone's branches may hold its own freeze_depth
+# range, and freeze_depth's range may end at `max`, the backbone's stage count.
+LOSS, BACKBONE, FREEZE_DEPTH = "loss", "backbone", "freeze_depth"
+LOSS_PARAMS = f"{LOSS}{cfg.PARAMS_SUFFIX}"
+STAGES = "max"
 
 
 class Suggester(Protocol):
@@ -40,13 +57,18 @@ class Param:
 
     name: str  # the Optuna name, dotted under a branch
     field: str  # the config field (or loss_params key) it sets
-    kind: str
-    low: float | int | str | None = None  # "max" for freeze_depth
-    high: float | int | str | None = None
+    kind: Kind
+    low: float = 0  # a range's ends (an int range's are ints); unused by a choice
+    high: float = 0  # math.inf: `max`, the backbone's stage count (freeze_depth only)
     log: bool = False
-    step: float | int | None = None
+    step: float | None = None
     choices: tuple[Any, ...] = ()
     branches: Mapping[str, tuple[Param, ...]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def to_stage_count(self) -> bool:
+        """`int: [low, max]` on freeze_depth: the high end is the trial's backbone's stage count."""
+        return math.isinf(self.high)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,33 +155,31 @@ def _parse_param(name: str, field: str, spec: Any, source: str, top_field: str) 
         )
     if len(kinds) != 1:
         raise UserError(f"{where}: give exactly one of float, int or choice")
-    kind = kinds[0]
-    if kind == "choice":
+    kind = Kind(kinds[0])
+    if kind is Kind.CHOICE:
         return _parse_choice(name, field, spec, where, source)
     return _parse_range(name, field, kind, spec, where)
 
 
-def _parse_range(name: str, field: str, kind: str, spec: dict[str, Any], where: str) -> Param:
-    bounds = spec[kind]
+def _parse_range(name: str, field: str, kind: Kind, spec: dict[str, Any], where: str) -> Param:
+    bounds = spec[kind.value]
     if not isinstance(bounds, list) or len(bounds) != 2:
-        raise UserError(f"{where}: {kind} needs [low, high], got {bounds!r}")
+        raise UserError(f"{where}: {kind.value} needs [low, high], got {bounds!r}")
     low, high = (cfg.parse_number(b) for b in bounds)
     log, step = bool(spec.get("log", False)), cfg.parse_number(spec.get("step"))
-    if high == "max" and field == "freeze_depth" and kind == "int":
-        high_num = math.inf
+    if high == STAGES and field == FREEZE_DEPTH and kind is Kind.INT:
+        high = math.inf
     elif not is_number(high):
         raise UserError(
             f"{where}: high must be a number"
-            + (" (or max, for freeze_depth)" if kind == "int" else "")
+            + (f" (or {STAGES}, for {FREEZE_DEPTH})" if kind is Kind.INT else "")
             + f", got {high!r}"
         )
-    else:
-        high_num = high
     if not is_number(low):
         raise UserError(f"{where}: low must be a number, got {low!r}")
-    if kind == "int" and not (float(low).is_integer() and (high == "max" or float(high).is_integer())):
+    if kind is Kind.INT and not (float(low).is_integer() and (math.isinf(high) or float(high).is_integer())):
         raise UserError(f"{where}: int bounds must be whole numbers, got {bounds!r}")
-    if low > high_num:
+    if low > high:
         raise UserError(f"{where}: low {low} is greater than high {high}; swap them")
     if log and low <= 0:
         raise UserError(f"{where}: log scale needs low > 0, got {low}; raise low or drop log")
@@ -168,35 +188,35 @@ def _parse_range(name: str, field: str, kind: str, spec: dict[str, Any], where: 
     if step is not None and (not is_number(step) or step <= 0):
         raise UserError(f"{where}: step must be a positive number, got {step!r}")
     _check_field_kind(field, kind, where)
-    cast = int if kind == "int" else float
-    return Param(name, field, kind, cast(low), high if high == "max" else cast(high), log, step)
+    cast = int if kind is Kind.INT else float
+    return Param(name, field, kind, cast(low), high if math.isinf(high) else cast(high), log, step)
 
 
 def _parse_choice(name: str, field: str, spec: dict[str, Any], where: str, source: str) -> Param:
-    if set(spec) - {"choice"}:
+    if set(spec) - {Kind.CHOICE.value}:
         raise UserError(f"{where}: log and step do not apply to a choice; remove them")
-    options = spec["choice"]
+    options = spec[Kind.CHOICE.value]
     if isinstance(options, dict):
         if not options:
             raise UserError(f"{where}: choice is empty; list at least one option")
         branches = {
             str(opt): _parse_branch(name, field, str(opt), sub, source) for opt, sub in options.items()
         }
-        return Param(name, field, "choice", choices=tuple(branches), branches=branches)
+        return Param(name, field, Kind.CHOICE, choices=tuple(branches), branches=branches)
     if not isinstance(options, list) or not options:
         raise UserError(f"{where}: choice is empty; list at least one option")
     if any(isinstance(o, dict | list) for o in options):
         raise UserError(f"{where}: choice options must be plain values (numbers, strings, booleans)")
     if len(set(map(repr, options))) != len(options):
         raise UserError(f"{where}: choice lists an option twice; remove the duplicate")
-    if field == "loss":
+    if field == LOSS:
         for option in options:
             losses.loss_parameters(str(option))  # raises for an unknown loss
     if all(is_number(o) for o in options):
         # In numeric order: plots that place a choice by its index (optuna-dashboard's slice and
         # parallel coordinates) then show batch sizes 32 < 64 < 128 whatever order the file lists.
         options = sorted(options)
-    return Param(name, field, "choice", choices=tuple(options))
+    return Param(name, field, Kind.CHOICE, choices=tuple(options))
 
 
 def _parse_branch(name: str, field: str, option: str, sub: Any, source: str) -> tuple[Param, ...]:
@@ -204,17 +224,17 @@ def _parse_branch(name: str, field: str, option: str, sub: Any, source: str) -> 
     sub = sub or {}
     if not isinstance(sub, dict):
         raise UserError(f"{where}: expected a mapping of its own parameters (or {{}}), got {sub!r}")
-    if field == "loss":
+    if field == LOSS:
         accepted = _loss_parameters(option, where)
         for key in sub:
             if key not in accepted:
                 raise UserError(
                     f"{where}: loss {option!r} takes no parameter {key!r}; it takes: {', '.join(accepted) or 'none'}"
                 )
-    elif field == "backbone":
+    elif field == BACKBONE:
         backbones.backbone(option)  # raises for an unknown backbone
     for key in sub:
-        if field != "loss" and (key not in cfg.field_types() or key == field):
+        if field != LOSS and (key not in cfg.field_types() or key == field):
             raise UserError(f"{where}: unknown parameter {key!r}; it must be a config key")
     return tuple(_parse_param(f"{name}.{option}.{key}", str(key), s, source, field) for key, s in sub.items())
 
@@ -226,9 +246,9 @@ def _loss_parameters(option: str, where: str) -> list[str]:
         raise UserError(f"{where}: {exc}") from exc
 
 
-def _check_field_kind(field: str, kind: str, where: str) -> None:
+def _check_field_kind(field: str, kind: Kind, where: str) -> None:
     expected = cfg.field_types().get(field, float)
-    if expected is int and kind == "float":
+    if expected is int and kind is Kind.FLOAT:
         raise UserError(f"{where}: {field} is a whole number; use int instead of float")
     if expected is str:
         raise UserError(f"{where}: {field} takes names; use choice: [...]")
@@ -239,7 +259,7 @@ def _check_reachable(param: Param, source: str) -> None:
     `config.py`, a loss parameter's check in its builder), so no trial fails on a sampled value.
     Ranges are intervals, so a numeric parameter's two ends stand for all of its values."""
     where = f"{source}: parameter {param.name!r}"
-    loss_option = param.name.split(".")[1] if param.name.startswith("loss.") else None
+    loss_option = param.name.split(".")[1] if is_loss_param(param.name) else None
     for value in ends(param):
         if loss_option is None:
             cfg.check_field(param.field, value, where)
@@ -256,13 +276,13 @@ def _check_reachable(param: Param, source: str) -> None:
 def ends(param: Param) -> list[Any]:
     """A choice's options, or a range's lowest and highest reachable values (`step` may stop
     short of high; freeze_depth's `max` is the backbone's own stage count, always valid)."""
-    if param.kind == "choice":
+    if param.kind is Kind.CHOICE:
         return list(param.choices)
     low, high = param.low, param.high
-    if high == "max":
+    if param.to_stage_count:
         return [low]
     if param.step is not None:
-        high = low + (high - low) // param.step * param.step  # type: ignore[operator]
+        high = low + (high - low) // param.step * param.step
     return [low, high]
 
 
@@ -278,8 +298,8 @@ def _sample_into(param: Param, trial: Suggester, values: dict[str, Any], source:
     if param.branches:
         option = trial.suggest_categorical(param.name, list(param.choices))
         values[param.field] = option
-        if param.field == "loss":  # a fixed (pinned) loss parameter stays where the loss takes it
-            key = f"loss{cfg.PARAMS_SUFFIX}"
+        if param.field == LOSS:  # a fixed (pinned) loss parameter stays where the loss takes it
+            key = LOSS_PARAMS
             accepted = losses.loss_parameters(str(option))
             values[key] = {k: v for k, v in (values.get(key) or {}).items() if k in accepted}
         for sub in param.branches[option]:
@@ -287,14 +307,14 @@ def _sample_into(param: Param, trial: Suggester, values: dict[str, Any], source:
         return
     value = _suggest(param, trial, values, source)
     if is_loss_param(param.name):
-        values.setdefault(f"loss{cfg.PARAMS_SUFFIX}", {})[param.field] = value
+        values.setdefault(LOSS_PARAMS, {})[param.field] = value
     else:
         values[param.field] = value
 
 
 def is_loss_param(name: str) -> bool:
     """`loss.focal.gamma`: a parameter of a loss branch, which goes to `loss_params`."""
-    return "." in name and name.split(".")[0] == "loss"
+    return "." in name and name.split(".")[0] == LOSS
 
 
 # --- pinning (`--set` on a searched parameter) ----------------------------------------------------
@@ -308,7 +328,7 @@ def _pinned(
     kept: list[Param] = []
     for param in params:
         if is_loss_param(param.name):
-            value = (overrides.get(f"loss{cfg.PARAMS_SUFFIX}") or {}).get(param.field, _UNSET)
+            value = (overrides.get(LOSS_PARAMS) or {}).get(param.field, _UNSET)
         else:
             value = overrides.get(param.field, _UNSET)
         if value is _UNSET:
@@ -330,26 +350,22 @@ def _names(param: Param) -> list[str]:
 
 
 def _suggest(param: Param, trial: Suggester, values: Mapping[str, Any], source: str) -> Any:
-    if param.kind == "choice":
+    if param.kind is Kind.CHOICE:
         return trial.suggest_categorical(param.name, list(param.choices))
-    if param.kind == "int":
+    if param.kind is Kind.INT:
         high = _resolve_max(param, values, source)
-        return trial.suggest_int(param.name, int(param.low), high, step=int(param.step or 1), log=param.log)  # type: ignore[arg-type]
+        return trial.suggest_int(param.name, int(param.low), high, step=int(param.step or 1), log=param.log)
     return trial.suggest_float(
-        param.name,
-        float(param.low),  # type: ignore[arg-type]
-        float(param.high),  # type: ignore[arg-type]
-        step=param.step,  # type: ignore[arg-type]
-        log=param.log,
+        param.name, float(param.low), float(param.high), step=param.step, log=param.log
     )
 
 
 def _resolve_max(param: Param, values: Mapping[str, Any], source: str) -> int:
-    if param.high != "max":
-        return int(param.high)  # type: ignore[arg-type]
-    name = values.get("backbone", cfg.TrialConfig.backbone)
+    if not param.to_stage_count:
+        return int(param.high)
+    name = values.get(BACKBONE, cfg.TrialConfig.backbone)
     stages = backbones.stage_count(name)
-    if int(param.low) > stages:  # type: ignore[arg-type]
+    if int(param.low) > stages:
         raise UserError(
             f"{source}: parameter {param.name!r}: low {param.low} exceeds {name}'s {stages} stages"
         )
@@ -358,10 +374,14 @@ def _resolve_max(param: Param, values: Mapping[str, Any], source: str) -> int:
 
 def _describe(param: Param) -> dict[str, Any]:
     if param.branches:
-        return {"choice": {opt: {p.name: _describe(p) for p in subs} for opt, subs in param.branches.items()}}
-    if param.kind == "choice":
-        return {"choice": list(param.choices)}
-    out: dict[str, Any] = {param.kind: [param.low, param.high]}
+        return {
+            Kind.CHOICE.value: {
+                opt: {p.name: _describe(p) for p in subs} for opt, subs in param.branches.items()
+            }
+        }
+    if param.kind is Kind.CHOICE:
+        return {Kind.CHOICE.value: list(param.choices)}
+    out: dict[str, Any] = {param.kind.value: [param.low, STAGES if param.to_stage_count else param.high]}
     if param.log:
         out["log"] = True
     if param.step is not None:
@@ -372,4 +392,4 @@ def _describe(param: Param) -> dict[str, Any]:
 def _discrete(param: Param) -> bool:
     if param.branches:
         return all(_discrete(p) for subs in param.branches.values() for p in subs)
-    return param.kind != "float" or param.step is not None
+    return param.kind is not Kind.FLOAT or param.step is not None

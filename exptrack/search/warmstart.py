@@ -22,7 +22,7 @@ import optuna
 from exptrack import config as cfg
 from exptrack import records, study_store
 from exptrack.errors import UserError, redact
-from exptrack.search.space import Param, SearchSpace, is_loss_param, is_number
+from exptrack.search.space import BACKBONE, LOSS_PARAMS, Kind, Param, SearchSpace, is_loss_param, is_number
 from exptrack.stores import optuna_storage
 from exptrack.stores.url import resolve_storage
 from exptrack.study import Study
@@ -92,18 +92,20 @@ def _point(
 
 def _check(param: Param, value: Any, values: Mapping[str, Any], source: str) -> None:
     """A value the space can suggest for `param`; otherwise one line naming both."""
-    if param.kind == "choice":  # a conditional choice's options are names (`focal`)
+    if param.kind is Kind.CHOICE:  # a conditional choice's options are names (`focal`)
         ok = str(value) in param.choices if param.branches else value in param.choices
         allowed = f"one of {list(param.choices)}"
     else:
         high = _high(param, values)
-        ok = is_number(value) and float(param.low) <= value <= high  # type: ignore[arg-type]
-        if ok and param.kind == "int":
-            ok = float(value).is_integer() and (int(value) - int(param.low)) % int(param.step or 1) == 0  # type: ignore[arg-type]
+        ok = is_number(value) and param.low <= value <= high
+        if ok and param.kind is Kind.INT:
+            ok = float(value).is_integer() and (int(value) - int(param.low)) % int(param.step or 1) == 0
         elif ok and param.step:
-            steps = (value - float(param.low)) / float(param.step)  # type: ignore[arg-type]
+            steps = (value - param.low) / param.step
             ok = math.isclose(steps, round(steps), abs_tol=1e-9)
-        allowed = f"{param.kind} in [{param.low}, {high:g}]" + (f" step {param.step}" if param.step else "")
+        allowed = f"{param.kind.value} in [{param.low}, {high:g}]" + (
+            f" step {param.step}" if param.step else ""
+        )
     if not ok:
         raise UserError(
             f"{source}: {param.name}={value!r} is outside the search space ({allowed}); "
@@ -112,9 +114,9 @@ def _check(param: Param, value: Any, values: Mapping[str, Any], source: str) -> 
 
 
 def _high(param: Param, values: Mapping[str, Any]) -> float:
-    if param.high == "max":  # freeze_depth: the stage count of the config's backbone
-        return float(backbones.stage_count(values.get("backbone", cfg.TrialConfig.backbone)))
-    return float(param.high)  # type: ignore[arg-type]
+    if param.to_stage_count:  # freeze_depth: the stage count of the config's backbone
+        return float(backbones.stage_count(values.get(BACKBONE, cfg.TrialConfig.backbone)))
+    return float(param.high)
 
 
 def searched_keys(space: SearchSpace) -> set[str]:
@@ -122,7 +124,7 @@ def searched_keys(space: SearchSpace) -> set[str]:
     keys: set[str] = set()
 
     def visit(param: Param) -> None:
-        keys.add(f"loss{cfg.PARAMS_SUFFIX}" if is_loss_param(param.name) else param.field)
+        keys.add(LOSS_PARAMS if is_loss_param(param.name) else param.field)
         for subs in param.branches.values():
             for sub in subs:
                 visit(sub)
