@@ -1,19 +1,108 @@
-"""A stored study's trials as both the search and the results commands read them: which count toward
---trials, which are feasible, the Pareto front, and ranking best first. (Opening the storage is
-`stores.optuna_storage`'s.)
+"""A stored study's trials as both the search and the results commands read them: a typed
+`TrialRecord` view of one trial (what the search filed on it, by `records`' keys), which count
+toward --trials, which are feasible, the Pareto front, and ranking best first. (Opening the
+storage is `stores.optuna_storage`'s.)
 
 Kept light (optuna only, no torch) so `exp trials`, `exp studies` and `exp export` start fast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from exptrack import records
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialRecord:
+    """What the search filed on one Optuna trial, typed: readers ask `record(trial).run_id`, never
+    `trial.user_attrs[...]`, so a key's spelling and its value's type live here and in `records`."""
+
+    trial: FrozenTrial
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+    @property
+    def state(self) -> TrialState:
+        """Optuna's state, except FAIL for a trial that ran out of memory (COMPLETE in Optuna only so
+        the sampler learns from it)."""
+        return TrialState.FAIL if out_of_memory(self.trial) else self.trial.state
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The trial's whole `TrialConfig` as a dict; {} before it was sampled."""
+        stored = self._attr(records.CONFIG_ATTR)
+        return dict(stored) if isinstance(stored, dict) else {}
+
+    @property
+    def has_config(self) -> bool:
+        return isinstance(self._attr(records.CONFIG_ATTR), dict)
+
+    @property
+    def run_id(self) -> str | None:
+        return self._text(records.RUN_ID_ATTR)
+
+    @property
+    def costs(self) -> dict[str, Any]:
+        """Its profiling figures (`FitResult.profile`): seconds, samples/s, memory, MFU, ..."""
+        stored = self._attr(records.PROFILE_ATTR)
+        return dict(stored) if isinstance(stored, dict) else {}
+
+    @property
+    def has_costs(self) -> bool:
+        return isinstance(self._attr(records.PROFILE_ATTR), dict)
+
+    @property
+    def fail_reason(self) -> str | None:
+        return self._text(records.FAIL_REASON_ATTR)
+
+    @property
+    def retry_of(self) -> str | None:
+        """The number of the killed trial this one repeats."""
+        return self._text(records.RETRY_ATTR)
+
+    @property
+    def is_retry(self) -> bool:
+        return records.RETRY_ATTR in self.trial.user_attrs
+
+    @property
+    def worker(self) -> str | None:
+        """The process that ran it, host:pid:start-time."""
+        return self._text(records.WORKER_ATTR)
+
+    @property
+    def weights_requested(self) -> str | None:
+        """The weights asked for when they could not be had (its config says what it trained from)."""
+        return self._text(records.WEIGHTS_REQUESTED)
+
+    @property
+    def classes(self) -> int | None:
+        """Its dataset's class count: chance accuracy is 1 / classes."""
+        stored = self._attr(records.CLASSES_ATTR)
+        return stored if isinstance(stored, int) and stored > 0 else None
+
+    @property
+    def feasible(self) -> bool:
+        return is_feasible(self.trial)
+
+    def _attr(self, key: str) -> Any:
+        return self.trial.user_attrs.get(key)
+
+    def _text(self, key: str) -> str | None:
+        stored = self._attr(key)
+        return None if stored is None else str(stored)
+
+
+def record(trial: FrozenTrial) -> TrialRecord:
+    return TrialRecord(trial)
 
 
 def counted_trials(study: optuna.Study) -> int:

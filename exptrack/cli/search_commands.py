@@ -19,7 +19,6 @@ from rich.progress import (
 from rich.table import Table
 
 from exptrack import config as cfg
-from exptrack import records
 from exptrack.cli.options import (
     PRUNER_NAMES,
     SAMPLER_NAMES,
@@ -208,6 +207,7 @@ def search(
 def print_summary(summary: Any) -> None:
     """The best trials (the Pareto front, for several objectives), where MLflow has them, and
     what tracking could not record."""
+    from exptrack import study_store
     from exptrack.results import tables
 
     which = "Pareto front" if summary.pareto else "best trials"
@@ -219,20 +219,15 @@ def print_summary(summary: Any) -> None:
     table.add_column("MLflow run", no_wrap=True, min_width=32)  # a run id is never cut or wrapped
     for trial in summary.best:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
-        run_id = trial.user_attrs.get(records.RUN_ID_ATTR, "-")
+        run_id = study_store.record(trial).run_id or "-"
         values = [_fmt(v) for v in trial.values]
         table.add_row(str(trial.number), *values, tables.weights_used(trial) or "-", params, run_id)
     if out.is_terminal:
         out.print(table)
     else:  # a log file or a pipe has no width to fit: the table at its natural width
         tables.print_wide(out, table)
-    asked = sorted(
-        {
-            str(t.user_attrs[records.WEIGHTS_REQUESTED])
-            for t in summary.best
-            if records.WEIGHTS_REQUESTED in t.user_attrs
-        }
-    )
+    requested = (study_store.record(t).weights_requested for t in summary.best)
+    asked = sorted({weights for weights in requested if weights is not None})
     if asked:
         warn(
             f"weights: {', '.join(asked)} could not be had, so these trials trained from scratch (random "

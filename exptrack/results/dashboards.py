@@ -22,6 +22,7 @@ from exptrack.errors import UserError, did_you_mean
 from exptrack.results import output, overview
 from exptrack.stores import optuna_storage
 from exptrack.study import DEFAULT_DASHBOARD, PACKAGED_DASHBOARD, Study
+from exptrack.study_store import record
 from exptrack.tracking import queries
 
 PanelFn = Callable[[optuna.Study, Mapping[str, Any]], Any]
@@ -280,7 +281,7 @@ def profile_breakdown(study: optuna.Study, options: Mapping[str, Any]) -> Any:
     """Stacked data / compute / eval seconds per trial, with training samples/s on a second axis."""
     import plotly.graph_objects as go
 
-    trials = [t for t in study.get_trials(deepcopy=False) if records.PROFILE_ATTR in t.user_attrs]
+    trials = [t for t in study.get_trials(deepcopy=False) if record(t).has_costs]
     if not trials:
         return None
     labels = [f"trial {t.number}" for t in trials]
@@ -289,14 +290,14 @@ def profile_breakdown(study: optuna.Study, options: Mapping[str, Any]) -> Any:
         figure.add_trace(
             go.Bar(
                 x=labels,
-                y=[t.user_attrs[records.PROFILE_ATTR].get(f"{phase}_seconds", 0.0) for t in trials],
+                y=[record(t).costs.get(f"{phase}_seconds", 0.0) for t in trials],
                 name=f"{phase} s",
             )
         )
     figure.add_trace(
         go.Scatter(
             x=labels,
-            y=[t.user_attrs[records.PROFILE_ATTR].get("train_samples_per_second", 0.0) for t in trials],
+            y=[record(t).costs.get("train_samples_per_second", 0.0) for t in trials],
             name="train samples/s",
             yaxis="y2",
             mode="markers+lines",
@@ -326,7 +327,7 @@ def cost_vs_params(study: optuna.Study, options: Mapping[str, Any]) -> Any:
     trials = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        if cost in t.user_attrs.get(records.PROFILE_ATTR, {})
+        if cost in record(t).costs
     ]
     drivers = [
         p for p in options.get("params", COST_DRIVERS) if any(_setting(t, p) is not None for t in trials)
@@ -341,7 +342,7 @@ def cost_vs_params(study: optuna.Study, options: Mapping[str, Any]) -> Any:
             figure.add_trace(
                 go.Scatter(
                     x=[_setting(t, name) for t in shown],
-                    y=[t.user_attrs[records.PROFILE_ATTR][cost] for t in shown],
+                    y=[record(t).costs[cost] for t in shown],
                     text=[f"trial {t.number}" for t in shown],
                     mode="markers",
                     marker={"symbol": symbol, "size": 9},
@@ -361,4 +362,4 @@ def _setting(trial: optuna.trial.FrozenTrial, name: str) -> Any:
     """A parameter as the trial ran it: searched (its param) or fixed (its stored config)."""
     if name in trial.params:
         return trial.params[name]
-    return (trial.user_attrs.get(records.CONFIG_ATTR) or {}).get(name)
+    return record(trial).config.get(name)

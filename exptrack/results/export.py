@@ -22,6 +22,7 @@ from exptrack import records, study_store
 from exptrack.errors import UserError
 from exptrack.results import output
 from exptrack.stores import optuna_storage
+from exptrack.study_store import record
 from exptrack.tracking.queries import read_trial_runs
 
 PACKAGES = ("exptrack", "torch", "torchvision", "optuna", "mlflow")
@@ -56,13 +57,13 @@ def best_trials(study: optuna.Study, top: int | None) -> list[FrozenTrial]:
 
 
 def export_trial(study: optuna.Study, trial: FrozenTrial, run_id: str | None = None) -> Exported:
-    stored = trial.user_attrs.get(records.CONFIG_ATTR)
-    if not isinstance(stored, dict):
+    stored = record(trial)
+    if not stored.has_config:
         raise UserError(
             f"trial {trial.number} of {study.study_name!r} has no stored config "
             "(it predates exptrack's records); re-run the study with exp search"
         )
-    config = cfg.from_dict(stored, source=f"trial {trial.number}")
+    config = cfg.from_dict(stored.config, source=f"trial {trial.number}")
     return Exported(trial, config, provenance(study, trial, config, run_id))
 
 
@@ -81,11 +82,12 @@ def provenance(
         metric = study.user_attrs.get(records.STUDY_OBJECTIVES_ATTR)
     if metric:
         facts[records.PROVENANCE_METRIC] = metric
-    facts[records.PROVENANCE_RUN_ID] = run_id or trial.user_attrs.get(records.RUN_ID_ATTR)
+    stored = record(trial)
+    facts[records.PROVENANCE_RUN_ID] = run_id or stored.run_id
     facts[records.PROVENANCE_SEED] = config.seed
-    if records.WEIGHTS_REQUESTED in trial.user_attrs:  # e.g. imagenet, unavailable: the config says none
-        facts[records.WEIGHTS_REQUESTED] = trial.user_attrs[records.WEIGHTS_REQUESTED]
-    threads = trial.user_attrs.get(records.PROFILE_ATTR, {}).get(records.TORCH_THREADS)
+    if stored.weights_requested is not None:  # e.g. imagenet, unavailable: the config says none
+        facts[records.WEIGHTS_REQUESTED] = stored.weights_requested
+    threads = stored.costs.get(records.TORCH_THREADS)
     if threads and math.isfinite(threads):
         facts[records.TORCH_THREADS] = int(threads)  # `exp train` applies it: CPU sums depend on it
     study_file = study.user_attrs.get(records.STUDY_FILE_ATTR)

@@ -56,7 +56,7 @@ def trials_frame(study: optuna.Study, runs: list[Any], costs: bool = False) -> p
     rows = [_trial_row(t, values, by_trial.get(t.number), [*shown_costs, *profile]) for t in trials]
     mixed = [key for key in mixed_fixed(trials) if key != "weights"]  # weights: a column of its own
     for row, trial in zip(rows, trials, strict=True):  # a mixed study shows what differs
-        row.update({key: (trial.user_attrs.get(records.CONFIG_ATTR) or {}).get(key) for key in mixed})
+        row.update({key: study_store.record(trial).config.get(key) for key in mixed})
     marks = _marks(study, trials)
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -114,10 +114,11 @@ def mixed_fixed(trials: list[FrozenTrial]) -> list[str]:
     quick look into the study. Weights compare as asked for (an offline fallback is no change)."""
     seen: dict[str, set[str]] = {}
     for trial in trials:
-        config = dict(trial.user_attrs.get(records.CONFIG_ATTR) or {})
+        stored = study_store.record(trial)
+        config = stored.config
         if not config:
             continue
-        config["weights"] = trial.user_attrs.get(records.WEIGHTS_REQUESTED) or config.get("weights")
+        config["weights"] = stored.weights_requested or config.get("weights")
         searched = {name.split(".")[0] for name in trial.params}
         for key, value in cfg.meaning(config, searched).items():
             seen.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
@@ -136,7 +137,7 @@ def _trial_row(
     start, end = trial.datetime_start, trial.datetime_complete
     row["duration_s"] = (end - start).total_seconds() if start and end else math.nan
     # MLflow's record wins; the trial's own link still names the run when MLflow is elsewhere.
-    row["run_id"] = run.info.run_id if run else trial.user_attrs.get(records.RUN_ID_ATTR)
+    row["run_id"] = run.info.run_id if run else study_store.record(trial).run_id
     row["run_status"] = run.info.status if run else None
     for key in profile:
         row[key] = _figure(trial, run, key)
@@ -147,14 +148,14 @@ def _figure(trial: FrozenTrial, run: Any | None, name: str) -> float:
     """A cost figure: MLflow's record (a tag under `profile/`), else the trial's own copy in Optuna."""
     if run is not None and records.profile_tag(name) in run.data.tags:
         return float(run.data.tags[records.profile_tag(name)])
-    return float(trial.user_attrs.get(records.PROFILE_ATTR, {}).get(name, math.nan))
+    return float(study_store.record(trial).costs.get(name, math.nan))
 
 
 def weights_used(trial: FrozenTrial) -> str | None:
     """The weights the trial started from, and what was asked for when that could not be had:
     `none (imagenet unavailable)`."""
-    used = (trial.user_attrs.get(records.CONFIG_ATTR) or {}).get("weights")
-    asked = trial.user_attrs.get(records.WEIGHTS_REQUESTED)
+    stored = study_store.record(trial)
+    used, asked = stored.config.get("weights"), stored.weights_requested
     return f"{used} ({asked} unavailable)" if asked and used else used
 
 

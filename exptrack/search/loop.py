@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 import optuna
 from optuna.trial import TrialState
 
-from exptrack import records
 from exptrack.errors import UserError
 from exptrack.search import ownership, preflight, repair, signals, study_run, warmstart
 from exptrack.search.options import SearchOptions
@@ -26,7 +25,7 @@ from exptrack.search.trial import Progress, TrialContext, TrialOutcome, run_tria
 from exptrack.stores import backends, optuna_private
 from exptrack.stores.locks import StoreLock
 from exptrack.study import Study
-from exptrack.study_store import counted_trials, ranked
+from exptrack.study_store import counted_trials, ranked, record
 from exptrack.tracking.tracker import Tracker
 
 BUDGET_POLL_S = 0.5  # a worker whose budget is all running elsewhere looks again this often
@@ -227,7 +226,7 @@ def _stop_after_failures(search: Search, outcomes: Sequence[TrialOutcome]) -> No
 
 def _last_fail_reason(study: optuna.Study) -> str:
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    return str(failed[-1].user_attrs.get(records.FAIL_REASON_ATTR, "?"))[:200] if failed else "?"
+    return (record(failed[-1]).fail_reason or "?")[:200] if failed else "?"
 
 
 def _close_tracking(search: Search, tracking: StudyRun, dashboard: Dashboard, status: str) -> None:

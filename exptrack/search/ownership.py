@@ -26,7 +26,7 @@ from exptrack import records
 from exptrack.processes import owner_is_dead, worker_id
 from exptrack.stores import optuna_private
 from exptrack.stores.locks import StoreLock
-from exptrack.study_store import counted_trials
+from exptrack.study_store import counted_trials, record
 
 ORPHAN_REASON = "asked by a process that died before it recorded itself as the trial's worker"
 
@@ -62,15 +62,15 @@ def fail_abandoned(study: optuna.Study, lock: StoreLock) -> list[Abandoned]:
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         reason = _why_abandoned(frozen, optuna_private.trial_id(frozen) in stale, lock, study)
         if reason and _fail(study, frozen, reason):
-            failed.append(Abandoned(frozen.number, frozen.user_attrs.get(records.RUN_ID_ATTR), reason))
+            failed.append(Abandoned(frozen.number, record(frozen).run_id, reason))
     return failed
 
 
 def _why_abandoned(
     frozen: optuna.trial.FrozenTrial, stale: bool, lock: StoreLock, study: optuna.Study
 ) -> str | None:
-    worker = frozen.user_attrs.get(records.WORKER_ATTR)
-    if not isinstance(worker, str):
+    worker = record(frozen).worker
+    if worker is None:
         # Only a lock that keeps other processes out proves the asker died inside it; one a
         # database restart can drop proves it only once the asker could have waited the restart out.
         asked = frozen.datetime_start or datetime.datetime.now()
@@ -93,7 +93,7 @@ def _fail(study: optuna.Study, frozen: optuna.trial.FrozenTrial, reason: str) ->
         storage.set_trial_state_values(optuna_private.trial_id(frozen), state=TrialState.FAIL)
     except UpdateFinishedTrialError:
         return False
-    if frozen.params and records.RETRY_ATTR not in frozen.user_attrs:
+    if frozen.params and not record(frozen).is_retry:
         study.enqueue_trial(frozen.params, user_attrs={records.RETRY_ATTR: frozen.number})
     return True
 

@@ -35,7 +35,7 @@ def repair_runs(
         trial = by_number.get(number)
         if trial is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
-        why = trial.user_attrs.get(records.FAIL_REASON_ATTR)
+        why = study_store.record(trial).fail_reason
         reason = f"trial {number} is {trial.state.name} in Optuna" + (f": {why}" if why else "")
         status = records.RUN_STATUS.get(study_store.state_name(trial), "FAILED")  # out of memory: FAILED
         runs.close_stale_run(tracker, run_id, status, reason)

@@ -44,8 +44,9 @@ def findings(study: optuna.Study, metric: str) -> list[str]:
 
 def _flat(done: list[FrozenTrial], metric: str) -> str | None:
     values = [float(t.value) for t in done]  # type: ignore[arg-type]  # filtered above
-    classes = {t.user_attrs.get(records.CLASSES_ATTR) for t in done}
-    chance = 1 / classes.pop() if len(classes) == 1 and isinstance(next(iter(classes), None), int) else None
+    classes = {study_store.record(t).classes for t in done}  # None: not recorded
+    only = classes.pop() if len(classes) == 1 else None
+    chance = 1 / only if only else None
     what = f"all {len(done)} finished trials"
     if metric == "val_accuracy" and chance is not None and max(values) <= chance + CHANCE_MARGIN:
         return (

@@ -202,11 +202,11 @@ def best_of_study(
         )
     starts = []
     for trial in chosen:
-        stored = trial.user_attrs.get(records.CONFIG_ATTR)
-        if not isinstance(stored, dict):
+        stored = study_store.record(trial)
+        if not stored.has_config:
             raise UserError(f"--from-study {name!r}: trial {trial.number} has no stored config to start from")
         try:
-            starts.append(from_values(space, stored, f"{name} trial {trial.number}"))
+            starts.append(from_values(space, stored.config, f"{name} trial {trial.number}"))
         except UserError as exc:
             raise UserError(
                 f"--from-study {name!r}: its space is not compatible with this one: {exc}"
