@@ -1,30 +1,26 @@
 """exptrack: hyperparameter search and experiment tracking for PyTorch fine-tuning.
 
-A study file imports `Study` from here. From Python, `exptrack.search(study, trials=...)` runs a
-study and `exptrack.trials(name)` reads its trials (`exptrack.api`, imported on first use, so
+A study file imports `Study` from here. From Python, `exptrack.run_search(study, trials=...)` runs
+a study and `exptrack.trials(name)` reads its trials (`exptrack.api`, imported on first use, so
 importing exptrack stays light); everything else is reached through the `exp` CLI.
+
+`exptrack.search` is the search package, not a function: Python sets a package's attribute to each
+subpackage it imports, so a function of that name would be replaced by the package the first time
+anything imports `exptrack.search.*` (CONTRIBUTING.md, "Python API names").
 """
 
-import types
 from typing import Any
 
-from exptrack import search as _search_package  # the package of the search loop (light: no imports)
 from exptrack.config import TrialConfig
 from exptrack.errors import UserError
 from exptrack.study import Study
 
 
-class _CallablePackage(types.ModuleType):
-    """`exptrack.search` is the search package and, called, the API's `search`: a plain function
-    of that name would be replaced by the package the first time the package is imported."""
+def run_search(*args: Any, **kwargs: Any) -> Any:
+    """Tune a study from Python as `exp search` does (see `exptrack.api.run_search`)."""
+    from exptrack import api
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from exptrack import api
-
-        return api.search(*args, **kwargs)
-
-
-_search_package.__class__ = _CallablePackage  # module __class__ assignment: Python's own hook
+    return api.run_search(*args, **kwargs)
 
 
 def trials(*args: Any, **kwargs: Any) -> Any:
@@ -34,6 +30,5 @@ def trials(*args: Any, **kwargs: Any) -> Any:
     return api.trials(*args, **kwargs)
 
 
-search = _search_package
-__all__ = ["Study", "TrialConfig", "UserError", "search", "trials"]
+__all__ = ["Study", "TrialConfig", "UserError", "run_search", "trials"]
 __version__ = "0.1.0"

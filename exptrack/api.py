@@ -1,5 +1,5 @@
 """The Python API: run a study and read its trials from a notebook or a script, without the CLI.
-`exptrack.search(...)` and `exptrack.trials(...)` call the same functions `exp search` and
+`exptrack.run_search(...)` and `exptrack.trials(...)` call the same functions `exp search` and
 `exp trials` call (`search.run.run_search`, `results.tables.trials_table`): no second code path.
 
 Imported on first use, so `import exptrack` (which every study file does) stays light.
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 Store = str | Path | None  # a URL, or a path that names a sqlite file
 
 
-def search(
+def run_search(
     study: Study | str | Path,
     trials: int = 20,
     *,
@@ -41,8 +41,8 @@ def search(
     --no-tracking). Ctrl-C ends the search as in the CLI and raises KeyboardInterrupt."""
     from exptrack import processes
     from exptrack.results import dashboards
+    from exptrack.search import run
     from exptrack.search.options import SearchOptions
-    from exptrack.search.run import run_search
 
     processes.quiet_libraries()
     overrides = dict(overrides or {})
@@ -56,12 +56,13 @@ def search(
     }
     unknown = sorted(set(options) - fields)
     if unknown:
-        raise UserError(f"exptrack.search: unknown option {unknown[0]!r}; use {', '.join(sorted(fields))}")
+        valid = ", ".join(sorted(fields))
+        raise UserError(f"exptrack.run_search: unknown option {unknown[0]!r}; use {valid}")
     chosen = SearchOptions(
         trials=trials, storage=store_url(storage), tracking_uri=store_url(tracking_uri), **options
     )
     source = study if isinstance(study, Study) else Path(study)
-    return run_search(source, chosen, overrides, None, print, dashboards.renderer_for, own_signals=False)
+    return run.run_search(source, chosen, overrides, None, print, dashboards.renderer_for, own_signals=False)
 
 
 def trials(

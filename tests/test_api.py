@@ -1,4 +1,4 @@
-"""The Python API: `exptrack.search` runs a study and `exptrack.trials` reads it, in-process, as
+"""The Python API: `exptrack.run_search` runs a study and `exptrack.trials` reads it, in-process, as
 `exp search` and `exp trials` do; paths may be `str` or `Path`; importing exptrack stays light."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ TINY = {"epochs": 1, "subset": 64, "image_size": 16, "weights": "none"}
 def test_search_and_trials_from_python_match_the_cli(project: Path) -> None:
     stores = {"storage": project / "optuna.db", "tracking_uri": str(project / "mlflow.db")}  # Path and str
     before = signal.getsignal(signal.SIGINT)
-    summary = exptrack.search(
+    summary = exptrack.run_search(
         "studies/finetune.py", trials=1, overrides=TINY, seed=0, pruner="none", **stores
     )
     assert (summary.study_name, summary.finished, summary.ran) == ("finetune", 1, 1)
@@ -31,7 +31,7 @@ def test_search_and_trials_from_python_match_the_cli(project: Path) -> None:
 
     # a Study object resumes the same study: its budget is met, nothing runs
     study = Study(name="finetune", search_space=str(project / "search_spaces" / "finetune.yaml"))
-    again = exptrack.search(study, trials=1, overrides=TINY, **stores)
+    again = exptrack.run_search(study, trials=1, overrides=TINY, **stores)
     assert (again.finished, again.ran) == (1, 0)
 
     frame = exptrack.trials("finetune", **stores)
@@ -45,7 +45,7 @@ def test_search_and_trials_from_python_match_the_cli(project: Path) -> None:
 def test_search_from_python_runs_workers_as_exp_search_does(project: Path) -> None:
     stores = {"storage": project / "optuna.db", "tracking_uri": project / "mlflow.db"}
     before = signal.getsignal(signal.SIGINT)
-    summary = exptrack.search(
+    summary = exptrack.run_search(
         "studies/finetune.py", trials=2, workers=2, overrides=TINY, seed=0, pruner="none", **stores
     )
     assert (summary.finished, summary.parent_run_id is not None) == (2, True)
@@ -56,13 +56,13 @@ def test_search_from_python_runs_workers_as_exp_search_does(project: Path) -> No
 
 def test_search_names_an_unknown_option_and_the_valid_ones(project: Path) -> None:
     with pytest.raises(exptrack.UserError, match=r"unknown option 'trails'; use .*sampler"):
-        exptrack.search("studies/finetune.py", trails=3)
+        exptrack.run_search("studies/finetune.py", trails=3)
 
 
 def test_importing_exptrack_loads_neither_torch_nor_the_stores() -> None:
     code = (
         "import sys, exptrack\n"
-        "assert callable(exptrack.search) and callable(exptrack.trials)\n"
+        "assert callable(exptrack.run_search) and callable(exptrack.trials)\n"
         "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -35,7 +35,7 @@ ALLOWED = {
         "training",
         "stores",
         "core",
-    },  # exptrack.search(...), exptrack.trials(...)
+    },  # exptrack.run_search(...), exptrack.trials(...)
     "search": {"search", "training", "tracking", "stores", "core"},
     "results": {"results", "training", "tracking", "stores", "core"},
     "tracking": {"tracking", "stores", "core"},

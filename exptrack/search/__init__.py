@@ -5,8 +5,9 @@ joining the study (`study_setup`), the study's MLflow parent run and dashboard (
 before any store is created (`preflight`), the repair of what dead processes left (`repair`),
 refusing a changed study (`changed_study`), who owns a trial (`ownership`, under the store lock of
 `stores.backends`), several worker processes (`workers`) and where each runs (`slots`), constraints
-(`feasibility`), warm starts (`warmstart`) and signals. `run.run_search` is the one entry point the CLI calls. Called, this package is the Python
-API's `exptrack.search(study, trials=...)` (`exptrack.api.search`), which calls `run_search` too.
+(`feasibility`), warm starts (`warmstart`) and signals. `run.run_search` is the one entry point
+the CLI calls; the Python API's `exptrack.run_search(study, trials=...)` (`exptrack.api.run_search`)
+calls it too, and a `--workers` worker is `python -m exptrack.search.worker` (`worker`).
 
 May import `training`, `tracking`, `records` and the core modules; never `results` or `cli`.
 """
