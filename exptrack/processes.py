@@ -1,14 +1,23 @@
 """Which process owns a record, and whether it is gone: a trial records its worker, an `exp train`
 run its process, as host:pid:start-time, so a later command can close what a killed one left
-RUNNING (a recycled pid, with another start time, is not taken for the owner). And the one
-process-wide setup every entry point (`exp`, a `--workers` worker, the Python API) makes first:
-`quiet_libraries`; no module does it on import."""
+RUNNING (a recycled pid, with another start time, is not taken for the owner). And what a
+process sets up for itself: the quieting every entry point (`exp`, a `--workers` worker, the Python
+API) makes first (`quiet_libraries`; no module does it on import), SIGINT/SIGTERM handlers for a
+block (`stop_signals_handled`: exp search, its workers' coordinator, exp train, exp ui), and a
+child that dies with its parent (`signal_on_parent_death`: `--workers` workers, exp ui's server)."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 # torch's C++ logs that are the profiler's internals, not the user's concern (issue 19, item 14):
 # - libkineto (torch.profiler's engine) prints `USDT: ... profiler_start/stop`, `STAGE:` lines and,
@@ -82,3 +91,31 @@ def owner_is_dead(worker: str) -> bool:
     # Same pid, other start time: the pid was recycled and the owner is gone.
     # An older host:pid record, or no /proc: the pid is alive, so take it for the owner.
     return started not in ("", "-") and _start_time(pid) != started
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and `kill` / a scheduler's stop
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+Handler = Callable[[int, FrameType | None], Any]
+
+
+@contextlib.contextmanager
+def stop_signals_handled(handler: Handler) -> Iterator[None]:
+    """`handler` for SIGINT and SIGTERM while the block runs, then the handlers found before it
+    back (a notebook's own Ctrl-C handling, or the command's)."""
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, before)
+
+
+def signal_on_parent_death(signum: int) -> bool:
+    """Have Linux send this process `signum` when its parent dies, even by SIGKILL (prctl's
+    PR_SET_PDEATHSIG); False where that cannot be had (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    with contextlib.suppress(AttributeError, OSError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        return True
+    return False

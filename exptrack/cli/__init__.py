@@ -106,7 +106,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)  # typer returns 130 here for any KeyboardInterrupt
         if isinstance(code, int) and code:
-            sys.exit(signals.exit_code() or code)
+            sys.exit(code)
     except UserError as exc:
         _say(f"error: {exc}")
         sys.exit(2)

@@ -34,6 +34,18 @@ def registered_names(help_text: str) -> str:
     return help_text
 
 
+@contextlib.contextmanager
+def exit_code_on_signal() -> Iterator[None]:
+    """A signal's `Interrupted` ends the command with its own exit code (130 SIGINT, 143 SIGTERM),
+    which typer would otherwise turn into 130 for any KeyboardInterrupt."""
+    from exptrack.search.signals import Interrupted
+
+    try:
+        yield
+    except Interrupted as exc:
+        raise typer.Exit(exc.exit_code) from exc
+
+
 def default(text: str) -> str:
     """`[default: TEXT]` for a help string, escaped: typer renders help as rich markup, where an
     unescaped `[default: ...]` is taken for a style tag and silently dropped."""

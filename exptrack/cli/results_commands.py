@@ -17,6 +17,7 @@ from exptrack.cli.options import (
     TrackingOpt,
     default,
     err,
+    exit_code_on_signal,
     out,
     warn,
 )
@@ -137,8 +138,9 @@ def train(
 
     progress.use(RichTasks())  # a weight download or an image folder draws a bar while it runs
     # SIGTERM (which a scheduler sends) closes the run as FAILED like Ctrl-C, and exits 143
-    signals.install(warn, work="the run")
-    with signals.interruptible():
+    interrupts = signals.Interrupts(warn, work="the run")
+    interrupts.install()
+    with exit_code_on_signal(), interrupts.interruptible():
         outcome = reproduce.reproduce(config_file, set_ or [], tracking_uri, register, threads, warn, profile)
     final = ", ".join(f"{k}={v:.4f}" for k, v in outcome.final.items())
     say = lambda line: out.print(line, highlight=False, soft_wrap=True)  # noqa: E731

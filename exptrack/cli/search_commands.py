@@ -28,6 +28,7 @@ from exptrack.cli.options import (
     TrackingOpt,
     default,
     err,
+    exit_code_on_signal,
     out,
     warn,
 )
@@ -197,7 +198,8 @@ def search(
     progress = SearchProgress()
     training_progress.use(RichTasks(progress.bar))  # a download or image folder: a task on the bar
     try:
-        summary = run_search(study, options, overrides, progress, progress.warn, dashboards.renderer_for)
+        with exit_code_on_signal():
+            summary = run_search(study, options, overrides, progress, progress.warn, dashboards.renderer_for)
     finally:
         progress.stop()
         training_progress.use(None)

@@ -70,6 +70,7 @@ class Search:
     progress: Progress | None = None
     warn: Callable[[str], None] = print
     render_dashboard: DashboardRenderer | None = None
+    interrupts: signals.Interrupts = dataclasses.field(default_factory=signals.Interrupts)
 
     @property
     def study(self) -> optuna.Study:
@@ -89,6 +90,7 @@ def open_search(
     prepared: preflight.Prepared | None = None,  # run_search's own preflight, not repeated
     render_dashboard: DashboardRenderer | None = None,
     starts: Sequence[warmstart.Start] = (),  # queued once the study exists (run_search checked them)
+    interrupts: signals.Interrupts | None = None,  # run_search's, whose handlers are installed
 ) -> Search:
     """Check what run_search did not, then create or join the study (`study_setup`). `options`
     are `SearchOptions.resolved()`: the stores were resolved where the search started."""
@@ -100,8 +102,9 @@ def open_search(
     dashboard = render_dashboard is not None
     stored = create_study(spec, options, prepared, storage_url, lock, warn, dashboard, starts)
     return Search(
-        spec, options, stored, prepared, storage_url, lock, tracker, progress, warn, render_dashboard
-    )
+        spec, options, stored, prepared, storage_url, lock, tracker, progress, warn, render_dashboard,
+        interrupts or signals.Interrupts(warn),
+    )  # fmt: skip
 
 
 def run(search: Search) -> SearchSummary:
@@ -117,7 +120,7 @@ def run(search: Search) -> SearchSummary:
         while counted_trials(study) < options.trials:
             if options.timeout is not None and time.monotonic() - started > options.timeout:
                 break
-            signals.check()
+            search.interrupts.check()
             traced = sum(o.traced for o in outcomes) < options.profile_trials
             outcome = run_one(search, tracking, traced)
             if outcome is None:  # the rest of the budget is running in other workers
@@ -176,6 +179,7 @@ def trial_context(search: Search, tracking: StudyRun, traced: bool = False) -> T
         traced,
         search.progress,
         search.warn,
+        search.interrupts,
     )
 
 

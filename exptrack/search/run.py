@@ -47,8 +47,9 @@ def run_search(
     check_options(options)
     options = options.resolved()  # the one place the stores are resolved, for workers too
     quiet_optuna()
+    interrupts = signals.Interrupts(warn)  # this search's signals, handed to its loop and trials
     if options.worker:
-        workers.follow_coordinator()
+        workers.follow_coordinator(interrupts)
         slots.apply_in_worker()  # its share of the cores (and of its GPU) before torch works
     planned = slots.plan(options.workers, options.gpus, options.per_gpu) if _spreads(options) else []
     spec = (study if isinstance(study, Study) else load_study_file(Path(study))).with_overrides(
@@ -86,13 +87,15 @@ def run_search(
         for note in prepared.notes:
             warn(note)
     # From here on stores are written: a signal is reported, and ends the search cleanly.
-    with _signals_handled(own_signals, warn):
-        with signals.interruptible(CREATING):  # each store is created whole or not at all
+    with _signals_handled(own_signals, interrupts):
+        with interrupts.interruptible(CREATING):  # each store is created whole or not at all
             tracker = None
             if options.tracking:
                 tracker = Tracker(tracking_uri, warn=warn)
                 tracker.check()
-            search = loop.open_search(spec, options, tracker, progress, warn, prepared, render, starts)
+            search = loop.open_search(
+                spec, options, tracker, progress, warn, prepared, render, starts, interrupts
+            )
         if planned:
             order = Order(study_source(study), dict(overrides or {}), options, factory_name(dashboard))
             summary = workers.run_workers(search, planned, order)
@@ -117,14 +120,14 @@ def quiet_optuna() -> None:
 
 
 def _signals_handled(
-    own_signals: bool, warn: Callable[[str], None]
+    own_signals: bool, interrupts: signals.Interrupts
 ) -> contextlib.AbstractContextManager[None]:
     """The CLI keeps our SIGINT/SIGTERM handlers for the rest of the process; a call from Python
     gets its own handlers back afterwards."""
     if own_signals:
-        signals.install(notify=warn)
+        interrupts.install()
         return contextlib.nullcontext()
-    return signals.installed_for_the_call(notify=warn)
+    return interrupts.for_the_call()
 
 
 def _spreads(options: SearchOptions) -> bool:

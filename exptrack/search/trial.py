@@ -62,6 +62,7 @@ class TrialContext:
     traced: bool = False  # one of the first --profile-trials: torch.profiler traces its training
     progress: Progress | None = None
     warn: Callable[[str], None] = print
+    interrupts: signals.Interrupts = dataclasses.field(default_factory=signals.Interrupts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +141,7 @@ def _train(
     """`fit`, then tell; the trial's final state name. Any failure ends only this trial."""
     reporter = TrialReporter(trial, ctx.tracker, run_id, list(ctx.spec.objectives), config.epochs)
     try:
-        with signals.interruptible():
+        with ctx.interrupts.interruptible():
             result = _fit(ctx, config, reporter, run_id, traced)
     except BaseException as exc:
         out_of_memory = isinstance(exc, torch.OutOfMemoryError)

@@ -1,16 +1,15 @@
-"""`--workers K`: K `exp search --worker` processes on one study. This process creates both stores
-and the study's run first (under the store lock), waits for the workers, then closes the run.
-A worker is told when this process dies, even by SIGKILL (Linux's parent-death signal, taken as one
-SIGTERM: `signals.on_parent_death`), so none keeps training for a coordinator that is gone: it
-closes its trial FAIL and the trial's run FAILED; the next start repairs the study's run."""
+"""`--workers K`: K `python -m exptrack.search.worker` processes on one study. This process creates
+both stores and the study's run first (under the store lock), waits for the workers, then closes
+the run. A worker is told when this process dies, even by SIGKILL (Linux's parent-death signal,
+taken as one SIGTERM: `signals.Interrupts.on_parent_death`), so none keeps training for a
+coordinator that is gone: it closes its trial FAIL and the trial's run FAILED; the next start
+repairs the study's run."""
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from typing import IO
 
 from optuna.trial import TrialState
 
-from exptrack import study_store
+from exptrack import processes, study_store
 from exptrack.errors import UserError
 from exptrack.search import loop, signals
 from exptrack.search.loop import Search, SearchSummary
@@ -29,7 +28,6 @@ from exptrack.search.options import Order, SearchOptions
 from exptrack.search.slots import Slot
 from exptrack.search.study_run import StudyRun
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 COORDINATOR_ENV = "EXPTRACK_COORDINATOR_PID"  # tells a worker whose death it follows
 
 
@@ -143,13 +141,9 @@ def _wait(children: list[subprocess.Popen[str]], relay: Relay) -> tuple[list[int
             if child.poll() is None:
                 child.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with processes.stop_signals_handled(forward):
         codes = [child.wait() for child in children]
         relay.join()  # every line the workers wrote is shown before the summary
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     return codes, received
 
 
@@ -167,14 +161,13 @@ def _end(search: Search, tracking: StudyRun, codes: list[int], received: list[in
         )
 
 
-def follow_coordinator() -> None:
+def follow_coordinator(interrupts: signals.Interrupts) -> None:
     """In a worker: be signalled when the coordinator dies (it closes the running trial as failed),
     and stop at once if it died before this line ran."""
     parent = os.environ.get(COORDINATOR_ENV)
     if not parent or not sys.platform.startswith("linux"):
         return
-    signals.on_parent_death()  # before the kernel may send it
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signals.PARENT_DEATH, 0, 0, 0)
+    interrupts.on_parent_death()  # before the kernel may send it
+    processes.signal_on_parent_death(signals.PARENT_DEATH)
     if os.getppid() != int(parent):
         raise UserError("the --workers coordinator that started this worker is gone; re-run the search")

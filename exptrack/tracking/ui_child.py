@@ -12,19 +12,17 @@ Run by `ui_server`: python -m exptrack.tracking.ui_child PARENT_PID -- <mlflow s
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import sys
 import threading
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+from exptrack import processes
 
 
 def die_with(parent: int) -> None:
     """Arrange SIGTERM for this process when `parent` dies; exit now if it already has."""
-    with contextlib.suppress(AttributeError, OSError):  # no prctl outside Linux: the pipe remains
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    processes.signal_on_parent_death(signal.SIGTERM)  # outside Linux: the pipe remains
     if os.getppid() != parent:  # exp ui died before prctl took effect
         sys.exit(0)
     threading.Thread(target=_terminate_on_eof, daemon=True, name="exp-ui-watch").start()

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from exptrack import records
+from exptrack import processes, records
 from exptrack.errors import UserError, first_line, redact
 from exptrack.stores import backends
 from exptrack.stores.url import parse, resolve_tracking
@@ -223,15 +223,14 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: list[int] = []
-        self._previous: dict[int, Any] = {}
+        self._handled = processes.stop_signals_handled(self._handle)
 
     def __enter__(self) -> StopSignals:
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._handled.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+        self._handled.__exit__(None, None, None)
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.received.append(signum)
