@@ -1,6 +1,7 @@
 """The design's shape, enforced: imports point down the package table, the package has no import
 cycle, training never reaches optuna or mlflow (at any depth), MLflow is called only from
-`tracking/`, the fast results commands load no torch, and record names live in `records.py`."""
+`tracking/`, torch only from `training/`, the fast results commands load no torch, and record
+names live in `records.py`."""
 
 from __future__ import annotations
 
@@ -121,6 +122,16 @@ def test_the_results_tables_export_and_the_cli_load_no_torch() -> None:
     loaded = loaded_after_import(["exptrack.cli", "exptrack.results.tables", "exptrack.results.export"])
     assert "optuna" in loaded and "pandas" in loaded  # the imports really ran
     assert "torch" not in loaded
+
+
+def test_torch_is_imported_only_under_training() -> None:
+    outside = [
+        name
+        for name, path in MODULES.items()
+        if not name.startswith("exptrack.training")
+        and any(m.split(".")[0] in ("torch", "torchvision") for m in imports_of(path))
+    ]
+    assert outside == [], "call torch through a function in exptrack/training/ instead"
 
 
 def test_mlflow_is_imported_only_under_tracking() -> None:

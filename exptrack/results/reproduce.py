@@ -15,8 +15,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from exptrack import config as cfg
 from exptrack import records
 from exptrack.errors import UserError, failure_reason
@@ -25,7 +23,7 @@ from exptrack.stores.url import resolve_tracking
 from exptrack.study import check_name, load_study_file
 from exptrack.tracking import logged_models, runs, ui_links
 from exptrack.tracking.tracker import Tracker
-from exptrack.training import fit, profiling, weights
+from exptrack.training import devices, fit, profiling, weights
 
 DEFAULT_EXPERIMENT = "exptrack-train"
 
@@ -112,18 +110,17 @@ def check_provenance(provenance: Mapping[str, Any], where: str) -> None:
         cfg.check_text(str(run_id), f"{where} {records.PROVENANCE_RUN_ID}")
     value = provenance.get(records.PROVENANCE_VALUE)
     values = value if isinstance(value, list) else [value]
-    if value is not None and not all(type(v) in (int, float) and math.isfinite(v) for v in values):
+    finite = all(isinstance(v, int | float) and type(v) is not bool and math.isfinite(v) for v in values)
+    if value is not None and not finite:
         raise UserError(f"{where} {records.PROVENANCE_VALUE} must be a finite number, got {cfg.shown(value)}")
 
 
 def apply_threads(provenance: Mapping[str, Any], threads: int | None) -> int:
     """Use the thread count given, else the one the trial ran with, else torch's default."""
     wanted = threads or provenance.get(records.TORCH_THREADS)
-    if wanted is not None:
-        if not 1 <= int(wanted) <= MAX_THREADS:
-            raise UserError(f"--threads must be from 1 to {MAX_THREADS}, got {wanted}")
-        torch.set_num_threads(int(wanted))
-    return torch.get_num_threads()
+    if wanted is not None and not 1 <= int(wanted) <= MAX_THREADS:
+        raise UserError(f"--threads must be from 1 to {MAX_THREADS}, got {wanted}")
+    return devices.use_threads(None if wanted is None else int(wanted))
 
 
 def reproduce(
@@ -160,8 +157,9 @@ def reproduce(
     tracker.watch_system(run_id, records.system_node(platform.node(), profiling.physical_gpu(config.device)))
     try:
         result = _fit(config, tracker, run_id, warn, profile)
+        example = None if result.example is None else devices.example_arrays(result.model, result.example)
         model_uri, registered = logged_models.log_model(
-            tracker, experiment_id, run_id, result.model, register, result.example
+            tracker, experiment_id, run_id, result.model, register, example
         )
     except BaseException as exc:  # never leave the run RUNNING (a second signal exits at once: see OWNER_TAG)
         runs.fail_run(tracker, run_id, failure_reason(exc))

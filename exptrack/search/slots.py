@@ -115,10 +115,9 @@ def plan(workers: int, gpus: str | None, per_gpu: int) -> list[Slot]:
         return cpu_slots(workers, available_cores(), os.environ.get("OMP_NUM_THREADS"))
     if workers != 1:
         raise UserError("--gpus starts one worker per GPU slot; drop --workers (use --per-gpu for more)")
-    import torch
+    from exptrack.training.devices import cuda_device_count  # loads torch: only for --gpus
 
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    devices = parse_gpus(gpus, count)
+    devices = parse_gpus(gpus, cuda_device_count())
     memory = gpu_memory(devices)
     free = {d: m[0] for d, m in memory.items()}
     total = {d: m[1] for d, m in memory.items()}
@@ -145,10 +144,6 @@ def apply_in_worker() -> None:
     threads, fraction = os.environ.get(THREADS_ENV), os.environ.get(MEMORY_FRACTION_ENV)
     if not threads and not fraction:
         return
-    import torch
+    from exptrack.training.devices import take_share
 
-    if threads:
-        torch.set_num_threads(int(threads))
-        torch.set_num_interop_threads(int(threads))
-    if fraction and torch.cuda.is_available():
-        torch.cuda.set_per_process_memory_fraction(float(fraction), 0)
+    take_share(int(threads) if threads else None, float(fraction) if fraction else None)

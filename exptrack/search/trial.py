@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import math
 import platform
 import tempfile
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
-import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
@@ -32,7 +30,7 @@ from exptrack.search.space import SearchSpace
 from exptrack.study import Constraint, Study
 from exptrack.tracking import runs, ui_links
 from exptrack.tracking.tracker import Tracker
-from exptrack.training import fit, profiling
+from exptrack.training import devices, fit, profiling
 
 TAKEN_OVER = "another worker marked this trial FAIL: no heartbeat reached it within the grace period"
 
@@ -144,7 +142,7 @@ def _train(
         with ctx.interrupts.interruptible():
             result = _fit(ctx, config, reporter, run_id, traced)
     except BaseException as exc:
-        out_of_memory = isinstance(exc, torch.OutOfMemoryError)
+        out_of_memory = devices.is_out_of_memory(exc)
         fail(ctx, trial, run_id, exc, infeasible=out_of_memory and ctx.learns_infeasible)
         if isinstance(exc, KeyboardInterrupt | UserError | SystemExit):
             _outcome(ctx, trial.number, "FAIL")
@@ -155,7 +153,7 @@ def _train(
         except UpdateFinishedTrialError:
             return _taken_over(ctx, trial, run_id)
     if out_of_memory:  # after the except block, so the exception's frames (and tensors) are gone
-        release_memory()
+        devices.release_memory()
     return "FAIL"
 
 
@@ -285,13 +283,6 @@ def _taken_over(ctx: TrialContext, trial: optuna.Trial, run_id: str | None) -> s
     if ctx.tracker:
         runs.fail_run(ctx.tracker, run_id, TAKEN_OVER)
     return "FAIL"
-
-
-def release_memory() -> None:
-    """Give the failed trial's memory back so the next trial can allocate it."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _outcome(

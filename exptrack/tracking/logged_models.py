@@ -1,8 +1,8 @@
 """Models in MLflow: logging a trained model on a run (`runs:/<id>/model`), registering a version,
 and loading one back as a state dict for `--set weights=runs:/...` or `models:/NAME/VERSION`.
 
-torch is imported inside the functions that need it, so the results tables that import this
-package stay light.
+torch is never imported here (only training/ does): MLflow's `mlflow.pytorch` handles the model,
+and the caller passes the example's arrays (`training.devices.example_arrays`).
 """
 
 from __future__ import annotations
@@ -12,15 +12,13 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from importlib import metadata
+from typing import Any
 
 from exptrack import records
 from exptrack.config import check_text
 from exptrack.errors import UserError, first_line, redact
 from exptrack.tracking.tracker import Tracker
-
-if TYPE_CHECKING:
-    import torch
 
 WEIGHT_SCHEMES = ("runs", "models")  # the weight URIs MLflow resolves
 
@@ -65,32 +63,26 @@ def log_model(
     tracker: Tracker,
     experiment_id: str,
     run_id: str,
-    model: torch.nn.Module,
+    model: Any,
     register: str | None,
-    example: torch.Tensor | None = None,
+    example: tuple[Any, Any] | None = None,
 ) -> tuple[str, str | None]:
-    """Log the model under the run (`runs:/<id>/model`), with `example` (inputs as the model takes
-    them) as its input example and the signature read from it; register a version when asked.
-    Returns (model URI, "NAME version N" or None)."""
+    """Log the torch model under the run (`runs:/<id>/model`), with `example` (inputs as the model
+    takes them and its outputs for them, numpy arrays) as its input example and the signature read
+    from them; register a version when asked. Returns (model URI, "NAME version N" or None)."""
     import mlflow
-    import torch
-    import torchvision
     from mlflow.models import infer_signature
 
     # pickle is chosen on purpose (below) and `runs:/` resolves to the logged model: quiet both notes
     for logger in ("mlflow.pytorch", "mlflow.tracking._model_registry.fluent"):
         logging.getLogger(logger).setLevel(logging.ERROR)
     # Pinned requirements skip MLflow's inference, which re-imports the model in a subprocess (~10 s).
-    requirements = [
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"torchvision=={torchvision.__version__.split('+')[0]}",
-    ]
+    requirements = [f"{name}=={metadata.version(name).split('+')[0]}" for name in ("torch", "torchvision")]
     model = model.cpu().eval()
     signature, inputs = None, None
     if example is not None:  # the signature from a real forward pass: (-1, 3, H, W) -> (-1, classes)
-        with torch.no_grad():
-            inputs = example.numpy()
-            signature = infer_signature(inputs, model(example).numpy())
+        inputs, outputs = example
+        signature = infer_signature(inputs, outputs)
     # One process, one run: the fluent API is safe here, and log_model resolves its client from it.
     with _fluent_stores(tracker.uri):
         # log_model puts the model in the *current* experiment even with run_id given; registering
