@@ -1,6 +1,6 @@
 """`TrialConfig`: the one typed, frozen description of a training run, and its YAML round trip.
 
-The search builds one per trial, `train.fit` takes only this, `exp export` writes it and
+The search builds one per trial, `training.fit.fit` takes only this, `exp export` writes it and
 `exp train` reads it back: same fields, no second format.
 """
 
