@@ -78,12 +78,14 @@ def test_kills_while_the_stores_are_created_leave_nothing_half_made_and_the_same
 ) -> None:
     temp = project / "tmp"
     temp.mkdir()
+    (project / "no-cache").write_text("")  # a cache that cannot be made: MLflow migrates each store
+    uncached = {"TMPDIR": str(temp), "EXPTRACK_CACHE_DIR": str(project / "no-cache" / "exptrack")}
     # SIGINT takes the same handler as SIGTERM (130 instead of 143)
     folders = {sig: project / sig.name for sig in (signal.SIGKILL, signal.SIGTERM)}
     started = {}
     for signum, folder in folders.items():
         folder.mkdir()
-        started[signum] = start_search(folder, "--trials", "1", env={"TMPDIR": str(temp)})
+        started[signum] = start_search(folder, "--trials", "1", env=uncached)
     for signum, search in started.items():
         wait_for(lambda: _building(folders[signum]), "MLflow's store to be built", process=search)  # noqa: B023
         send(search, signum)
