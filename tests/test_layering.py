@@ -203,3 +203,21 @@ def test_no_module_outside_stores_parses_a_url() -> None:
         if _URL_PARSING.search(line)
     ]
     assert offenders == [], "parse store URLs in exptrack/stores/ (a StoreURL) instead:\n" + "\n".join(offenders)
+
+
+_TAG_NAME = re.compile(r"(^|_)TAGS?$|TAG_PREFIX$")  # records' MLflow tag names: FAIL_REASON_TAG, ...
+
+
+def test_mlflow_tag_names_are_used_only_under_tracking() -> None:
+    """Other packages ask tracking/ (`runs.open_trial_run`, `queries.by_trial_number`, ...), so the
+    tag layout can change in one package."""
+    used = []
+    for name, path in MODULES.items():
+        if name.startswith("exptrack.tracking") or name == "exptrack.records":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            named = [node.attr] if isinstance(node, ast.Attribute) else []
+            if isinstance(node, ast.ImportFrom) and node.module == "exptrack.records":
+                named = [alias.name for alias in node.names]
+            used += [f"{name}: {tag}" for tag in named if _TAG_NAME.search(tag)]
+    assert used == [], "read and write MLflow tags through a function in exptrack/tracking/"

@@ -23,7 +23,7 @@ from exptrack.errors import UserError
 from exptrack.results import output
 from exptrack.stores import optuna_storage
 from exptrack.study_store import record
-from exptrack.tracking.queries import read_trial_runs
+from exptrack.tracking.queries import by_trial_number, read_trial_runs
 
 PACKAGES = ("exptrack", "torch", "torchvision", "optuna", "mlflow")
 
@@ -127,7 +127,7 @@ def export_study(
     study = optuna_storage.load_existing_study(study_name, storage)
     best_trials(study, top)  # nothing to export is one line, before MLflow is asked
     runs = read_trial_runs(study_name, tracking_uri, warn, study.user_attrs.get(records.STUDY_UID_ATTR))
-    return export_trials(study, top, {int(r.data.tags[records.TRIAL_TAG]): r.info.run_id for r in runs})
+    return export_trials(study, top, {n: r.info.run_id for n, r in by_trial_number(runs).items()})
 
 
 def write(exported: list[Exported], out: Path) -> list[Path]:

@@ -17,7 +17,7 @@ from exptrack import config as cfg
 from exptrack import records, study_store
 from exptrack.errors import UserError
 from exptrack.stores import optuna_storage
-from exptrack.tracking.queries import read_experiment_ids, read_trial_runs
+from exptrack.tracking.queries import by_trial_number, read_experiment_ids, read_trial_runs
 
 STATES = ("complete", "pruned", "fail", "running", "waiting", "all")
 FORMATS = ("table", "csv", "json", "markdown")
@@ -48,7 +48,7 @@ def trials_frame(study: optuna.Study, runs: list[Any], costs: bool = False) -> p
     objectives), `feasible` (for a study with constraints), every sampled parameter (dotted
     names), duration, MLflow run id and status, profile figures. `runs` is the study's trial runs.
     With `costs`, the cost figures (`COST_COLUMNS`) come right after the value(s), to compare."""
-    by_trial = {int(r.data.tags[records.TRIAL_TAG]): r for r in runs if records.TRIAL_TAG in r.data.tags}
+    by_trial = by_trial_number(runs)
     values = value_columns(study)
     shown_costs = [m for m in COST_COLUMNS if m not in values] if costs else []
     profile = [m for m in PROFILE_METRICS if m not in values and m not in shown_costs]

@@ -12,7 +12,8 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from exptrack import records, study_store
+from exptrack import study_store
+from exptrack.tracking import runs
 from exptrack.tracking.tracker import Tracker
 
 # val_accuracy within 5 points of 1/classes is chance: a model that predicts one class scores
@@ -95,5 +96,5 @@ def report(
     for line in found:
         warn(line)
     if found and tracker is not None and run_id is not None:
-        tracker.log(run_id, tags={records.SEARCH_WARNINGS_TAG: "\n".join(found)})
+        runs.tag_search_warnings(tracker, run_id, found)
     return found

@@ -101,6 +101,11 @@ def read_trial_runs(
     return [r for r in runs or [] if TRIAL_TAG in r.data.tags]
 
 
+def by_trial_number(runs: list[Any]) -> dict[int, Any]:
+    """Trial runs by the number of the Optuna trial each ran (its tag: a layout only tracking/ reads)."""
+    return {int(r.data.tags[TRIAL_TAG]): r for r in runs if TRIAL_TAG in r.data.tags}
+
+
 def read_experiment_ids(uri: str | None, warn: Callable[[str], None] = print) -> dict[str, str]:
     """Study name -> MLflow experiment id for every experiment a search created (one query)."""
     return _read_store(uri, warn, study_experiments) or {}

@@ -240,6 +240,11 @@ def open_train_run(
     return OpenedRun(experiment_run, run_id)
 
 
+def tag_search_warnings(tracker: Tracker, run_id: str, lines: Sequence[str]) -> None:
+    """File the search's warnings (a flat study, ...) on its study run, one per line."""
+    tracker.log(run_id, tags={records.SEARCH_WARNINGS_TAG: "\n".join(lines)})
+
+
 def close_stale_run(tracker: Tracker, run_id: str, status: str, reason: str) -> None:
     """Close a run a dead process left RUNNING, saying why."""
     state = {v: k for k, v in RUN_STATUS.items()}.get(status, "FAIL")
