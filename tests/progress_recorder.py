@@ -29,8 +29,5 @@ def recording() -> Iterator[list[Recorded]]:
         tasks.append(Recorded(description, total))
         yield tasks[-1]
 
-    progress.use(display)
-    try:
+    with progress.shown_by(display):
         yield tasks
-    finally:
-        progress.use(None)

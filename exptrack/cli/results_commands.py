@@ -136,11 +136,11 @@ def train(
     from exptrack.search import signals
     from exptrack.training import progress
 
-    progress.use(RichTasks())  # a weight download or an image folder draws a bar while it runs
+    shown = progress.shown_by(RichTasks())  # a weight download or an image folder draws a bar
     # SIGTERM (which a scheduler sends) closes the run as FAILED like Ctrl-C, and exits 143
     interrupts = signals.Interrupts(warn, work="the run")
     interrupts.install()
-    with exit_code_on_signal(), interrupts.interruptible():
+    with exit_code_on_signal(), shown, interrupts.interruptible():
         outcome = reproduce.reproduce(config_file, set_ or [], tracking_uri, register, threads, warn, profile)
     final = ", ".join(f"{k}={v:.4f}" for k, v in outcome.final.items())
     say = lambda line: out.print(line, highlight=False, soft_wrap=True)  # noqa: E731

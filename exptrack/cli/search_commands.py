@@ -196,13 +196,12 @@ def search(
         from_study=from_study, from_top=from_top,
     )  # fmt: skip
     progress = SearchProgress()
-    training_progress.use(RichTasks(progress.bar))  # a download or image folder: a task on the bar
+    shown = training_progress.shown_by(RichTasks(progress.bar))  # a download or image folder: a task
     try:
-        with exit_code_on_signal():
+        with exit_code_on_signal(), shown:
             summary = run_search(study, options, overrides, progress, progress.warn, dashboards.renderer_for)
     finally:
         progress.stop()
-        training_progress.use(None)
     print_summary(summary)
 
 
