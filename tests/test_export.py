@@ -125,7 +125,7 @@ def test_export_of_a_study_without_a_complete_trial_is_a_one_line_error(tmp_path
 
 
 def test_train_overrides_apply_on_top_of_the_file(tmp_path: Path) -> None:
-    from exptrack.results.reproduce import load_config
+    from exptrack.results.train_run import load_config
 
     path = tmp_path / "c.yaml"
     path.write_text(

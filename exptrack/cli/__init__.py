@@ -1,7 +1,7 @@
 """The `exp` command: typer parsing and messages only; each command calls one function below it.
 
-Commands live in `search_commands` (`exp search`, `exp report`) and `results_commands` (`trials`,
-`studies`, `export`, `train`, `ui`); both import `options` (shared flags and consoles). This module
+Commands live in `search_commands` (`exp search`) and `results_commands` (`trials`, `studies`,
+`export`, `report`, `train`, `ui`); both import `options` (shared flags and consoles). This module
 creates the app and registers their functions, so no command file imports its importer.
 May import every package.
 """
@@ -94,7 +94,7 @@ for _command in (
     results_commands.trials,
     results_commands.export,
     results_commands.train,
-    search_commands.report,
+    results_commands.report,
     results_commands.ui,
     results_commands.studies,
 ):

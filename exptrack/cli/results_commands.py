@@ -1,5 +1,5 @@
-"""The after-search commands: `trials`, `studies`, `export`, `train`, `ui` (parsing and messages
-only). `trials`, `studies` and `export` never import torch, so they answer in about a second."""
+"""The after-search commands: `trials`, `studies`, `export`, `report`, `train`, `ui` (parsing and
+messages only). `trials`, `studies` and `export` never import torch, so they answer in about a second."""
 
 from __future__ import annotations
 
@@ -113,6 +113,34 @@ def export(
         )
 
 
+def report(
+    study_name: Annotated[str, typer.Argument(help="The study's name, e.g. finetune")],
+    dashboard: Annotated[
+        Path | None,
+        typer.Option(
+            help="Dashboard file: which panels to draw "
+            + default("the one the study was searched with, else dashboards/study.yaml")
+        ),
+    ] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help=f"HTML file to write {default('STUDY-dashboard.html')}")
+    ] = None,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Render a study's dashboard to a standalone HTML page and log it on the study's MLflow run."""
+    from exptrack.results import dashboards, output
+    from exptrack.study import check_name
+
+    check_name(study_name, "exp report")  # the default page is NAME-dashboard.html: no path in it
+    target = out_file or Path(f"{study_name}-dashboard.html")
+    if out_file is not None:
+        output.check_path(str(out_file), "--out")
+    run_id = dashboards.publish(study_name, dashboard, target, storage, tracking_uri, warn)
+    where = f" and on MLflow run {run_id}" if run_id else ""
+    out.print(f"dashboard written to {target}{where}")
+
+
 def train(
     config_file: Annotated[Path, typer.Argument(help="A config YAML, e.g. best/trial-017.yaml")],
     set_: SetOpt = None,
@@ -132,7 +160,7 @@ def train(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Train one config as a standalone MLflow run, logging the trained model."""
-    from exptrack.results import reproduce
+    from exptrack.results import train_run
     from exptrack.search import signals
     from exptrack.training import progress
 
@@ -141,11 +169,11 @@ def train(
     interrupts = signals.Interrupts(warn, work="the run")
     interrupts.install()
     with exit_code_on_signal(), shown, interrupts.interruptible():
-        outcome = reproduce.reproduce(config_file, set_ or [], tracking_uri, register, threads, warn, profile)
+        outcome = train_run.reproduce(config_file, set_ or [], tracking_uri, register, threads, warn, profile)
     final = ", ".join(f"{k}={v:.4f}" for k, v in outcome.final.items())
     say = lambda line: out.print(line, highlight=False, soft_wrap=True)  # noqa: E731
     say(f"finished {outcome.config.epochs} epochs on {outcome.threads} threads: {final}")
-    line = reproduce.compare_line(outcome)
+    line = train_run.compare_line(outcome)
     if line:
         say(line)
     say(

@@ -1,5 +1,4 @@
-"""`exp search` and `exp report`: their flags, the progress bar and the summary; the work is
-`search.run.run_search` and `results.dashboards.publish`."""
+"""`exp search`: its flags, the progress bar and the summary; the work is `search.run.run_search`."""
 
 from __future__ import annotations
 
@@ -259,30 +258,3 @@ def print_summary(summary: Any) -> None:
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-
-def report(
-    study_name: Annotated[str, typer.Argument(help="The study's name, e.g. finetune")],
-    dashboard: Annotated[
-        Path | None,
-        typer.Option(
-            help="Dashboard file: which panels to draw "
-            + default("the one the study was searched with, else dashboards/study.yaml")
-        ),
-    ] = None,
-    out_file: Annotated[
-        Path | None, typer.Option("--out", help=f"HTML file to write {default('STUDY-dashboard.html')}")
-    ] = None,
-    storage: StorageOpt = None,
-    tracking_uri: TrackingOpt = None,
-) -> None:
-    """Render a study's dashboard to a standalone HTML page and log it on the study's MLflow run."""
-    from exptrack.results import dashboards, output
-    from exptrack.study import check_name
-
-    check_name(study_name, "exp report")  # the default page is NAME-dashboard.html: no path in it
-    target = out_file or Path(f"{study_name}-dashboard.html")
-    if out_file is not None:
-        output.check_path(str(out_file), "--out")
-    run_id = dashboards.publish(study_name, dashboard, target, storage, tracking_uri, warn)
-    where = f" and on MLflow run {run_id}" if run_id else ""
-    out.print(f"dashboard written to {target}{where}")

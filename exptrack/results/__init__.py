@@ -1,5 +1,5 @@
 """Results: what users do after a search. Trials and studies tables (`tables`), best configs as
-YAML files (`export`), re-running one as a standalone run (`reproduce`, `exp train`), and the
+YAML files (`export`), re-running one as a standalone run (`train_run`, `exp train`), and the
 study dashboard (`dashboards`).
 
 May import `training`, `tracking`, `records` and the core modules; never `search` or `cli`.
