@@ -1,4 +1,5 @@
-"""`TrialConfig`: the one typed, frozen description of a training run, and its YAML round trip.
+"""`TrialConfig`: the one typed, frozen description of a training run, and its YAML round trip
+(reading YAML safely is `yaml_files`').
 
 The search builds one per trial, `training.fit.fit` takes only this, `exp export` writes it and
 `exp train` reads it back: same fields, no second format.
@@ -19,7 +20,8 @@ from typing import Any
 import yaml
 
 from exptrack import records
-from exptrack.errors import UserError, did_you_mean
+from exptrack.errors import UserError, did_you_mean, shown
+from exptrack.yaml_files import load_yaml, read_text
 
 PARAMS_SUFFIX = "_params"  # `loss_params` holds the parameters of the chosen `loss`
 # Config fields that take one of a few names: checked once, when a config is built.
@@ -48,11 +50,6 @@ MAX_SEED = 2**32 - 1
 MAX_INT = 2**63 - 1
 # A text value (a path, a name, a URI) is at most PATH_MAX (4,096 bytes on Linux) long.
 MAX_TEXT = 4096
-# A YAML file exptrack reads (config, --enqueue, search space, dashboard) is at most 1 MiB: an
-# exported config is about 1 KB and a search space a few; a bigger file is not one of these.
-MAX_YAML_BYTES = 1 << 20
-# ... and holds at most 100,000 values once its aliases are expanded (a search space has tens).
-MAX_YAML_VALUES = 100_000
 
 
 # Bounds a numeric field can carry: `>= 1` reads "at least 1" in a message.
@@ -246,15 +243,6 @@ def _finite(key: str, value: float, source: str) -> float:
     return number
 
 
-def shown(value: Any, limit: int = 80) -> str:
-    """A value as a message shows it: repr (a newline or a stray byte stays visible, on one line),
-    cut to `limit` characters so a 5000-digit number or a megabyte of text stays one short line."""
-    if isinstance(value, int) and value.bit_length() > 64:  # repr of 4,301+ digits raises ValueError
-        return f"a number of {int(value.bit_length() * math.log10(2)) + 1} digits"
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
 def check_text(text: str, what: str) -> str:
     """Text a config, a name or a path may hold: printable UTF-8 of at most MAX_TEXT characters. A
     byte that is not UTF-8 (Python keeps it as a lone surrogate) or a control character fails
@@ -357,71 +345,3 @@ def read_mapping(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(provenance, dict):
         raise UserError(f"{path}: {records.PROVENANCE_BLOCK}: must be a mapping, as exp export writes it")
     return data, dict(provenance)
-
-
-def read_text(path: Path) -> str:
-    """A YAML file's text: UTF-8, at most MAX_YAML_BYTES. A stray byte or a file that cannot be
-    read is one line naming the file, not a UnicodeDecodeError's traceback."""
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_YAML_BYTES + 1)
-    except OSError as exc:
-        raise UserError(
-            f"{path}: cannot be read ({exc.strerror or type(exc).__name__}); pass a readable file"
-        ) from exc
-    if len(data) > MAX_YAML_BYTES:
-        raise UserError(
-            f"{path} is over {MAX_YAML_BYTES // 1024} KiB; pass a config, space or dashboard file"
-        )
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        byte = data[exc.start]
-        raise UserError(
-            f"{path}: byte 0x{byte:02x} at offset {exc.start} is not UTF-8; save the file as UTF-8"
-        ) from exc
-
-
-def _expanded_size(node: Any, source: str, sizes: dict[int, int], path: set[int]) -> int:
-    """How many values `node` holds once its YAML aliases are expanded (as json.dumps or a walk
-    of the config expands them), counted without expanding: `&a [*a]` (a cycle) or a few lines of
-    aliases that expand to billions of values are one line here, not a hang or a RecursionError."""
-    if not isinstance(node, dict | list):
-        return 1
-    key = id(node)
-    if key in path:
-        raise UserError(f"{source}: a YAML alias refers to itself; write the values out")
-    if key not in sizes:
-        path.add(key)
-        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
-        sizes[key] = 1 + sum(_expanded_size(child, source, sizes, path) for child in children)
-        path.discard(key)
-    if sizes[key] > MAX_YAML_VALUES:
-        raise UserError(
-            f"{source}: expands to more than {MAX_YAML_VALUES:,} values (YAML aliases); write it out"
-        )
-    return sizes[key]
-
-
-def load_yaml(text: str, source: str) -> Any:
-    """`yaml.safe_load`, every way it can fail as one line: bad syntax, a tag (`!!python/...` is
-    never executed: safe_load refuses it), a number past Python's 4,300-digit limit (ValueError
-    from PyYAML's int constructor), nesting deeper than the stack (RecursionError)."""
-    try:
-        data = yaml.safe_load(text)
-        _expanded_size(data, source, {}, set())
-        return data
-    except yaml.constructor.ConstructorError as exc:
-        raise UserError(
-            f"{source}: not valid YAML ({shown(exc.problem, 120)}); write plain values, no tags"
-        ) from exc
-    except yaml.MarkedYAMLError as exc:  # where it broke, as an editor counts: line and column from 1
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        raise UserError(f"{where}: not valid YAML ({shown(exc.problem or exc.context, 80)}); fix the file") from exc
-    except yaml.YAMLError as exc:
-        raise UserError(f"{source}: not valid YAML ({exc.__class__.__name__}); fix the file") from exc
-    except (ValueError, OverflowError) as exc:
-        raise UserError(f"{source}: a value YAML cannot hold ({shown(str(exc), 60)}); fix the file") from exc
-    except RecursionError as exc:
-        raise UserError(f"{source}: nested too deeply for YAML; fix the file") from exc

@@ -4,11 +4,13 @@ the helpers that keep messages to one line without a password in them."""
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import tempfile
 import traceback
 from collections.abc import Iterable
+from typing import Any
 
 # scheme://user:password@ -- the password runs to the last `@` before a space: drivers such as
 # SQLAlchemy's take `/`, `:` and `@` in it unencoded, so a shorter match would print its tail.
@@ -72,3 +74,12 @@ def unexpected_line(exc: BaseException) -> str:
     else:
         saved = f"full traceback in {path} ({how})"
     return f"error: unexpected {type(exc).__name__}: {first_line(exc)}; {saved}"
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A value as a message shows it: repr (a newline or a stray byte stays visible, on one line),
+    cut to `limit` characters so a 5000-digit number or a megabyte of text stays one short line."""
+    if isinstance(value, int) and value.bit_length() > 64:  # repr of 4,301+ digits raises ValueError
+        return f"a number of {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."

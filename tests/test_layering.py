@@ -25,6 +25,7 @@ CORE = {
     "registry",
     "study_store",
     "processes",
+    "yaml_files",
 }
 # package -> the packages it may import (DESIGN.md's table); core modules import only core ones
 ALLOWED = {

@@ -18,6 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from exptrack import config as cfg
+from exptrack import yaml_files
 from exptrack.cli.options import (
     PRUNER_NAMES,
     SAMPLER_NAMES,
@@ -180,7 +181,7 @@ def search(
     study = load_study_file(study_file)
     study.with_overrides(overrides)
     space_path = study.search_space_path()
-    cfg.load_yaml(cfg.read_text(space_path), str(space_path))
+    yaml_files.load_yaml(yaml_files.read_text(space_path), str(space_path))
 
     from exptrack.results import dashboards
     from exptrack.search.options import SearchOptions

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from exptrack import config as cfg
-from exptrack import records, registry, study_store
+from exptrack import records, registry, study_store, yaml_files
 from exptrack.errors import UserError, did_you_mean
 from exptrack.results import output, overview
 from exptrack.stores import optuna_storage
@@ -41,12 +41,12 @@ def load(path: Path) -> Dashboard:
     """(title template, [(panel, options)]) from a dashboard file, validated."""
     if not path.is_file():
         raise UserError(f"dashboard file {path} not found; pass --dashboard or create it")
-    return parse(cfg.read_text(path), str(path))
+    return parse(yaml_files.read_text(path), str(path))
 
 
 def parse(text: str, source: str) -> Dashboard:
     """A dashboard from its YAML text (a file's, or the copy recorded on a study), validated."""
-    data = cfg.load_yaml(text, source) or {}
+    data = yaml_files.load_yaml(text, source) or {}
     if not isinstance(data, dict) or not isinstance(data.get("panels"), list) or not data["panels"]:
         raise UserError(f"{source}: expected `title:` and a non-empty `panels:` list")
     panels = [_panel_entry(entry, source) for entry in data["panels"]]

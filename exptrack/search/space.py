@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from exptrack import config as cfg
+from exptrack import yaml_files
 from exptrack.errors import UserError, did_you_mean
 from exptrack.training import backbones, losses
 
@@ -122,7 +123,7 @@ def load(path: Path) -> SearchSpace:
     """Read and validate a search-space file; every problem names the parameter and the fix."""
     if not path.is_file():
         raise UserError(f"search space {path} not found; check the study's search_space=")
-    return parse(cfg.load_yaml(cfg.read_text(path), str(path)), source=str(path))
+    return parse(yaml_files.load_yaml(yaml_files.read_text(path), str(path)), source=str(path))
 
 
 def parse(data: Any, source: str = "search space") -> SearchSpace:
