@@ -116,7 +116,8 @@ OWNER_TAG = "exptrack.owner"  # the process training it, host:pid:start-time: cl
 SETUP_TAG_PREFIX = "exptrack."  # + a fact training reports at setup (weights_source, device, ...)
 # Setup facts that also describe the run's dataset input (`mlflow.log_input`: the UI's Datasets column)
 DATASET_FACT, DATASET_DIGEST_FACT = "dataset", "dataset_digest"
-DATASET_SIZE_FACTS = ("train_samples", "val_samples", "num_classes")  # its profile, as fit names them
+# its profile, as fit names them; test_samples is 0 where there is no test split
+DATASET_SIZE_FACTS = ("train_samples", "val_samples", "test_samples", "num_classes")
 DATASET_CONTEXT_TAG = "mlflow.data.context"  # MLflow's tag on a dataset input: what it was used for
 
 # --- MLflow params, metrics and artifacts -----------------------------------------------------------

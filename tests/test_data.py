@@ -25,7 +25,8 @@ def test_image_folder_of_mixed_modes_becomes_uint8_rgb_with_every_class_in_val(t
     split = load(f"imagefolder:{root}", val_fraction=0.2)
     assert split.classes == ["class_0", "class_1", "class_2"]
     assert split.train_x.dtype == torch.uint8 and split.train_x.shape[1:] == (3, 16, 16)
-    assert len(split.train_y) == 24 and len(split.val_y) == 6
+    # 20% of each class to val and (test_fraction's default) 20% to test
+    assert (len(split.train_y), len(split.val_y), len(split.test_y)) == (18, 6, 6)
     assert sorted(split.val_y.tolist()) == [0, 0, 1, 1, 2, 2]  # stratified: 2 of each class
     # the class colour survives the conversions: class 1 is green in RGB, RGBA and P images
     green = split.train_x[split.train_y == 1].float().mean(dim=(0, 2, 3))
@@ -82,11 +83,13 @@ def test_image_folder_problems_are_one_line_errors_before_training(
 
 def test_mnist_raw_files_load_as_three_channel_images_with_its_own_test_split(tmp_path: Path) -> None:
     root = write_mnist_raw(tmp_path / "tv", n_train=50, n_test=20)
-    split = load(f"mnist:{root}")
-    assert split.train_x.shape == (50, 3, 16, 16) and split.val_x.shape == (20, 3, 16, 16)
+    split = load(f"mnist:{root}")  # its test split is the test split; val is 20% of its train split
+    assert split.train_x.shape == (40, 3, 16, 16) and split.val_x.shape == (10, 3, 16, 16)
     assert torch.equal(split.train_x[:, 0], split.train_x[:, 2])  # grey repeated to 3 channels
     assert split.classes[0].startswith("0") and len(split.classes) == 10
-    assert sorted(split.val_y.tolist()) == sorted([i % 10 for i in range(20)])
+    assert sorted(split.test_y.tolist()) == sorted([i % 10 for i in range(20)])
+    before = load(f"mnist:{root}", test_fraction=0)  # no test split: its test split validates, as before
+    assert (len(before.train_y), len(before.val_y), len(before.test_y)) == (50, 20, 0)
 
 
 def test_torchvision_set_without_files_names_the_root_and_the_download_flag(tmp_path: Path) -> None:

@@ -80,6 +80,13 @@ def test_train_reproduces_the_exported_trials_metric_and_registers_the_model(sea
     assert run.data.params["lr"] == str(config.lr) and "mlflow.parentRunId" not in run.data.tags
     assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1]
     assert run.inputs.dataset_inputs[0].dataset.name == "digits"
+    # the held-out test split: scored once at the end, printed and logged beside the val figures
+    assert re.search(
+        r"test split \(96 images the search never saw\): test_accuracy=[01]\.\d{4}, test_loss=", trained.stdout
+    )
+    assert 0 <= run.data.metrics["test_accuracy"] <= 1 and run.data.metrics["test_loss"] > 0
+    assert [m.step for m in client.get_metric_history(run_id, "test_accuracy")] == [1]
+    assert json.loads(run.inputs.dataset_inputs[0].dataset.profile)["test_samples"] == 96
     (version,) = client.search_model_versions("name = 'digits-best'")
     assert version.run_id == run_id and version.status == "READY"
     assert f"runs:/{run_id}/model" in trained.stdout

@@ -34,7 +34,12 @@ def test_trials_csv_and_json_list_every_trial_with_state_value_params_and_run_id
         (used,) = run.inputs.dataset_inputs
         assert used.dataset.name == "digits" and re.fullmatch(r"[0-9a-f]{8}", used.dataset.digest)
         assert json.loads(used.dataset.source) == {"dataset": "digits"}
-        assert json.loads(used.dataset.profile) == {"train_samples": 96, "val_samples": 96, "num_classes": 10}
+        assert json.loads(used.dataset.profile) == {
+            "train_samples": 96,
+            "val_samples": 96,
+            "test_samples": 96,  # held out: the search's trials never score it
+            "num_classes": 10,
+        }
         assert {(t.key, t.value) for t in used.tags} == {("mlflow.data.context", "training")}
     assert len({r.inputs.dataset_inputs[0].dataset.digest for r in trial_runs}) == 1  # the same images
     assert "weights: imagenet could not be had" in searched.stderr  # and so does the search summary

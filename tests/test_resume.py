@@ -132,7 +132,7 @@ def test_a_changed_fixed_config_is_a_changed_study_and_trials_shows_an_older_mix
     assert len(optuna.load_study(study_name="resumable", storage=storage).trials) == 2
     # an older exptrack recorded the new fixed config and ran on: the study now holds a mix
     optuna.load_study(study_name="resumable", storage=storage).set_user_attr(
-        "fixed", {"weights": "none", "epochs": 2, "subset": 32, "image_size": 8}
+        "fixed", {"weights": "none", "epochs": 2, "subset": 32, "image_size": 8, "test_fraction": 0.2}
     )
     mixed = run_cli_batch([(project, [*search, "--set", "epochs=2", "--trials", "3"]),
                            (project, ["trials", "resumable", "--format", "csv"])])  # fmt: skip

@@ -173,6 +173,9 @@ def train(
     final = ", ".join(f"{k}={v:.4f}" for k, v in outcome.final.items())
     say = lambda line: out.print(line, highlight=False, soft_wrap=True)  # noqa: E731
     say(f"finished {outcome.config.epochs} epochs on {outcome.threads} threads: {final}")
+    if outcome.test:  # the held-out figure: an unbiased estimate, unlike the val value the search chose by
+        scored = ", ".join(f"{k}={v:.4f}" for k, v in outcome.test.items())
+        say(f"test split ({outcome.test_samples} images the search never saw): {scored}")
     line = train_run.compare_line(outcome)
     if line:
         say(line)

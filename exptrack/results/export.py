@@ -63,7 +63,8 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, run_id: str | None = N
             f"trial {trial.number} of {study.study_name!r} has no stored config "
             "(it predates exptrack's records); re-run the study with exp search"
         )
-    config = cfg.from_dict(stored.config, source=f"trial {trial.number}")
+    # a trial from before the test split trained with none: its file says test_fraction: 0
+    config = cfg.from_dict(cfg.as_recorded(stored.config), source=f"trial {trial.number}")
     return Exported(trial, config, provenance(study, trial, config, run_id))
 
 

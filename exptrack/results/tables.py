@@ -118,6 +118,7 @@ def mixed_fixed(trials: list[FrozenTrial]) -> list[str]:
         config = stored.config
         if not config:
             continue
+        config = cfg.as_recorded(config)  # a trial from before the test split had none
         config["weights"] = stored.weights_requested or config.get("weights")
         searched = {name.split(".")[0] for name in trial.params}
         for key, value in cfg.meaning(config, searched).items():

@@ -40,6 +40,9 @@ class TrainOutcome:
     threads: int
     provenance: dict[str, Any]
     run_url: str | None = None  # the run's page when the tracking store is a server (else `exp ui`)
+    # test_accuracy and test_loss on the held-out test split; empty with test_fraction 0
+    test: dict[str, float] = dataclasses.field(default_factory=dict)
+    test_samples: int = 0
 
 
 class RunReporter:
@@ -165,24 +168,29 @@ def reproduce(
         runs.fail_run(tracker, run_id, failure_reason(exc))
         raise
     final = {k: v for k, v in result.final.items() if k != "epoch"}
+    # metrics at the last epoch's step, beside the final val figures: a runs-table column to sort by
+    tracker.log_epoch(run_id, len(result.history), result.test)
     runs.finish_run(tracker, run_id, "COMPLETE", {}, result.profile)  # `final`: the curves' last points
     if tracker.failures:
         raise UserError(f"MLflow did not record this run completely: {tracker.failures[0]}")
     base = ui_links.server_base(tracker.uri)
     link = ui_links.run_url(base, experiment_id, run_id) if base else None
     return TrainOutcome(
-        run_id, experiment, experiment_id, config, final, model_uri, registered, used_threads, provenance, link
+        run_id, experiment, experiment_id, config, final, model_uri, registered, used_threads, provenance, link,
+        result.test, result.test_samples,
     )
 
 
 def _fit(
     config: cfg.TrialConfig, tracker: Tracker, run_id: str, warn: Callable[[str], None], profile: bool
 ) -> fit.FitResult:
+    """fit, scoring the test split at the end: a standalone run is where the held-out figure is
+    read (a search's trial never computes it)."""
     if not profile:
-        return fit.fit(config, RunReporter(tracker, run_id), warn)
+        return fit.fit(config, RunReporter(tracker, run_id), warn, test=True)
     with tempfile.TemporaryDirectory(prefix="exptrack-trace-") as folder:
         try:
-            return fit.fit(config, RunReporter(tracker, run_id), warn, Path(folder))
+            return fit.fit(config, RunReporter(tracker, run_id), warn, Path(folder), test=True)
         finally:
             tracker.log_folder(run_id, Path(folder), records.PROFILE_DIR)
 

@@ -19,6 +19,9 @@ from exptrack.errors import UserError
 from exptrack.study import Study
 
 FIX = "use --new-study or --study-name NEW"
+TEST_FRACTION = "test_fraction"
+# what a study from before the held-out test split is told: it can go on exactly as it was
+BEFORE_TEST_SPLIT = "(made before the held-out test split: --set test_fraction=0 continues it as it was)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,10 +37,12 @@ class Declaration:
 
 
 def declaration(spec: Study, search_space: Mapping[str, Any]) -> Declaration:
-    """What the study file declares now."""
+    """What the study file declares now. The fixed part always names its test share (the default
+    when the file does not): a stored fixed part without it is a study from before the test split."""
     constraints = [str(c) for c in spec.parsed_constraints()]
     directions, metrics = ",".join(spec.directions), ",".join(spec.objectives)
-    return Declaration(directions, metrics, search_space, constraints, dict(spec.fixed))
+    fixed = {TEST_FRACTION: cfg.TrialConfig().test_fraction, **spec.fixed}
+    return Declaration(directions, metrics, search_space, constraints, fixed)
 
 
 def stored_declaration(storage: optuna.storages.BaseStorage, name: str) -> Declaration | None:
@@ -96,10 +101,12 @@ def _fixed_difference(stored: Declaration, current: Declaration) -> str | None:
     if stored.fixed is None or current.fixed is None:
         return None
     searched = set(current.search_space or {})
-    old, new = cfg.meaning(stored.fixed, searched), cfg.meaning(current.fixed, searched)
+    old = cfg.meaning(cfg.as_recorded(stored.fixed), searched)  # no test_fraction: no test split
+    new = cfg.meaning(current.fixed, searched)
     for key in old:
         if old[key] != new.get(key):
-            return f"fixed {key}={_short(old[key])}, now {_short(new.get(key))}"
+            legacy = f" {BEFORE_TEST_SPLIT}" if key == TEST_FRACTION and key not in stored.fixed else ""
+            return f"fixed {key}={_short(old[key])}, now {_short(new.get(key))}{legacy}"
     return None
 
 

@@ -1,9 +1,12 @@
-"""Datasets: a registry from name to loader, each giving uint8 image tensors split into train/val.
+"""Datasets: a registry from name to loader, each giving uint8 image tensors split into
+train/val/test.
 
 `dataset` in a config is `NAME[:PATH]` (`digits`, `synthetic:4096,10`, `imagefolder:/data/pets`,
 `cifar10:/data/cifar`). Images are kept as uint8 (N, 3, H, W) at the target size, and normalised
 per batch by `batching` with the weights' mean/std. Splits are seeded by a constant, not the
-trial's seed, so every trial of a study is scored on the same images.
+trial's seed, so every trial of a study is scored on the same images. The test split
+(`test_fraction`, or the dataset's own) is held out of training and validation: the search never
+evaluates it (only `fit(..., test=True)` does, for `exp train` and `exp confirm`).
 """
 
 from __future__ import annotations
@@ -36,9 +39,18 @@ class Geometry(NamedTuple):
     resize: int
 
 
+def _empty_images() -> torch.Tensor:
+    return torch.empty(0, 3, 1, 1, dtype=torch.uint8)
+
+
+def _empty_labels() -> torch.Tensor:
+    return torch.empty(0, dtype=torch.int64)
+
+
 @dataclasses.dataclass
 class TensorSplit:
-    """Train and validation images (N, 3, H, W) uint8 and labels (N,) int64.
+    """Train, validation and test images (N, 3, H, W) uint8 and labels (N,) int64; no test split
+    is an empty one (`test_fraction: 0`, or a loader that makes none).
 
     uint8 at the target size keeps sets in memory: CIFAR-10 at 32 px is 60k x 3 x 32 x 32 = 184 MB
     (fp32 would be 737 MB); at 224 px it would be 9 GB, so keep image_size modest for large sets.
@@ -49,6 +61,8 @@ class TensorSplit:
     val_x: torch.Tensor
     val_y: torch.Tensor
     classes: list[str]
+    test_x: torch.Tensor = dataclasses.field(default_factory=_empty_images)
+    test_y: torch.Tensor = dataclasses.field(default_factory=_empty_labels)
 
     @property
     def num_classes(self) -> int:
@@ -56,14 +70,21 @@ class TensorSplit:
 
     @property
     def nbytes(self) -> int:
+        """What training moves to its device: train and validation (the test split stays put)."""
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
     def to(self, device: torch.device) -> TensorSplit:
+        """Train and validation on `device`; the test split stays on the host, where only a final
+        evaluation reads it."""
         moved = [t.to(device, non_blocking=True) for t in self.tensors()]
-        return TensorSplit(moved[0], moved[1], moved[2], moved[3], self.classes)
+        return TensorSplit(*moved, self.classes, self.test_x, self.test_y)  # type: ignore[misc]
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return self.train_x, self.train_y, self.val_x, self.val_y
+
+    def sizes(self) -> dict[str, int]:
+        """How many images each split holds, as the run's setup facts name them."""
+        return {"train_samples": len(self.train_y), "val_samples": len(self.val_y), "test_samples": len(self.test_y)}
 
     @functools.cached_property
     def digest(self) -> str:
@@ -72,7 +93,8 @@ class TensorSplit:
         each tensor), so a set of 5k photos at 128 px costs milliseconds, not a pass over 246 MB;
         once per split, which the trials of a study share (`_CACHE`)."""
         hashed = hashlib.sha256()
-        for tensor in self.tensors():
+        test = (self.test_x, self.test_y) if len(self.test_y) else ()  # no test: the digest it had before
+        for tensor in (*self.tensors(), *test):
             hashed.update(str(tuple(tensor.shape)).encode())
             hashed.update(tensor[:: max(1, len(tensor) // 1000)].contiguous().cpu().numpy().tobytes())
         return hashed.hexdigest()[:8]
@@ -82,7 +104,7 @@ Loader = Callable[[str | None, TrialConfig, Geometry], TensorSplit]
 DATASETS: dict[str, Loader] = {}
 # Built splits of this process: trials of one study share the dataset instead of rebuilding it.
 # Two entries at most, so a study that searches image_size does not hold every size in memory.
-_CACHE: dict[tuple[str, Geometry, float], TensorSplit] = {}
+_CACHE: dict[tuple[str, Geometry, float, float], TensorSplit] = {}
 _CACHE_ENTRIES = 2
 
 
@@ -103,7 +125,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 def load(config: TrialConfig, geometry: Geometry) -> TensorSplit:
     """The config's dataset at `geometry`, from this process's cache when already built."""
     name, path = parse_spec(config.dataset)
-    key = (config.dataset, geometry, config.val_fraction)
+    key = (config.dataset, geometry, config.val_fraction, config.test_fraction)
     if key not in _CACHE:
         split = DATASETS[name](path, config, geometry)
         if len(split.train_y) < 2 or len(split.val_y) < 1:
@@ -115,7 +137,8 @@ def load(config: TrialConfig, geometry: Geometry) -> TensorSplit:
 
 
 def _limit(split: TensorSplit, subset: int) -> TensorSplit:
-    """The first `subset` samples; splits are stored shuffled, so these still mix all classes."""
+    """The first `subset` samples of each split; splits are stored shuffled, so these still mix
+    all classes."""
     if subset <= 0:
         return split
     return TensorSplit(
@@ -124,28 +147,38 @@ def _limit(split: TensorSplit, subset: int) -> TensorSplit:
         split.val_x[:subset],
         split.val_y[:subset],
         split.classes,
+        split.test_x[:subset],
+        split.test_y[:subset],
     )
 
 
 def stratified_split(
-    x: torch.Tensor, y: torch.Tensor, val_fraction: float, classes: list[str]
+    x: torch.Tensor, y: torch.Tensor, val_fraction: float, classes: list[str], test_fraction: float = 0.0
 ) -> TensorSplit:
-    """Hold out `val_fraction` of every class (at least one image of each class with two or more),
-    by a seeded shuffle; both halves are then shuffled so a prefix mixes the classes."""
+    """Hold out `val_fraction` of every class (at least one image of each class with two or more)
+    for validation and `test_fraction` for test, by a shuffle seeded with SPLIT_SEED: the same
+    images and labels always split the same way. Each part is then shuffled so a prefix mixes the
+    classes. With `test_fraction` 0 the train/val split is the one made before the test split
+    existed, image for image (the generator draws the same numbers)."""
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     gen = torch.Generator().manual_seed(SPLIT_SEED)
-    train_idx, val_idx = [], []
+    parts: tuple[list[torch.Tensor], ...] = ([], [], [])  # train, val, test
     for label in range(len(classes)):
         members = (y == label).nonzero().flatten()
         members = members[torch.randperm(len(members), generator=gen)]
-        n_val = min(len(members) - 1, max(1, round(len(members) * val_fraction)))
-        val_idx.append(members[: max(0, n_val)])
-        train_idx.append(members[max(0, n_val) :])
-    train, val = torch.cat(train_idx), torch.cat(val_idx)
+        n_val = max(0, min(len(members) - 1, max(1, round(len(members) * val_fraction))))
+        # test takes its share only while at least one image of the class is left to train on
+        n_test = max(0, min(len(members) - n_val - 1, round(len(members) * test_fraction)))
+        parts[1].append(members[:n_val])
+        parts[2].append(members[n_val : n_val + n_test])
+        parts[0].append(members[n_val + n_test :])
+    train, val, test = (torch.cat(p) if p else torch.empty(0, dtype=torch.int64) for p in parts)
     train = train[torch.randperm(len(train), generator=gen)]
     val = val[torch.randperm(len(val), generator=gen)]
-    return TensorSplit(x[train], y[train], x[val], y[val], classes)
+    if len(test):  # drawn last, so a split without test draws what it always drew
+        test = test[torch.randperm(len(test), generator=gen)]
+    return TensorSplit(x[train], y[train], x[val], y[val], classes, x[test], y[test])
 
 
 def shuffled(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,7 +231,9 @@ def load_digits(path: str | None, config: TrialConfig, geometry: Geometry) -> Te
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = torch.tensor(bunch.target, dtype=torch.int64)
     classes = [str(c) for c in range(10)]
-    return stratified_split(to_uint8_rgb(images, geometry.size), labels, config.val_fraction, classes)
+    return stratified_split(
+        to_uint8_rgb(images, geometry.size), labels, config.val_fraction, classes, config.test_fraction
+    )
 
 
 @register_dataset("synthetic")
@@ -217,7 +252,7 @@ def load_synthetic(path: str | None, config: TrialConfig, geometry: Geometry) ->
         noisy = 0.7 * proto + 0.3 * torch.rand(len(part), 3, size, size, generator=gen)
         chunks.append((noisy.clamp(0, 1) * 255).round().to(torch.uint8))
     names = [f"class{c}" for c in range(classes)]
-    return stratified_split(torch.cat(chunks), labels, config.val_fraction, names)
+    return stratified_split(torch.cat(chunks), labels, config.val_fraction, names, config.test_fraction)
 
 
 def _synthetic_shape(path: str | None) -> tuple[int, int]:
@@ -235,14 +270,21 @@ def _synthetic_shape(path: str | None) -> tuple[int, int]:
 
 @register_dataset("imagefolder")
 def load_imagefolder(path: str | None, config: TrialConfig, geometry: Geometry) -> TensorSplit:
-    """Your own images: `PATH/train/<class>/` + `PATH/val/<class>/`, or `PATH/<class>/` split by
-    `val_fraction`."""
+    """Your own images: `PATH/train/<class>/` + `PATH/val/<class>/` (+ `PATH/test/<class>/`, the
+    test split when test_fraction > 0), or `PATH/<class>/` split by `val_fraction` and `test_fraction`."""
     train, val = imagefiles.read_root(path, geometry.size, geometry.resize)
     if val is None:
-        return stratified_split(train.images, train.labels, config.val_fraction, train.classes)
-    return TensorSplit(
-        *shuffled(train.images, train.labels), *shuffled(val.images, val.labels), train.classes
-    )
+        return stratified_split(
+            train.images, train.labels, config.val_fraction, train.classes, config.test_fraction
+        )
+    split = TensorSplit(*shuffled(train.images, train.labels), *shuffled(val.images, val.labels), train.classes)
+    test_root = Path(str(path)).expanduser() / "test"
+    if config.test_fraction > 0 and test_root.is_dir():
+        test = imagefiles.read_classes(test_root, geometry.size, geometry.resize)
+        if test.classes != train.classes:
+            raise UserError(f"image folder {path}: test/ has other class folders than train/; give it the same ones")
+        split.test_x, split.test_y = shuffled(test.images, test.labels)
+    return split
 
 
 # torchvision's classification sets: config name -> torchvision.datasets class name.
@@ -257,14 +299,21 @@ TORCHVISION_SETS = {
 
 def _register_torchvision(name: str, class_name: str) -> None:
     def loader(path: str | None, config: TrialConfig, geometry: Geometry) -> TensorSplit:
-        return load_torchvision(name, class_name, path, config.download, geometry.size)
+        split = load_torchvision(name, class_name, path, config.download, geometry.size)
+        if config.test_fraction <= 0:
+            return split
+        carved = stratified_split(split.train_x, split.train_y, config.val_fraction, split.classes)
+        carved.test_x, carved.test_y = split.val_x, split.val_y
+        return carved
 
     loader.__doc__ = f"torchvision's {class_name} under a root folder: --set dataset={name}:/path/to/root"
     register_dataset(name)(loader)
 
 
 def load_torchvision(name: str, class_name: str, root: str | None, download: bool, size: int) -> TensorSplit:
-    """The set's own train and test splits (test serves as validation), as uint8 RGB."""
+    """The set's own train and test splits as uint8 RGB: with test_fraction > 0 its test split is the
+    test split and validation is `val_fraction` of its train split; with test_fraction 0 (studies
+    made before the test split) its test split serves as validation, as it did then."""
     import torchvision.datasets
 
     if not root:

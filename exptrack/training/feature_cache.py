@@ -149,7 +149,7 @@ def _keys(inputs: Inputs, prefix: list[nn.Module]) -> list[Key]:
     """The key of each depth 1..d: what decides the frozen output, with the stages' weights as
     a running digest (depth e's key is a prefix of depth d's computation, so it can seed it)."""
     c, split = inputs.config, inputs.split
-    base: Key = (c.backbone, inputs.geometry, c.dataset, c.subset, c.val_fraction, split.digest)
+    base: Key = (c.backbone, inputs.geometry, c.dataset, c.subset, c.val_fraction, c.test_fraction, split.digest)
     base += (str(inputs.normalize.device), str(inputs.amp))
     digest, keys = hashlib.sha256(), list[Key]()
     for depth, runner in enumerate(prefix, start=1):

@@ -66,6 +66,9 @@ class FitResult:
     weights_source: str
     model: nn.Module
     example: torch.Tensor | None = None  # two validation inputs as the model takes them, on the CPU
+    # test_accuracy and test_loss of the trained model, when asked for and the dataset has a test split
+    test: dict[str, float] = dataclasses.field(default_factory=dict)
+    test_samples: int = 0  # the test split's size (0: none)
 
     @property
     def final(self) -> dict[str, float]:
@@ -94,9 +97,12 @@ def fit(
     reporter: Reporter | None = None,
     warn: Callable[[str], None] = print,
     trace_dir: Path | None = None,
+    test: bool = False,
 ) -> FitResult:
     """Train `config` for its epochs, evaluating after each; the reporter may stop it early. With
-    `trace_dir`, a few steady-state steps are traced there (`tracing.window`)."""
+    `trace_dir`, a few steady-state steps are traced there (`tracing.window`). With `test`, the
+    trained model is scored once on the test split at the end (`exp train`, `exp confirm`); a
+    search's trial never asks, so neither its value nor its pruning can depend on the test images."""
     reporter = reporter or NullReporter()
     device = resolve_device(config.device)
     memory = TrialMemory(device)  # before the data and model: they are this trial's memory too
@@ -130,8 +136,7 @@ def fit(
             "batching": type(source).__name__,
             records.DATASET_FACT: config.dataset,
             records.DATASET_DIGEST_FACT: split.digest,
-            "train_samples": len(split.train_y),
-            "val_samples": len(split.val_y),
+            **split.sizes(),
             "num_classes": split.num_classes,
             "trainable_params": trainable,
             "frozen_params": frozen,
@@ -147,7 +152,26 @@ def fit(
     # what a logged model's signature and input example are made from: two validation images as
     # the model sees them (normalised float32), on the CPU where a logged model is loaded
     example = batching.Normalizer(torch.device("cpu"), built.mean, built.std)(split.val_x[:2].cpu())
-    return FitResult(history, figures, stopped, built.weights_source, model, example)
+    scored = _test_metrics(trainer, model, split, normalize, config) if test and not stopped else {}
+    return FitResult(
+        history, figures, stopped, built.weights_source, model, example, scored, len(split.test_y)
+    )
+
+
+def _test_metrics(
+    trainer: _Trainer, model: nn.Module, split: datasets.TensorSplit, normalize: batching.Normalizer, config: TrialConfig
+) -> dict[str, float]:
+    """The whole trained model (not the feature cache's tail) on the test images, moved to the
+    device a batch at a time: the test split never joins the training set's device copy."""
+    if not len(split.test_y):
+        return {}
+    size = max(config.batch_size, 256)
+    batches = (
+        (normalize(split.test_x[i : i + size]), split.test_y[i : i + size].to(normalize.device))
+        for i in range(0, len(split.test_y), size)
+    )
+    loss, accuracy = evaluate(model, batches, trainer.loss_fn, trainer.amp)
+    return {"test_accuracy": accuracy, "test_loss": loss}
 
 
 def _batches(
