@@ -105,7 +105,7 @@ def test_a_search_gives_the_same_values_whatever_the_test_split_holds(project: P
     values = {}
     for dataset in ("digits", "digits_one_class_test"):
         study = Study(name=f"split-{dataset}", search_space=space, fixed={"dataset": dataset})
-        exptrack.search(study, trials=2, overrides=TINY, seed=0, pruner="none", **stores)
+        exptrack.run_search(study, trials=2, overrides=TINY, seed=0, pruner="none", **stores)
         values[dataset] = list(exptrack.trials(study.name, sort="number", **stores)["value"])
     assert values["digits"] == values["digits_one_class_test"]
     # and the test split does differ: scored, the blank test images give another figure
