@@ -45,8 +45,9 @@ def _binary(name: str) -> str:
 class PostgresServer:
     """`initdb` + `pg_ctl start` as the postgres user; trust authentication on 127.0.0.1 only."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_connections: int = 300) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="exptrack-pg-"))  # not under pytest's root-only tmp
+        self.max_connections = max_connections  # benchmarks/scale.py raises it for 64 workers
         self.data = self.root / "data"
         self.port = free_port()
         shutil.chown(self.root, "postgres", "postgres")
@@ -75,7 +76,7 @@ class PostgresServer:
             )
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+            f"-c synchronous_commit=off -c full_page_writes=off -c max_connections={self.max_connections}"
         )
         log = str(self.root / "server.log")
         self._as_postgres(_binary("pg_ctl"), "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
@@ -106,6 +107,10 @@ class PostgresServer:
         self._as_postgres(*psql, "-c", f"CREATE USER {user} PASSWORD '{password}'")
         self._as_postgres(*psql, "-c", f"CREATE DATABASE {name} OWNER {user}")
         return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{name}"
+
+    def postmaster_pid(self) -> int:
+        """The server's main process (its backends are its children)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
 
     def url(self, name: str) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"

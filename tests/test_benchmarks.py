@@ -104,3 +104,19 @@ def test_study_vs_baseline_alternates_the_arms_and_splits_the_saving_into_its_le
     levers = summary["levers"]
     assert levers["cache_s"] + levers["optimizer_s"] + levers["other_s"] == pytest.approx(levers["saving_s"])
     assert "ratio" in done.stdout and "best_val_accuracy" in done.stdout
+
+
+@pytest.mark.slow
+def test_sleeping_trials_go_through_both_stores_from_forked_workers(tmp_path: Path) -> None:
+    """scale.py's sleep kind: trials that compute nothing still ask, report and tell through Optuna
+    and open, fill and close their MLflow runs, from workers forked after the imports."""
+    command = [sys.executable, str(REPO / "benchmarks" / "scale.py"), "--trial-kind", "sleep"]
+    command += ["--sleep", "0.05", "--workers", "2", "--forked", "--trials", "4"]
+    command += ["--backends", "sqlite", "--no-deaths"]
+    done = subprocess.run(
+        command, cwd=tmp_path, env=exp_env(tmp_path), capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "sleep (0.05 s an epoch); workers forked" in done.stdout
+    line = next(line for line in done.stdout.splitlines() if " 2 workers: store time per trial" in line)
+    assert "4/4 COMPLETE, 4 runs FINISHED" in line
