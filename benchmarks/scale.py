@@ -109,6 +109,7 @@ def _sleeping_facts(config) -> dict[str, object]:  # type: ignore[no-untyped-def
         records.DATASET_DIGEST_FACT: "0" * 16,
         "train_samples": 64,
         "val_samples": 16,
+        "test_samples": 16,
         "num_classes": 4,
         "trainable_params": 0,
         "frozen_params": 0,
