@@ -141,7 +141,7 @@ class Tracker:
             return
         self.log_later(run_id, tags=records.setup_tags(dict(facts)))
         if records.DATASET_FACT in facts:
-            self.writer.later(run_id, "log the dataset input", _log_dataset, self.client, run_id, facts)
+            self.writer.later(run_id, "log the dataset input", log_dataset_input, self.client, run_id, facts)
 
     def log_text(self, run_id: str | None, text: str, artifact_file: str) -> None:
         """A text file as an artifact (config.yaml, a traceback, the dashboard page)."""
@@ -201,8 +201,11 @@ def _metrics(values: Mapping[str, float], step: int) -> list[Any]:
     return [Metric(key, float(value), now, step) for key, value in values.items()]
 
 
-def _log_dataset(client: Any, run_id: str, facts: Mapping[str, Any]) -> None:
-    """The run's dataset as its MLflow input: name and digest, sizes as its profile."""
+def log_dataset_input(client: Any, run_id: str, facts: Mapping[str, Any]) -> None:
+    """The run's dataset as its MLflow input: name and digest, sizes as its profile. Idempotent
+    across hosts: two runs logging one new dataset at once race on MLflow's insert of it (the
+    loser's transaction fails on `dataset_pk`, UNIQUE on experiment, name and digest), so the
+    loser logs again and links the dataset the winner stored."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     spec = str(facts[records.DATASET_FACT])  # digits, imagefolder:/data/pets, ...
@@ -215,4 +218,16 @@ def _log_dataset(client: Any, run_id: str, facts: Mapping[str, Any]) -> None:
         profile=json.dumps(sizes),
     )
     tags = [InputTag(records.DATASET_CONTEXT_TAG, "training")]
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=tags)])
+    try:
+        client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=tags)])
+    except Exception as exc:
+        if not _lost_dataset_race(exc):
+            raise
+        client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=tags)])
+
+
+def _lost_dataset_race(exc: Exception) -> bool:
+    """Did another run store the same dataset between MLflow's look-up and its insert? PostgreSQL
+    says UniqueViolation on "dataset_pk", sqlite "UNIQUE constraint failed: datasets..."."""
+    text = str(exc)
+    return "dataset_pk" in text or "UNIQUE constraint failed: datasets" in text
