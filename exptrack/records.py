@@ -50,6 +50,7 @@ STUDY_JOINS_ATTR = "exptrack:worker_joins"  # a study system attr: processes tha
 
 # --- Optuna trial user attrs ---------------------------------------------------------------------
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run id
+RUN_PENDING_ATTR = "mlflow_run_pending"  # its run could not be opened: written after the outage
 CONFIG_ATTR = "config"  # the trial's full TrialConfig as a dict
 FAIL_REASON_ATTR = "fail_reason"  # why a trial failed (exception, signal, dead worker)
 RETRY_ATTR = "retry_of"  # on a retried trial: the number of the killed trial it repeats
@@ -113,6 +114,9 @@ REPRODUCES_TAG = "exptrack.reproduces"  # study/trial-NNN
 SOURCE_RUN_TAG = "exptrack.source_run_id"  # the trial run it reproduces
 CONFIG_FILE_TAG = "exptrack.config_file"
 OWNER_TAG = "exptrack.owner"  # the process training it, host:pid:start-time: closed if it dies
+# on a trial run written after an outage: "journal" (from this host's journal of the trial) or
+# "optuna: ..." (rebuilt from the Optuna trial, naming the figures that could not be restored)
+RESTORED_TAG = "exptrack.restored"
 SETUP_TAG_PREFIX = "exptrack."  # + a fact training reports at setup (weights_source, device, ...)
 # Setup facts that also describe the run's dataset input (`mlflow.log_input`: the UI's Datasets column)
 DATASET_FACT, DATASET_DIGEST_FACT = "dataset", "dataset_digest"

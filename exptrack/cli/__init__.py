@@ -83,7 +83,7 @@ def _commands(
         ),
     ] = False,
 ) -> None:
-    """exp search | trials | export | train | report | ui | studies"""
+    """exp search | trials | export | train | report | ui | studies | sync"""
     _debug["on"] = debug
     processes.quiet_libraries()  # before any command loads torch or MLflow
 
@@ -97,6 +97,7 @@ for _command in (
     results_commands.report,
     results_commands.ui,
     results_commands.studies,
+    search_commands.sync,
 ):
     app.command(cls=_Command)(_command)
 

@@ -59,8 +59,28 @@ def trials(
     """Table of a study's trials: state, value, parameters, duration and MLflow run id."""
     from exptrack.results import tables
 
+    _finish_outage(study_name, storage, tracking_uri)
     frame = tables.trials_table(study_name, storage, tracking_uri, state, sort, top, warn, costs)
     _render(frame, fmt, f"{study_name}: {len(frame)} trials")
+
+
+def _finish_outage(study_name: str, storage: str | None, tracking_uri: str | None) -> None:
+    """What an outage left (a journal, a trial whose run could not be opened) is written before
+    the table is read, as `exp sync` would (the search's modules are imported only then)."""
+    from exptrack.stores.optuna_storage import load_existing_study
+    from exptrack.tracking.journal import folder_for
+
+    url = resolve_storage(storage)
+    left = folder_for(url, study_name).is_dir() or any(
+        records.RUN_PENDING_ATTR in t.user_attrs
+        for t in load_existing_study(study_name, storage).get_trials(deepcopy=False)
+    )
+    if left:
+        from exptrack.search.sync import sync_study
+
+        pending, line = sync_study(study_name, storage, tracking_uri, warn)
+        if pending:
+            warn(line)
 
 
 def studies(storage: StorageOpt = None, tracking_uri: TrackingOpt = None, fmt: FormatOpt = "table") -> None:

@@ -104,16 +104,12 @@ def search(
     sampler: Annotated[
         str | None,
         typer.Option(
-            help=f"{SAMPLER_NAMES} "
-            + default("the study file's; tpe, or nsga2 for several objectives")
+            help=f"{SAMPLER_NAMES} " + default("the study file's; tpe, or nsga2 for several objectives")
         ),
     ] = None,
     pruner: Annotated[
         str | None,
-        typer.Option(
-            help=f"{PRUNER_NAMES} "
-            + default("the study file's")
-        ),
+        typer.Option(help=f"{PRUNER_NAMES} " + default("the study file's")),
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
     seed: Annotated[
@@ -203,6 +199,7 @@ def search(
     finally:
         progress.stop()
     print_summary(summary)
+    exit_if_pending(summary)
 
 
 def print_summary(summary: Any) -> None:
@@ -245,17 +242,40 @@ def print_summary(summary: Any) -> None:
             out.print(f"runs: {ui_links.runs_view_url(base, summary.experiment_id)}")
             out.print(f"study run: {ui_links.run_url(base, summary.experiment_id, summary.parent_run_id)}")
     if summary.tracking_failures:
+        kept = "" if summary.pending else "; the journal wrote them once the store answered again"
         warn(
-            f"{len(summary.tracking_failures)} MLflow writes failed and were not recorded, first: "
-            f"{summary.tracking_failures[0]}"
+            f"{len(summary.tracking_failures)} MLflow writes failed, first: {summary.tracking_failures[0]}{kept}"
         )
     for note in summary.notes:
         warn(note)
-    if summary.unrecorded:
-        numbers = ", ".join(map(str, summary.unrecorded))
-        warn(f"trials without an MLflow run (tracking was down; their results are in Optuna): {numbers}")
+
+
+def exit_if_pending(summary: Any) -> None:
+    """Exit code 3 and one final line when a journal still holds records."""
+    from exptrack.search.sync import PENDING_EXIT
+
+    if summary.pending:
+        err.print(summary.pending_line, soft_wrap=True, markup=False, highlight=False)
+        raise typer.Exit(PENDING_EXIT)
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def sync(
+    study_name: Annotated[str, typer.Argument(help="The study's name, e.g. finetune")],
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Write what a store outage left in the study's journal: results Optuna could not take, MLflow
+    runs, metrics and artifacts (runs no journal holds are rebuilt from Optuna); close the study run.
+    Exit code 3 while records are still pending (a store still down)."""
+    from exptrack.search.sync import PENDING_EXIT, sync_study
+
+    pending, line = sync_study(study_name, storage, tracking_uri, warn)
+    if pending:
+        err.print(line, soft_wrap=True, markup=False, highlight=False)
+        raise typer.Exit(PENDING_EXIT)
+    out.print(f"{study_name}: every record is in both stores")
 

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from exptrack.errors import UserError
-from exptrack.search import ownership, preflight, repair, signals, study_run, warmstart
+from exptrack.search import ownership, preflight, repair, signals, study_run, sync, warmstart
 from exptrack.search.options import SearchOptions
 from exptrack.search.study_run import Dashboard, DashboardRenderer, StudyRun
 from exptrack.search.study_setup import StoredStudy, create_study
@@ -26,6 +26,8 @@ from exptrack.stores import backends, optuna_private
 from exptrack.stores.locks import StoreLock
 from exptrack.study import Study
 from exptrack.study_store import counted_trials, ranked, record
+from exptrack.tracking import journal, trial_log
+from exptrack.tracking.journal import Journal
 from exptrack.tracking.tracker import Tracker
 
 BUDGET_POLL_S = 0.5  # a worker whose budget is all running elsewhere looks again this often
@@ -45,6 +47,8 @@ class SearchSummary:
     unrecorded: list[int] = dataclasses.field(default_factory=list)  # trials without an MLflow run
     notes: list[str] = dataclasses.field(default_factory=list)  # what the summary must also say
     objectives: list[str] = dataclasses.field(default_factory=list)  # every objective, in value order
+    pending: int = 0  # trials whose records a journal still holds (exit code sync.PENDING_EXIT)
+    pending_line: str = ""  # the one final line saying how many, where, and the command that writes them
 
     @property
     def pareto(self) -> bool:
@@ -112,7 +116,8 @@ def run(search: Search) -> SearchSummary:
     study, options = search.study, search.options
     if search.progress:
         search.progress.start(counted_trials(study), options.trials, search.spec.metric)
-    tracking = open_tracking(search)
+    where = journal_of(search, Journal(journal.folder_for(search.storage_url, search.name)))
+    tracking = open_tracking(search, where)
     dashboard = Dashboard(search.tracker, tracking, search.render_dashboard)
     started, status = time.monotonic(), "FAILED"
     outcomes: list[TrialOutcome] = []
@@ -122,11 +127,12 @@ def run(search: Search) -> SearchSummary:
                 break
             search.interrupts.check()
             traced = sum(o.traced for o in outcomes) < options.profile_trials
-            outcome = run_one(search, tracking, traced)
+            outcome = run_one(search, tracking, traced, where.mine)
             if outcome is None:  # the rest of the budget is running in other workers
                 time.sleep(BUDGET_POLL_S)  # the next ask fails theirs if they die
                 continue
             outcomes.append(outcome)
+            _replay(search, where)  # as soon as the server answers again
             dashboard.refresh(study)
             _stop_after_failures(search, outcomes)
         status = "FINISHED"
@@ -134,24 +140,48 @@ def run(search: Search) -> SearchSummary:
         status = "KILLED"
         raise
     finally:
-        _close_tracking(search, tracking, dashboard, status)
-    return summary(search, tracking, outcomes)
+        _close_tracking(search, tracking, dashboard, status, where)
+    return summary(search, tracking, outcomes, where)
 
 
-def open_tracking(search: Search) -> StudyRun:
+def journal_of(search: Search, mine: Journal | None = None) -> sync.Where:
+    """Where the study's journals are (`tracking.journal`), with this process's own if it trains."""
+    folder = mine.folder if mine else journal.folder_for(search.storage_url, search.name)
+    return sync.Where(search.study, search.storage_url, folder, mine)
+
+
+def open_tracking(search: Search, where: sync.Where | None = None) -> StudyRun:
     """The study's MLflow experiment and parent run (the first of several workers, on any
-    machine, creates them under the store lock), then the repair of what dead processes left."""
+    machine, creates them under the store lock), then what an outage or a dead process left:
+    results kept in a journal told first (before the repair takes their trials for abandoned),
+    the journaled MLflow records written, then the repair."""
+    where = where or journal_of(search)
+    sync.tell_kept(where, search.warn)
     tracking = StudyRun()
     if search.tracker is not None:
         with search.lock:
             tracking = study_run.open_study_run(
                 search.tracker, search.stored, search.spec, search.prepared, search.storage_url
             )
+    _restore(search, tracking, where)
     _repair(search, tracking)
     return tracking
 
 
-def run_one(search: Search, tracking: StudyRun, traced: bool = False) -> TrialOutcome | None:
+def _restore(search: Search, tracking: StudyRun, where: sync.Where) -> None:
+    if search.tracker is not None and tracking.experiment_id and tracking.parent_run_id:
+        sync.restore_runs(where, search.tracker, tracking.experiment_id, tracking.parent_run_id, search.warn)
+
+
+def _replay(search: Search, where: sync.Where) -> None:
+    """This process's trials whose MLflow records are pending, written if the store answers."""
+    if search.tracker is not None and where.mine is not None and where.mine.pending("mlflow"):
+        trial_log.replay(where.mine, search.tracker, where.mine.pending("mlflow"), search.warn)
+
+
+def run_one(
+    search: Search, tracking: StudyRun, traced: bool = False, mine: Journal | None = None
+) -> TrialOutcome | None:
     """Ask, train, tell; None when the budget is all taken. The ask fails abandoned trials first
     and is exact across workers (`ownership.ask`)."""
     asked, abandoned = ownership.ask(search.study, search.lock, search.options.trials)
@@ -159,7 +189,7 @@ def run_one(search: Search, tracking: StudyRun, traced: bool = False) -> TrialOu
     if asked is None:
         return None
     with ownership.Heartbeat(search.study, optuna_private.trial_id(asked)):
-        return run_trial(trial_context(search, tracking, traced), asked)
+        return run_trial(dataclasses.replace(trial_context(search, tracking, traced), journal=mine), asked)
 
 
 def trial_context(search: Search, tracking: StudyRun, traced: bool = False) -> TrialContext:
@@ -184,14 +214,22 @@ def trial_context(search: Search, tracking: StudyRun, traced: bool = False) -> T
 
 
 def finish(search: Search, tracking: StudyRun, status: str) -> None:
-    """After every worker is done: repair what they left, close the study's run with `status`
-    (unless workers elsewhere still run trials: the last one out closes it)."""
+    """After every worker is done: write what their journals kept, repair what they left, close the
+    study's run with `status` (unless workers elsewhere still run trials: the last one out closes it)."""
+    where = journal_of(search)
+    sync.tell_kept(where, search.warn)
+    _restore(search, tracking, where)
     _repair(search, tracking)
     study_run.close_if_last(search.tracker, tracking, search.study, search.spec, search.lock, status)
 
 
-def summary(search: Search, tracking: StudyRun, outcomes: Sequence[TrialOutcome] = ()) -> SearchSummary:
+def summary(
+    search: Search, tracking: StudyRun, outcomes: Sequence[TrialOutcome] = (), where: sync.Where | None = None
+) -> SearchSummary:
     tracker = search.tracker
+    where = where or journal_of(search)
+    pending = len(sync.pending(where))
+    line = sync.pending_line(where, pending, tracker.uri if tracker else None) if pending else ""
     return SearchSummary(
         search.name,
         search.spec.metric,
@@ -205,6 +243,8 @@ def summary(search: Search, tracking: StudyRun, outcomes: Sequence[TrialOutcome]
         [o.number for o in outcomes if not o.recorded],
         list(tracking.notes),
         list(search.spec.objectives),
+        pending,
+        line,
     )
 
 
@@ -233,9 +273,18 @@ def _last_fail_reason(study: optuna.Study) -> str:
     return (record(failed[-1]).fail_reason or "?")[:200] if failed else "?"
 
 
-def _close_tracking(search: Search, tracking: StudyRun, dashboard: Dashboard, status: str) -> None:
-    """The dashboard's last render, runs whose close failed while tracking was down; the study's
-    run itself unless this is a worker (its coordinator closes it once every worker is done)."""
+def _close_tracking(
+    search: Search, tracking: StudyRun, dashboard: Dashboard, status: str, where: sync.Where
+) -> None:
+    """The journal's pending records written if the store answers (else the file stays for a
+    later command), the dashboard's last render, runs whose close failed while tracking was down;
+    the study's run itself unless this is a worker (its coordinator closes it once every worker is done)."""
+    try:
+        _replay(search, where)
+        _restore(search, tracking, where)
+    finally:
+        if where.mine is not None:
+            where.mine.close()
     if search.tracker is None or tracking.parent_run_id is None:
         return
     dashboard.refresh(search.study, force=True)

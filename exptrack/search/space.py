@@ -108,12 +108,7 @@ class SearchSpace:
         """A config's flat params with each sampled parameter under its Optuna name: a field
         searched under a branch (`freeze_depth` under `backbone`) becomes `backbone.resnet18.freeze_depth`,
         so the MLflow param, the Optuna param and the `exp trials` column share one name."""
-        named = dict(params)
-        for name in sampled:
-            head, _, field = name.rpartition(".")
-            if head and not is_loss_param(name) and field in named:
-                named[name] = named.pop(field)
-        return named
+        return named_params(params, sampled)
 
     def is_discrete(self) -> bool:
         return all(_discrete(p) for p in self.params)
@@ -394,3 +389,14 @@ def _discrete(param: Param) -> bool:
     if param.branches:
         return all(_discrete(p) for subs in param.branches.values() for p in subs)
     return param.kind is not Kind.FLOAT or param.step is not None
+
+
+def named_params(params: Mapping[str, str], sampled: Mapping[str, Any]) -> dict[str, str]:
+    """`SearchSpace.named_params`, for a trial whose space is not at hand (a run rebuilt from its
+    Optuna record: the names come from the trial's own params)."""
+    named = dict(params)
+    for name in sampled:
+        head, _, field = name.rpartition(".")
+        if head and not is_loss_param(name) and field in named:
+            named[name] = named.pop(field)
+    return named

@@ -24,12 +24,15 @@ from optuna.trial import TrialState
 
 from exptrack import config as cfg
 from exptrack import records, study_store
-from exptrack.errors import UserError, failure_reason
+from exptrack.errors import UserError, failure_reason, redact
 from exptrack.search import feasibility, signals
 from exptrack.search.space import SearchSpace
+from exptrack.stores.faults import StoreFault, StoreUnavailable
 from exptrack.study import Constraint, Study
 from exptrack.tracking import runs, ui_links
+from exptrack.tracking.journal import Journal
 from exptrack.tracking.tracker import Tracker
+from exptrack.tracking.trial_log import TrialLog
 from exptrack.training import devices, fit, profiling
 
 TAKEN_OVER = "another worker marked this trial FAIL: no heartbeat reached it within the grace period"
@@ -61,6 +64,7 @@ class TrialContext:
     progress: Progress | None = None
     warn: Callable[[str], None] = print
     interrupts: signals.Interrupts = dataclasses.field(default_factory=signals.Interrupts)
+    journal: Journal | None = None  # this process's journal of the study (`tracking.journal`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +74,7 @@ class TrialOutcome:
     number: int
     state: str  # COMPLETE, PRUNED or FAIL
     value: float | None  # its (first) objective; None when it failed
-    recorded: bool = True  # False: tracking is on but its MLflow run could not be opened
+    recorded: bool = True  # False: tracking is on and its run lacks records (kept in the journal)
     traced: bool = False  # its training was traced (counts against --profile-trials)
 
 
@@ -86,20 +90,29 @@ class TrialReporter:
         run_id: str | None,
         objectives: list[str],
         epochs: int,
+        log: TrialLog | None = None,
     ) -> None:
         self.trial, self.tracker, self.run_id, self.epochs = trial, tracker, run_id, epochs
+        self.log = log or TrialLog(None, None, trial.number)
         self.watched = [name for name in objectives if name in records.EPOCH_METRICS]
         self.reports = len(objectives) == 1 and bool(self.watched)
         self.train_started_at = math.nan  # fit calls on_setup right before its first step
+        self.attrs: dict[str, Any] = {}  # user attrs the store has not taken yet
+        self.kept: dict[int, float] = {}  # epoch -> value the store could not take (an outage)
 
     def on_setup(self, facts: Mapping[str, Any]) -> None:
         self.train_started_at = time.time()
-        if "num_classes" in facts:  # the end of the search tells a study at chance (search.verdict)
-            self.trial.set_user_attr(records.CLASSES_ATTR, int(facts["num_classes"]))
+        self.log.setup(facts)
         if self.tracker:
             self.tracker.log_setup(self.run_id, facts)
+        if "num_classes" in facts:  # the end of the search tells a study at chance (search.verdict)
+            self.attrs[records.CLASSES_ATTR] = int(facts["num_classes"])
+            self._store(
+                lambda: self.trial.set_user_attr(records.CLASSES_ATTR, self.attrs.pop(records.CLASSES_ATTR))
+            )
 
     def on_epoch(self, epoch: int, metrics: Mapping[str, float]) -> bool:
+        self.log.epoch(epoch, metrics)
         if self.tracker:
             self.tracker.log_epoch(self.run_id, epoch, metrics)
         for name in self.watched:
@@ -107,10 +120,31 @@ class TrialReporter:
                 raise fit.NonFiniteLossError(f"{name} is {metrics[name]} at epoch {epoch}")
         if not self.reports:
             return False
-        self.trial.report(metrics[self.watched[0]], epoch)
+        self.kept[epoch] = metrics[self.watched[0]]
         # A trial whose training is complete is never pruned: after its last epoch there is
         # nothing left to save, and its value is as final as any complete trial's.
-        return epoch < self.epochs and self.trial.should_prune()
+        return self._store(lambda: self._report_kept() and epoch < self.epochs and self.trial.should_prune())
+
+    def _report_kept(self) -> bool:
+        for step in sorted(self.kept):
+            self.trial.report(self.kept[step], step)
+            del self.kept[step]
+        return True
+
+    def _store(self, write: Callable[[], Any]) -> Any:
+        """An Optuna write during training; the store down past its wait (StoreUnavailable) keeps
+        what it would have written for the tell, and training goes on: its result is worth more
+        than the epoch's report (never pruned then: the pruner could not be asked)."""
+        try:
+            return write()
+        except StoreUnavailable:
+            return False
+
+    def flush(self) -> None:
+        """What training could not store, before the tell (raises StoreUnavailable if still down)."""
+        for key in list(self.attrs):
+            self.trial.set_user_attr(key, self.attrs.pop(key))
+        self._report_kept()
 
 
 def run_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialOutcome:
@@ -124,34 +158,42 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialOutcome:
     except BaseException as exc:
         _outcome(ctx, trial.number, fail(ctx, trial, None, exc))
         raise
-    run_id = _start_run(ctx, trial, config, asked.weights)
+    log = TrialLog(ctx.journal, ctx.tracker, trial.number)
+    run_id = _start_run(ctx, trial, config, asked.weights, log)
     if ctx.progress:
         ctx.progress.trial_started(trial.number, config)
-    recorded = run_id is not None or not _tracked(ctx)
     traced = ctx.traced and run_id is not None
-    state = _train(ctx, trial, config, run_id, traced)
+    state = _train(ctx, trial, config, run_id, traced, log)
+    recorded = log.settle(ctx.warn) and (run_id is not None or not _tracked(ctx))
     return _outcome(ctx, trial.number, state, recorded, traced)
 
 
 def _train(
-    ctx: TrialContext, trial: optuna.Trial, config: cfg.TrialConfig, run_id: str | None, traced: bool
+    ctx: TrialContext,
+    trial: optuna.Trial,
+    config: cfg.TrialConfig,
+    run_id: str | None,
+    traced: bool,
+    log: TrialLog,
 ) -> str:
     """`fit`, then tell; the trial's final state name. Any failure ends only this trial."""
-    reporter = TrialReporter(trial, ctx.tracker, run_id, list(ctx.spec.objectives), config.epochs)
+    reporter = TrialReporter(trial, ctx.tracker, run_id, list(ctx.spec.objectives), config.epochs, log)
     try:
         with ctx.interrupts.interruptible():
             result = _fit(ctx, config, reporter, run_id, traced)
+    except StoreFault:  # an outage is never the trial's failure: the repair retries it
+        raise
     except BaseException as exc:
         out_of_memory = devices.is_out_of_memory(exc)
-        fail(ctx, trial, run_id, exc, infeasible=out_of_memory and ctx.learns_infeasible)
+        fail(ctx, trial, run_id, exc, infeasible=out_of_memory and ctx.learns_infeasible, log=log)
         if isinstance(exc, KeyboardInterrupt | UserError | SystemExit):
             _outcome(ctx, trial.number, "FAIL")
             raise
     else:
         try:
-            return _tell(ctx, trial, run_id, result, reporter.train_started_at)
+            return _tell(ctx, trial, run_id, result, reporter)
         except UpdateFinishedTrialError:
-            return _taken_over(ctx, trial, run_id)
+            return _taken_over(ctx, trial, run_id, log)
     if out_of_memory:  # after the except block, so the exception's frames (and tensors) are gone
         devices.release_memory()
     return "FAIL"
@@ -168,11 +210,12 @@ def _fit(
         try:
             return fit.fit(config, reporter, ctx.warn, Path(folder))
         finally:
+            reporter.log.files(Path(folder), records.PROFILE_DIR)
             ctx.tracker.log_folder(run_id, Path(folder), records.PROFILE_DIR)
 
 
 def _start_run(
-    ctx: TrialContext, trial: optuna.Trial, config: cfg.TrialConfig, asked_weights: str
+    ctx: TrialContext, trial: optuna.Trial, config: cfg.TrialConfig, asked_weights: str, log: TrialLog
 ) -> str | None:
     """Store the config on the trial and open its run; when the weights asked for could not be
     had, both records carry what ran (`weights: none`) and a note of what was asked for."""
@@ -193,8 +236,12 @@ def _start_run(
         node_id=records.system_node(platform.node(), profiling.physical_gpu(config.device)),
         retry_of=None if retry_of is None else str(retry_of),
     )
-    run_id = runs.open_trial_run(ctx.tracker, runs.OpenedRun(ctx.experiment_id, ctx.parent_run_id), record)
-    if run_id is None:
+    opened = runs.OpenedRun(ctx.experiment_id, ctx.parent_run_id)
+    run_id = runs.open_trial_run(ctx.tracker, opened, record)
+    log.open(opened, record, run_id)
+    if run_id is None:  # its run is written later, from the journal or else from this record
+        with contextlib.suppress(StoreUnavailable):
+            trial.set_user_attr(records.RUN_PENDING_ATTR, True)
         return None
     trial.set_user_attr(records.RUN_ID_ATTR, run_id)
     base = ui_links.server_base(ctx.tracker.uri)
@@ -209,8 +256,11 @@ def _tracked(ctx: TrialContext) -> bool:
 
 
 def _tell(
-    ctx: TrialContext, trial: optuna.Trial, run_id: str | None, result: fit.FitResult, started_at: float
+    ctx: TrialContext, trial: optuna.Trial, run_id: str | None, result: fit.FitResult, reporter: TrialReporter
 ) -> str:
+    """Tell Optuna the trained trial's outcome and close its run. The Optuna store down past its
+    wait keeps the result: the tell goes to the journal (the next command that opens the study
+    tells it) and the run is closed as trained, then the one-line outage ends the command."""
     final = dict(result.final)
     final.pop("epoch", None)
     figures: dict[str, float] = {}  # the final epoch's figures are the curves' last points on MLflow
@@ -218,38 +268,69 @@ def _tell(
         values = [h[metric] for h in result.history if metric in h]
         if values:
             figures[f"{records.BEST_PREFIX}{metric}"] = (max if direction == "maximize" else min)(values)
-    trial.set_user_attr(records.PROFILE_ATTR, {**result.profile, records.TRAIN_STARTED_AT: started_at})
+    reporter.attrs[records.PROFILE_ATTR] = {
+        **result.profile,
+        records.TRAIN_STARTED_AT: reporter.train_started_at,
+    }
     # what an objective or a constraint may name (numbers: `feature_cache` is a text figure)
     reported = {k: v for k, v in {**result.profile, **final}.items() if not isinstance(v, str)}
-    broken: list[str] = []
+    violations: dict[str, float] | None = None
     if ctx.constraints or ctx.learns_infeasible:  # before tell: the sampler reads them then
         try:
-            violations = feasibility.violations(ctx.constraints, reported)
+            violations = dict(feasibility.violations(ctx.constraints, reported))
         except ValueError as exc:
-            return fail(ctx, trial, run_id, exc)
-        broken = feasibility.record(trial, violations)
-    if result.stopped_early:
-        state = "PRUNED"
-        ctx.study.tell(trial, state=TrialState.PRUNED)
-    else:
-        missing = [name for name in ctx.spec.objectives if name not in reported]
-        if missing:
-            why = f"objective {missing[0]} was not reported by this trial (it reported {', '.join(sorted(reported))})"
-            return fail(ctx, trial, run_id, ValueError(why))
-        values = [reported[name] for name in ctx.spec.objectives]
-        bad = [(n, v) for n, v in zip(ctx.spec.objectives, values, strict=True) if not _finite(v)]
-        if bad:
-            return fail(
-                ctx, trial, run_id, ValueError(f"objective {bad[0][0]}={bad[0][1]} is not a finite number")
-            )
-        state = "COMPLETE"
-        ctx.study.tell(trial, values)
+            return fail(ctx, trial, run_id, exc, log=reporter.log)
+    state, told, why = _verdict(ctx, result, reported)
+    if why is not None:
+        return fail(ctx, trial, run_id, ValueError(why), log=reporter.log)
+    kept: StoreUnavailable | None = None
+    try:
+        reporter.flush()
+        broken = feasibility.record(trial, violations) if violations is not None else []
+        if state == "PRUNED":
+            ctx.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            ctx.study.tell(trial, told)
+    except StoreUnavailable as exc:
+        kept, broken = exc, [name for name, value in (violations or {}).items() if value > 0]
+        reporter.log.tell(state, told, reporter.kept, {**reporter.attrs, CONSTRAINTS_KEY: violations})
     if ctx.tracker:
         pruned_epoch = len(result.history) if state == "PRUNED" else None
+        closing = runs.closing(figures, result.profile, pruned_epoch=pruned_epoch, broken=broken)
+        reporter.log.close(state, *closing)
         runs.finish_run(
             ctx.tracker, run_id, state, figures, result.profile, pruned_epoch=pruned_epoch, broken=broken
         )
+    if kept is not None:
+        ctx.warn(
+            f"trial {trial.number} trained ({state}); the Optuna store is down, so its result is kept "
+            f"in the journal {reporter.log.where()} and told by the next command that opens the study"
+        )
+        raise kept
     return state
+
+
+CONSTRAINTS_KEY = "exptrack:constraints"  # a journaled tell's constraint values (`feasibility.record`)
+
+
+def _verdict(
+    ctx: TrialContext, result: fit.FitResult, reported: Mapping[str, Any]
+) -> tuple[str, list[float] | None, str | None]:
+    """The state and values to tell, or why the trial fails (an objective missing or not finite)."""
+    if result.stopped_early:
+        return "PRUNED", None, None
+    missing = [name for name in ctx.spec.objectives if name not in reported]
+    if missing:
+        return (
+            "FAIL",
+            None,
+            f"objective {missing[0]} was not reported by this trial (it reported {', '.join(sorted(reported))})",
+        )
+    values = [reported[name] for name in ctx.spec.objectives]
+    bad = [(n, v) for n, v in zip(ctx.spec.objectives, values, strict=True) if not _finite(v)]
+    if bad:
+        return "FAIL", None, f"objective {bad[0][0]}={bad[0][1]} is not a finite number"
+    return "COMPLETE", [float(v) for v in values], None
 
 
 def _finite(value: Any) -> bool:
@@ -257,7 +338,12 @@ def _finite(value: Any) -> bool:
 
 
 def fail(
-    ctx: TrialContext, trial: optuna.Trial, run_id: str | None, exc: BaseException, infeasible: bool = False
+    ctx: TrialContext,
+    trial: optuna.Trial,
+    run_id: str | None,
+    exc: BaseException,
+    infeasible: bool = False,
+    log: TrialLog | None = None,
 ) -> str:
     """Record a failed trial in both stores, with the reason; never leave it RUNNING. With
     `infeasible` (out of memory, under a sampler that steers by constraints) Optuna is told an
@@ -271,16 +357,23 @@ def fail(
         ctx.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     if ctx.tracker:
         trace = None if isinstance(exc, KeyboardInterrupt) else "".join(traceback.format_exception(exc))
+        if log is not None:
+            texts = {records.TRACEBACK_ARTIFACT: redact(trace)} if trace is not None else {}
+            log.close("FAIL", {}, runs.fail_tags(reason, infeasible), **texts)
         runs.fail_run(ctx.tracker, run_id, reason, trace, out_of_memory=infeasible)
     return "FAIL"
 
 
-def _taken_over(ctx: TrialContext, trial: optuna.Trial, run_id: str | None) -> str:
+def _taken_over(
+    ctx: TrialContext, trial: optuna.Trial, run_id: str | None, log: TrialLog | None = None
+) -> str:
     """Another worker marked this trial FAIL while it trained (its heartbeat missed the grace
     period, e.g. the database was unreachable) and queued its retry: the result stays unused. Also
     before it was sampled: a database restart drops the advisory lock under which the trial was
     asked, and a worker that took the lock next found it without its worker recorded yet."""
     if ctx.tracker:
+        if log is not None:
+            log.close("FAIL", {}, runs.fail_tags(TAKEN_OVER))
         runs.fail_run(ctx.tracker, run_id, TAKEN_OVER)
     return "FAIL"
 

@@ -44,7 +44,13 @@ def work(order: Order) -> None:
 
     progress = LineProgress()
     study = order.load_study()
-    run_search(study, order.options, order.overrides, progress, progress.warn, order.dashboard_factory())
+    summary = run_search(
+        study, order.options, order.overrides, progress, progress.warn, order.dashboard_factory()
+    )
+    if summary.pending:  # its records wait in its journal: the coordinator's summary says so
+        from exptrack.search.sync import PENDING_EXIT
+
+        sys.exit(PENDING_EXIT)
 
 
 def main(argv: list[str] | None = None) -> None:

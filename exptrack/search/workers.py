@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from exptrack import processes, study_store
 from exptrack.errors import UserError
-from exptrack.search import loop, signals
+from exptrack.search import loop, signals, sync
 from exptrack.search.loop import Search, SearchSummary
 from exptrack.search.options import Order, SearchOptions
 from exptrack.search.slots import Slot
@@ -150,7 +150,7 @@ def _wait(children: list[subprocess.Popen[str]], relay: Relay) -> tuple[list[int
 def _end(search: Search, tracking: StudyRun, codes: list[int], received: list[int]) -> None:
     """Close the study's run as the workers ended; a signal ends this process as it would have
     ended one worker (exit 128 + its number), a failed worker in one line."""
-    failed = [code for code in codes if code != 0]
+    failed = [code for code in codes if code not in (0, sync.PENDING_EXIT)]  # pending: the summary says
     loop.finish(search, tracking, "KILLED" if received else "FAILED" if failed else "FINISHED")
     if received:
         raise signals.Interrupted(received[0])

@@ -106,6 +106,13 @@ def by_trial_number(runs: list[Any]) -> dict[int, Any]:
     return {int(r.data.tags[TRIAL_TAG]): r for r in runs if TRIAL_TAG in r.data.tags}
 
 
+def trial_runs_under(tracker: Tracker, study_name: str, uid: str | None, parent_run_id: str) -> dict[int, Any]:
+    """The study's trial runs nested under `parent_run_id`, by trial number (what `exp sync` checks
+    before rebuilding a run from Optuna)."""
+    runs = trial_runs(tracker, study_name, uid)
+    return by_trial_number([r for r in runs if r.data.tags.get(records.PARENT_RUN_TAG) == parent_run_id])
+
+
 def read_experiment_ids(uri: str | None, warn: Callable[[str], None] = print) -> dict[str, str]:
     """Study name -> MLflow experiment id for every experiment a search created (one query)."""
     return _read_store(uri, warn, study_experiments) or {}

@@ -146,17 +146,8 @@ def open_trial_run(tracker: Tracker, study: OpenedRun, trial: TrialFacts) -> str
     sampled until it closes; None if MLflow is down. Its params and config.yaml follow in the
     background: the run id, which the trial stores before training, is the only write training
     waits for (~5 ms on sqlite)."""
-    tags = {
-        records.PARENT_RUN_TAG: study.run_id,
-        ROLE_TAG: records.ROLE_TRIAL,
-        STUDY_TAG: trial.study_name,
-        TRIAL_TAG: str(trial.number),
-        records.TRIAL_STORAGE_TAG: redact(parse(trial.storage_url).absolute().text),
-    }
-    if trial.retry_of is not None:
-        tags[records.RETRY_OF_TAG] = trial.retry_of
     name, what = records.trial_run_name(trial.number), f"the run of trial {trial.number}"
-    run_id = tracker.create_run(study.experiment_id, name, tags, f"open {what}")
+    run_id = tracker.create_run(study.experiment_id, name, trial_tags(study, trial), f"open {what}")
     if run_id is None:
         return None
     tracker.log_later(run_id, params=trial.params)
@@ -166,6 +157,42 @@ def open_trial_run(tracker: Tracker, study: OpenedRun, trial: TrialFacts) -> str
     if trial.node_id is not None:
         tracker.watch_system(run_id, trial.node_id)
     return run_id
+
+
+def trial_tags(study: OpenedRun, trial: TrialFacts) -> dict[str, str]:
+    """A trial run's tags, written with its creation (live, or restored after an outage)."""
+    tags = {
+        records.PARENT_RUN_TAG: study.run_id,
+        ROLE_TAG: records.ROLE_TRIAL,
+        STUDY_TAG: trial.study_name,
+        TRIAL_TAG: str(trial.number),
+        records.TRIAL_STORAGE_TAG: redact(parse(trial.storage_url).absolute().text),
+    }
+    if trial.retry_of is not None:
+        tags[records.RETRY_OF_TAG] = trial.retry_of
+    return tags
+
+
+def closing(
+    summary: Mapping[str, float],
+    profile: Mapping[str, float | str] | None = None,
+    *,
+    pruned_epoch: int | None = None,
+    broken: Sequence[str] = (),
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The metrics and tags a trial's run closes with (live, or restored after an outage). Its
+    single figures are tags, not metrics, so the UI's metrics tab opens on the learning curves
+    (records.PROFILE_DIR says why): `summary` (best_val_accuracy, ...) as is, `profile`'s cost
+    figures under `profile/`; then the epoch a pruned trial stopped after and the constraints it
+    broke. No metrics: the final epoch's figures are the curves' last points."""
+    figures = {**summary, **{records.profile_tag(k): v for k, v in (profile or {}).items()}}
+    tags = {name: str(value) for name, value in figures.items()}  # str(float) reads back exactly
+    if pruned_epoch is not None:
+        tags[records.PRUNED_EPOCH_TAG] = str(pruned_epoch)
+        tags[records.DESCRIPTION_TAG] = records.pruned_description(pruned_epoch)
+    if broken:
+        tags[records.INFEASIBLE_TAG] = ", ".join(broken)
+    return {}, tags
 
 
 def finish_run(
@@ -179,18 +206,9 @@ def finish_run(
     broken: Sequence[str] = (),
 ) -> None:
     """Close a trial's (or `exp train`'s) run with the status matching `state` once its queued
-    writes are done. Its single figures are tags, not metrics, so the UI's metrics tab opens on
-    the learning curves (records.PROFILE_DIR says why): `summary` (best_val_accuracy, ...) as is,
-    `profile`'s cost figures under `profile/`; then the epoch a pruned trial stopped after and
-    the constraints it broke."""
-    figures = {**summary, **{records.profile_tag(k): v for k, v in (profile or {}).items()}}
-    tags = {name: str(value) for name, value in figures.items()}  # str(float) reads back exactly
-    if pruned_epoch is not None:
-        tags[records.PRUNED_EPOCH_TAG] = str(pruned_epoch)
-        tags[records.DESCRIPTION_TAG] = records.pruned_description(pruned_epoch)
-    if broken:
-        tags[records.INFEASIBLE_TAG] = ", ".join(broken)
-    tracker.close_run(run_id, state, {}, tags)
+    writes are done, with what `closing` says it closes with."""
+    figures, tags = closing(summary, profile, pruned_epoch=pruned_epoch, broken=broken)
+    tracker.close_run(run_id, state, figures, tags)
 
 
 def fail_run(
@@ -202,13 +220,19 @@ def fail_run(
 ) -> None:
     """Close a run FAILED with the reason (and the traceback, as an artifact); `out_of_memory`:
     an infeasible trial under a sampler that steers by constraints."""
-    tags = {records.FAIL_REASON_TAG: reason}
-    if out_of_memory:
-        tags[records.INFEASIBLE_TAG] = records.OUT_OF_MEMORY
+    tags = fail_tags(reason, out_of_memory)
     tracker.log(run_id, tags=tags)
     if traceback is not None:
         tracker.log_text(run_id, redact(traceback), records.TRACEBACK_ARTIFACT)
     tracker.close_run(run_id, "FAIL", {})
+
+
+def fail_tags(reason: str, out_of_memory: bool = False) -> dict[str, str]:
+    """The tags of a failed run: why, and whether it ran out of memory (an infeasible trial)."""
+    tags = {records.FAIL_REASON_TAG: reason}
+    if out_of_memory:
+        tags[records.INFEASIBLE_TAG] = records.OUT_OF_MEMORY
+    return tags
 
 
 def open_train_run(

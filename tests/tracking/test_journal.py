@@ -1,0 +1,153 @@
+"""A real `mlflow server` SIGKILLed mid-study (then restarted) or SIGSTOPped (then SIGCONTed):
+no record is dropped. What could not be written waits in the journal, the exit code says so in one
+final line, and one later command (the same search, `exp trials`, `exp sync`) writes it all:
+exactly N finished trials, each with exactly one MLflow run holding its metrics, nothing RUNNING,
+the study run FINISHED with the right count. Without the journal (another host's disk) the runs
+are rebuilt from Optuna's record, and the command says what could not be restored."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import run_exp
+from tests.faultkit import MlflowServer, run_search, runs_by_trial, start_search, trials, wait_for
+
+# A dead server costs each write MLflow's retries (~3 s with exptrack's 2); none keeps the test short.
+FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+
+
+@pytest.fixture
+def server(project: Path) -> Iterator[MlflowServer]:
+    running = MlflowServer(project / "server")
+    running.start()
+    yield running
+    if running.process is not None and running.process.poll() is None:
+        os.killpg(running.process.pid, signal.SIGCONT)
+    running.stop()
+
+
+def _kill(server: MlflowServer) -> None:
+    assert server.process is not None
+    os.killpg(server.process.pid, signal.SIGKILL)
+    server.process.wait()
+
+
+def _assert_whole(project: Path, uri: str, count: int) -> None:
+    """Exactly `count` COMPLETE trials, one FINISHED run each holding its value, the study run
+    FINISHED with the count, nothing RUNNING."""
+    found = trials(project)
+    assert [t.state.name for t in found] == ["COMPLETE"] * count
+    runs = runs_by_trial(uri)
+    assert sorted(runs) == list(range(count)), runs
+    for trial in found:
+        (run,) = runs[trial.number]
+        assert run.info.status == "FINISHED" and run.info.end_time, run
+        assert run.data.metrics["val_loss"] == pytest.approx(trial.value)
+        assert run.data.params["lr"], run.data.params
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("faulty")
+    (study,) = [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("exptrack.role") == "study"
+    ]
+    assert study.info.status == "FINISHED"
+    assert study.data.metrics["finished_trials"] == count
+
+
+def _outage(project: Path, server: MlflowServer) -> str:
+    """A 4-trial search whose server is SIGKILLed while trial 1 trains: Optuna gets every trial,
+    MLflow only trial 0; exit 3 and one final line. Its stderr."""
+    search = start_search(
+        project,
+        "--trials",
+        "4",
+        "--tracking-uri",
+        server.uri,
+        faults="1:gate",
+        gate_dir=project,
+        env=FAST_HTTP,
+    )
+    wait_for(lambda: (project / "waiting-1").exists(), "trial 1 to train", process=search)
+    _kill(server)
+    (project / "go-1").touch()
+    _, err = search.communicate(timeout=400)
+    assert search.returncode == 3, err
+    assert [t.state.name for t in trials(project)] == ["COMPLETE"] * 4
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("3 trial(s)' records are pending in "), last
+    assert "exptrack-journal/faulty; once both stores answer, write them with: exp sync faulty" in last
+    assert "Traceback" not in err
+    assert list((project / "exptrack-journal" / "faulty").glob("*.jsonl"))
+    return err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("finisher", ["search", "trials"])
+def test_a_server_killed_mid_study_drops_nothing_and_the_next_command_writes_it_all(
+    project: Path, server: MlflowServer, finisher: str
+) -> None:
+    _outage(project, server)
+    server.start()  # same port, same store
+    if finisher == "search":
+        done = run_search(project, "--trials", "4", "--tracking-uri", server.uri)
+    else:
+        done = run_exp(project, "trials", "faulty", "--tracking-uri", server.uri)
+    assert done.returncode == 0, done.stderr
+    _assert_whole(project, server.uri, 4)
+    runs = runs_by_trial(server.uri)
+    # trials 2 and 3 never had a run: created from the journal, saying so; trial 0's is the live one
+    assert [runs[n][0].data.tags.get("exptrack.restored") for n in (0, 2, 3)] == [None, "journal", "journal"]
+    assert runs[2][0].data.tags["mlflow.parentRunId"] == runs[0][0].data.tags["mlflow.parentRunId"]
+    assert [
+        m.step for m in MlflowClient(server.uri).get_metric_history(runs[2][0].info.run_id, "val_loss")
+    ] == [1]
+    assert not (project / "exptrack-journal").exists()
+
+
+@pytest.mark.slow
+def test_without_the_journal_exp_sync_rebuilds_the_runs_from_optuna_and_names_what_is_lost(
+    project: Path, server: MlflowServer
+) -> None:
+    _outage(project, server)
+    shutil.rmtree(project / "exptrack-journal")  # the journal was on another host's disk
+    server.start()
+    done = run_exp(project, "sync", "faulty", "--tracking-uri", server.uri)
+    assert done.returncode == 0, done.stderr
+    assert "rebuilt the MLflow runs of trial(s) 1, 2, 3 from their Optuna records" in done.stderr
+    assert "not restored: per-epoch metrics other than the objective" in done.stderr
+    _assert_whole(project, server.uri, 4)
+    restored = runs_by_trial(server.uri)[2][0].data.tags["exptrack.restored"]
+    assert restored.startswith("optuna: rebuilt from the Optuna trial"), restored
+    again = run_exp(project, "sync", "faulty", "--tracking-uri", server.uri)
+    assert again.returncode == 0 and "rebuilt" not in again.stderr, again.stderr  # nothing twice
+    _assert_whole(project, server.uri, 4)
+
+
+@pytest.mark.slow
+def test_a_server_frozen_mid_study_is_written_as_soon_as_it_answers_and_exits_0(
+    project: Path, server: MlflowServer
+) -> None:
+    search = start_search(
+        project,
+        "--trials", "4", "--tracking-uri", server.uri,
+        faults="1:gate,2:gate", gate_dir=project, env=FAST_HTTP,
+    )  # fmt: skip
+    assert server.process is not None
+    wait_for(lambda: (project / "waiting-1").exists(), "trial 1 to train", process=search)
+    os.killpg(server.process.pid, signal.SIGSTOP)
+    (project / "go-1").touch()
+    wait_for(lambda: (project / "waiting-2").exists(), "trial 2 to train", 300, process=search)
+    os.killpg(server.process.pid, signal.SIGCONT)
+    (project / "go-2").touch()
+    _, err = search.communicate(timeout=400)
+    assert search.returncode == 0, err
+    _assert_whole(project, server.uri, 4)
+    assert "MLflow writes failed" in err and "the journal wrote them once the store answered again" in err
