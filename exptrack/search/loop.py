@@ -116,7 +116,7 @@ def run(search: Search) -> SearchSummary:
     study, options = search.study, search.options
     if search.progress:
         search.progress.start(counted_trials(study), options.trials, search.spec.metric)
-    where = journal_of(search, Journal(journal.folder_for(search.storage_url, search.name)))
+    where = journal_of(search, _own_journal(search))
     tracking = open_tracking(search, where)
     dashboard = Dashboard(search.tracker, tracking, search.render_dashboard)
     started, status = time.monotonic(), "FAILED"
@@ -142,6 +142,17 @@ def run(search: Search) -> SearchSummary:
     finally:
         _close_tracking(search, tracking, dashboard, status, where)
     return summary(search, tracking, outcomes, where)
+
+
+def _own_journal(search: Search) -> Journal | None:
+    """This process's journal; a folder it cannot write is said once, and the search goes on
+    without one (an outage then loses what it did before the journal existed)."""
+    folder = journal.folder_for(search.storage_url, search.name)
+    try:
+        return Journal(folder)
+    except OSError as exc:
+        search.warn(f"no tracking journal ({folder}: {exc.strerror or exc}); an outage may drop records")
+        return None
 
 
 def journal_of(search: Search, mine: Journal | None = None) -> sync.Where:

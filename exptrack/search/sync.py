@@ -135,7 +135,7 @@ def _rebuild_from_optuna(where: Where, tracker: Tracker, experiment_id: str, par
     for trial in study.get_trials(
         deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     ):
-        if trial.number in held or not _tracked(trial) or _whole(have.get(trial.number), trial, metric):
+        if trial.number in held or not _needs_rebuild(have.get(trial.number), trial, metric):
             continue
         facts = _records_of(where, trial, experiment_id, parent_run_id, metric)
         restore.write_trial(
@@ -145,16 +145,13 @@ def _rebuild_from_optuna(where: Where, tracker: Tracker, experiment_id: str, par
     return rebuilt
 
 
-def _tracked(trial: FrozenTrial) -> bool:
-    """Did the trial run with tracking on (it opened its run, or tried to)?"""
-    return records.RUN_ID_ATTR in trial.user_attrs or records.RUN_PENDING_ATTR in trial.user_attrs
-
-
-def _whole(run: Any, trial: FrozenTrial, metric: str | None) -> bool:
-    """Does the trial's run exist and hold the objective it reported (the rest is the journal's)?"""
+def _needs_rebuild(run: Any, trial: FrozenTrial, metric: str | None) -> bool:
+    """A trial whose run could not be opened (`RUN_PENDING_ATTR`) and that has none under the study
+    run yet, or whose run lacks the objective it reported (its writes were lost). A trial whose run
+    id names a run this store does not hold is left alone: it was tracked into another store."""
     if run is None:
-        return False
-    return not trial.intermediate_values or metric is None or metric in run.data.metrics
+        return records.RUN_PENDING_ATTR in trial.user_attrs
+    return bool(trial.intermediate_values) and metric is not None and metric not in run.data.metrics
 
 
 def _records_of(

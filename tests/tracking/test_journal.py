@@ -13,11 +13,13 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import run_exp
 from tests.faultkit import MlflowServer, run_search, runs_by_trial, start_search, trials, wait_for
+from tests.pgserver import Host, MlflowPgServer, PostgresServer
 
 # A dead server costs each write MLflow's retries (~3 s with exptrack's 2); none keeps the test short.
 FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
@@ -39,10 +41,9 @@ def _kill(server: MlflowServer) -> None:
     server.process.wait()
 
 
-def _assert_whole(project: Path, uri: str, count: int) -> None:
+def _assert_whole(found: list[optuna.trial.FrozenTrial], uri: str, count: int) -> None:
     """Exactly `count` COMPLETE trials, one FINISHED run each holding its value, the study run
     FINISHED with the count, nothing RUNNING."""
-    found = trials(project)
     assert [t.state.name for t in found] == ["COMPLETE"] * count
     runs = runs_by_trial(uri)
     assert sorted(runs) == list(range(count)), runs
@@ -101,7 +102,7 @@ def test_a_server_killed_mid_study_drops_nothing_and_the_next_command_writes_it_
     else:
         done = run_exp(project, "trials", "faulty", "--tracking-uri", server.uri)
     assert done.returncode == 0, done.stderr
-    _assert_whole(project, server.uri, 4)
+    _assert_whole(trials(project), server.uri, 4)
     runs = runs_by_trial(server.uri)
     # trials 2 and 3 never had a run: created from the journal, saying so; trial 0's is the live one
     assert [runs[n][0].data.tags.get("exptrack.restored") for n in (0, 2, 3)] == [None, "journal", "journal"]
@@ -123,12 +124,12 @@ def test_without_the_journal_exp_sync_rebuilds_the_runs_from_optuna_and_names_wh
     assert done.returncode == 0, done.stderr
     assert "rebuilt the MLflow runs of trial(s) 1, 2, 3 from their Optuna records" in done.stderr
     assert "not restored: per-epoch metrics other than the objective" in done.stderr
-    _assert_whole(project, server.uri, 4)
+    _assert_whole(trials(project), server.uri, 4)
     restored = runs_by_trial(server.uri)[2][0].data.tags["exptrack.restored"]
     assert restored.startswith("optuna: rebuilt from the Optuna trial"), restored
     again = run_exp(project, "sync", "faulty", "--tracking-uri", server.uri)
     assert again.returncode == 0 and "rebuilt" not in again.stderr, again.stderr  # nothing twice
-    _assert_whole(project, server.uri, 4)
+    _assert_whole(trials(project), server.uri, 4)
 
 
 @pytest.mark.slow
@@ -149,5 +150,44 @@ def test_a_server_frozen_mid_study_is_written_as_soon_as_it_answers_and_exits_0(
     (project / "go-2").touch()
     _, err = search.communicate(timeout=400)
     assert search.returncode == 0, err
-    _assert_whole(project, server.uri, 4)
+    _assert_whole(trials(project), server.uri, 4)
     assert "MLflow writes failed" in err and "the journal wrote them once the store answered again" in err
+
+
+@pytest.mark.slow
+def test_two_hosts_through_a_killed_server_one_rerun_leaves_one_run_per_trial(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """Two simulated hosts (own hostname, working directory and $TMPDIR) on one PostgreSQL study and
+    one PostgreSQL-backed server, SIGKILLed while each trains its 2nd trial: both finish the budget
+    (exit 3). One re-run on one host: its own journal is replayed, the other host's trials (whose
+    journal it cannot see) are rebuilt from Optuna."""
+    storage = postgres.create_database("journal_two_hosts")
+    server = MlflowPgServer(
+        postgres.create_database("journal_two_hosts_mlflow"), tmp_path / "mlflow" / "artifacts"
+    )
+    server.start()
+    try:
+        stores = {"OPTUNA_STORAGE": storage, "MLFLOW_TRACKING_URI": server.uri, **FAST_HTTP}
+        hosts = [Host(name, tmp_path) for name in ("alpha", "beta")]
+        searches = [host.search("--trials", "6", faults="1:gate", env=stores) for host in hosts]
+        for host, search in zip(hosts, searches, strict=True):
+            wait_for(
+                lambda host=host: (host.cwd / "waiting-1").exists(), f"{host.name}'s 2nd trial", 300, search
+            )
+        _kill(server)
+        for host in hosts:
+            (host.cwd / "go-1").touch()
+        for search in searches:
+            _, err = search.communicate(timeout=400)
+            assert search.returncode == 3, err
+            assert "records are pending in " in err.strip().splitlines()[-1]
+        server.start()
+        again = hosts[0].search("--trials", "6", env=stores)
+        _, err = again.communicate(timeout=400)
+        assert again.returncode == 0, err
+        assert "from their Optuna records" in err  # beta's trials: its journal is on its own disk
+        found = optuna.load_study(study_name="faulty", storage=storage).get_trials()
+        _assert_whole(found, server.uri, 6)
+    finally:
+        server.stop()
