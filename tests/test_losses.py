@@ -31,6 +31,23 @@ def test_focal_with_gamma_zero_is_cross_entropy_and_larger_gamma_down_weights_ea
     assert losses.build_loss("focal", {"gamma": 2.0})(LOGITS, TARGET) < ce
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 0.77, 1.0, 2.0])
+def test_focal_keeps_finite_gradients_when_a_sample_is_predicted_with_certainty(gamma: float) -> None:
+    """p_true rounds to 1 in float32 for a logit margin of ~17 and more: gamma < 1 used to make the
+    whole batch's gradient NaN there (a finetune trial failed with a non-finite loss)."""
+    logits = torch.tensor([[40.0, 0.0, 0.0], [1.0, 2.0, 0.5]], requires_grad=True)
+    target = torch.tensor([0, 1])
+    loss = losses.build_loss("focal", {"gamma": gamma})(logits, target)
+    loss.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    # the uncertain sample's gradient is the plain formula's, as if the certain one were absent
+    plain = logits.detach()[1:].clone().requires_grad_(True)
+    log_p = F.log_softmax(plain, dim=1)[0, 1]
+    (-((1.0 - log_p.exp()) ** gamma) * log_p / 2).backward()
+    assert torch.equal(logits.grad[1], plain.grad[0])
+    assert torch.allclose(logits.grad[0], torch.zeros(3), atol=1e-12)  # nothing left to learn there
+
+
 def test_every_loss_trains_a_gradient() -> None:
     for name, params in {
         "cross_entropy": {},
