@@ -19,6 +19,7 @@ from tests.conftest import REPO, run_exp
 TINY = {"epochs": 1, "subset": 64, "image_size": 16, "weights": "none"}
 
 
+@pytest.mark.slow
 def test_search_and_trials_from_python_match_the_cli(project: Path) -> None:
     stores = {"storage": project / "optuna.db", "tracking_uri": str(project / "mlflow.db")}  # Path and str
     before = signal.getsignal(signal.SIGINT)
@@ -54,11 +55,13 @@ def test_search_from_python_runs_workers_as_exp_search_does(project: Path) -> No
     assert list(frame["state"]) == ["COMPLETE", "COMPLETE"] and frame["run_id"].notna().all()
 
 
+@pytest.mark.slow
 def test_search_names_an_unknown_option_and_the_valid_ones(project: Path) -> None:
     with pytest.raises(exptrack.UserError, match=r"unknown option 'trails'; use .*sampler"):
         exptrack.run_search("studies/finetune.py", trails=3)
 
 
+@pytest.mark.slow
 def test_importing_exptrack_loads_neither_torch_nor_the_stores() -> None:
     code = (
         "import sys, exptrack\n"

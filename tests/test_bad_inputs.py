@@ -253,6 +253,7 @@ ALL = [(c, w) for c, _, w in CASES + TRAIN_CASES]
 
 
 @pytest.mark.parametrize(("case_id", "words"), ALL, ids=[c for c, _ in ALL])
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(outcomes, case_id: str, words: list[str]) -> None:  # type: ignore[no-untyped-def]
     cwd, result, before = outcomes[case_id]
     assert result.returncode == 2, (result.stdout, result.stderr)

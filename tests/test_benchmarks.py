@@ -27,6 +27,7 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     return out, json.loads((out / "gpu_study.json").read_text())
 
 
+@pytest.mark.slow
 def test_both_arms_finish_their_trials_and_the_gap_between_trials_is_measured(
     rehearsal: tuple[Path, dict[str, Any]],
 ) -> None:
@@ -48,6 +49,7 @@ def test_both_arms_finish_their_trials_and_the_gap_between_trials_is_measured(
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU these figures are measured")
+@pytest.mark.slow
 def test_without_a_gpu_the_gpu_figures_are_null_with_a_reason(rehearsal: tuple[Path, dict[str, Any]]) -> None:
     _, figures = rehearsal
     for gpu in (figures["exptrack"]["gpu"], figures["baseline"]["gpu"], figures["compute_bound"]["gpu"]):
@@ -59,6 +61,7 @@ def test_without_a_gpu_the_gpu_figures_are_null_with_a_reason(rehearsal: tuple[P
     assert figures["compute_bound"]["goal>=5000_samples_per_s"] is None
 
 
+@pytest.mark.slow
 def test_the_baseline_records_a_parent_run_and_a_nested_run_per_trial(
     rehearsal: tuple[Path, dict[str, Any]],
 ) -> None:
@@ -75,6 +78,7 @@ def test_the_baseline_records_a_parent_run_and_a_nested_run_per_trial(
         assert [m.step for m in history] == [1]
 
 
+@pytest.mark.slow
 def test_exptrack_stores_when_each_trial_began_training(rehearsal: tuple[Path, dict[str, Any]]) -> None:
     import optuna
 

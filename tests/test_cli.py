@@ -6,11 +6,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from exptrack import __version__
 from tests.faultkit import run_cli_batch
 from tests.fixtures_search import STUDY, TRIALS, Searched
 
 
+@pytest.mark.slow
 def test_help_shows_the_defaults_and_exp_has_version_short_help_and_completion(tmp_path: Path) -> None:
     top, version, search, export, train = run_cli_batch(
         [(tmp_path, ["-h"]), (tmp_path, ["--version"]), (tmp_path, ["search", "--help"]),
@@ -33,6 +36,7 @@ def test_help_shows_the_defaults_and_exp_has_version_short_help_and_completion(t
     assert "[default: the trial's, for identical results]" in train.stdout
 
 
+@pytest.mark.slow
 def test_output_to_a_file_or_pipe_never_cuts_or_wraps_a_run_id(searched: Searched) -> None:
     run_ids = [t.user_attrs["mlflow_run_id"] for t in searched.study().trials]
     listed = searched.exp("trials", STUDY)  # stdout is a pipe here, as in CI or `exp ... > log`
@@ -43,6 +47,7 @@ def test_output_to_a_file_or_pipe_never_cuts_or_wraps_a_run_id(searched: Searche
         assert "…" not in output
 
 
+@pytest.mark.slow
 def test_a_piped_search_ends_on_a_whole_last_frame_with_no_trial_running(searched: Searched) -> None:
     """Issue 19, item 13: the search ran with stderr a pipe; its bar's last frame is one line."""
     frames = [line for line in searched.stderr.splitlines() if line.startswith("trials ")]
@@ -72,6 +77,7 @@ def test_training_progress_is_drawn_on_the_search_bar_while_it_runs() -> None:
 COMMANDS = ("search", "trials", "export", "train", "report", "ui", "studies")
 
 
+@pytest.mark.slow
 def test_help_lists_commands_in_workflow_order_with_no_type_hints_or_doubled_defaults(tmp_path: Path) -> None:
     helps = run_cli_batch([(tmp_path, ["--help"]), *((tmp_path, [name, "--help"]) for name in COMMANDS)])
     assert all(r.returncode == 0 for r in helps), [r.stderr for r in helps]
@@ -85,6 +91,7 @@ def test_help_lists_commands_in_workflow_order_with_no_type_hints_or_doubled_def
     assert "--enqueue FILE|DIR" in search and "[default: 0: none]" in search
 
 
+@pytest.mark.slow
 def test_a_broken_yaml_names_line_and_column_and_a_typo_gets_did_you_mean(tmp_path: Path) -> None:
     (tmp_path / "space.yaml").write_text(
         "lr: {float: [1.0e-3, 1.0e-2]}\nbatch_size: {choice: [16, 32]\nloss: x\n"
@@ -107,6 +114,7 @@ def test_a_broken_yaml_names_line_and_column_and_a_typo_gets_did_you_mean(tmp_pa
     assert "unknown backbone 'resnet81' (did you mean 'resnet18'?)" in backbone.stderr
 
 
+@pytest.mark.slow
 def test_a_bad_study_file_is_refused_before_torch_is_imported(tmp_path: Path) -> None:
     """The search's modules import torch (4-5 s idle, 25 s on a loaded 2-core machine); a typo in
     the study file, a --set or the space's YAML is told before that (2 s measured there)."""

@@ -136,6 +136,7 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_optuna_dashboard_reads_the_study_with_its_objective_named_and_readable_attrs(
     searched: Searched,
 ) -> None:
@@ -169,6 +170,7 @@ def get_json(url: str) -> Any:
         return json.load(reply)
 
 
+@pytest.mark.slow
 def test_report_draws_the_dashboard_the_study_was_searched_with_from_any_directory(
     searched: Searched, tmp_path: Path
 ) -> None:
@@ -191,6 +193,7 @@ def test_the_default_dashboard_ships_in_the_package_and_matches_the_repo_copy() 
     assert PACKAGED_DASHBOARD.read_text() == (REPO / "dashboards" / "study.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_a_study_searched_outside_the_repo_gets_the_default_dashboard(tmp_path: Path) -> None:
     """No dashboards/ where the study is searched, nor where `exp report` runs: the package's own
     dashboard is drawn (and an older study with no dashboard recorded gets it too)."""

@@ -25,6 +25,7 @@ def finished_runs(study: str) -> list:
     return [r for r in runs if r.data.tags.get("exptrack.role") == "trial" and r.info.status == "FINISHED"]
 
 
+@pytest.mark.slow
 def test_a_study_over_an_image_folder_of_pngs_runs_end_to_end(exp, project: Path) -> None:
     root = write_image_folder(project / "pets", classes=3, per_class=10)
     result = exp(
@@ -41,6 +42,7 @@ def test_a_study_over_an_image_folder_of_pngs_runs_end_to_end(exp, project: Path
     assert all(float(r.data.tags["profile/train_seconds"]) > 0 for r in runs)
 
 
+@pytest.mark.slow
 def test_a_synthetic_study_runs_end_to_end(exp, project: Path) -> None:
     result = exp("search", "studies/synthetic.py", "--trials", "1", *TINY, "--set", "dataset=synthetic:200,4")
     assert result.returncode == 0, result.stderr

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import REPO
@@ -48,6 +49,7 @@ def _runs(tracking: str, name: str) -> tuple[object, list]:  # type: ignore[type
     return parent, children
 
 
+@pytest.mark.slow
 def test_three_hosts_two_workers_asking_at_once_on_an_empty_database_finish_exactly_12_through_a_restart(
     postgres: PostgresServer, tracking_server: MlflowPgServer, tmp_path: Path
 ) -> None:
@@ -95,6 +97,7 @@ def test_three_hosts_two_workers_asking_at_once_on_an_empty_database_finish_exac
     assert f"{tracking_server.uri}/#/experiments/{experiment.experiment_id}" in ui_out.stdout + ui_out.stderr
 
 
+@pytest.mark.slow
 def test_a_worker_sigkilled_on_another_host_is_failed_and_retried_after_the_grace_period(
     postgres: PostgresServer, tracking_server: MlflowPgServer, tmp_path: Path
 ) -> None:
@@ -126,6 +129,7 @@ def test_a_worker_sigkilled_on_another_host_is_failed_and_retried_after_the_grac
     assert by_id[retry.user_attrs["mlflow_run_id"]].data.tags["exptrack.retry_of"] == str(killed.number)
 
 
+@pytest.mark.slow
 def test_two_searches_on_two_optuna_stores_race_on_one_new_postgres_mlflow_store(
     postgres: PostgresServer, project: Path
 ) -> None:
@@ -158,6 +162,7 @@ for flag in ("--storage", "--tracking-uri"):
 """
 
 
+@pytest.mark.slow
 def test_a_postgres_url_without_the_driver_is_one_line_naming_the_extra(project: Path) -> None:
     from tests.conftest import exp_env
 

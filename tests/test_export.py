@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 from mlflow import MlflowClient
 
@@ -25,6 +26,7 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     return study.best_trial
 
 
+@pytest.mark.slow
 def test_export_writes_the_best_trials_as_yaml_that_reads_back_as_their_configs(searched: Searched) -> None:
     exported = searched.exp("export", STUDY, "--top", "2", "--out", "best")
     assert exported.returncode == 0, exported.stderr
@@ -60,6 +62,7 @@ def test_export_writes_the_best_trials_as_yaml_that_reads_back_as_their_configs(
     assert cfg.from_dict(data) == cfg.from_dict(ranked[0].user_attrs["config"])
 
 
+@pytest.mark.slow
 def test_train_reproduces_the_exported_trials_metric_and_registers_the_model(searched: Searched) -> None:
     trial = best_trial(searched.study())
     path = searched.cwd / "repro" / f"trial-{trial.number:03d}.yaml"
@@ -122,6 +125,7 @@ def test_train_reproduces_the_exported_trials_metric_and_registers_the_model(sea
         assert all(torch.equal(v, logged[k]) for k, v in built.model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_export_of_a_study_without_a_complete_trial_is_a_one_line_error(tmp_path: Path) -> None:
     study = optuna.create_study(study_name="empty", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
@@ -189,6 +193,7 @@ study = Study(name="poly", search_space="poly.yaml", dashboard=None)
 '''
 
 
+@pytest.mark.slow
 def test_a_loss_registered_in_the_study_file_is_reproduced_by_exp_train(tmp_path: Path) -> None:
     """`exp export` records the study file that registers `poly1`; `exp train` loads it first,
     from another directory, and re-runs the trial to the same metric."""

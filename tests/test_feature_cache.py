@@ -36,6 +36,7 @@ def _fit(config: TrialConfig, said: list[str] | None = None) -> fit.FitResult:
     return fit.fit(config, warn=(said if said is not None else []).append)
 
 
+@pytest.mark.slow  # trains the same trial twice, cached and not
 @pytest.mark.parametrize("depth", [1, 3])
 def test_a_cached_trial_trains_to_the_uncached_trials_metrics_every_epoch(depth: int) -> None:
     config = TINY.replace(freeze_depth=depth)
@@ -57,6 +58,7 @@ def test_a_cached_trial_trains_to_the_uncached_trials_metrics_every_epoch(depth:
     )
 
 
+@pytest.mark.slow  # trains the same trial twice, cached and not
 def test_shallower_features_seed_a_deeper_depth_with_the_same_metrics() -> None:
     _fit(TINY.replace(freeze_depth=1, epochs=1))
     deeper = _fit(TINY.replace(freeze_depth=3, epochs=1))

@@ -123,6 +123,7 @@ REFUSED = [
 ]
 
 
+@pytest.mark.slow
 def test_a_wrong_or_foreign_store_file_is_refused_in_one_line_and_left_byte_identical(stores: Path) -> None:
     cases = []
     for i, (args, _, _) in enumerate(REFUSED):
@@ -144,6 +145,7 @@ def test_a_wrong_or_foreign_store_file_is_refused_in_one_line_and_left_byte_iden
         assert not (cwd / "page.html").exists() and not (cwd / "best").exists(), shown
 
 
+@pytest.mark.slow
 def test_read_only_commands_leave_an_older_mlflow_store_as_it_is(stores: Path) -> None:
     before = _digest(stores / "older.db")
     (done,) = run_cli_batch([(stores, ["trials", STUDY, *_uris("o.db", "older.db")])])
@@ -155,6 +157,7 @@ def test_read_only_commands_leave_an_older_mlflow_store_as_it_is(stores: Path) -
     assert _digest(stores / "older.db") == before
 
 
+@pytest.mark.slow
 def test_search_migrates_an_older_mlflow_store_keeping_its_model_and_a_copy(stores: Path) -> None:
     before = _digest(stores / "older.db")
     (done,) = run_cli_batch([(stores, [*SEARCH, *_uris("fresh-optuna.db", "older.db")])])
@@ -179,6 +182,7 @@ def _tables(url: str) -> set[str]:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_swapped_postgresql_urls_are_refused_before_either_database_is_touched(postgres, project: Path) -> None:  # type: ignore[no-untyped-def]
     optuna_url, mlflow_url = postgres.create_database("swap_optuna"), postgres.create_database("swap_mlflow")
     first = run_cli_batch([(project, [*SEARCH, "--storage", optuna_url, "--tracking-uri", mlflow_url])])
@@ -192,6 +196,7 @@ def test_swapped_postgresql_urls_are_refused_before_either_database_is_touched(p
     assert {url: _tables(url) for url in tables} == tables  # no MLflow table inside Optuna's database
 
 
+@pytest.mark.slow
 def test_a_creation_cut_short_after_a_migration_that_writes_a_row_is_rebuilt(project: Path) -> None:
     # 1b5f0d9ad7c1 writes MLflow's 'default' workspace: the file holds a row, yet no record of a user
     _creation_cut_short_after(project / "mlflow.db", "1b5f0d9ad7c1")

@@ -247,6 +247,7 @@ ALL = [(c, w) for c, _, w in SEARCH_CASES + RESULT_CASES]
 
 
 @pytest.mark.parametrize(("case_id", "words"), ALL, ids=[c for c, _ in ALL])
+@pytest.mark.slow
 def test_each_hostile_input_is_one_line_exit_2_and_writes_nothing(
     outcomes, case_id: str, words: list[str]
 ) -> None:  # type: ignore[no-untyped-def]
@@ -259,6 +260,7 @@ def test_each_hostile_input_is_one_line_exit_2_and_writes_nothing(
     assert snapshot(cwd) == before  # no store created or changed, no file written, no `pwned`
 
 
+@pytest.mark.slow
 def test_a_quote_in_a_study_name_runs_and_finds_its_mlflow_run_again(cli: Cli, tmp_path: Path) -> None:
     """`a'b` went into the MLflow filter the tracker built by interpolation: the query broke after
     both stores were made. Now a second search finds the same study run and continues it."""
@@ -276,6 +278,7 @@ def test_a_quote_in_a_study_name_runs_and_finds_its_mlflow_run_again(cli: Cli, t
     assert {r.data.tags[records.PARENT_RUN_TAG] for r in trials_runs} == {parents[0].info.run_id}
 
 
+@pytest.mark.slow
 def test_export_replaces_a_symlink_instead_of_writing_through_it(cli: Cli, template: Path) -> None:
     cwd = copy_of(template)
     precious = cwd / "precious.txt"
@@ -372,6 +375,7 @@ SET_KEYS = st.one_of(
 
 @given(key=SET_KEYS, value=SET_VALUES)
 @PROPERTY
+@pytest.mark.slow
 def test_any_set_value_runs_or_is_one_line_and_writes_nothing(
     cli: Cli, template: Path, key: str, value: str
 ) -> None:
@@ -408,6 +412,7 @@ ENQUEUE_FILES = st.one_of(st.dictionaries(CONFIG_KEYS, YAML_VALUES, max_size=4).
 
 @given(content=ENQUEUE_FILES)
 @PROPERTY
+@pytest.mark.slow
 def test_any_enqueue_file_runs_or_is_one_line_and_writes_nothing(
     cli: Cli, template: Path, content: bytes
 ) -> None:
@@ -437,6 +442,7 @@ SPACE_FILES = st.one_of(st.dictionaries(SPACE_KEYS, SPECS, max_size=3).map(dumpe
 
 @given(content=SPACE_FILES)
 @PROPERTY
+@pytest.mark.slow
 def test_any_search_space_runs_or_is_one_line_and_writes_nothing(
     cli: Cli, tmp_path_factory: pytest.TempPathFactory, content: bytes
 ) -> None:
@@ -464,6 +470,7 @@ OUT_PATHS = st.one_of(
 
 @given(out=OUT_PATHS, command=st.sampled_from(["export", "report"]))
 @PROPERTY
+@pytest.mark.slow
 def test_any_out_path_writes_there_or_is_one_line_and_never_touches_a_store(
     cli: Cli, template: Path, out: str, command: str
 ) -> None:

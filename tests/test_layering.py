@@ -113,12 +113,14 @@ def loaded_after_import(modules: list[str]) -> set[str]:
     return set(done.stdout.split())
 
 
+@pytest.mark.slow
 def test_nothing_training_imports_at_any_depth_is_optuna_or_mlflow() -> None:
     training = [m for m in MODULES if m.startswith("exptrack.training")]
     assert len(training) >= 8
     assert not loaded_after_import(training) & {"optuna", "mlflow"}
 
 
+@pytest.mark.slow
 def test_the_results_tables_export_and_the_cli_load_no_torch() -> None:
     loaded = loaded_after_import(["exptrack.cli", "exptrack.results.tables", "exptrack.results.export"])
     assert "optuna" in loaded and "pandas" in loaded  # the imports really ran

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 from mlflow import MlflowClient
 
@@ -17,6 +18,7 @@ from tests.conftest import TINY
 TOO_MANY_WEIGHTS = {"lr": 0.002, "batch_size": 32, "freeze_depth": 0}
 
 
+@pytest.mark.slow
 def test_a_two_objective_study_marks_exports_and_records_its_pareto_front(exp, project: Path) -> None:
     (project / "by-hand.yaml").write_text(yaml.safe_dump(TOO_MANY_WEIGHTS))
     searched = exp("search", "studies/tradeoff.py", "--trials", "3", "--enqueue", "by-hand.yaml", *TINY)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow import MlflowClient
 
 from exptrack.search.ownership import ORPHAN_REASON
@@ -25,6 +26,7 @@ _ASK_THEN_DIE = (
 )
 
 
+@pytest.mark.slow
 def test_a_trial_whose_asker_died_before_recording_its_worker_is_failed_not_waited_on(
     project: Path,
 ) -> None:
@@ -49,6 +51,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_a_sigkilled_workers_coordinator_takes_its_workers_down_and_the_next_start_repairs(
     project: Path,
 ) -> None:
@@ -93,6 +96,7 @@ def _legacy_study(project: Path) -> None:
     client.create_run(experiment, run_name="faulty", tags=tags)
 
 
+@pytest.mark.slow
 def test_a_parent_run_belongs_to_one_optuna_study_and_a_new_study_of_the_same_name_gets_its_own(
     project: Path,
 ) -> None:

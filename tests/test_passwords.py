@@ -9,6 +9,8 @@ import contextlib
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.faultkit import MlflowServer, start_search, trials
 
 PASSWORD = "Hunter2-tracking-pw"
@@ -27,6 +29,7 @@ def files_holding(root: Path, secret: bytes) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and secret in p.read_bytes()]
 
 
+@pytest.mark.slow
 def test_a_tracking_password_appears_in_no_output_process_or_store(project: Path) -> None:
     server = MlflowServer(project / "server")
     (project / "server").mkdir()

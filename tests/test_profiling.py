@@ -73,6 +73,7 @@ def assert_trace_and_ops(client: MlflowClient, run_id: str, tmp: Path) -> None:
     assert any(r["operator"].startswith("aten::conv") for r in rows)  # a convnet spends its time there
 
 
+@pytest.mark.slow
 def test_the_first_profiled_trial_has_a_trace_and_ops_table_the_next_none_and_all_have_costs(
     searched: Searched, tmp_path: Path
 ) -> None:
@@ -90,6 +91,7 @@ def test_the_first_profiled_trial_has_a_trace_and_ops_table_the_next_none_and_al
             assert node + key in run.data.metrics, sorted(run.data.metrics)
 
 
+@pytest.mark.slow
 def test_exp_train_profile_traces_a_reproduction_onto_its_run(searched: Searched, tmp_path: Path) -> None:
     (config,) = export.write(export.export_trials(searched.study(), top=1), tmp_path)  # as `exp export`
     trained = searched.exp("train", str(config), "--profile")
@@ -107,6 +109,7 @@ def assert_no_profiler_noise(printed: str) -> None:
         assert line not in printed, printed[-2000:]
 
 
+@pytest.mark.slow
 def test_a_profiled_search_on_cpu_prints_none_of_torchs_profiler_logs(searched: Searched) -> None:
     assert_no_profiler_noise(searched.stdout + searched.stderr)  # its first trial was traced
 

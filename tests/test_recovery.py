@@ -6,9 +6,12 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.faultkit import runs_by_trial, send, start_search, trials, wait_for, wait_running
 
 
+@pytest.mark.slow
 def test_sigkill_during_trial_7_then_rerun_ends_with_20_finished_trials(project: Path) -> None:
     search = start_search(project, "--trials", "20", faults="7:gate", gate_dir=project)
     wait_running(project, 7, search)
@@ -43,6 +46,7 @@ def test_sigkill_during_trial_7_then_rerun_ends_with_20_finished_trials(project:
     assert all(group[0].info.status == "FINISHED" for n, group in runs.items() if n != 7)
 
 
+@pytest.mark.slow
 def test_a_trial_owner_is_dead_only_when_its_exact_process_is_gone() -> None:
     import os
     import subprocess

@@ -19,6 +19,7 @@ from tests.conftest import exp_env
 from tests.fixtures_search import STUDY, TRIALS, Searched
 
 
+@pytest.mark.slow
 def test_trials_csv_and_json_list_every_trial_with_state_value_params_and_run_id(searched: Searched) -> None:
     csv_out = searched.exp("trials", STUDY, "--format", "csv")
     assert csv_out.returncode == 0, csv_out.stderr
@@ -83,6 +84,7 @@ def run_without_torch(searched: Searched, *args: str) -> subprocess.CompletedPro
     return done
 
 
+@pytest.mark.slow
 def test_trials_table_loads_no_torch_and_heads_every_parameter_by_its_one_name(searched: Searched) -> None:
     shown = run_without_torch(searched, "trials", STUDY)
     header = next(line for line in shown.stdout.splitlines() if line.lstrip().startswith("number"))
@@ -93,6 +95,7 @@ def test_trials_table_loads_no_torch_and_heads_every_parameter_by_its_one_name(s
     assert "loss.focal.gamma" in console.export_text() and " gamma " not in console.export_text()
 
 
+@pytest.mark.slow
 def test_trials_costs_put_speed_time_and_memory_beside_the_value_as_mlflow_recorded_them(
     searched: Searched,
 ) -> None:
@@ -116,6 +119,7 @@ def test_trials_costs_put_speed_time_and_memory_beside_the_value_as_mlflow_recor
     assert "peak_rss_mb" not in plain.stdout.splitlines()[0]  # without --costs, as before
 
 
+@pytest.mark.slow
 def test_studies_lists_the_study_with_trials_by_state_and_best_value_without_torch(
     searched: Searched,
 ) -> None:
@@ -126,6 +130,7 @@ def test_studies_lists_the_study_with_trials_by_state_and_best_value_without_tor
     assert row["best_value"] == searched.study().best_value
 
 
+@pytest.mark.slow
 def test_unknown_study_is_one_line_error_exit_2(searched: Searched) -> None:
     missing = searched.exp("trials", "nope")
     assert missing.returncode == 2
@@ -134,6 +139,7 @@ def test_unknown_study_is_one_line_error_exit_2(searched: Searched) -> None:
     )
 
 
+@pytest.mark.slow
 def test_unknown_sort_column_or_state_names_the_valid_ones(searched: Searched) -> None:
     study = searched.study()
     frame = tables.trials_frame(study, [])

@@ -26,6 +26,7 @@ def study_file(project: Path, name: str, metric: str, direction: str, space: str
     return f"{name}.py"
 
 
+@pytest.mark.slow
 def test_a_changed_study_is_refused_with_the_difference_unless_new_study_or_new_name(project: Path) -> None:
     base = study_file(project, "base", "val_loss", "minimize", SPACE)
     metric = study_file(project, "metric", "train_loss", "minimize", SPACE)
@@ -111,6 +112,7 @@ def test_changed_objectives_or_constraints_are_a_changed_study(tmp_path: Path) -
         check(objectives=pair, constraints=["seconds_per_epoch <= 20"])
 
 
+@pytest.mark.slow
 def test_a_changed_fixed_config_is_a_changed_study_and_trials_shows_an_older_mix(project: Path) -> None:
     """A quick look (`--set epochs=2`) on a stored study is refused with the difference, or runs
     under its own name; how a trial runs (`--set num_workers=0`) is no change. A study an older

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import TINY
@@ -17,6 +18,7 @@ from tests.faultkit import MlflowServer
 LINK = re.compile(r"https?://\S*#/experiments/\S+")
 
 
+@pytest.mark.slow
 def test_every_run_link_exp_prints_opens_the_model_training_layout(project: Path, exp) -> None:  # type: ignore[no-untyped-def]
     server = MlflowServer(project / "server")
     server.start()

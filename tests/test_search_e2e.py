@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import TINY
 from tests.faultkit import run_cli_batch, runs_by_trial
 
 
+@pytest.mark.slow
 def test_three_trials_twice_leave_three_finished_trials_under_one_parent(exp, project: Path) -> None:
     first = exp("search", "studies/finetune.py", "--trials", "3", "--seed", "1", *TINY)
     assert first.returncode == 0, first.stderr
@@ -103,6 +105,7 @@ study = Study(name="pinned", search_space="search_spaces/finetune.yaml", pruner=
 """
 
 
+@pytest.mark.slow
 def test_pruning_stops_trials_early_but_never_after_their_last_epoch_and_set_pins(project: Path) -> None:
     (project / "studies" / "pinned.py").write_text(PRUNING_STUDY)
     search = ["search", "studies/pinned.py", "--trials", "2", "--seed", "0"]

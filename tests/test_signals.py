@@ -7,6 +7,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.faultkit import runs_by_trial, send, start_search, trial_state, trials, wait_for
 
 TWO_EPOCHS = ("--trials", "2", "--set", "epochs=2")
@@ -28,6 +30,7 @@ def _wait_in_epoch_2(project: Path, number: int, process) -> None:  # type: igno
     wait_for(epoch_1_in_mlflow, f"epoch 1 metrics of trial {number} in MLflow", process=process)
 
 
+@pytest.mark.slow
 def test_sigterm_fails_the_running_trial_keeps_its_metrics_and_exits_143(project: Path) -> None:
     search = start_search(project, *TWO_EPOCHS, faults="0:hang")
     _wait_in_epoch_2(project, 0, search)
@@ -44,6 +47,7 @@ def test_sigterm_fails_the_running_trial_keeps_its_metrics_and_exits_143(project
     assert run.data.metrics["val_loss"] == trial.intermediate_values[1]  # epoch 1, logged before the signal
 
 
+@pytest.mark.slow
 def test_second_sigint_exits_at_once_and_the_next_start_repairs(project: Path) -> None:
     # The trial swallows the first SIGINT (a stuck native call would), so only the second can end
     # the process: it must exit at once, leaving the trial for the next start to repair.

@@ -77,6 +77,7 @@ def test_each_worker_samples_from_its_own_stream_of_the_study_seed() -> None:
     assert len(set(streams)) == 5 and streams == [worker_seed(7, k) for k in range(1, 6)]
 
 
+@pytest.mark.slow
 def test_gpus_without_cuda_and_per_gpu_without_gpus_are_one_line_errors_before_any_store(
     project: Path,
 ) -> None:

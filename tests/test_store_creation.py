@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 from optuna.storages._rdb import models
 from sqlalchemy import create_engine
@@ -73,6 +74,7 @@ def _whole_or_absent(path: Path) -> None:
         copy.unlink()
 
 
+@pytest.mark.slow
 def test_kills_while_the_stores_are_created_leave_nothing_half_made_and_the_same_command_works(
     project: Path,
 ) -> None:
@@ -117,6 +119,7 @@ def test_kills_while_the_stores_are_created_leave_nothing_half_made_and_the_same
     assert [p.name for p in temp.rglob("*") if "lock" in p.name] == []  # none piles up in $TMPDIR
 
 
+@pytest.mark.slow
 def test_two_searches_on_two_optuna_stores_create_one_new_mlflow_store_at_once(project: Path) -> None:
     shared = f"sqlite:///{project}/shared.db"
     searches = [

@@ -142,6 +142,7 @@ def test_a_disk_that_fills_while_the_mlflow_store_is_created_is_one_line_and_lea
     assert (tmp_path / "rc2").read_text().strip() == "2"  # still too small for the store: said again
 
 
+@pytest.mark.slow
 def test_a_sqlite_store_with_damaged_pages_behind_an_intact_header_is_one_line_naming_it(
     tmp_path: Path,
 ) -> None:
@@ -231,6 +232,7 @@ def _pg_trials_after(postgres: PostgresServer, storage: str) -> list[optuna.tria
         postgres.halt()
 
 
+@pytest.mark.slow
 def test_a_store_wait_that_is_not_seconds_is_one_line_before_any_store(tmp_path: Path) -> None:
     for args in (["search", FAULTY, *SMALL, "--trials", "1"], ["trials", "faulty"]):
         result = run_exp(tmp_path, *args, env={"EXPTRACK_STORE_WAIT": "soon"})

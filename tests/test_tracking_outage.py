@@ -20,6 +20,7 @@ def server(project: Path) -> Iterator[MlflowServer]:
     running.stop()
 
 
+@pytest.mark.slow
 def test_search_survives_a_tracking_outage_and_writes_what_was_not_recorded_once_it_is_back(
     project: Path, server: MlflowServer
 ) -> None:

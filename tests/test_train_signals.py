@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import exp_env
@@ -46,6 +47,7 @@ def run_of(cwd: Path, process: subprocess.Popen[str]):  # type: ignore[no-untype
     return found[0]
 
 
+@pytest.mark.slow
 def test_sigterm_fails_the_run_and_a_sigkilled_run_is_closed_by_the_next_train(project: Path) -> None:
     (project / "endless.yaml").write_text(ENDLESS)
     killed = start_train(project)

@@ -14,6 +14,7 @@ from tests.conftest import run_exp
 from tests.faultkit import run_search, runs_by_trial, trials
 
 
+@pytest.mark.slow
 def test_faulty_trials_fail_with_reasons_and_the_search_goes_on(project: Path) -> None:
     result = run_search(project, "--trials", "2", faults="1:raise,2:oom,3:nan,4:nan_eval")
     assert result.returncode == 0, result.stderr
@@ -40,6 +41,7 @@ def test_faulty_trials_fail_with_reasons_and_the_search_goes_on(project: Path) -
     assert "2 finished" in result.stdout
 
 
+@pytest.mark.slow
 def test_consecutive_failures_stop_the_search_with_exit_code_2(project: Path) -> None:
     result = run_search(project, "--trials", "5", "--max-failures", "3", "--no-tracking", faults="*:raise")
     assert result.returncode == 2
@@ -50,6 +52,7 @@ def test_consecutive_failures_stop_the_search_with_exit_code_2(project: Path) ->
 
 
 @pytest.mark.gpu
+@pytest.mark.slow
 def test_a_real_cuda_oom_fails_one_trial_and_the_next_trial_runs(project: Path) -> None:
     result = run_search(project, "--trials", "2", "--device", "cuda", faults="0:oom_real")
     assert result.returncode == 0, result.stderr
@@ -58,6 +61,7 @@ def test_a_real_cuda_oom_fails_one_trial_and_the_next_trial_runs(project: Path) 
     assert trials(project)[0].user_attrs["fail_reason"].startswith("OutOfMemoryError")
 
 
+@pytest.mark.slow
 def test_an_out_of_memory_trial_teaches_the_sampler_its_run_fails_and_the_search_goes_on(
     project: Path,
 ) -> None:

@@ -155,6 +155,7 @@ def stop_and_check(ui: subprocess.Popen[str], signum: int, group: int) -> str:
     return out + err
 
 
+@pytest.mark.slow
 def test_ui_serves_the_study_runs_and_stops_cleanly_on_ctrl_c(searched: Searched) -> None:
     port = free_port()
     process = start_ui(searched.cwd, port)
@@ -207,6 +208,7 @@ def test_ui_serves_the_study_runs_and_stops_cleanly_on_ctrl_c(searched: Searched
         urllib.request.urlopen(f"{base}/health", timeout=2)
 
 
+@pytest.mark.slow
 def test_a_trial_run_opens_on_its_learning_curves(exp, project: Path) -> None:  # type: ignore[no-untyped-def]
     """Issue 19 item 2: a trial's *Model metrics* tab, at a laptop's window size, shows the
     val_accuracy curve (drawn, not a bar) on its first screen: no `profile` section of single-value
@@ -247,6 +249,7 @@ def test_a_trial_run_opens_on_its_learning_curves(exp, project: Path) -> None:  
     [(signal.SIGINT, b"ui_child"), (signal.SIGTERM, b"uvicorn")],
     ids=["sigint-as-the-server-starts", "sigterm-while-uvicorn-boots"],
 )
+@pytest.mark.slow
 def test_ui_stops_on_a_signal_while_its_server_boots(searched: Searched, signum: int, moment: bytes) -> None:
     """The moments before the UI answers: exp ui is loading MLflow or waiting
     for the server's health (`wait_until_up`)."""
@@ -266,6 +269,7 @@ def test_ui_stops_on_a_signal_while_its_server_boots(searched: Searched, signum:
             process.kill()
 
 
+@pytest.mark.slow
 def test_the_server_also_stops_when_the_pipe_from_exp_ui_closes(searched: Searched) -> None:
     """`ui_child`'s fallback, for where the kernel cannot signal it when exp ui dies (no prctl):
     EOF on its stdin. This test plays exp ui and stays alive, so only the pipe can stop the server."""
@@ -288,6 +292,7 @@ def test_the_server_also_stops_when_the_pipe_from_exp_ui_closes(searched: Search
             os.killpg(server.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_ui_over_postgres_shows_no_password_and_its_server_dies_with_it_on_sigkill(
     tmp_path: Path, postgres: PostgresServer
 ) -> None:

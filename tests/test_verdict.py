@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
@@ -35,6 +36,7 @@ def study_of(*trials: tuple[float, dict[str, float], int]) -> optuna.Study:
     return study
 
 
+@pytest.mark.slow
 def test_a_search_at_chance_is_warned_at_its_end_and_tagged_on_the_study_run(tmp_path: Path) -> None:
     """lr of 1e-9 learns nothing: both trials score a digits val set's chance level."""
     (tmp_path / "flat.yaml").write_text("lr: {float: [1.0e-9, 2.0e-9], log: true}\n")

@@ -83,6 +83,7 @@ def copy_stores(searched: Searched, project: Path) -> None:
         shutil.copy(searched.cwd / name, project / name)
 
 
+@pytest.mark.slow
 def test_an_exported_config_runs_exactly_as_the_next_trial(searched: Searched, exp, project: Path) -> None:
     copy_stores(searched, project)
     best = searched.study().best_trial
@@ -96,6 +97,7 @@ def test_an_exported_config_runs_exactly_as_the_next_trial(searched: Searched, e
     assert trial.user_attrs["enqueued_from"] == f"best/trial-{best.number:03d}.yaml"
 
 
+@pytest.mark.slow
 def test_from_study_seeds_a_new_study_with_the_best_trials_of_an_earlier_one(
     searched: Searched, exp, project: Path
 ) -> None:
@@ -128,6 +130,7 @@ def test_an_earlier_study_outside_this_space_is_refused_in_one_line(tmp_path: Pa
         warmstart.best_of_study(SPACE, "wide", 3, storage, "wide")
 
 
+@pytest.mark.slow
 def test_an_offline_export_enqueued_in_its_own_study_reports_no_weights_difference(
     searched: Searched, exp, project: Path
 ) -> None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.faultkit import run_search, runs_by_trial, start_search, trials
 
 
+@pytest.mark.slow
 def test_two_workers_on_empty_stores_finish_exactly_four_trials(project: Path) -> None:
     # OMP_NUM_THREADS unset: the coordinator splits the cores between its workers
     args = ("--trials", "4", "--workers", "2", "--seed", "0")
@@ -51,6 +53,7 @@ def test_two_workers_on_empty_stores_finish_exactly_four_trials(project: Path) -
         assert run.info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_two_searches_started_at_once_on_empty_stores_share_the_budget(project: Path) -> None:
     first, second = (start_search(project, "--trials", "3") for _ in range(2))
     for search in (first, second):

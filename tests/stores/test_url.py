@@ -54,6 +54,7 @@ def test_a_database_without_a_lock_across_processes_is_refused() -> None:
         backends.store_lock("mysql+pymysql://u:p@127.0.0.1/optuna")
 
 
+@pytest.mark.slow
 def test_search_on_a_mysql_storage_ends_in_one_line_before_any_store(project: Path) -> None:
     args = ["search", FAULTY, *SMALL, "--trials", "1", "--storage", "mysql://user:secret@127.0.0.1:1/optuna"]
     (done,) = run_cli_batch([(project, args)])
