@@ -2,6 +2,6 @@
 datasets, image files, batching, backbones, losses, weight sources and profiling it is built from.
 
 May import the core modules (`config`, `errors`, `registry`) and nothing else of exptrack; never
-optuna or mlflow, directly or through anything it imports (`tests/test_layering.py`), so `fit`
+optuna or mlflow, directly or through anything it imports (`tests/core/test_layering.py`), so `fit`
 runs on its own, as `exp train` and the tests use it.
 """

@@ -1,5 +1,5 @@
 """What this process uses of the machine through torch, for the packages above training (the only
-package that imports torch, `tests/test_layering.py`): how many GPUs there are, its share of the
+package that imports torch, `tests/core/test_layering.py`): how many GPUs there are, its share of the
 cores and of a GPU's memory, the thread count `exp train` repeats, and whether an error was
 running out of memory (and giving that memory back)."""
 

@@ -12,7 +12,7 @@ from exptrack import config as cfg
 from exptrack.errors import UserError
 from exptrack.search import space
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def parse(text: str) -> space.SearchSpace:

@@ -9,7 +9,7 @@ import pytest
 from exptrack.search import space
 from exptrack.study import load_study_file
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 STUDIES = sorted((REPO / "studies").glob("**/*.py"))
 SPACES = sorted((REPO / "search_spaces").glob("**/*.yaml"))
 

@@ -19,7 +19,7 @@ from exptrack.results import dashboards
 from tests.conftest import run_exp
 from tests.fixtures_search import STUDY, Searched
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def study_with_trials() -> optuna.Study:

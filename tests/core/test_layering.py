@@ -15,7 +15,7 @@ import pytest
 
 from exptrack import records
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "exptrack"
 CORE = {
     "config",

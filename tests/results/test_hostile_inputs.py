@@ -31,7 +31,7 @@ from exptrack import records
 from exptrack.errors import UserError
 from tests.conftest import OFFLINE, exp_env, run_exp
 from tests.faultkit import RUN_CASE, SMALL
-from tests.test_bad_inputs import GOOD
+from tests.search.test_bad_inputs import GOOD
 
 FILES = {
     "good.py": GOOD,

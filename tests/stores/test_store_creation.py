@@ -19,7 +19,7 @@ from sqlalchemy import create_engine
 
 from tests.faultkit import SMALL, run_cli_batch, runs_by_trial, send, start_search, trials, wait_for
 
-FAULTY_ONE = ["search", str(Path(__file__).parent / "studies" / "faulty.py"), *SMALL, "--trials", "1"]
+FAULTY_ONE = ["search", str(Path(__file__).parents[1] / "studies" / "faulty.py"), *SMALL, "--trials", "1"]
 
 
 def _building(folder: Path) -> bool:
