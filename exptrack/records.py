@@ -69,6 +69,11 @@ TRAIN_STARTED_AT = "train_started_at"
 # constraints: 1 when the trial ran out of memory, else 0
 OUT_OF_MEMORY = "out_of_memory"
 ENQUEUED_ATTR = "enqueued_from"  # a warm start: the file, study trial or starting point it repeats
+VAL_SAMPLES_ATTR = "validation_images"  # the trial's validation split size: a val_accuracy's binomial error
+# On the study: what `exp confirm` measured, trial number (text) -> {"seeds": n, "<metric>_mean": ...,
+# "<metric>_sd": ..., "<metric>_ci_low"/"_ci_high": ...} for the metric and its test counterpart;
+# the search summary's noise line and `exp export`'s provenance read it
+CONFIRMED_ATTR = "confirmed"
 
 # --- MLflow experiment tags ----------------------------------------------------------------------
 # MLflow 3 opens an experiment on its GenAI overview unless it is marked as model training.
@@ -80,6 +85,7 @@ RUNS_VIEW_KEY = RUNS_VIEW_TAG.rsplit(".", 1)[1]  # the URL's viewStateShareKey
 # --- MLflow run tags ------------------------------------------------------------------------------
 ROLE_TAG = "exptrack.role"  # which of the roles below a run plays
 ROLE_STUDY, ROLE_TRIAL, ROLE_TRAIN = "study", "trial", "train"
+ROLE_CONFIRM = "confirm"  # an `exp confirm` repeat of a trial's config with a fresh seed
 STUDY_TAG = "exptrack.study"  # the Optuna study name (on experiments and runs)
 TRIAL_TAG = "exptrack.trial"  # the trial number, on a trial run
 # on the study run: what the end of a search warned (all trials at chance, best at a range's edge)
@@ -113,6 +119,11 @@ STUDY_UID_TAG = "exptrack.study_uid"  # the Optuna study's STUDY_UID_ATTR: the p
 REPRODUCES_TAG = "exptrack.reproduces"  # study/trial-NNN
 SOURCE_RUN_TAG = "exptrack.source_run_id"  # the trial run it reproduces
 CONFIG_FILE_TAG = "exptrack.config_file"
+CONFIRMS_TAG = "exptrack.confirms"  # on a confirm run: the trial number whose config it repeats
+CONFIRM_SEED_TAG = "exptrack.confirm_seed"  # ... and the seed it trained with
+# on the study run: `exp confirm`'s verdict (whether the top two differ) and its table
+CONFIRM_SUMMARY_TAG = "exptrack.confirm_summary"
+CONFIRM_ARTIFACT = "confirm.csv"
 OWNER_TAG = "exptrack.owner"  # the process training it, host:pid:start-time: closed if it dies
 # on a trial run written after an outage: "journal" (from this host's journal of the trial) or
 # "optuna: ..." (rebuilt from the Optuna trial, naming the figures that could not be restored)
@@ -175,5 +186,6 @@ PROVENANCE_BLOCK = "provenance"
 PROVENANCE_STUDY, PROVENANCE_TRIAL, PROVENANCE_VALUE = "study", "trial", "value"
 PROVENANCE_METRIC, PROVENANCE_RUN_ID, PROVENANCE_SEED = "metric", "mlflow_run_id", "seed"
 PROVENANCE_VERSIONS = "versions"
+PROVENANCE_CONFIRMED = CONFIRMED_ATTR  # what `exp confirm` measured of the trial's config, when it has
 PROVENANCE_STUDY_FILE = STUDY_FILE_ATTR  # in an exported file: the study file that registers its names
 TORCH_THREADS = "torch_threads"  # a profiling figure, and the provenance key `exp train` applies

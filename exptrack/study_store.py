@@ -84,6 +84,12 @@ class TrialRecord:
         return self._text(records.WEIGHTS_REQUESTED)
 
     @property
+    def val_samples(self) -> int | None:
+        """Its validation split's size: a val_accuracy's binomial error is sqrt(p(1-p)/n)."""
+        stored = self._attr(records.VAL_SAMPLES_ATTR)
+        return stored if isinstance(stored, int) and stored > 0 else None
+
+    @property
     def classes(self) -> int | None:
         """Its dataset's class count: chance accuracy is 1 / classes."""
         stored = self._attr(records.CLASSES_ATTR)
@@ -103,6 +109,15 @@ class TrialRecord:
 
 def record(trial: FrozenTrial) -> TrialRecord:
     return TrialRecord(trial)
+
+
+def confirmed(study: optuna.Study) -> dict[str, dict[str, Any]]:
+    """What `exp confirm` recorded on the study: trial number (text) -> its repeats' figures
+    (`seeds`, `val_accuracy_mean`, `val_accuracy_sd`, ... `test_accuracy_ci_high`)."""
+    stored = study.user_attrs.get(records.CONFIRMED_ATTR)
+    if not isinstance(stored, dict):
+        return {}
+    return {str(k): dict(v) for k, v in stored.items() if isinstance(v, dict)}
 
 
 def counted_trials(study: optuna.Study) -> int:

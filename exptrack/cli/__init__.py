@@ -83,7 +83,7 @@ def _commands(
         ),
     ] = False,
 ) -> None:
-    """exp search | trials | export | train | report | ui | studies | sync"""
+    """exp search | trials | export | train | confirm | report | ui | studies | sync"""
     _debug["on"] = debug
     processes.quiet_libraries()  # before any command loads torch or MLflow
 
@@ -94,6 +94,7 @@ for _command in (
     results_commands.trials,
     results_commands.export,
     results_commands.train,
+    results_commands.confirm,
     results_commands.report,
     results_commands.ui,
     results_commands.studies,

@@ -208,6 +208,39 @@ def train(
         say(f"registered: {outcome.registered}")
 
 
+def confirm(
+    study_name: Annotated[str, typer.Argument(help="The study's name, e.g. finetune")],
+    top: Annotated[int, typer.Option(help="How many of the best trials to repeat")] = 3,
+    seeds: Annotated[int, typer.Option(help="Fresh seeds per config (2 or more to compare)")] = 3,
+    fmt: FormatOpt = "table",
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Re-run the best configs with fresh seeds: mean, sd and 95% interval on val and test, and
+    whether the top two differ. Re-running it trains only the repeats not yet recorded."""
+    from exptrack.results import confirm as confirmer
+    from exptrack.search import signals
+    from exptrack.training import progress
+
+    shown = progress.shown_by(RichTasks())
+    # SIGTERM closes the repeat's run FAILED like Ctrl-C, and exits 143; recorded repeats stay
+    interrupts = signals.Interrupts(warn, work="the repeat")
+    interrupts.install()
+
+    def said(repeat: confirmer.Repeat) -> None:
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(repeat.figures.items()) if k != "train_loss")
+        how = "trained" if repeat.new else "recorded"
+        err.print(f"trial {repeat.number} seed {repeat.seed} ({how}): {shown}", highlight=False)
+
+    with exit_code_on_signal(), shown, interrupts.interruptible():
+        result = confirmer.confirm(study_name, top, seeds, storage, tracking_uri, warn, said)
+    _render(result.frame, fmt, f"{study_name}: {len(result.frame)} configs repeated")
+    say = out.print if fmt in ("table", "markdown") else err.print  # csv and json stay parseable
+    for line in [*result.lines, result.verdict]:
+        say(line, highlight=False, soft_wrap=True)
+    say(f"{result.ran} repeats trained now, {result.reused} found recorded", highlight=False)
+
+
 def ui(
     port: Annotated[int, typer.Option(help="Port to listen on")] = 5000,
     host: Annotated[

@@ -94,6 +94,9 @@ def provenance(
     study_file = study.user_attrs.get(records.STUDY_FILE_ATTR)
     if isinstance(study_file, str):  # what registers the config's own loss, backbone or dataset
         facts[records.PROVENANCE_STUDY_FILE] = study_file
+    confirmed = study_store.confirmed(study).get(str(trial.number))
+    if confirmed:  # `exp confirm` repeated it: its mean, sd and interval on val and test
+        facts[records.PROVENANCE_CONFIRMED] = confirmed
     facts[records.PROVENANCE_VERSIONS] = versions()
     return facts
 

@@ -105,11 +105,11 @@ class TrialReporter:
         self.log.setup(facts)
         if self.tracker:
             self.tracker.log_setup(self.run_id, facts)
-        if "num_classes" in facts:  # the end of the search tells a study at chance (search.verdict)
-            self.attrs[records.CLASSES_ATTR] = int(facts["num_classes"])
-            self._store(
-                lambda: self.trial.set_user_attr(records.CLASSES_ATTR, self.attrs.pop(records.CLASSES_ATTR))
-            )
+        # the end of the search tells a study at chance, and top values within the val split's noise
+        for fact, key in (("num_classes", records.CLASSES_ATTR), ("val_samples", records.VAL_SAMPLES_ATTR)):
+            if fact in facts:
+                self.attrs[key] = int(facts[fact])
+                self._store(lambda key=key: self.trial.set_user_attr(key, self.attrs.pop(key)))  # type: ignore[misc]
 
     def on_epoch(self, epoch: int, metrics: Mapping[str, float]) -> bool:
         self.log.epoch(epoch, metrics)

@@ -1,7 +1,8 @@
 """What a finished search says about itself, warned once at its end and tagged on the study's
 MLflow run: every finished trial at chance (1/classes) or at one value (nothing was learned, or
-the searched parameters change nothing), and the best trial's parameter at the edge of its
-searched range (the optimum may lie outside it)."""
+the searched parameters change nothing), the best trial's parameter at the edge of its
+searched range (the optimum may lie outside it), and the top values within noise of each other
+(the best is then partly luck: `exp confirm` repeats them)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from exptrack import study_store
+from exptrack import noise, study_store
 from exptrack.tracking import runs
 from exptrack.tracking.tracker import Tracker
 
@@ -24,6 +25,10 @@ CHANCE_MARGIN = 0.05
 EDGE_SHARE = 0.02
 # Several trials at the same value are "one value" when they differ by less than this.
 SAME = 1e-9
+# Values within 2 standard errors of the best are within noise of it: about the 95% band of one
+# estimate (1.96 se), rounded up. On digits' 359 validation images at 0.96: 2 x 0.0103 = 0.021,
+# two images either way of the best.
+NOISE_BAND = 2.0
 
 
 def findings(study: optuna.Study, metric: str) -> list[str]:
@@ -40,7 +45,42 @@ def findings(study: optuna.Study, metric: str) -> list[str]:
     flat = _flat(done, metric)
     if flat:
         return [flat]  # the best of trials that learned nothing sits anywhere: no edge to tell
-    return _edges(study_store.ranked(study)[0])
+    return _edges(study_store.ranked(study)[0]) + within_noise(study, metric)
+
+
+def within_noise(study: optuna.Study, metric: str) -> list[str]:
+    """One line when two or more of the top values lie within NOISE_BAND standard errors of the
+    best: the noise of exp confirm's repeats when the study has them, else (val_accuracy only) the
+    validation split's binomial error. Single objective only (the caller checks)."""
+    ranked = [t for t in study_store.ranked(study) if t.value is not None]
+    if len(ranked) < 2:
+        return []
+    best = float(ranked[0].value)  # type: ignore[arg-type]  # filtered above
+    error, how = _noise(study, ranked[0], metric, best)
+    if not error > 0:  # unknown (NaN), or a perfect score with no spread
+        return []
+    near = [float(t.value) for t in ranked if abs(float(t.value) - best) <= NOISE_BAND * error]  # type: ignore[arg-type]
+    if len(near) < 2:
+        return []
+    return [
+        f"the top {len(near)} trials' {metric} ({min(near):.4f} to {max(near):.4f}) lie within noise of "
+        f"each other ({NOISE_BAND:g} x {how}): the best is partly luck; "
+        f"exp confirm {study.study_name} --top {len(near)} --seeds 3 repeats them to tell them apart"
+    ]
+
+
+def _noise(study: optuna.Study, best: FrozenTrial, metric: str, value: float) -> tuple[float, str]:
+    """(a standard error of one value, what it is): from exp confirm's repeats (the largest
+    standard deviation among the configs it repeated), else the binomial error of an accuracy."""
+    spreads = [v.get(f"{metric}_sd") for v in study_store.confirmed(study).values()]
+    spreads = [float(s) for s in spreads if isinstance(s, int | float) and math.isfinite(s)]
+    if spreads:
+        return max(spreads), f"the standard deviation of exp confirm's repeats, {max(spreads):.4f}"
+    n = study_store.record(best).val_samples
+    if metric != "val_accuracy" or n is None:
+        return math.nan, ""
+    error = noise.binomial_se(value, n)
+    return error, f"the binomial standard error sqrt(p(1-p)/n) at {n} validation images, {error:.4f}"
 
 
 def _flat(done: list[FrozenTrial], metric: str) -> str | None:

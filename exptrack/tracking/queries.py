@@ -63,6 +63,25 @@ def trial_runs(tracker: Tracker, study_name: str, uid: str | None = None) -> lis
             return runs
 
 
+def confirm_runs(tracker: Tracker, experiment_id: str, parent_run_id: str) -> list[Any]:
+    """The `exp confirm` repeats under a study's parent run, in any status (one query)."""
+    query = (
+        f"tags.`{ROLE_TAG}` = '{records.ROLE_CONFIRM}' and tags.`{records.PARENT_RUN_TAG}` = '{parent_run_id}'"
+    )
+    return list(tracker.client.search_runs([experiment_id], filter_string=query, max_results=10000))
+
+
+def finished_repeats(runs: list[Any]) -> dict[tuple[int, int], tuple[str, dict[str, float]]]:
+    """(trial number, seed) -> (run id, last metrics) of the FINISHED confirm runs among `runs`."""
+    done = {}
+    for run in runs:
+        tags = run.data.tags
+        if run.info.status == "FINISHED" and records.CONFIRMS_TAG in tags and records.CONFIRM_SEED_TAG in tags:
+            key = (int(tags[records.CONFIRMS_TAG]), int(tags[records.CONFIRM_SEED_TAG]))
+            done[key] = (str(run.info.run_id), dict(run.data.metrics))
+    return done
+
+
 def study_experiments(tracker: Tracker) -> dict[str, str]:
     """Study name -> experiment id, for the experiments a search created."""
     experiments = tracker.client.search_experiments(filter_string=f"tags.`{STUDY_TAG}` != ''")

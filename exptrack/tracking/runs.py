@@ -269,6 +269,56 @@ def tag_search_warnings(tracker: Tracker, run_id: str, lines: Sequence[str]) -> 
     tracker.log(run_id, tags={records.SEARCH_WARNINGS_TAG: "\n".join(lines)})
 
 
+@dataclasses.dataclass(frozen=True)
+class RepeatFacts:
+    """What an `exp confirm` repeat's run records when it opens: the trial it repeats, its seed."""
+
+    study_name: str
+    number: int
+    seed: int
+    params: Mapping[str, Any]  # every config field, as an exp train run has them
+    config_yaml: str
+
+
+def open_confirm_run(tracker: Tracker, study: OpenedRun, repeat: RepeatFacts) -> str:
+    """A repeat of trial `number` with a fresh seed, nested under the study's run beside the trials
+    (tagged role=confirm, so the trials view and `exp trials` leave it out), owned by this process:
+    the next `exp confirm` closes it if the process dies, and runs that seed again."""
+    tags = {
+        records.PARENT_RUN_TAG: study.run_id,
+        ROLE_TAG: records.ROLE_CONFIRM,
+        STUDY_TAG: repeat.study_name,
+        records.CONFIRMS_TAG: str(repeat.number),
+        records.CONFIRM_SEED_TAG: str(repeat.seed),
+        records.HOST_TAG: platform.node(),
+        records.OWNER_TAG: processes.worker_id(),
+    }
+    name = f"confirm-{records.trial_run_name(repeat.number)}-seed-{repeat.seed}"
+    run_id = tracker.client.create_run(study.experiment_id, run_name=name, tags=tags).info.run_id
+    tracker.log(run_id, params=repeat.params)
+    tracker.log_text(run_id, repeat.config_yaml, records.CONFIG_ARTIFACT)
+    return str(run_id)
+
+
+def close_dead_confirm_runs(tracker: Tracker, runs: Sequence[Any]) -> list[str]:
+    """Close the confirm runs among `runs` left RUNNING by a process that is gone, as FAILED with
+    the reason; their ids (their seeds are then run again)."""
+    closed = []
+    for run in runs:
+        owner = run.data.tags.get(records.OWNER_TAG)
+        if run.info.status == "RUNNING" and owner and processes.owner_is_dead(owner):
+            reason = f"process {owner} died while the run trained (killed or crashed)"
+            close_stale_run(tracker, run.info.run_id, "FAILED", reason)
+            closed.append(run.info.run_id)
+    return closed
+
+
+def record_confirmation(tracker: Tracker, study_run_id: str, summary: str, table_csv: str) -> None:
+    """`exp confirm`'s verdict and per-config lines as a tag on the study run, its table as an artifact."""
+    tracker.log(study_run_id, tags={records.CONFIRM_SUMMARY_TAG: summary})
+    tracker.log_text(study_run_id, table_csv, records.CONFIRM_ARTIFACT)
+
+
 def close_stale_run(tracker: Tracker, run_id: str, status: str, reason: str) -> None:
     """Close a run a dead process left RUNNING, saying why."""
     state = {v: k for k, v in RUN_STATUS.items()}.get(status, "FAIL")
