@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import platform
 import tempfile
@@ -109,7 +110,10 @@ class TrialReporter:
         for fact, key in (("num_classes", records.CLASSES_ATTR), ("val_samples", records.VAL_SAMPLES_ATTR)):
             if fact in facts:
                 self.attrs[key] = int(facts[fact])
-                self._store(lambda key=key: self.trial.set_user_attr(key, self.attrs.pop(key)))  # type: ignore[misc]
+                self._store(functools.partial(self._write_attr, key))
+
+    def _write_attr(self, key: str) -> None:
+        self.trial.set_user_attr(key, self.attrs.pop(key))
 
     def on_epoch(self, epoch: int, metrics: Mapping[str, float]) -> bool:
         self.log.epoch(epoch, metrics)

@@ -72,8 +72,8 @@ def within_noise(study: optuna.Study, metric: str) -> list[str]:
 def _noise(study: optuna.Study, best: FrozenTrial, metric: str, value: float) -> tuple[float, str]:
     """(a standard error of one value, what it is): from exp confirm's repeats (the largest
     standard deviation among the configs it repeated), else the binomial error of an accuracy."""
-    spreads = [v.get(f"{metric}_sd") for v in study_store.confirmed(study).values()]
-    spreads = [float(s) for s in spreads if isinstance(s, int | float) and math.isfinite(s)]
+    recorded = [v.get(f"{metric}_sd") for v in study_store.confirmed(study).values()]
+    spreads = [float(s) for s in recorded if isinstance(s, int | float) and math.isfinite(s)]
     if spreads:
         return max(spreads), f"the standard deviation of exp confirm's repeats, {max(spreads):.4f}"
     n = study_store.record(best).val_samples

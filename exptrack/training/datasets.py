@@ -77,7 +77,7 @@ class TensorSplit:
         """Train and validation on `device`; the test split stays on the host, where only a final
         evaluation reads it."""
         moved = [t.to(device, non_blocking=True) for t in self.tensors()]
-        return TensorSplit(*moved, self.classes, self.test_x, self.test_y)  # type: ignore[misc]
+        return TensorSplit(moved[0], moved[1], moved[2], moved[3], self.classes, self.test_x, self.test_y)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return self.train_x, self.train_y, self.val_x, self.val_y
