@@ -24,6 +24,7 @@ from exptrack.errors import UserError, did_you_mean, shown
 from exptrack.yaml_files import load_yaml, read_text
 
 PARAMS_SUFFIX = "_params"  # `loss_params` holds the parameters of the chosen `loss`
+OWN_PARAMS = "params"  # a custom objective's own parameters (`TrialConfig.params`)
 # Config fields that take one of a few names: checked once, when a config is built.
 NAMED_VALUES = {
     "device": ("auto", "cpu", "cuda"),
@@ -155,10 +156,14 @@ class TrialConfig:
     # frozen stages computed once per process and key, where exact (training.feature_cache); false:
     # every epoch recomputes them from the images (the plain path)
     feature_cache: bool = True
+    # a study's own training function's parameters (`Study(objective=...)`): the search space's
+    # keys that are not fields above, by their own names (`hidden: 64`); the built-in uses none
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # A private copy, so the frozen config cannot change through a caller's dict.
+        # Private copies, so the frozen config cannot change through a caller's dict.
         object.__setattr__(self, "loss_params", dict(sorted(self.loss_params.items())))
+        object.__setattr__(self, OWN_PARAMS, dict(sorted(self.params.items())))
         for field in dataclasses.fields(self):
             check_value(field.name, getattr(self, field.name))
         if self.val_fraction + self.test_fraction >= 1:  # nothing would be left to train on
@@ -173,8 +178,9 @@ class TrialConfig:
     def flat_params(self) -> dict[str, str]:
         """Every field as a string param; a loss parameter under the name the search space gives
         it (`loss.focal.gamma`), so Optuna, MLflow and `exp trials` call it the same."""
-        flat = {key: str(value) for key, value in self.to_dict().items() if key != "loss_params"}
+        flat = {key: str(v) for key, v in self.to_dict().items() if key not in ("loss_params", OWN_PARAMS)}
         flat.update({loss_param_name(self.loss, k): str(v) for k, v in self.loss_params.items()})
+        flat.update({key: str(value) for key, value in self.params.items()})  # `hidden`, as searched
         return flat
 
     def replace(self, **changes: Any) -> TrialConfig:
@@ -221,6 +227,8 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise UserError(f"{source}: {key} must be a mapping, got {shown(value)}")
+        if typing.get_args(annotation)[1] is Any:  # `params`: a custom objective's own values
+            return {_sub_key(key, k, source): _own_value(f"{key}.{k}", v, source) for k, v in value.items()}
         return {_sub_key(key, k, source): _coerce(f"{key}.{k}", v, float, source) for k, v in value.items()}
     if annotation is bool:
         if isinstance(value, bool):
@@ -240,6 +248,20 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
             return check_text(value, f"{source}: {key}")
     name = getattr(annotation, "__name__", str(annotation))
     raise UserError(f"{source}: {key} must be of type {name}, got {shown(value)}")
+
+
+def _own_value(key: str, value: Any, source: str) -> Any:
+    """One of a custom objective's own values: a number, text or true/false, as a search space or
+    a YAML file can give it (stored in Optuna and MLflow as they are, so nothing nested)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return _whole(key, value, source)
+    if isinstance(value, float):
+        return _finite(key, value, source)
+    if isinstance(value, str):
+        return check_text(value, f"{source}: {key}")
+    raise UserError(f"{source}: {key} must be a number, text or true/false, got {shown(value)}")
 
 
 def _whole(key: str, value: int, source: str) -> int:
@@ -325,6 +347,10 @@ def meaning(values: Mapping[str, Any], searched: set[str] | frozenset[str] = fro
     searched loss carries its loss_params)."""
     full = json.loads(json.dumps({**TrialConfig().to_dict(), **values}, default=str))
     aside = {*RUN_ONLY_FIELDS, *searched, *(["loss_params"] if "loss" in searched else [])}
+    own = {k: v for k, v in (full.get(OWN_PARAMS) or {}).items() if k not in searched}
+    full[OWN_PARAMS] = own  # a custom objective's fixed own params, its searched ones aside
+    if not own:  # a study stored before `params` existed means the same
+        aside.add(OWN_PARAMS)
     return {key: value for key, value in full.items() if key not in aside}
 
 
@@ -342,7 +368,10 @@ def apply_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
 def dump_yaml(config: TrialConfig, provenance: Mapping[str, Any] | None = None) -> str:
     """The config as YAML a user can read, edit and give to `exp train`."""
     header = "# Reproduce with: exp train THIS_FILE.yaml\n"
-    body = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    values = config.to_dict()
+    if not values[OWN_PARAMS]:  # the built-in objective's configs read as they always did
+        del values[OWN_PARAMS]
+    body = yaml.safe_dump(values, sort_keys=False)
     if provenance:
         body += yaml.safe_dump({records.PROVENANCE_BLOCK: dict(provenance)}, sort_keys=False)
     return header + body

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
 import math
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -48,12 +49,12 @@ class Constraint:
         return f"{self.figure} {self.op} {limit}"
 
 
-def parse_constraint(text: str, where: str) -> Constraint:
+def parse_constraint(text: str, where: str, custom: bool = False) -> Constraint:
     match = _CONSTRAINT.match(text) if isinstance(text, str) else None
     limit = _number(match.group(3)) if match else None
     if match is None or limit is None:
         raise UserError(f"{where}: constraint {text!r} is not `FIGURE <= NUMBER` or `FIGURE >= NUMBER`")
-    _check_figure(match.group(1), "constraint", where)
+    _check_figure(match.group(1), "constraint", where, custom)
     return Constraint(match.group(1), match.group(2), limit)
 
 
@@ -65,7 +66,15 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _check_figure(name: str, role: str, where: str) -> None:
+def _check_figure(name: str, role: str, where: str, custom: bool = False) -> None:
+    """A figure the built-in fine-tuning reports; a study's own training function reports figures
+    of its own (`val_f1`), so there any plain name will do."""
+    if custom:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise UserError(
+                f"{where}: {role} {cfg.shown(name)} is not a plain name; use letters, digits and _"
+            )
+        return
     if name not in FIGURES:
         raise UserError(f"{where}: unknown {role} {name!r}{did_you_mean(name, FIGURES)}; use one of {', '.join(FIGURES)}")
 
@@ -112,13 +121,16 @@ class Study:
     starting_points: Sequence[Mapping[str, Any]] = ()
     sampler_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     pruner_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # the training function: None is the built-in fine-tuning; else a function of the study file
+    # or "module:function" (a module beside the study file, or an installed one)
+    objective: str | Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "Study(name=...)")
         where = f"Study {self.name!r}"
         objectives = self._objectives(where)
         for figure, direction in objectives.items():
-            _check_figure(figure, "objective" if self.objectives else "metric", where)
+            _check_figure(figure, "objective" if self.objectives else "metric", where, self.custom_objective)
             if direction not in DIRECTIONS:
                 raise UserError(f"{where}: direction must be maximize or minimize, got {direction!r}")
         first = next(iter(objectives.items()))
@@ -133,6 +145,7 @@ class Study:
         if isinstance(points, Mapping | str) or not all(isinstance(p, Mapping) for p in points):
             raise UserError(f"{where}: starting_points must be a list of dicts like {{'lr': 1e-3}}")
         self._check_paths(where)
+        _check_objective(self.objective, where)
         cfg.from_dict(self.fixed, source=f"{where} fixed")  # type-check early
 
     def _check_paths(self, where: str) -> None:
@@ -170,7 +183,20 @@ class Study:
             items = [f"{figure} {bound}" for figure, bound in items.items()]
         elif isinstance(items, str):
             items = [items]
-        return [parse_constraint(text, where) for text in items]
+        return [parse_constraint(text, where, self.custom_objective) for text in items]
+
+    @property
+    def custom_objective(self) -> bool:
+        """Does the study train with its own function instead of the built-in fine-tuning?"""
+        return self.objective is not None
+
+    def objective_function(self) -> Callable[..., Any] | None:
+        """The study's own training function (None: the built-in), a "module:function" name
+        imported as the study file's own imports are, from the study file's folder first."""
+        if self.objective is None or callable(self.objective):
+            return self.objective
+        folder = self.source_path.parent if self.source_path is not None else Path.cwd()
+        return _import_objective(self.objective, folder, f"Study {self.name!r}")
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Study:
         """A copy whose fixed part has `--set` values merged in (checked against TrialConfig)."""
@@ -210,6 +236,47 @@ class Study:
         return path
 
 
+def _check_objective(objective: Any, where: str) -> None:
+    """`objective=` is a function or its "module:function" name; a metric's name there is the
+    likeliest slip (the metric is `metric=`), so the message says which is which."""
+    if objective is None or callable(objective):
+        return
+    if not isinstance(objective, str):
+        raise UserError(
+            f"{where}: objective must be a function or 'module:function', got {cfg.shown(objective)}"
+        )
+    if objective in FIGURES or not re.fullmatch(r"[A-Za-z_][\w.]*[.:][A-Za-z_]\w*", objective):
+        raise UserError(
+            f"{where}: objective={objective!r} is not 'module:function'; objective= names your training "
+            "function (e.g. 'my_train:train'), metric= the figure to optimise"
+        )
+
+
+def _import_objective(name: str, folder: Path, where: str) -> Callable[..., Any]:
+    """`module:function` (or `module.function`): the module is looked up beside the study file
+    first, then where Python finds installed ones; the function must be callable."""
+    module_name, sep, attr = name.partition(":")
+    if not sep:
+        module_name, _, attr = name.rpartition(".")
+    sys.path.insert(0, str(folder))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(
+            f"{where}: objective {name!r}: module {module_name!r} not found beside {folder} or installed ({exc})"
+        ) from exc
+    except Exception as exc:
+        raise UserError(
+            f"{where}: objective {name!r}: importing {module_name} raised {type(exc).__name__} ({exc})"
+        ) from exc
+    finally:
+        sys.path.remove(str(folder))
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise UserError(f"{where}: objective {name!r}: {module_name} has no function {attr!r}")
+    return function
+
+
 def load_study_file(path: Path) -> Study:
     """Import a study file and return the one `Study` it defines."""
     if not path.exists():
@@ -224,7 +291,9 @@ def load_study_file(path: Path) -> Study:
         raise UserError(f"{path} defines {len(found)} Study objects; keep one per study file")
     study = found[0]
     description = study.description or (module.__doc__ or "").strip()
-    return dataclasses.replace(study, source_path=path.resolve(), description=description)
+    loaded = dataclasses.replace(study, source_path=path.resolve(), description=description)
+    loaded.objective_function()  # a name that imports nothing ends here, when the file is loaded
+    return loaded
 
 
 def _import(path: Path) -> ModuleType:

@@ -199,9 +199,8 @@ def train(
     line = train_run.compare_line(outcome)
     if line:
         say(line)
-    say(
-        f"MLflow run {outcome.run_id} in experiment {outcome.experiment!r}; model: runs:/{outcome.run_id}/model"
-    )
+    model = f"; model: runs:/{outcome.run_id}/model" if outcome.model_uri else ""  # none: not handed over
+    say(f"MLflow run {outcome.run_id} in experiment {outcome.experiment!r}{model}")
     if outcome.run_url:  # MLflow's own "View run" link would open the GenAI layout: suppressed
         say(f"run: {outcome.run_url}")
     if outcome.registered:

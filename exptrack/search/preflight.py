@@ -54,16 +54,15 @@ def prepare(
     values) take the parameters they name out of the space: those are fixed for the study."""
     sampler_name, pruner_name = sampler or default_sampler(spec), pruner or spec.pruner
     samplers.check_names(sampler_name, pruner_name)
-    space = spaces.load(spec.search_space_path()).pin(pins or {})
-    check_ends(space, spec.fixed)  # the high ends too: trial 30 drawing freeze_depth=9 stopped a search
+    space = spaces.load(spec.search_space_path(), own=spec.custom_objective).pin(pins or {})
+    if not spec.custom_objective:
+        check_ends(space, spec.fixed)  # the high ends too: trial 30 drawing freeze_depth=9 stopped a search
     config = cfg.from_dict(space.sample(optuna.trial.FixedTrial(first_point(space)), spec.fixed))
-    backbones.backbone(config.backbone)  # unknown names end here, before any store is opened
-    datasets.parse_spec(config.dataset)
-    losses.loss_parameters(config.loss)  # an unknown loss ends here
-    if config.loss_params:  # its builder checks the ranges of the parameters it is given
-        losses.build_loss(config.loss, config.loss_params)
-    fit.resolve_device(config.device)
-    fit.check(config)  # dataset files, image size, weights file/URI: before any store is opened
+    if spec.custom_objective:  # its own function trains: backbone, data and loss are not used
+        fit.resolve_device(config.device)
+        spec.objective_function()  # one that cannot be imported ends here
+    else:
+        check_training(config)
     notes: list[str] = []
     constraints = spec.parsed_constraints()
     setup = samplers.SamplerSetup(seed, space, spec.directions)
@@ -92,6 +91,18 @@ def prepare(
         learns,
         tuple(notes),
     )
+
+
+def check_training(config: cfg.TrialConfig) -> None:
+    """What the built-in fine-tuning needs, before any store is opened: a known backbone, dataset
+    and loss (with parameters in range), the dataset's files, image size and weights file/URI."""
+    backbones.backbone(config.backbone)
+    datasets.parse_spec(config.dataset)
+    losses.loss_parameters(config.loss)
+    if config.loss_params:  # its builder checks the ranges of the parameters it is given
+        losses.build_loss(config.loss, config.loss_params)
+    fit.resolve_device(config.device)
+    fit.check(config)
 
 
 def check_ends(space: spaces.SearchSpace, fixed: Mapping[str, Any]) -> None:
@@ -151,7 +162,7 @@ def _why_no_pruning(spec: Study) -> str | None:
     """Pruners judge one objective value per epoch; None when the study has one to judge."""
     if spec.multi_objective:
         return "Optuna's pruners judge one value per epoch, and this study has several objectives"
-    if spec.metric not in records.EPOCH_METRICS:
+    if spec.metric not in records.EPOCH_METRICS and not spec.custom_objective:
         return f"the objective {spec.metric} is known only when a trial ends, not per epoch"
     return None
 

@@ -7,6 +7,8 @@ dotted Optuna names (`loss.focal.gamma`) so two branches never share a distribut
 `loss` branch go to `loss_params`; values under any other branch (e.g. `freeze_depth` under each
 `backbone`) set that config field. `int: [0, max]` on freeze_depth means the backbone's stage count.
 Those three fields are the space's special cases, named once (`LOSS`, `BACKBONE`, `FREEZE_DEPTH`).
+A study with its own training function (`Study(objective=...)`) may also name keys that are not
+config fields (`hidden: {int: [16, 128]}`): its own parameters, which go to `TrialConfig.params`.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Param:
     step: float | None = None
     choices: tuple[Any, ...] = ()
     branches: Mapping[str, tuple[Param, ...]] = dataclasses.field(default_factory=dict)
+    own: bool = False  # a custom objective's own parameter: its value goes to `params`
 
     @property
     def to_stage_count(self) -> bool:
@@ -114,14 +117,16 @@ class SearchSpace:
         return all(_discrete(p) for p in self.params)
 
 
-def load(path: Path) -> SearchSpace:
-    """Read and validate a search-space file; every problem names the parameter and the fix."""
+def load(path: Path, own: bool = False) -> SearchSpace:
+    """Read and validate a search-space file; every problem names the parameter and the fix.
+    `own`: the study trains with its own function, so keys that are not config fields are its
+    own parameters (for the built-in fine-tuning they are typos, refused with a suggestion)."""
     if not path.is_file():
         raise UserError(f"search space {path} not found; check the study's search_space=")
-    return parse(yaml_files.load_yaml(yaml_files.read_text(path), str(path)), source=str(path))
+    return parse(yaml_files.load_yaml(yaml_files.read_text(path), str(path)), source=str(path), own=own)
 
 
-def parse(data: Any, source: str = "search space") -> SearchSpace:
+def parse(data: Any, source: str = "search space", own: bool = False) -> SearchSpace:
     if not isinstance(data, dict) or not data:
         raise UserError(
             f"{source}: expected a mapping of parameter names to specs, e.g. lr: {{float: [1e-5, 1e-1], log: true}}"
@@ -129,6 +134,9 @@ def parse(data: Any, source: str = "search space") -> SearchSpace:
     fields = cfg.field_types()
     params = []
     for name, spec in data.items():
+        if own and _own_key(name, source):
+            params.append(_parse_param(name, name, spec, source, top_field=name, own=True))
+            continue
         if name not in fields or name.endswith(cfg.PARAMS_SUFFIX):
             raise UserError(
                 f"{source}: unknown parameter {name!r}{did_you_mean(name, fields)}; searchable config keys are {', '.join(k for k in fields if not k.endswith(cfg.PARAMS_SUFFIX))}"
@@ -139,7 +147,19 @@ def parse(data: Any, source: str = "search space") -> SearchSpace:
     return SearchSpace(tuple(params), source)
 
 
-def _parse_param(name: str, field: str, spec: Any, source: str, top_field: str) -> Param:
+def _own_key(name: Any, source: str) -> bool:
+    """Is `name` one of a custom objective's own parameters (not a config field)? It must be a
+    plain name: it becomes a keyword in `params`, an Optuna and an MLflow param."""
+    if name in cfg.field_types():
+        return False
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+        raise UserError(
+            f"{source}: parameter {cfg.shown(name)} is not a plain name; use letters, digits and _"
+        )
+    return True
+
+
+def _parse_param(name: str, field: str, spec: Any, source: str, top_field: str, own: bool = False) -> Param:
     where = f"{source}: parameter {name!r}"
     if not isinstance(spec, dict):
         raise UserError(f"{where}: expected a mapping like {{float: [lo, hi]}}, got {spec!r}")
@@ -153,11 +173,11 @@ def _parse_param(name: str, field: str, spec: Any, source: str, top_field: str) 
         raise UserError(f"{where}: give exactly one of float, int or choice")
     kind = Kind(kinds[0])
     if kind is Kind.CHOICE:
-        return _parse_choice(name, field, spec, where, source)
-    return _parse_range(name, field, kind, spec, where)
+        return dataclasses.replace(_parse_choice(name, field, spec, where, source, own), own=own)
+    return dataclasses.replace(_parse_range(name, field, kind, spec, where, own), own=own)
 
 
-def _parse_range(name: str, field: str, kind: Kind, spec: dict[str, Any], where: str) -> Param:
+def _parse_range(name: str, field: str, kind: Kind, spec: dict[str, Any], where: str, own: bool) -> Param:
     bounds = spec[kind.value]
     if not isinstance(bounds, list) or len(bounds) != 2:
         raise UserError(f"{where}: {kind.value} needs [low, high], got {bounds!r}")
@@ -183,12 +203,13 @@ def _parse_range(name: str, field: str, kind: Kind, spec: dict[str, Any], where:
         raise UserError(f"{where}: log and step cannot be combined; keep one")
     if step is not None and (not is_number(step) or step <= 0):
         raise UserError(f"{where}: step must be a positive number, got {step!r}")
-    _check_field_kind(field, kind, where)
+    if not own:
+        _check_field_kind(field, kind, where)
     cast = int if kind is Kind.INT else float
     return Param(name, field, kind, cast(low), high if math.isinf(high) else cast(high), log, step)
 
 
-def _parse_choice(name: str, field: str, spec: dict[str, Any], where: str, source: str) -> Param:
+def _parse_choice(name: str, field: str, spec: dict[str, Any], where: str, source: str, own: bool) -> Param:
     if set(spec) - {Kind.CHOICE.value}:
         raise UserError(f"{where}: log and step do not apply to a choice; remove them")
     options = spec[Kind.CHOICE.value]
@@ -196,7 +217,7 @@ def _parse_choice(name: str, field: str, spec: dict[str, Any], where: str, sourc
         if not options:
             raise UserError(f"{where}: choice is empty; list at least one option")
         branches = {
-            str(opt): _parse_branch(name, field, str(opt), sub, source) for opt, sub in options.items()
+            str(opt): _parse_branch(name, field, str(opt), sub, source, own) for opt, sub in options.items()
         }
         return Param(name, field, Kind.CHOICE, choices=tuple(branches), branches=branches)
     if not isinstance(options, list) or not options:
@@ -205,7 +226,7 @@ def _parse_choice(name: str, field: str, spec: dict[str, Any], where: str, sourc
         raise UserError(f"{where}: choice options must be plain values (numbers, strings, booleans)")
     if len(set(map(repr, options))) != len(options):
         raise UserError(f"{where}: choice lists an option twice; remove the duplicate")
-    if field == LOSS:
+    if field == LOSS and not own:
         for option in options:
             losses.loss_parameters(str(option))  # raises for an unknown loss
     if all(is_number(o) for o in options):
@@ -215,11 +236,18 @@ def _parse_choice(name: str, field: str, spec: dict[str, Any], where: str, sourc
     return Param(name, field, Kind.CHOICE, choices=tuple(options))
 
 
-def _parse_branch(name: str, field: str, option: str, sub: Any, source: str) -> tuple[Param, ...]:
+def _parse_branch(name: str, field: str, option: str, sub: Any, source: str, own: bool) -> tuple[Param, ...]:
+    """A conditional option's parameters; under one of a custom objective's own choices they may
+    be its own too (`optimizer_kind: {choice: {sgd: {momentum: ...}}}`)."""
     where = f"{source}: parameter {name!r} option {option!r}"
     sub = sub or {}
     if not isinstance(sub, dict):
         raise UserError(f"{where}: expected a mapping of its own parameters (or {{}}), got {sub!r}")
+    if own:
+        return tuple(
+            _parse_param(f"{name}.{option}.{key}", str(key), s, source, field, own=_own_key(key, where))
+            for key, s in sub.items()
+        )
     if field == LOSS:
         accepted = _loss_parameters(option, where)
         for key in sub:
@@ -256,7 +284,7 @@ def _check_reachable(param: Param, source: str) -> None:
     Ranges are intervals, so a numeric parameter's two ends stand for all of its values."""
     where = f"{source}: parameter {param.name!r}"
     loss_option = param.name.split(".")[1] if is_loss_param(param.name) else None
-    for value in ends(param):
+    for value in [] if param.own else ends(param):  # own values: the objective checks them
         if loss_option is None:
             cfg.check_field(param.field, value, where)
             continue
@@ -293,8 +321,10 @@ def is_number(value: Any) -> bool:
 def _sample_into(param: Param, trial: Suggester, values: dict[str, Any], source: str) -> None:
     if param.branches:
         option = trial.suggest_categorical(param.name, list(param.choices))
-        values[param.field] = option
-        if param.field == LOSS:  # a fixed (pinned) loss parameter stays where the loss takes it
+        _put(param, values, option)
+        if (
+            param.field == LOSS and not param.own
+        ):  # a fixed (pinned) loss parameter stays where the loss takes it
             key = LOSS_PARAMS
             accepted = losses.loss_parameters(str(option))
             values[key] = {k: v for k, v in (values.get(key) or {}).items() if k in accepted}
@@ -304,6 +334,15 @@ def _sample_into(param: Param, trial: Suggester, values: dict[str, Any], source:
     value = _suggest(param, trial, values, source)
     if is_loss_param(param.name):
         values.setdefault(LOSS_PARAMS, {})[param.field] = value
+    else:
+        _put(param, values, value)
+
+
+def _put(param: Param, values: dict[str, Any], value: Any) -> None:
+    """Set a sampled value: a config field, or one of the objective's own `params` (a new dict:
+    `values` starts as a copy of the study's fixed part, whose own dict must stay as it is)."""
+    if param.own:
+        values[cfg.OWN_PARAMS] = {**(values.get(cfg.OWN_PARAMS) or {}), param.field: value}
     else:
         values[param.field] = value
 
@@ -323,8 +362,9 @@ def _pinned(
 ) -> tuple[Param, ...]:
     kept: list[Param] = []
     for param in params:
-        if is_loss_param(param.name):
-            value = (overrides.get(LOSS_PARAMS) or {}).get(param.field, _UNSET)
+        if is_loss_param(param.name) or param.own:
+            holder = cfg.OWN_PARAMS if param.own else LOSS_PARAMS
+            value = (overrides.get(holder) or {}).get(param.field, _UNSET)
         else:
             value = overrides.get(param.field, _UNSET)
         if value is _UNSET:

@@ -35,6 +35,7 @@ from exptrack.tracking.journal import Journal
 from exptrack.tracking.tracker import Tracker
 from exptrack.tracking.trial_log import TrialLog
 from exptrack.training import devices, fit, profiling
+from exptrack.training import objective as objectives
 
 TAKEN_OVER = "another worker marked this trial FAIL: no heartbeat reached it within the grace period"
 
@@ -80,9 +81,12 @@ class TrialOutcome:
 
 
 class TrialReporter:
-    """fit's reporter for one trial: Optuna pruning + MLflow per-epoch metrics. Every objective
-    that is an epoch metric must stay finite; a single one is reported to Optuna each epoch (its
-    learning curve, and what the pruner judges; Optuna takes no per-epoch values for several)."""
+    """The training function's reporter for one trial (`objective.Reporter`): Optuna pruning +
+    MLflow per-epoch metrics, and what the trial is told at its end (history, figures, pruned).
+    Every objective that is reported per epoch must stay finite; a single one is reported to
+    Optuna each epoch (its learning curve, and what the pruner judges; Optuna takes no per-epoch
+    values for several). The built-in reports only its epoch metrics per epoch; a study's own
+    function may report any of its objectives."""
 
     def __init__(
         self,
@@ -92,16 +96,23 @@ class TrialReporter:
         objectives: list[str],
         epochs: int,
         log: TrialLog | None = None,
+        custom: bool = False,  # the study's own function: it may report any of its objectives
+        warn: Callable[[str], None] = print,
     ) -> None:
         self.trial, self.tracker, self.run_id, self.epochs = trial, tracker, run_id, epochs
         self.log = log or TrialLog(None, None, trial.number)
-        self.watched = [name for name in objectives if name in records.EPOCH_METRICS]
+        self.watched = [name for name in objectives if custom or name in records.EPOCH_METRICS]
         self.reports = len(objectives) == 1 and bool(self.watched)
-        self.train_started_at = math.nan  # fit calls on_setup right before its first step
+        self.warn = warn
+        self.trace_dir: Path | None = None
+        self.history: list[dict[str, float]] = []  # one entry per report, with "epoch"
+        self.figures: dict[str, float | str] = {}
+        self.pruned = False  # should_prune() said so: the trial ends PRUNED
+        self.train_started_at = time.time()  # fit's log_setup resets it right before its first step
         self.attrs: dict[str, Any] = {}  # user attrs the store has not taken yet
         self.kept: dict[int, float] = {}  # epoch -> value the store could not take (an outage)
 
-    def on_setup(self, facts: Mapping[str, Any]) -> None:
+    def log_setup(self, facts: Mapping[str, Any]) -> None:
         self.train_started_at = time.time()
         self.log.setup(facts)
         if self.tracker:
@@ -115,19 +126,28 @@ class TrialReporter:
     def _write_attr(self, key: str) -> None:
         self.trial.set_user_attr(key, self.attrs.pop(key))
 
-    def on_epoch(self, epoch: int, metrics: Mapping[str, float]) -> bool:
+    def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        metrics = {str(k): float(v) for k, v in metrics.items()}  # a 0-d tensor is a number too
         self.log.epoch(epoch, metrics)
         if self.tracker:
             self.tracker.log_epoch(self.run_id, epoch, metrics)
         for name in self.watched:
-            if not math.isfinite(metrics[name]):
+            if name in metrics and not math.isfinite(metrics[name]):
                 raise fit.NonFiniteLossError(f"{name} is {metrics[name]} at epoch {epoch}")
-        if not self.reports:
-            return False
-        self.kept[epoch] = metrics[self.watched[0]]
+        self.history.append({"epoch": epoch, **metrics})
+        if self.reports and self.watched[0] in metrics:
+            self.kept[epoch] = metrics[self.watched[0]]
+            self._store(self._report_kept)
+
+    def should_prune(self) -> bool:
         # A trial whose training is complete is never pruned: after its last epoch there is
         # nothing left to save, and its value is as final as any complete trial's.
-        return self._store(lambda: self._report_kept() and epoch < self.epochs and self.trial.should_prune())
+        if not self.reports or not self.history or self.history[-1]["epoch"] >= self.epochs:
+            return False
+        self.pruned = self.pruned or bool(
+            self._store(lambda: self._report_kept() and self.trial.should_prune())
+        )
+        return self.pruned
 
     def _report_kept(self) -> bool:
         for step in sorted(self.kept):
@@ -150,13 +170,29 @@ class TrialReporter:
             self.trial.set_user_attr(key, self.attrs.pop(key))
         self._report_kept()
 
+    def log_figure(self, name: str, value: float | str) -> None:
+        self.figures[str(name)] = value if isinstance(value, str) else float(value)
+
+    score_test = False  # a search's trial never scores the held-out test split
+
+    def log_model(self, model: Any, example: Any = None) -> None:
+        """A search trial keeps no model (`exp train` of its exported config logs one)."""
+
+    def log_test(self, metrics: Mapping[str, float], samples: int) -> None:
+        """Never called: `score_test` is False."""
+
+    @property
+    def last_report(self) -> dict[str, float]:
+        return {k: v for k, v in (self.history[-1] if self.history else {}).items() if k != "epoch"}
+
 
 def run_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialOutcome:
     """Train an asked trial and tell its outcome. A signal or a `UserError` is re-raised once both
     stores record the trial as failed."""
     try:
         asked = cfg.from_dict(ctx.space.sample(trial, ctx.spec.fixed), source=ctx.space.source)
-        config = fit.with_available_weights(asked, ctx.warn)
+        # weights are the built-in's: a study's own function is not told they are unavailable
+        config = asked if ctx.spec.custom_objective else fit.with_available_weights(asked, ctx.warn)
     except UpdateFinishedTrialError:  # failed by another worker before it was sampled (see _taken_over)
         return _outcome(ctx, trial.number, _taken_over(ctx, trial, None))
     except BaseException as exc:
@@ -180,11 +216,16 @@ def _train(
     traced: bool,
     log: TrialLog,
 ) -> str:
-    """`fit`, then tell; the trial's final state name. Any failure ends only this trial."""
-    reporter = TrialReporter(trial, ctx.tracker, run_id, list(ctx.spec.objectives), config.epochs, log)
+    """The study's training function, then tell; the trial's final state name. Any failure
+    (a raised exception, a return that is not a number) ends only this trial."""
+    spec = ctx.spec
+    reporter = TrialReporter(
+        trial, ctx.tracker, run_id, list(spec.objectives), config.epochs, log, spec.custom_objective, ctx.warn
+    )
     try:
         with ctx.interrupts.interruptible():
-            result = _fit(ctx, config, reporter, run_id, traced)
+            returned = _call(ctx, config, reporter, run_id, traced)
+            final = objectives.final_values(returned, reporter.last_report, spec.metric)
     except StoreFault:  # an outage is never the trial's failure: the repair retries it
         raise
     except BaseException as exc:
@@ -195,7 +236,7 @@ def _train(
             raise
     else:
         try:
-            return _tell(ctx, trial, run_id, result, reporter)
+            return _tell(ctx, trial, run_id, reporter, final)
         except UpdateFinishedTrialError:
             return _taken_over(ctx, trial, run_id, log)
     if out_of_memory:  # after the except block, so the exception's frames (and tensors) are gone
@@ -203,16 +244,19 @@ def _train(
     return "FAIL"
 
 
-def _fit(
+def _call(
     ctx: TrialContext, config: cfg.TrialConfig, reporter: TrialReporter, run_id: str | None, traced: bool
-) -> fit.FitResult:
-    """`fit`, traced when this is one of the first `--profile-trials` trials with a run to log to;
+) -> Any:
+    """The study's training function (the built-in `finetune` unless it names its own), given a
+    trace folder when this is one of the first `--profile-trials` trials with a run to log to;
     the trace lands on the run under `profile/`, also when training fails (an OOM's trace helps)."""
+    objective = ctx.spec.objective_function() or objectives.finetune
     if not traced or ctx.tracker is None or run_id is None:
-        return fit.fit(config, reporter, ctx.warn)
+        return objective(config, reporter)
     with tempfile.TemporaryDirectory(prefix="exptrack-trace-") as folder:
+        reporter.trace_dir = Path(folder)
         try:
-            return fit.fit(config, reporter, ctx.warn, Path(folder))
+            return objective(config, reporter)
         finally:
             reporter.log.files(Path(folder), records.PROFILE_DIR)
             ctx.tracker.log_folder(run_id, Path(folder), records.PROFILE_DIR)
@@ -260,31 +304,33 @@ def _tracked(ctx: TrialContext) -> bool:
 
 
 def _tell(
-    ctx: TrialContext, trial: optuna.Trial, run_id: str | None, result: fit.FitResult, reporter: TrialReporter
+    ctx: TrialContext,
+    trial: optuna.Trial,
+    run_id: str | None,
+    reporter: TrialReporter,
+    final: dict[str, float],
 ) -> str:
     """Tell Optuna the trained trial's outcome and close its run. The Optuna store down past its
     wait keeps the result: the tell goes to the journal (the next command that opens the study
     tells it) and the run is closed as trained, then the one-line outage ends the command."""
-    final = dict(result.final)
-    final.pop("epoch", None)
+    history = reporter.history
+    # the thread count CPU sums depend on, for `exp train` of an export (the built-in logs its own)
+    profile = {records.TORCH_THREADS: float(devices.use_threads(None)), **reporter.figures}
     figures: dict[str, float] = {}  # the final epoch's figures are the curves' last points on MLflow
     for metric, direction in ctx.spec.objectives.items():
-        values = [h[metric] for h in result.history if metric in h]
+        values = [h[metric] for h in history if metric in h]
         if values:
             figures[f"{records.BEST_PREFIX}{metric}"] = (max if direction == "maximize" else min)(values)
-    reporter.attrs[records.PROFILE_ATTR] = {
-        **result.profile,
-        records.TRAIN_STARTED_AT: reporter.train_started_at,
-    }
+    reporter.attrs[records.PROFILE_ATTR] = {**profile, records.TRAIN_STARTED_AT: reporter.train_started_at}
     # what an objective or a constraint may name (numbers: `feature_cache` is a text figure)
-    reported = {k: v for k, v in {**result.profile, **final}.items() if not isinstance(v, str)}
+    reported = {k: v for k, v in {**profile, **final}.items() if not isinstance(v, str)}
     violations: dict[str, float] | None = None
     if ctx.constraints or ctx.learns_infeasible:  # before tell: the sampler reads them then
         try:
             violations = dict(feasibility.violations(ctx.constraints, reported))
         except ValueError as exc:
             return fail(ctx, trial, run_id, exc, log=reporter.log)
-    state, told, why = _verdict(ctx, result, reported)
+    state, told, why = _verdict(ctx, reporter.pruned, reported)
     if why is not None:
         return fail(ctx, trial, run_id, ValueError(why), log=reporter.log)
     kept: StoreUnavailable | None = None
@@ -299,11 +345,11 @@ def _tell(
         kept, broken = exc, [name for name, value in (violations or {}).items() if value > 0]
         reporter.log.tell(state, told, reporter.kept, {**reporter.attrs, CONSTRAINTS_KEY: violations})
     if ctx.tracker:
-        pruned_epoch = len(result.history) if state == "PRUNED" else None
-        closing = runs.closing(figures, result.profile, pruned_epoch=pruned_epoch, broken=broken)
+        pruned_epoch = len(history) if state == "PRUNED" else None
+        closing = runs.closing(figures, profile, pruned_epoch=pruned_epoch, broken=broken)
         reporter.log.close(state, *closing)
         runs.finish_run(
-            ctx.tracker, run_id, state, figures, result.profile, pruned_epoch=pruned_epoch, broken=broken
+            ctx.tracker, run_id, state, figures, profile, pruned_epoch=pruned_epoch, broken=broken
         )
     if kept is not None:
         ctx.warn(
@@ -318,10 +364,10 @@ CONSTRAINTS_KEY = "exptrack:constraints"  # a journaled tell's constraint values
 
 
 def _verdict(
-    ctx: TrialContext, result: fit.FitResult, reported: Mapping[str, Any]
+    ctx: TrialContext, pruned: bool, reported: Mapping[str, Any]
 ) -> tuple[str, list[float] | None, str | None]:
     """The state and values to tell, or why the trial fails (an objective missing or not finite)."""
-    if result.stopped_early:
+    if pruned:
         return "PRUNED", None, None
     missing = [name for name in ctx.spec.objectives if name not in reported]
     if missing:

@@ -65,7 +65,7 @@ def from_values(space: SearchSpace, values: Mapping[str, Any], source: str) -> S
     present = {key: getattr(config, key) for key in values}
     params: dict[str, Any] = {}
     for param in space.params:
-        _point(param, present, config.loss_params, params, source)
+        _point(param, present, {**config.loss_params, **config.params}, params, source)
     if not params:
         searched = ", ".join(sorted(searched_keys(space)))
         raise UserError(f"{source}: sets none of the searched keys ({searched}); nothing to queue")
@@ -75,11 +75,11 @@ def from_values(space: SearchSpace, values: Mapping[str, Any], source: str) -> S
 def _point(
     param: Param,
     values: Mapping[str, Any],
-    loss_params: Mapping[str, float],
+    own: Mapping[str, Any],  # loss_params and a custom objective's own params (`config.params`)
     out: dict[str, Any],
     source: str,
 ) -> None:
-    given = loss_params if is_loss_param(param.name) else values
+    given = own if is_loss_param(param.name) or param.own else values
     if param.field not in given:
         return  # left to the sampler
     value = given[param.field]
@@ -87,7 +87,7 @@ def _point(
     out[param.name] = value
     if param.branches:
         for sub in param.branches[str(value)]:
-            _point(sub, values, loss_params, out, source)
+            _point(sub, values, own, out, source)
 
 
 def _check(param: Param, value: Any, values: Mapping[str, Any], source: str) -> None:
@@ -124,7 +124,7 @@ def searched_keys(space: SearchSpace) -> set[str]:
     keys: set[str] = set()
 
     def visit(param: Param) -> None:
-        keys.add(LOSS_PARAMS if is_loss_param(param.name) else param.field)
+        keys.add(LOSS_PARAMS if is_loss_param(param.name) else cfg.OWN_PARAMS if param.own else param.field)
         for subs in param.branches.values():
             for sub in subs:
                 visit(sub)

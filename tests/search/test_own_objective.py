@@ -1,0 +1,94 @@
+"""A study's own training function (`Study(objective=...)`): its own parameters in the search
+space, per-epoch reports in MLflow and to the pruner, a raise as a FAILED trial, and export +
+`exp train` of its trial reproducing the value exactly (real processes, real sqlite stores)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from exptrack import config as cfg
+from exptrack import records
+from exptrack.errors import UserError
+from exptrack.search import space
+from exptrack.study import Study
+from tests.conftest import REPO
+
+OWN = str(REPO / "tests" / "studies" / "own_objective.py")
+
+
+def test_keys_that_are_not_config_fields_are_the_own_functions_parameters() -> None:
+    data = {"lr": {"float": [1e-3, 1e-2]}, "hidden": {"choice": [16, 32]}, "dropout": {"float": [0.0, 0.5]}}
+    parsed = space.parse(data, own=True)
+    point = parsed.sample(optuna.trial.FixedTrial({"lr": 2e-3, "hidden": 32, "dropout": 0.25}), {})
+    config = cfg.from_dict(point)
+    assert (config.lr, config.params) == (2e-3, {"dropout": 0.25, "hidden": 32})
+    assert config.flat_params()["hidden"] == "32"  # the MLflow param is named as the space names it
+
+
+def test_a_typo_is_still_one_line_for_the_built_in_fine_tuning() -> None:
+    with pytest.raises(UserError, match=r"unknown parameter 'lrr'.*did you mean 'lr'"):
+        space.parse({"lrr": {"float": [1e-3, 1e-2]}})
+
+
+def test_objective_names_a_function_and_a_metric_there_says_which_is_which() -> None:
+    with pytest.raises(UserError, match=r"objective='val_accuracy' is not 'module:function'.*metric="):
+        Study(name="x", search_space="x.yaml", objective="val_accuracy")
+    with pytest.raises(UserError, match="module 'no_such_module' not found"):
+        Study(name="x", search_space="x.yaml", objective="no_such_module:train").objective_function()
+
+
+def test_own_params_round_trip_through_an_exported_file(tmp_path: Path) -> None:
+    config = cfg.TrialConfig(params={"hidden": 64, "act": "relu", "bias": True})
+    (tmp_path / "c.yaml").write_text(cfg.dump_yaml(config))
+    assert cfg.read_yaml(tmp_path / "c.yaml")[0] == config
+    assert "\nparams:" not in cfg.dump_yaml(cfg.TrialConfig())  # the built-in's files read as before
+
+
+@pytest.mark.slow
+def test_its_trials_report_per_epoch_are_pruned_and_fail_with_their_traceback(project: Path, exp) -> None:  # type: ignore[no-untyped-def]
+    exp("search", OWN, "--trials", "2", check=True)
+    study = optuna.load_study(study_name="own_objective", storage=f"sqlite:///{project}/optuna.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "PRUNED"]  # 2 finished: exact
+    assert study.trials[0].value == 0.9
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    runs = [client.get_run(t.user_attrs[records.RUN_ID_ATTR]) for t in study.trials]
+    assert [r.info.status for r in runs] == ["FINISHED", "FAILED", "KILLED"]
+    steps = [[m.step for m in client.get_metric_history(r.info.run_id, "score")] for r in runs]
+    assert steps == [[1, 2, 3], [], [1]]  # the pruned trial stopped after epoch 1
+    assert runs[0].data.params["quality"] == "0.9" and runs[0].data.params["epochs"] == "3"
+    traceback = Path(client.download_artifacts(runs[1].info.run_id, "traceback.txt", str(project)))
+    assert "ValueError: quality -1.0 is negative" in traceback.read_text()
+
+
+@pytest.mark.slow
+def test_the_own_loop_example_runs_and_exp_train_reproduces_its_best_trial(project: Path, exp) -> None:  # type: ignore[no-untyped-def]
+    exp(
+        "search",
+        "studies/own_loop.py",
+        "--trials",
+        "2",
+        "--set",
+        "epochs=2",
+        "--set",
+        "subset=200",
+        check=True,
+    )
+    study = optuna.load_study(study_name="own_loop", storage=f"sqlite:///{project}/optuna.db")
+    assert len(study.trials) == 2 and all(t.state.name == "COMPLETE" for t in study.trials)
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    for trial in study.trials:
+        run = client.get_run(trial.user_attrs[records.RUN_ID_ATTR])
+        assert {"lr", "hidden", "dropout"} <= set(run.data.params)
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == [1, 2] and history[-1].value == trial.value
+    exp("export", "own_loop", "--out", "best", check=True)
+    (exported,) = (project / "best").iterdir()
+    trained = exp("train", str(exported), check=True)
+    assert (
+        f"val_accuracy: trial {study.best_value:.6g}, this run {study.best_value:.6g} (identical)"
+        in trained.stdout
+    )
