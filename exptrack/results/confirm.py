@@ -30,6 +30,7 @@ from exptrack.stores.url import resolve_tracking
 from exptrack.tracking import queries, runs
 from exptrack.tracking.tracker import Tracker
 from exptrack.training import fit
+from exptrack.training import objective as objectives
 
 TEST_OF = {"val_accuracy": "test_accuracy", "val_loss": "test_loss"}  # a val metric's test twin
 MAX_SEEDS = 1000  # 1,000 trainings per config is a week of 10-minute runs; 10**9 is a typo
@@ -171,8 +172,9 @@ def _train(
         study_name, trial.number, seed, config.flat_params(), cfg.dump_yaml(config, provenance)
     )
     run_id = runs.open_confirm_run(tracker, opened, facts)
+    reporter = train_run.RunReporter(tracker, run_id, warn)  # scores the test split at the end
     try:
-        result = fit.fit(config, train_run.RunReporter(tracker, run_id), warn, test=True)
+        final = objectives.finetune(config, reporter)
     except Exception as exc:
         runs.fail_run(tracker, run_id, failure_reason(exc))
         warn(f"trial {trial.number} seed {seed} failed ({failure_reason(exc)}); left out of the summary")
@@ -180,9 +182,9 @@ def _train(
     except BaseException as exc:
         runs.fail_run(tracker, run_id, failure_reason(exc))
         raise
-    tracker.log_epoch(run_id, len(result.history), result.test)
-    runs.finish_run(tracker, run_id, "COMPLETE", {}, result.profile)
-    figures = {k: v for k, v in {**result.final, **result.test}.items() if k != "epoch"}
+    tracker.log_epoch(run_id, reporter.epochs, reporter.test)
+    runs.finish_run(tracker, run_id, "COMPLETE", {}, reporter.figures)
+    figures = {**final, **reporter.test}
     return Repeat(trial.number, seed, figures, run_id, new=True)
 
 
