@@ -189,3 +189,10 @@ PROVENANCE_VERSIONS = "versions"
 PROVENANCE_CONFIRMED = CONFIRMED_ATTR  # what `exp confirm` measured of the trial's config, when it has
 PROVENANCE_STUDY_FILE = STUDY_FILE_ATTR  # in an exported file: the study file that registers its names
 TORCH_THREADS = "torch_threads"  # a profiling figure, and the provenance key `exp train` applies
+
+# --- tidying studies (`exp studies rm|rename|copy`, `exp trials drop`) -----------------------------
+COPY_OF_TAG = "exptrack.copy_of"  # on a copied study's runs: the run it was copied from
+COPY_DONE_TAG = "exptrack.copy_complete"  # set last on a copied run: one without it is redone
+COPIED_FROM_ATTR = "copied_from"  # on a copied study: the study (name) it was copied from
+# on a dropped trial (`exp trials drop`): when and why; the trial is FAIL, kept for its number
+DROPPED_ATTR = "dropped"

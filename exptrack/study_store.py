@@ -127,6 +127,12 @@ def counted_trials(study: optuna.Study) -> int:
     return sum(not out_of_memory(t) for t in ended)
 
 
+def kept(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials not dropped by `exp trials drop` (FAIL and marked, kept only for their numbers):
+    what every results table shows."""
+    return [t for t in trials if records.DROPPED_ATTR not in t.user_attrs]
+
+
 def violations(trial: FrozenTrial) -> dict[str, float]:
     """{constraint: violation} the search stored on the trial with Optuna's `set_constraint`
     (> 0: broken by that much); {} for a trial without constraint values."""

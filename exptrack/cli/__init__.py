@@ -18,7 +18,7 @@ import typer
 import typer.core
 
 from exptrack import processes
-from exptrack.cli import results_commands, search_commands
+from exptrack.cli import manage_commands, results_commands, search_commands
 from exptrack.cli.options import err, registered_names
 from exptrack.errors import UserError, one_line, redact, unexpected_line
 from exptrack.search import signals
@@ -50,7 +50,25 @@ class _Command(typer.core.TyperCommand):
 
 
 class _Group(typer.core.TyperGroup, _Command):
-    """The `exp` group itself, with the same flags' help (--version, --debug, --help)."""
+    """The `exp` group itself, with the same flags' help (--version, --debug, --help), its
+    commands listed in the order a user works (typer would list the groups last)."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
+
+
+class _DefaultGroup(typer.core.TyperGroup):
+    """`exp studies` and `exp trials`: a first word that names none of the subcommands (`rm`,
+    `drop`, ...) runs the group's default command with every word, so `exp trials finetune
+    --sort value` and `exp studies --format json` (and `--help`) read as before."""
+
+    default_command = "list"
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not args or args[0] not in self.commands:
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
 
 
 app = typer.Typer(
@@ -89,18 +107,42 @@ def _commands(
 
 
 # In the order a user works: tune, look, export, re-run, report, browse; then every study.
+ORDER = ("search", "trials", "export", "train", "report", "ui", "studies", "sync")
 for _command in (
     search_commands.search,
-    results_commands.trials,
     results_commands.export,
     results_commands.train,
     results_commands.confirm,
     results_commands.report,
     results_commands.ui,
-    results_commands.studies,
     search_commands.sync,
 ):
     app.command(cls=_Command)(_command)
+
+
+def _group(name: str, help_text: str, default: Any, **commands: Any) -> None:
+    """`exp NAME`: its default command (listing, as before) and the subcommands that tidy."""
+    group = typer.Typer(cls=_DefaultGroup, help=help_text, context_settings=app.info.context_settings)
+    group.command("list", cls=_Command, hidden=True)(default)
+    for sub, function in commands.items():
+        group.command(sub, cls=_Command)(function)
+    app.add_typer(group, name=name)
+
+
+_group(
+    "trials",
+    "Table of a study's trials (exp trials NAME); exp trials drop NAME N... drops trials.",
+    results_commands.trials,
+    drop=manage_commands.drop,
+)
+_group(
+    "studies",
+    "The studies in a storage (exp studies); exp studies rm | rename | copy tidies one.",
+    results_commands.studies,
+    rm=manage_commands.rm,
+    rename=manage_commands.rename,
+    copy=manage_commands.copy,
+)
 
 
 def main() -> None:

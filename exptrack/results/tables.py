@@ -52,7 +52,7 @@ def trials_frame(study: optuna.Study, runs: list[Any], costs: bool = False) -> p
     values = value_columns(study)
     shown_costs = [m for m in COST_COLUMNS if m not in values] if costs else []
     profile = [m for m in PROFILE_METRICS if m not in values and m not in shown_costs]
-    trials = study.get_trials(deepcopy=False)
+    trials = study_store.kept(study.get_trials(deepcopy=False))
     rows = [_trial_row(t, values, by_trial.get(t.number), [*shown_costs, *profile]) for t in trials]
     mixed = [key for key in mixed_fixed(trials) if key != "weights"]  # weights: a column of its own
     for row, trial in zip(rows, trials, strict=True):  # a mixed study shows what differs
@@ -210,7 +210,7 @@ def studies_frame(
     rows = []
     for summary in optuna.get_all_study_summaries(storage=opened, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=opened)
-        trials = study.get_trials(deepcopy=False)
+        trials = study_store.kept(study.get_trials(deepcopy=False))
         row: dict[str, Any] = {
             "study": summary.study_name,
             "direction": ",".join(d.name.lower() for d in study.directions),

@@ -50,3 +50,47 @@ def trial_id(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> int:
 def stale_trial_ids(study: optuna.Study) -> list[int]:
     """Running trials whose heartbeat is older than the grace period (Optuna's own test)."""
     return list(study._storage._get_stale_trial_ids(study._study_id))  # type: ignore[attr-defined]
+
+
+def rename_study(storage: Any, old: str, new: str) -> None:
+    """Rename a stored study in one transaction (Optuna has no rename): its id, trials and their
+    numbers stay, so every link to them (run ids, `trial-007`) holds. An existing `new` is refused
+    by the table's unique name before anything changes."""
+    from optuna.storages._rdb import models
+
+    rdb = getattr(storage, "_backend", storage)
+    session = rdb.scoped_session()
+    try:
+        study = models.StudyModel.find_or_raise_by_name(old, session)
+        study.study_name = new
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        rdb.scoped_session.remove()
+
+
+def retire_trials(storage: Any, trial_ids: list[int], key: str, value_json: str) -> None:
+    """Mark finished trials FAIL and give each the user attr `key` (a JSON text), all in one
+    transaction: Optuna refuses to change a finished trial and has no trial delete, and a FAIL
+    trial is one no sampler learns from and no budget counts, while its number stays taken."""
+    from optuna.storages._rdb import models
+
+    rdb = getattr(storage, "_backend", storage)
+    session = rdb.scoped_session()
+    try:
+        for trial_id in trial_ids:
+            trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+            trial.state = optuna.trial.TrialState.FAIL
+            attr = models.TrialUserAttributeModel.find_by_trial_and_key(trial, key, session)
+            if attr is None:
+                session.add(models.TrialUserAttributeModel(trial_id=trial_id, key=key, value_json=value_json))
+            else:
+                attr.value_json = value_json
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        rdb.scoped_session.remove()

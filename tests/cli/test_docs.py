@@ -119,8 +119,12 @@ def test_every_quoted_command_names_real_flags(page: Path) -> None:
             assert name.lstrip("[").split("]")[0] in {*options, "-h"}, command
             continue
         assert name in group.commands, f"{page.name}: `{command}`: no command {name!r}"  # type: ignore[attr-defined]
-        known = {o for p in group.commands[name].params for o in (*p.opts, *p.secondary_opts)}  # type: ignore[attr-defined]
-        for flag in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", " ".join(words[2:])):
+        found, rest = group.commands[name], words[2:]  # type: ignore[attr-defined]
+        if hasattr(found, "commands"):  # `exp studies rm ...`, or the group's default (`exp studies`)
+            sub = rest[0] if rest and rest[0] in found.commands else found.default_command
+            found, rest = found.commands[sub], rest[1:] if rest and rest[0] == sub else rest
+        known = {o for p in found.params for o in (*p.opts, *p.secondary_opts)}
+        for flag in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", " ".join(rest)):
             assert flag in known | options | {"-h"}, f"{page.name}: `{command}`: {name} has no {flag}"
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 
 from exptrack.stores import optuna_private
 from exptrack.stores.optuna_storage import ResilientStorage, open_storage
@@ -21,8 +22,14 @@ def study(tmp_path: Path) -> optuna.Study:
 
 
 def test_every_storage_call_the_outage_wrapper_names_exists_on_optunas_rdb_storage() -> None:
-    missing = [n for n in optuna_private.storage_calls() if not callable(getattr(optuna.storages.RDBStorage, n, None))]
-    assert missing == [], f"optuna {optuna.__version__} has no RDBStorage.{missing}: update stores/optuna_private.py"
+    missing = [
+        n
+        for n in optuna_private.storage_calls()
+        if not callable(getattr(optuna.storages.RDBStorage, n, None))
+    ]
+    assert missing == [], (
+        f"optuna {optuna.__version__} has no RDBStorage.{missing}: update stores/optuna_private.py"
+    )
     wrapped = [n for n in optuna_private.storage_calls() if getattr(ResilientStorage, n).__wrapped__ is None]
     assert wrapped == []
 
@@ -30,13 +37,19 @@ def test_every_storage_call_the_outage_wrapper_names_exists_on_optunas_rdb_stora
 def test_a_study_exposes_its_storage_and_ids_where_optuna_private_reads_them(study: optuna.Study) -> None:
     assert optuna_private.storage_of(study) is not None, "Study._storage"
     assert isinstance(optuna_private.rdb_storage_of(study), ResilientStorage), "Study._storage._backend"
-    assert optuna_private.study_id(study) == optuna_private.storage_of(study).get_study_id_from_name("contract")
+    assert optuna_private.study_id(study) == optuna_private.storage_of(study).get_study_id_from_name(
+        "contract"
+    )
     trial = study.ask()
     frozen = study.trials[0]
-    assert optuna_private.trial_id(trial) == optuna_private.trial_id(frozen), "Trial._trial_id / FrozenTrial._trial_id"
+    assert optuna_private.trial_id(trial) == optuna_private.trial_id(frozen), (
+        "Trial._trial_id / FrozenTrial._trial_id"
+    )
 
 
-def test_the_heartbeat_and_its_stale_trial_query_work_as_optuna_private_calls_them(study: optuna.Study) -> None:
+def test_the_heartbeat_and_its_stale_trial_query_work_as_optuna_private_calls_them(
+    study: optuna.Study,
+) -> None:
     trial = study.ask()
     optuna_private.storage_of(study).record_heartbeat(optuna_private.trial_id(trial))
     assert optuna_private.stale_trial_ids(study) == []  # beat just now, grace period 60 s
@@ -46,3 +59,28 @@ def test_the_heartbeat_and_its_stale_trial_query_work_as_optuna_private_calls_th
     assert optuna_private.stale_trial_ids(optuna.load_study(study_name="contract", storage=stale_view)) == [
         optuna_private.trial_id(trial)
     ]
+
+
+def test_a_study_renamed_in_place_keeps_its_id_trials_and_numbers(study: optuna.Study) -> None:
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    storage = optuna_private.rdb_storage_of(study)
+    optuna_private.rename_study(storage, "contract", "renamed")
+    again = optuna.load_study(study_name="renamed", storage=storage)
+    assert optuna_private.study_id(again) == optuna_private.study_id(study)
+    assert [t.number for t in again.trials] == [0, 1]
+    optuna.create_study(study_name="taken", storage=storage)
+    with pytest.raises(sqlalchemy.exc.IntegrityError):  # the table's unique name refuses it, nothing changes
+        optuna_private.rename_study(storage, "renamed", "taken")
+    assert {s.study_name for s in storage.get_all_studies()} == {"renamed", "taken"}
+
+
+def test_retired_trials_are_fail_marked_and_the_next_trial_takes_a_new_number(study: optuna.Study) -> None:
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    storage = optuna_private.rdb_storage_of(study)
+    optuna_private.retire_trials(
+        storage, [optuna_private.trial_id(study.trials[0])], "dropped", '{"at": "now"}'
+    )
+    again = optuna.load_study(study_name="contract", storage=storage)
+    assert [t.state.name for t in again.trials] == ["FAIL", "COMPLETE"]
+    assert again.trials[0].user_attrs["dropped"] == {"at": "now"} and again.trials[0].value is not None
+    assert again.ask().number == 2
