@@ -19,7 +19,6 @@ import os
 import signal
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -260,31 +259,12 @@ def drop(
         chosen = [t for t in trials if t.number in numbers or (test is not None and test(t))]
         if target.tracker is not None and chosen:
             found = study_runs.find(target.tracker, name, target.uid, target.run_ids(chosen))
-            study_runs.delete(target.tracker, _runs_of(found, chosen), target.wrote)
+            ids = {str(t.user_attrs.get(records.RUN_ID_ATTR)) for t in chosen}
+            runs = study_runs.of_trials(found, {t.number for t in chosen}, ids)
+            study_runs.delete(target.tracker, runs, target.wrote)
         note = json.dumps({"at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
         optuna_private.retire_trials(
             target.storage, [optuna_private.trial_id(t) for t in chosen], records.DROPPED_ATTR, note
         )
         target.wrote()
         return [t.number for t in chosen]
-
-
-def _runs_of(found: study_runs.StudyRuns, chosen: list[FrozenTrial]) -> list[Any]:
-    """The chosen trials' runs (by the trial's link or its number under the parent) and the
-    `exp train` runs reproducing them."""
-    ids = {str(t.user_attrs.get(records.RUN_ID_ATTR)) for t in chosen}
-    numbers = {str(t.number) for t in chosen}
-    trial_runs = [
-        r
-        for r in found.trials
-        if r.info.run_id in ids
-        or (
-            r.data.tags.get(records.ROLE_TAG) == records.ROLE_TRIAL
-            and r.data.tags.get(records.TRIAL_TAG) in numbers
-        )
-    ]
-    sources = {r.info.run_id for r in trial_runs}
-    return [
-        *(r for r in found.reproductions if r.data.tags.get(records.SOURCE_RUN_TAG) in sources),
-        *trial_runs,
-    ]

@@ -63,6 +63,23 @@ def find(tracker: Tracker, name: str, uid: str | None, run_ids: Iterable[str] = 
     return StudyRuns(str(experiment.experiment_id), parents, trials, reproductions, others)
 
 
+def of_trials(found: StudyRuns, numbers: set[int], run_ids: set[str]) -> list[Any]:
+    """The runs of some trials (named by the trial, or by number under the study's parent) and
+    the `exp train` runs reproducing them, reproductions first."""
+    shown = {str(n) for n in numbers}
+    trial_runs = [
+        r
+        for r in found.trials
+        if r.info.run_id in run_ids
+        or (r.data.tags.get(ROLE_TAG) == records.ROLE_TRIAL and r.data.tags.get(records.TRIAL_TAG) in shown)
+    ]
+    sources = {r.info.run_id for r in trial_runs}
+    return [
+        *(r for r in found.reproductions if r.data.tags.get(records.SOURCE_RUN_TAG) in sources),
+        *trial_runs,
+    ]
+
+
 def _belongs(parent: Any, name: str, uid: str | None) -> bool:
     """Is `parent` this study's run: tagged with its uid (a study older than the uid tag: its
     untagged run of that name)?"""
