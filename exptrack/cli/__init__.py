@@ -107,7 +107,7 @@ def _commands(
 
 
 # In the order a user works: tune, look, export, re-run, report, browse; then every study.
-ORDER = ("search", "trials", "export", "train", "report", "ui", "studies", "sync")
+ORDER = ("search", "trials", "export", "train", "confirm", "report", "ui", "studies", "sync")
 for _command in (
     search_commands.search,
     results_commands.export,
