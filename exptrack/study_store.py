@@ -19,12 +19,56 @@ from optuna.trial import FrozenTrial, TrialState
 from exptrack import records
 
 
+class _Text:
+    """A text the search filed on a trial under `key`; None where it filed none."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __get__(self, record: TrialRecord, owner: type | None = None) -> str | None:
+        stored = record.trial.user_attrs.get(self.key)
+        return None if stored is None else str(stored)
+
+
+class _Mapping:
+    """A mapping the search filed on a trial under `key`, as a copy; {} where it filed none."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __get__(self, record: TrialRecord, owner: type | None = None) -> dict[str, Any]:
+        stored = record.trial.user_attrs.get(self.key)
+        return dict(stored) if isinstance(stored, dict) else {}
+
+
+class _Count:
+    """A positive whole number the search filed on a trial under `key`; None where it filed none."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __get__(self, record: TrialRecord, owner: type | None = None) -> int | None:
+        stored = record.trial.user_attrs.get(self.key)
+        return stored if isinstance(stored, int) and not isinstance(stored, bool) and stored > 0 else None
+
+
 @dataclasses.dataclass(frozen=True)
 class TrialRecord:
     """What the search filed on one Optuna trial, typed: readers ask `record(trial).run_id`, never
     `trial.user_attrs[...]`, so a key's spelling and its value's type live here and in `records`."""
 
     trial: FrozenTrial
+    config = _Mapping(records.CONFIG_ATTR)  # the whole `TrialConfig` as a dict; {} before sampling
+    costs = _Mapping(records.PROFILE_ATTR)  # `FitResult.profile`: seconds, samples/s, memory, MFU
+    run_id = _Text(records.RUN_ID_ATTR)
+    fail_reason = _Text(records.FAIL_REASON_ATTR)
+    retry_of = _Text(records.RETRY_ATTR)  # the number of the killed trial this one repeats
+    worker = _Text(records.WORKER_ATTR)  # the process that ran it, host:pid:start-time
+    # the weights asked for when they could not be had (its config says what it trained from)
+    weights_requested = _Text(records.WEIGHTS_REQUESTED)
+    classes = _Count(records.CLASSES_ATTR)  # its dataset's class count: chance accuracy is 1 / classes
+    # its validation split's size: a val_accuracy's binomial error is sqrt(p(1-p)/n)
+    val_samples = _Count(records.VAL_SAMPLES_ATTR)
 
     @property
     def number(self) -> int:
@@ -37,74 +81,20 @@ class TrialRecord:
         return TrialState.FAIL if out_of_memory(self.trial) else self.trial.state
 
     @property
-    def config(self) -> dict[str, Any]:
-        """The trial's whole `TrialConfig` as a dict; {} before it was sampled."""
-        stored = self._attr(records.CONFIG_ATTR)
-        return dict(stored) if isinstance(stored, dict) else {}
-
-    @property
     def has_config(self) -> bool:
-        return isinstance(self._attr(records.CONFIG_ATTR), dict)
-
-    @property
-    def run_id(self) -> str | None:
-        return self._text(records.RUN_ID_ATTR)
-
-    @property
-    def costs(self) -> dict[str, Any]:
-        """Its profiling figures (`FitResult.profile`): seconds, samples/s, memory, MFU, ..."""
-        stored = self._attr(records.PROFILE_ATTR)
-        return dict(stored) if isinstance(stored, dict) else {}
+        return isinstance(self.trial.user_attrs.get(records.CONFIG_ATTR), dict)
 
     @property
     def has_costs(self) -> bool:
-        return isinstance(self._attr(records.PROFILE_ATTR), dict)
-
-    @property
-    def fail_reason(self) -> str | None:
-        return self._text(records.FAIL_REASON_ATTR)
-
-    @property
-    def retry_of(self) -> str | None:
-        """The number of the killed trial this one repeats."""
-        return self._text(records.RETRY_ATTR)
+        return isinstance(self.trial.user_attrs.get(records.PROFILE_ATTR), dict)
 
     @property
     def is_retry(self) -> bool:
         return records.RETRY_ATTR in self.trial.user_attrs
 
     @property
-    def worker(self) -> str | None:
-        """The process that ran it, host:pid:start-time."""
-        return self._text(records.WORKER_ATTR)
-
-    @property
-    def weights_requested(self) -> str | None:
-        """The weights asked for when they could not be had (its config says what it trained from)."""
-        return self._text(records.WEIGHTS_REQUESTED)
-
-    @property
-    def val_samples(self) -> int | None:
-        """Its validation split's size: a val_accuracy's binomial error is sqrt(p(1-p)/n)."""
-        stored = self._attr(records.VAL_SAMPLES_ATTR)
-        return stored if isinstance(stored, int) and stored > 0 else None
-
-    @property
-    def classes(self) -> int | None:
-        """Its dataset's class count: chance accuracy is 1 / classes."""
-        stored = self._attr(records.CLASSES_ATTR)
-        return stored if isinstance(stored, int) and stored > 0 else None
-
-    @property
     def feasible(self) -> bool:
         return is_feasible(self.trial)
-
-    def _attr(self, key: str) -> Any:
-        return self.trial.user_attrs.get(key)
-
-    def _text(self, key: str) -> str | None:
-        stored = self._attr(key)
-        return None if stored is None else str(stored)
 
 
 def record(trial: FrozenTrial) -> TrialRecord:
