@@ -301,6 +301,11 @@ def _sub_key(key: str, sub: Any, source: str) -> str:
     return sub
 
 
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool, which Python counts as an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def parse_number(value: Any) -> Any:
     """YAML 1.1 reads `1e-3` (no dot) as a string; users write it, so take it as a float. Anything
     that is not such a string comes back unchanged, for the caller's own type check."""

@@ -161,8 +161,7 @@ def check_provenance(provenance: Mapping[str, Any], where: str) -> None:
         cfg.check_text(str(run_id), f"{where} {records.PROVENANCE_RUN_ID}")
     value = provenance.get(records.PROVENANCE_VALUE)
     values = value if isinstance(value, list) else [value]
-    finite = all(isinstance(v, int | float) and type(v) is not bool and math.isfinite(v) for v in values)
-    if value is not None and not finite:
+    if value is not None and not all(cfg.is_number(v) for v in values):
         raise UserError(f"{where} {records.PROVENANCE_VALUE} must be a finite number, got {cfg.shown(value)}")
 
 

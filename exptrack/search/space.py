@@ -185,13 +185,13 @@ def _parse_range(name: str, field: str, kind: Kind, spec: dict[str, Any], where:
     log, step = bool(spec.get("log", False)), cfg.parse_number(spec.get("step"))
     if high == STAGES and field == FREEZE_DEPTH and kind is Kind.INT:
         high = math.inf
-    elif not is_number(high):
+    elif not cfg.is_number(high):
         raise UserError(
             f"{where}: high must be a number"
             + (f" (or {STAGES}, for {FREEZE_DEPTH})" if kind is Kind.INT else "")
             + f", got {high!r}"
         )
-    if not is_number(low):
+    if not cfg.is_number(low):
         raise UserError(f"{where}: low must be a number, got {low!r}")
     if kind is Kind.INT and not (float(low).is_integer() and (math.isinf(high) or float(high).is_integer())):
         raise UserError(f"{where}: int bounds must be whole numbers, got {bounds!r}")
@@ -201,7 +201,7 @@ def _parse_range(name: str, field: str, kind: Kind, spec: dict[str, Any], where:
         raise UserError(f"{where}: log scale needs low > 0, got {low}; raise low or drop log")
     if log and step is not None:
         raise UserError(f"{where}: log and step cannot be combined; keep one")
-    if step is not None and (not is_number(step) or step <= 0):
+    if step is not None and (not cfg.is_number(step) or step <= 0):
         raise UserError(f"{where}: step must be a positive number, got {step!r}")
     if not own:
         _check_field_kind(field, kind, where)
@@ -229,7 +229,7 @@ def _parse_choice(name: str, field: str, spec: dict[str, Any], where: str, sourc
     if field == LOSS and not own:
         for option in options:
             losses.loss_parameters(str(option))  # raises for an unknown loss
-    if all(is_number(o) for o in options):
+    if all(cfg.is_number(o) for o in options):
         # In numeric order: plots that place a choice by its index (optuna-dashboard's slice and
         # parallel coordinates) then show batch sizes 32 < 64 < 128 whatever order the file lists.
         options = sorted(options)
@@ -308,11 +308,6 @@ def ends(param: Param) -> list[Any]:
     if param.step is not None:
         high = low + (high - low) // param.step * param.step
     return [low, high]
-
-
-def is_number(value: Any) -> bool:
-    """A finite int or float (not a bool, which Python counts as an int)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # --- sampling --------------------------------------------------------------------------------
