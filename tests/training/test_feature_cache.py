@@ -67,6 +67,7 @@ def test_shallower_features_seed_a_deeper_depth_with_the_same_metrics() -> None:
     assert deeper.history[0] == pytest.approx(plain.history[0], rel=REL)
 
 
+@pytest.mark.slow  # trains two trials
 def test_augmented_training_and_nothing_frozen_train_on_the_plain_path_and_say_why() -> None:
     assert _fit(TINY.replace(freeze_depth=2, augment=True)).profile[records.FEATURE_CACHE] == "off:augment"
     assert _fit(TINY.replace(freeze_depth=0)).profile[records.FEATURE_CACHE] == "off:nothing_frozen"
@@ -85,6 +86,7 @@ def test_features_over_the_memory_budget_fall_back_to_the_plain_path_with_one_li
     assert "budget" in line and feature_cache.BUDGET_ENV in line and "plain path" in line
 
 
+@pytest.mark.slow  # trains several trials
 def test_other_weights_or_another_image_size_never_hit(tmp_path: Path) -> None:
     config = TINY.replace(freeze_depth=2, epochs=1)
     assert _fit(config).profile[records.FEATURE_CACHE] == "miss"
@@ -100,6 +102,7 @@ def test_other_weights_or_another_image_size_never_hit(tmp_path: Path) -> None:
     assert _fit(config.replace(seed=1)).profile[records.FEATURE_CACHE] == "miss"
 
 
+@pytest.mark.slow  # builds every backbone
 def test_every_backbones_runners_compose_to_its_forward() -> None:
     for name, spec in backbones.BACKBONES.items():
         if spec.runners is None:

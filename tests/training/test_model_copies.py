@@ -28,6 +28,7 @@ def _history(config: TrialConfig) -> list[dict[str, float]]:
     return fit.fit(config, warn=lambda line: None).history
 
 
+@pytest.mark.slow  # trains several trials
 def test_trials_from_a_copy_train_exactly_as_from_a_new_build() -> None:
     config = TINY.replace(freeze_depth=0)  # every stage trains: the whole copy is used
     built = _history(config)

@@ -69,6 +69,7 @@ class Facts:
         return False
 
 
+@pytest.mark.slow  # trains three trials
 def test_fit_records_the_split_and_scores_the_test_split_only_when_asked() -> None:
     config = TrialConfig(**TINY)  # type: ignore[arg-type]
     trial, standalone = Facts(), Facts()

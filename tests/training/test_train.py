@@ -65,6 +65,7 @@ def test_a_reporter_asking_to_stop_ends_training_after_that_epoch() -> None:
     assert result.stopped_early and len(result.history) == 1 and len(reporter.epochs) == 1
 
 
+@pytest.mark.slow  # trains two trials
 def test_the_same_config_and_seed_train_to_the_same_metrics() -> None:
     first = fit.fit(TINY.replace(epochs=1), warn=lambda _: None).final
     second = fit.fit(TINY.replace(epochs=1), warn=lambda _: None).final
@@ -76,6 +77,7 @@ def test_a_diverging_learning_rate_stops_with_a_non_finite_loss_error() -> None:
         fit.fit(TINY.replace(lr=1e12, epochs=1), warn=lambda _: None)
 
 
+@pytest.mark.slow  # trains two trials
 def test_memory_figures_are_each_trials_own_peak_not_the_processes_high_water_mark() -> None:
     # resnet18 activations at 96 px, batch 128: a few hundred MB; at 16 px, batch 64: a few MB
     big = fit.fit(TINY.replace(epochs=1, subset=256, image_size=96, batch_size=128), warn=lambda _: None)
@@ -86,6 +88,7 @@ def test_memory_figures_are_each_trials_own_peak_not_the_processes_high_water_ma
     assert "process_peak_rss_mb" not in small.profile
 
 
+@pytest.mark.slow  # trains two trials
 def test_a_processes_warm_up_step_leaves_no_trace_on_the_first_trials_results() -> None:
     fit._WARM.clear()  # this fit is the process's first of resnet18 on the CPU: it warms up first
     warmed = fit.fit(TINY.replace(epochs=1), warn=lambda _: None)
