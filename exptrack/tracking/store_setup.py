@@ -78,9 +78,9 @@ def _build(url: str) -> None:
     """A new store, from a copy of this MLflow's migrated schema when one can be kept (see
     `migrated_schema`): MLflow opens the copy as any store whose tables exist, adding its Default
     experiment dated now, so the store is the one its migrations would have made."""
-    schema_copy = migrated_schema()
-    if schema_copy is not None:
-        shutil.copyfile(schema_copy, parse(url).path)  # type: ignore[arg-type]  (a sqlite URL)
+    schema_copy, path = migrated_schema(), parse(url).path
+    if schema_copy is not None and path is not None:  # `path` is None only for a server's URL
+        shutil.copyfile(schema_copy, path)
     _create(url).engine.dispose()  # close the file before it is linked into place
 
 
