@@ -7,6 +7,7 @@ The search builds one per trial, `training.fit.fit` takes only this, `exp export
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -45,8 +46,7 @@ RUN_ONLY_FIELDS = ("device", "batching", "num_workers", "compile", "download")
 LEGACY_VALUES: dict[str, Any] = {"test_fraction": 0.0}
 
 
-# Upper bounds on the fields that can exhaust a machine (memory, processes, time); each field
-# says why its figure was chosen. The README's "Bad input" lists them too.
+# Upper bounds on fields that can exhaust a machine (each says why its figure); docs/failures.md too.
 MAX_IMAGE_SIZE = 1024
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 65_536
@@ -310,10 +310,8 @@ def parse_number(value: Any) -> Any:
     """YAML 1.1 reads `1e-3` (no dot) as a string; users write it, so take it as a float. Anything
     that is not such a string comes back unchanged, for the caller's own type check."""
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             return float(value)
-        except ValueError:
-            return value
     return value
 
 
