@@ -68,7 +68,7 @@ def sleeping_fit(seconds: float):  # type: ignore[no-untyped-def]
     from exptrack import records
     from exptrack.training import fit, profiling
 
-    def fit_asleep(config, reporter=None, warn=print, trace_dir=None):  # type: ignore[no-untyped-def]
+    def fit_asleep(config, reporter=None, *_, **__):  # type: ignore[no-untyped-def]  # as fit.fit is called
         reporter = reporter or fit.NullReporter()
         memory = profiling.TrialMemory(torch.device("cpu"))
         reporter.on_setup(_sleeping_facts(config))
