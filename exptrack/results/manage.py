@@ -19,11 +19,12 @@ import os
 import signal
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from exptrack import records
+from exptrack import records, study_store
 from exptrack.errors import UserError, redact
 from exptrack.processes import owner_is_dead
 from exptrack.results import where as where_filter
@@ -168,7 +169,7 @@ def copy_study(
     tracking_uri: str | None,
     warn: Callable[[str], None],
 ) -> int:
-    """Copy the study's finished trials (those `where` selects) to `new`, with copies of their
+    """Copy the study's finished trials not dropped (those `where` selects) to `new`, with copies of their
     runs under a new parent run; how many trials. The copy is built as `NEW/copy-in-progress` and
     renamed into place last, so NEW exists whole or not at all; a rerun redoes what is missing."""
     test = where_filter.parse(where) if where else None
@@ -176,7 +177,9 @@ def copy_study(
     with opened(name, storage, tracking_uri, warn, force=True) as target:
         _check_new(target, new)
         chosen = [
-            t for t in target.study.get_trials(deepcopy=False, states=FINISHED) if test is None or test(t)
+            t
+            for t in study_store.kept(target.study.get_trials(deepcopy=False, states=FINISHED))
+            if test is None or test(t)
         ]
         # the copy's own uid, the same on a rerun: its MLflow runs are found again by it
         uid = uuid.uuid5(uuid.NAMESPACE_URL, f"exptrack:{target.uid or name}/{new}").hex
@@ -215,6 +218,10 @@ def _copy_optuna(target: Target, new: str, uid: str, chosen: list[FrozenTrial], 
     for key, value in store.get_study_system_attrs(optuna_private.study_id(source)).items():
         store.set_study_system_attr(made_id, key, value)
     attrs = {**source.user_attrs, records.STUDY_UID_ATTR: uid, records.COPIED_FROM_ATTR: target.name}
+    # `exp confirm`'s figures are keyed by trial number, and the copy numbers its trials again
+    renumbered = {str(t.number): str(new_number) for new_number, t in enumerate(chosen)}
+    if records.CONFIRMED_ATTR in attrs:
+        attrs[records.CONFIRMED_ATTR] = _confirmed(source, renumbered)
     for key, value in attrs.items():
         store.set_study_user_attr(made_id, key, value)
     target.wrote()
@@ -262,9 +269,22 @@ def drop(
             ids = {str(t.user_attrs.get(records.RUN_ID_ATTR)) for t in chosen}
             runs = study_runs.of_trials(found, {t.number for t in chosen}, ids)
             study_runs.delete(target.tracker, runs, target.wrote)
+        dropped = {t.number for t in chosen}
+        kept = {str(t.number): str(t.number) for t in trials if t.number not in dropped}
+        if records.CONFIRMED_ATTR in target.study.user_attrs:  # a dropped trial's figures go too
+            target.storage.set_study_user_attr(
+                optuna_private.study_id(target.study), records.CONFIRMED_ATTR, _confirmed(target.study, kept)
+            )
+            target.wrote()
         note = json.dumps({"at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
         optuna_private.retire_trials(
             target.storage, [optuna_private.trial_id(t) for t in chosen], records.DROPPED_ATTR, note
         )
         target.wrote()
         return [t.number for t in chosen]
+
+
+def _confirmed(study: optuna.Study, renumbered: dict[str, str]) -> dict[str, Any]:
+    """`exp confirm`'s figures of the trials in `renumbered` (old number -> new), under the new."""
+    confirmed = study.user_attrs.get(records.CONFIRMED_ATTR) or {}
+    return {renumbered[k]: v for k, v in confirmed.items() if k in renumbered}

@@ -64,14 +64,18 @@ def find(tracker: Tracker, name: str, uid: str | None, run_ids: Iterable[str] = 
 
 
 def of_trials(found: StudyRuns, numbers: set[int], run_ids: set[str]) -> list[Any]:
-    """The runs of some trials (named by the trial, or by number under the study's parent) and
-    the `exp train` runs reproducing them, reproductions first."""
+    """The runs of some trials (named by the trial, or by number under the study's parent), the
+    `exp confirm` repeats of their configs and the `exp train` runs reproducing them, those first."""
     shown = {str(n) for n in numbers}
     trial_runs = [
         r
         for r in found.trials
         if r.info.run_id in run_ids
         or (r.data.tags.get(ROLE_TAG) == records.ROLE_TRIAL and r.data.tags.get(records.TRIAL_TAG) in shown)
+        or (
+            r.data.tags.get(ROLE_TAG) == records.ROLE_CONFIRM
+            and r.data.tags.get(records.CONFIRMS_TAG) in shown
+        )
     ]
     sources = {r.info.run_id for r in trial_runs}
     return [
