@@ -191,3 +191,28 @@ def test_two_hosts_through_a_killed_server_one_rerun_leaves_one_run_per_trial(
         _assert_whole(found, server.uri, 6)
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_workers_through_a_killed_server_exit_3_from_the_coordinator_and_exp_sync_writes_it_all(
+    project: Path, server: MlflowServer
+) -> None:
+    """`--workers 2`: each worker keeps its own journal and exits 3 silently; the coordinator's
+    last line counts every worker's pending trials, and `exp sync` writes them all."""
+    search = start_search(
+        project, "--trials", "4", "--workers", "2", "--tracking-uri", server.uri,
+        faults="1:gate", gate_dir=project, env=FAST_HTTP,
+    )  # fmt: skip
+    wait_for(lambda: (project / "waiting-1").exists(), "trial 1 to train", 300, search)
+    _kill(server)
+    (project / "go-1").touch()
+    _, err = search.communicate(timeout=400)
+    assert search.returncode == 3, err
+    last = err.strip().splitlines()[-1]
+    assert " trial(s)' records are pending in " in last and "exp sync faulty" in last, last
+    assert len(list((project / "exptrack-journal" / "faulty").glob("*.jsonl"))) >= 1
+    server.start()
+    done = run_exp(project, "sync", "faulty", "--tracking-uri", server.uri)
+    assert done.returncode == 0, done.stderr
+    _assert_whole(trials(project), server.uri, 4)
+    assert not (project / "exptrack-journal").exists()  # every journal written and removed
