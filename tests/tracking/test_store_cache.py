@@ -15,11 +15,18 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from exptrack.tracking import store_setup
 
 
-def _schema(path: Path) -> set[tuple[str, str]]:
-    """Every table, index and trigger with its SQL, and alembic's revision."""
+def _schema(path: Path) -> set[tuple[str, frozenset[str]]]:
+    """Every table, index and trigger with the clauses of its SQL, and alembic's revision. Clauses,
+    not text: MLflow's own migrations order a recreated table's constraints by string hashing
+    (`runs` differs between two fresh stores under two PYTHONHASHSEEDs)."""
     with sqlite3.connect(path) as db:
-        found = set(db.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
-        found |= {("revision", r) for (r,) in db.execute("SELECT version_num FROM alembic_version")}
+        rows = db.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL")
+        found = {
+            (name, frozenset(line.strip().rstrip(",") for line in sql.split("\n"))) for name, sql in rows
+        }
+        found |= {
+            ("revision", frozenset({r})) for (r,) in db.execute("SELECT version_num FROM alembic_version")
+        }
     return found
 
 
