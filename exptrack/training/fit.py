@@ -30,6 +30,7 @@ from exptrack.training import (
     feature_cache,
     flops,
     losses,
+    optimizers,
     progress,
     tracing,
     weights,
@@ -122,7 +123,7 @@ def fit(
         _compiled_step(config, cache.net),
         built.frozen_modules,
         losses.build_loss(config.loss, config.loss_params),
-        _optimizer(config, model, device),
+        optimizers.build(config, model, device),
         amp,
         Profile(device),
         # FLOPs depend on the architecture, what is frozen and the input shape (added per batch)
@@ -293,25 +294,6 @@ def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type == "cuda":
         return model.to(device).to(memory_format=torch.channels_last)
     return model.to(device)
-
-
-_FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # torch >= 2.4 has a fused AdamW kernel for both
-
-
-def _optimizer(config: TrialConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.lr, weight_decay=config.weight_decay, momentum=0.9, nesterov=True
-        )
-    # adamw, fused where torch has the kernel (CPU and CUDA): one pass over all parameters instead
-    # of several ops per tensor. resnet18's 11.2M parameters on 2 loaded CPU cores: 176 ms a step
-    # fused against 1,159 ms for the default per-tensor loop and 604 ms for foreach (min of 5x10
-    # steps; benchmarks/study_vs_baseline.py measures it per freeze depth); elsewhere foreach
-    fused = device.type in _FUSED_ADAMW_DEVICES
-    return torch.optim.AdamW(
-        params, lr=config.lr, weight_decay=config.weight_decay, fused=fused, foreach=None if fused else True
-    )
 
 
 def _compiled_step(config: TrialConfig, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -18,7 +18,8 @@ from exptrack.search import loop
 from exptrack.search.loop import Search
 from exptrack.search.options import SearchOptions
 from exptrack.search.study_run import StudyRun
-from exptrack.search.trial import TrialReporter, run_trial
+from exptrack.search.trial import run_trial
+from exptrack.search.trial_reporter import TrialReporter
 from exptrack.study import load_study_file
 from exptrack.tracking.tracker import Tracker
 from tests.conftest import REPO
