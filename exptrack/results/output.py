@@ -62,7 +62,16 @@ def make_directory(out: Path, flag: str) -> None:
 
 
 def write_file(path: Path, text: str, flag: str) -> None:
-    """`text` into `path` through a temporary file in the same directory, renamed over `path`."""
+    """`text` into `path` through a temporary file in the same directory, renamed over `path`;
+    into a device or a pipe (`/dev/null`, `/dev/stdout`, a FIFO) directly: a rename would put a
+    plain file in its place (as root, `--out /dev/null` replaced the machine's /dev/null)."""
+    if _is_special(path):
+        try:
+            with open(path, "w", encoding="utf-8") as file:
+                file.write(text)
+        except OSError as exc:
+            raise UserError(f"{flag} {path}: cannot write it ({_why(exc)}); pass a path you can write") from exc
+        return
     try:
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.", suffix=".tmp")
     except OSError as exc:  # /proc/self: ENOENT; a read-only or full file system
@@ -76,6 +85,16 @@ def write_file(path: Path, text: str, flag: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise UserError(f"{flag} {path}: cannot write it ({_why(exc)}); pass a path you can write") from exc
+
+
+def _is_special(path: Path) -> bool:
+    """Something at `path` (not a link: a link is replaced, never written through) that is neither
+    a regular file nor a directory: a character or block device, a FIFO, a socket."""
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode))
 
 
 def _umask() -> int:
