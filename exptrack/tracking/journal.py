@@ -16,6 +16,7 @@ Layout: `<folder of the sqlite Optuna store, else the working directory>/exptrac
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -26,6 +27,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from exptrack.stores.faults import RESUME
+from exptrack.stores.locks import StoreFull
 from exptrack.stores.url import parse
 
 FOLDER = "exptrack-journal"
@@ -68,8 +71,10 @@ class Journal:
         makes it survive a power cut moments later (`sync` waits for that)."""
         line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
         with self.lock:
-            self.file.write(line)
-            self.file.flush()
+            try:
+                self.file.write(line)
+            except OSError as exc:
+                raise _fault(exc, self.folder) from exc
             self._track(record)
             if record["k"] in (MLFLOW_DONE, OPTUNA_DONE) and self.file.tell() > COMPACT_AT_BYTES:
                 self._compact()
@@ -88,11 +93,13 @@ class Journal:
             os.close(fd)
 
     def _sync_loop(self) -> None:
-        """The background fsync: one for every burst of records (group commit)."""
+        """The background fsync: one for every burst of records (group commit). Its failure (a
+        full disk) is the next append's to say, in one line."""
         while not self._closing:
             self._dirty.wait()
             self._dirty.clear()
-            self.sync()
+            with contextlib.suppress(OSError):
+                self.sync()
 
     def _track(self, record: Mapping[str, Any]) -> None:
         owed = self.open_trials.setdefault(int(record["n"]), set())
@@ -154,9 +161,20 @@ def remove_empty(folder: Path) -> None:
             empty.rmdir()
 
 
+def _fault(exc: OSError, folder: Path) -> Exception:
+    """A full disk as the stores say it (one line, exit 2: `StoreFull`); any other error as it is."""
+    if exc.errno != errno.ENOSPC:
+        return exc
+    return StoreFull(
+        f"tracking journal {folder}: the disk is full ({exc.strerror}); not waited out: free space "
+        f"on the disk of {folder} and {RESUME}"
+    )
+
+
 def _open_locked(path: Path) -> IO[bytes]:
-    """Open `path` for appending under an exclusive flock held while this process lives."""
-    file = open(path, "ab")  # noqa: SIM115 - the journal keeps it open for the process's life
+    """Open `path` for appending under an exclusive flock held while this process lives; unbuffered,
+    so a write the disk refuses leaves nothing behind to fail again at close."""
+    file = open(path, "ab", buffering=0)  # noqa: SIM115 - the journal keeps it open for the process's life
     fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     return file
 
@@ -216,16 +234,32 @@ def orphans(folder: Path, mine: Journal | None = None) -> Iterator[list[Path]]:
 
 
 def pending_elsewhere(folder: Path, mine: Journal | None = None) -> dict[int, set[str]]:
-    """Trial -> stores owed, over every journal in `folder` but `mine` (live writers' included)."""
+    """Trial -> stores owed, over every journal in `folder` but `mine` and those another live
+    process still writes: its trials in flight are its own to finish and report (another search of
+    the same study name on another storage in this folder, another worker still training)."""
     owing: dict[int, set[str]] = {}
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        if mine is not None and path == mine.path:
+        if (mine is not None and path == mine.path) or _written_by_another_live_process(path):
             continue
         for number, records in by_trial(read(path)).items():
             left = owed(records)
             if left:
                 owing.setdefault(number, set()).update(left)
     return owing
+
+
+def _written_by_another_live_process(path: Path) -> bool:
+    """Another process holds the journal's flock (this process's own file is never skipped)."""
+    if path.name == f"{os.uname().nodename}-{os.getpid()}.jsonl":
+        return False
+    try:
+        with open(path, "rb") as file:
+            fcntl.flock(file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except FileNotFoundError:  # written and removed meanwhile
+        return False
+    return False
 
 
 def append_to(path: Path, record: Mapping[str, Any]) -> None:
