@@ -7,9 +7,11 @@ are rebuilt from Optuna's record, and the command says what could not be restore
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,43 +156,90 @@ def test_a_server_frozen_mid_study_is_written_as_soon_as_it_answers_and_exits_0(
     assert "MLflow writes failed" in err and "the journal wrote them once the store answered again" in err
 
 
-@pytest.mark.slow
-def test_two_hosts_through_a_killed_server_one_rerun_leaves_one_run_per_trial(
+@pytest.fixture
+def two_hosts(
     postgres: PostgresServer, tmp_path: Path
-) -> None:
-    """Two simulated hosts (own hostname, working directory and $TMPDIR) on one PostgreSQL study and
-    one PostgreSQL-backed server, SIGKILLed while each trains its 2nd trial: both finish the budget
-    (exit 3). One re-run on one host: its own journal is replayed, the other host's trials (whose
-    journal it cannot see) are rebuilt from Optuna."""
-    storage = postgres.create_database("journal_two_hosts")
-    server = MlflowPgServer(
-        postgres.create_database("journal_two_hosts_mlflow"), tmp_path / "mlflow" / "artifacts"
-    )
+) -> Iterator[tuple[MlflowPgServer, dict[str, str], list[Host]]]:
+    """Two simulated hosts (own hostname, working directory and $TMPDIR) on one PostgreSQL study
+    and one PostgreSQL-backed `mlflow server`: the server, the stores' environment, the hosts."""
+    name = f"journal_{next(_DATABASES)}"
+    storage = postgres.create_database(name)
+    server = MlflowPgServer(postgres.create_database(f"{name}_mlflow"), tmp_path / "mlflow" / "artifacts")
     server.start()
     try:
         stores = {"OPTUNA_STORAGE": storage, "MLFLOW_TRACKING_URI": server.uri, **FAST_HTTP}
-        hosts = [Host(name, tmp_path) for name in ("alpha", "beta")]
-        searches = [host.search("--trials", "6", faults="1:gate", env=stores) for host in hosts]
-        for host, search in zip(hosts, searches, strict=True):
-            wait_for(
-                lambda host=host: (host.cwd / "waiting-1").exists(), f"{host.name}'s 2nd trial", 300, search
-            )
-        _kill(server)
-        for host in hosts:
-            (host.cwd / "go-1").touch()
-        for search in searches:
-            _, err = search.communicate(timeout=400)
-            assert search.returncode == 3, err
-            assert "records are pending in " in err.strip().splitlines()[-1]
-        server.start()
-        again = hosts[0].search("--trials", "6", env=stores)
-        _, err = again.communicate(timeout=400)
-        assert again.returncode == 0, err
-        assert "from their Optuna records" in err  # beta's trials: its journal is on its own disk
-        found = optuna.load_study(study_name="faulty", storage=storage).get_trials()
-        _assert_whole(found, server.uri, 6)
+        yield server, stores, [Host(host, tmp_path) for host in ("alpha", "beta")]
     finally:
+        if server.process is not None and server.process.poll() is None:
+            os.killpg(server.process.pid, signal.SIGCONT)
         server.stop()
+
+
+_DATABASES = itertools.count()
+
+
+def _at_gate(hosts: list[Host], searches: list[subprocess.Popen[str]], gate: int) -> None:
+    for host, search in zip(hosts, searches, strict=True):
+        wait_for(
+            lambda host=host: (host.cwd / f"waiting-{gate}").exists(),
+            f"{host.name}'s gate {gate}",
+            300,
+            search,
+        )
+
+
+def _open_gate(hosts: list[Host], gate: int) -> None:
+    for host in hosts:
+        (host.cwd / f"go-{gate}").touch()
+
+
+@pytest.mark.slow
+def test_two_hosts_through_a_killed_server_one_rerun_leaves_one_run_per_trial(
+    two_hosts: tuple[MlflowPgServer, dict[str, str], list[Host]],
+) -> None:
+    """The server SIGKILLed while each host trains its 2nd trial: both finish the budget (exit 3).
+    One re-run on one host: its own journal is replayed, the other host's trials (whose journal it
+    cannot see) are rebuilt from Optuna."""
+    server, stores, hosts = two_hosts
+    searches = [host.search("--trials", "6", faults="1:gate", env=stores) for host in hosts]
+    _at_gate(hosts, searches, 1)
+    _kill(server)
+    _open_gate(hosts, 1)
+    for search in searches:
+        _, err = search.communicate(timeout=400)
+        assert search.returncode == 3, err
+        assert "records are pending in " in err.strip().splitlines()[-1]
+    server.start()
+    again = hosts[0].search("--trials", "6", env=stores)
+    _, err = again.communicate(timeout=400)
+    assert again.returncode == 0, err
+    assert "from their Optuna records" in err  # beta's trials: its journal is on its own disk
+    found = optuna.load_study(study_name="faulty", storage=stores["OPTUNA_STORAGE"]).get_trials()
+    _assert_whole(found, server.uri, 6)
+
+
+@pytest.mark.slow
+def test_two_hosts_through_a_frozen_server_write_every_record_once_it_answers_and_exit_0(
+    two_hosts: tuple[MlflowPgServer, dict[str, str], list[Host]],
+) -> None:
+    """The server SIGSTOPped while each host trains its 2nd trial and SIGCONTed while each trains
+    its 3rd: each host's journal writes what the frozen server could not take as soon as it
+    answers, so both exit 0 with every record in place and no re-run."""
+    server, stores, hosts = two_hosts
+    assert server.process is not None
+    searches = [host.search("--trials", "6", faults="1:gate,2:gate", env=stores) for host in hosts]
+    _at_gate(hosts, searches, 1)
+    os.killpg(server.process.pid, signal.SIGSTOP)
+    _open_gate(hosts, 1)
+    _at_gate(hosts, searches, 2)
+    os.killpg(server.process.pid, signal.SIGCONT)
+    _open_gate(hosts, 2)
+    for search in searches:
+        _, err = search.communicate(timeout=400)
+        assert search.returncode == 0, err
+        assert "the journal wrote them once the store answered again" in err
+    found = optuna.load_study(study_name="faulty", storage=stores["OPTUNA_STORAGE"]).get_trials()
+    _assert_whole(found, server.uri, 6)
 
 
 @pytest.mark.slow
