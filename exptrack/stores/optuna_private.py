@@ -6,7 +6,8 @@ call, instead of a search in the middle of a study; pyproject pins optuna to the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
@@ -58,17 +59,8 @@ def rename_study(storage: Any, old: str, new: str) -> None:
     by the table's unique name before anything changes."""
     from optuna.storages._rdb import models
 
-    rdb = getattr(storage, "_backend", storage)
-    session = rdb.scoped_session()
-    try:
-        study = models.StudyModel.find_or_raise_by_name(old, session)
-        study.study_name = new
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        rdb.scoped_session.remove()
+    with _transaction(storage) as session:
+        models.StudyModel.find_or_raise_by_name(old, session).study_name = new
 
 
 def retire_trials(storage: Any, trial_ids: list[int], key: str, value_json: str) -> None:
@@ -77,9 +69,7 @@ def retire_trials(storage: Any, trial_ids: list[int], key: str, value_json: str)
     trial is one no sampler learns from and no budget counts, while its number stays taken."""
     from optuna.storages._rdb import models
 
-    rdb = getattr(storage, "_backend", storage)
-    session = rdb.scoped_session()
-    try:
+    with _transaction(storage) as session:
         for trial_id in trial_ids:
             trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
             trial.state = optuna.trial.TrialState.FAIL
@@ -88,6 +78,17 @@ def retire_trials(storage: Any, trial_ids: list[int], key: str, value_json: str)
                 session.add(models.TrialUserAttributeModel(trial_id=trial_id, key=key, value_json=value_json))
             else:
                 attr.value_json = value_json
+
+
+@contextlib.contextmanager
+def _transaction(storage: Any) -> Iterator[Any]:
+    """One session of the RDB storage under `storage` (a cached one's too), committed whole or
+    rolled back. Not Optuna's `_create_scoped_session`: it turns a driver's error into
+    StorageInternalError, which would hide a full disk or an outage from `stores.faults`."""
+    rdb = getattr(storage, "_backend", storage)
+    session = rdb.scoped_session()
+    try:
+        yield session
         session.commit()
     except BaseException:
         session.rollback()
