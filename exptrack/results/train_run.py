@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import platform
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -248,12 +247,12 @@ def _call(
     standalone run is where the held-out test figures are read (`reporter.score_test`)."""
     if not profile:
         return objective(config, reporter)
-    with tempfile.TemporaryDirectory(prefix="exptrack-trace-") as folder:
-        reporter.trace_dir = Path(folder)
-        try:
-            return objective(config, reporter)
-        finally:
-            reporter.tracker.log_folder(reporter.run_id, Path(folder), records.PROFILE_DIR)
+    return objectives.call_traced(
+        objective,
+        config,
+        reporter,
+        lambda folder: reporter.tracker.log_folder(reporter.run_id, folder, records.PROFILE_DIR),
+    )
 
 
 def _log_model(

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import math
 import platform
-import tempfile
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -146,13 +145,13 @@ def _call(
     objective = ctx.spec.objective_function() or objectives.finetune
     if not traced or ctx.tracker is None or run_id is None:
         return objective(config, reporter)
-    with tempfile.TemporaryDirectory(prefix="exptrack-trace-") as folder:
-        reporter.trace_dir = Path(folder)
-        try:
-            return objective(config, reporter)
-        finally:
-            reporter.log.files(Path(folder), records.PROFILE_DIR)
-            ctx.tracker.log_folder(run_id, Path(folder), records.PROFILE_DIR)
+    tracker = ctx.tracker
+
+    def keep_trace(folder: Path) -> None:
+        reporter.log.files(folder, records.PROFILE_DIR)
+        tracker.log_folder(run_id, folder, records.PROFILE_DIR)
+
+    return objectives.call_traced(objective, config, reporter, keep_trace)
 
 
 def _start_run(

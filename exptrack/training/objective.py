@@ -9,6 +9,7 @@ params, telling Optuna, failures), so a training function never imports optuna o
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +42,22 @@ class Reporter(Protocol):
 # A training function: the trial's config (its own parameters in `config.params`) and a
 # reporter; it returns the study's metric, a dict of metrics, or None (the last report's).
 Objective = Callable[[TrialConfig, Reporter], Any]
+
+
+def call_traced(
+    objective: Callable[[TrialConfig, Any], Any],
+    config: TrialConfig,
+    reporter: Reporter,
+    keep_trace: Callable[[Path], None],
+) -> Any:
+    """`objective(config, reporter)` with a temporary trace folder in `reporter.trace_dir`, handed
+    to `keep_trace` (to log under `profile/`) also when training fails: an OOM's trace helps."""
+    with tempfile.TemporaryDirectory(prefix="exptrack-trace-") as folder:
+        reporter.trace_dir = Path(folder)
+        try:
+            return objective(config, reporter)
+        finally:
+            keep_trace(Path(folder))
 
 
 def final_values(returned: Any, last_report: Mapping[str, float], metric: str) -> dict[str, float]:
