@@ -35,7 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -116,6 +118,154 @@ def _sleeping_facts(config) -> dict[str, object]:  # type: ignore[no-untyped-def
     }
 
 
+class StoreCalls:
+    """What this worker process asks of the stores, counted as it happens: each HTTP request to the
+    tracking server by method and endpoint (`requests.Session.request`, which MLflow's REST client
+    and its artifact uploads both go through), each Optuna storage call made from outside the
+    storage (`optuna_private.storage_calls()`: each is one transaction or more; the heartbeat
+    thread's included) and each SQL statement the Optuna database is sent. Wrappers that count and
+    pass through: every call still reaches the real store."""
+
+    def __init__(self) -> None:
+        import collections
+        import threading
+
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.lock, self.depth = threading.Lock(), threading.local()
+
+    @classmethod
+    def installed(cls) -> StoreCalls:
+        """The process's counter, installed once (the warm-up's worker and the fork's share it)."""
+        global _CALLS
+        if _CALLS is None:
+            _CALLS = cls()
+            _CALLS.install()
+        return _CALLS
+
+    def add(self, key: str, n: int = 1) -> None:
+        with self.lock:
+            self.counts[key] += n
+
+    @contextlib.contextmanager
+    def cpu(self, kind: str) -> Iterator[None]:
+        """The calling thread's CPU inside the block, in µs, under `cpu <kind>`."""
+        start = time.thread_time_ns()
+        try:
+            yield
+        finally:
+            self.add(f"cpu {kind}", (time.thread_time_ns() - start) // 1000)
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self.counts)
+
+    def install(self) -> None:
+        import requests
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+        from sqlalchemy.pool import Pool
+
+        from exptrack.stores import optuna_private
+        from exptrack.stores.optuna_storage import ResilientStorage
+
+        plain_request = requests.Session.request
+
+        def request(session, method, url, *args, **kwargs):  # type: ignore[no-untyped-def]
+            self.add(f"http {method.upper()} {_endpoint(str(url))}")
+            with self.cpu("http"):
+                return plain_request(session, method, url, *args, **kwargs)
+
+        requests.Session.request = request  # type: ignore[method-assign]
+        for name in optuna_private.storage_calls():
+            setattr(ResilientStorage, name, self._counted(name, getattr(ResilientStorage, name)))
+
+        @event.listens_for(Engine, "before_cursor_execute")
+        def statement(conn, cursor, text, *_):  # type: ignore[no-untyped-def]
+            if "optuna" in str(conn.engine.url.database):
+                self.add(f"sql {text.split(None, 1)[0].upper()}")
+
+        @event.listens_for(Engine, "commit")
+        def commit(conn):  # type: ignore[no-untyped-def]
+            if "optuna" in str(conn.engine.url.database):
+                self.add("sql COMMIT")
+
+        @event.listens_for(Engine, "rollback")
+        def rollback(conn):  # type: ignore[no-untyped-def]
+            if "optuna" in str(conn.engine.url.database):
+                self.add("sql ROLLBACK")
+
+        @event.listens_for(Pool, "checkout")
+        def checkout(dbapi_connection, record, proxy):  # type: ignore[no-untyped-def]
+            self.add("sql checkout (pre-ping)")  # one ping round trip per checkout (pool_pre_ping)
+
+    def _counted(self, name: str, method):  # type: ignore[no-untyped-def]
+        import functools
+
+        @functools.wraps(method)
+        def call(storage, *args, **kwargs):  # type: ignore[no-untyped-def]
+            depth = getattr(self.depth, "n", 0)
+            if depth == 0:  # a storage method calling another is one round trip of its caller's
+                self.add(f"optuna {name}")
+            self.depth.n = depth + 1
+            try:
+                with self.cpu(f"optuna {name}") if depth == 0 else contextlib.nullcontext():
+                    return method(storage, *args, **kwargs)
+            finally:
+                self.depth.n = depth
+
+        return call
+
+
+_CALLS: StoreCalls | None = None
+
+
+def calls_per_trial(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Each call's mean count per trial: the trial's own (ask to closed run) plus the loop's
+    between it and the next trial (over the trials that have a next one)."""
+    means: dict[str, float] = {}
+    for part in ("calls", "between"):
+        having = [r[part] for r in records if part in r]
+        for key in {k for counts in having for k in counts}:
+            means[key] = means.get(key, 0.0) + sum(c.get(key, 0) for c in having) / len(having)
+    return dict(sorted(means.items()))
+
+
+def calls_line(means: dict[str, float]) -> str:
+    """Per trial: HTTP requests, Optuna storage calls, SQL statements, the worker's CPU in the
+    first two; then each call (the CPU of each Optuna call in ms)."""
+    total = {
+        kind: sum(v for k, v in means.items() if k.startswith(kind)) for kind in ("http", "optuna", "sql")
+    }
+    cpu = {
+        kind: sum(v for k, v in means.items() if k.startswith(f"cpu {kind}")) / 1000
+        for kind in ("http", "optuna")
+    }
+    each = ", ".join(
+        f"{k} {v:.2f}" + (f" ({means[f'cpu {k}'] / 1000:.1f} ms)" if f"cpu {k}" in means else "")
+        for k, v in means.items()
+        if not k.startswith("cpu")
+    )
+    return (
+        f"per trial: {total['http']:.1f} HTTP requests ({cpu['http']:.0f} ms of the worker's CPU in them), "
+        f"{total['optuna']:.1f} Optuna storage calls ({cpu['optuna']:.0f} ms), "
+        f"{total['sql']:.1f} SQL statements to the Optuna db ({each})"
+    )
+
+
+def _endpoint(url: str) -> str:
+    """`/api/2.0/mlflow/runs/log-batch` -> `runs/log-batch`; an artifact's upload -> `artifacts`."""
+    from urllib.parse import urlparse
+
+    path = urlparse(url).path
+    if "/mlflow-artifacts/" in path:
+        return "mlflow-artifacts (upload)"
+    return path.split("/mlflow/", 1)[-1]
+
+
+def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
 def worker_process(args: WorkerArgs) -> None:
     """Import what a worker needs, fork `copies - 1` more of it, wait for `go`, then `worker`."""
     if args.copies > 1:
@@ -165,8 +315,10 @@ def worker(args: WorkerArgs) -> None:
     from exptrack.search.run import run_search
     from exptrack.training import fit
 
-    records: list[dict[str, float]] = []
+    records: list[dict[str, Any]] = []
     fit_seconds, fit_cpu = [0.0], [0.0]
+    calls = StoreCalls.installed()
+    ended: list[dict[str, int]] = []  # the counts when the previous trial ended
     real_fit = fit.fit
     plain_fit = sleeping_fit(args.sleep) if args.kind == "sleep" else real_fit
     plain_run_one = loop.run_one
@@ -180,14 +332,21 @@ def worker(args: WorkerArgs) -> None:
 
     def timed_run_one(*args, **kwargs):  # type: ignore[no-untyped-def]
         fit_seconds[0] = fit_cpu[0] = 0.0
+        counted = calls.snapshot()
+        if ended and records:  # the loop's own calls between two trials go to the one before
+            records[-1]["between"] = _delta(counted, ended[-1])
         start, cpu = time.perf_counter(), time.process_time()
         outcome = plain_run_one(*args, **kwargs)
         if outcome is not None:
             wall = time.perf_counter() - start
             store_cpu = time.process_time() - cpu - fit_cpu[0]  # all this process's threads
+            ended.append(calls.snapshot())
             records.append(
-                {"start": time.time() - wall, "wall": wall, "fit": fit_seconds[0], "cpu": store_cpu}
-            )
+                {
+                    "start": time.time() - wall, "wall": wall, "fit": fit_seconds[0], "cpu": store_cpu,
+                    "calls": _delta(ended[-1], counted),
+                }
+            )  # fmt: skip
         return outcome
 
     fit.fit, loop.run_one = timed_fit, timed_run_one
@@ -256,7 +415,8 @@ def measure(
 ) -> str:
     """Run `workers` workers to `template.trials` trials; one line of figures, and a check nothing
     was lost. `count_connections()`, sampled while they run, gives (Optuna's, MLflow's) open
-    connections; `servers_cpu()` the CPU seconds the store servers have used so far. The wall
+    connections; `servers_cpu()` the CPU seconds PostgreSQL and the tracking server have used so
+    far (two figures). The wall
     time counts from the moment all workers were ready."""
     import optuna
     from mlflow import MlflowClient
@@ -265,7 +425,7 @@ def measure(
     processes = start_workers(workers, dataclasses.replace(template, go=str(go)), folder, forked)
     _release(processes, go, workers)
     started, load = time.monotonic(), os.getloadavg()[0]
-    servers_before = servers_cpu() if servers_cpu else 0.0
+    servers_before = servers_cpu() if servers_cpu else (0.0, 0.0)
     peak = (0, 0)
     while any(p.poll() is None for p in processes):
         if count_connections is not None:
@@ -273,7 +433,11 @@ def measure(
         time.sleep(0.2)
     assert all(p.returncode == 0 for p in processes), f"a worker failed ({backend})"
     wall = time.monotonic() - started
-    servers = (servers_cpu() - servers_before) / trials if servers_cpu else None
+    servers = None
+    if servers_cpu:
+        servers = [
+            (after - before) / trials for after, before in zip(servers_cpu(), servers_before, strict=True)
+        ]
     records = [r for path in folder.glob("worker-*.json") for r in json.loads(path.read_text())]
     store = [r["wall"] - r["fit"] for r in records]
     span = max(r["start"] + r["wall"] for r in records) - min(r["start"] for r in records)
@@ -290,8 +454,14 @@ def measure(
         f"of it the worker's CPU {1000 * statistics.median(r['cpu'] for r in records):4.0f} ms; fit median {statistics.median(r['fit'] for r in records):.2f} s; "
         f"{trials / span:5.2f} trials/s while trials ran ({wall:.0f} s); {lost}"
         + (f"; peak connections: Optuna db {peak[0]}, MLflow db {peak[1]}" if count_connections else "")
-        + (f"; servers' CPU per trial {1000 * servers:.0f} ms" if servers is not None else "")
+        + (
+            f"; servers' CPU per trial {1000 * sum(servers):.0f} ms (PostgreSQL {1000 * servers[0]:.0f}, "
+            f"mlflow server {1000 * servers[1]:.0f})"
+            if servers is not None
+            else ""
+        )
         + f"; load average {load:.1f} at start, {os.getloadavg()[0]:.1f} at end"
+        + f"\n{'':10} {calls_line(calls_per_trial(records))}"
     )
 
 
@@ -408,8 +578,8 @@ def main() -> None:
                         def counter() -> tuple[int, int]:
                             return postgres.connections(optuna_db), postgres.connections(mlflow_db)  # noqa: B023
 
-                        def servers() -> float:
-                            return _tree_cpu(postgres.postmaster_pid()) + _tree_cpu(server.process.pid)  # noqa: B023
+                        def servers() -> tuple[float, float]:
+                            return _tree_cpu(postgres.postmaster_pid()), _tree_cpu(server.process.pid)  # noqa: B023
 
                     trials = args.trials or max(64, 4 * int(count))  # a few trials each, not just the first
                     template = WorkerArgs(
