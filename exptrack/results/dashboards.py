@@ -115,7 +115,7 @@ def publish(
         return None
     run_id = queries.study_run_id(tracker, study_name, study.user_attrs.get(records.STUDY_UID_ATTR))
     for name, content in files.items():
-        tracker.log_content(run_id, content, name)
+        tracker.artifacts.content(run_id, content, name)
     return run_id if run_id and not tracker.failures else None
 
 

@@ -205,7 +205,7 @@ def reproduce(
     experiment = str(provenance.get(records.PROVENANCE_STUDY) or DEFAULT_EXPERIMENT)
     opened = runs.open_train_run(tracker, experiment, path, provenance, {**config.flat_params(), **note})
     experiment_id, run_id = opened.experiment_id, opened.run_id
-    tracker.log_text(run_id, cfg.dump_yaml(config, provenance), records.CONFIG_ARTIFACT)
+    tracker.artifacts.text(run_id, cfg.dump_yaml(config, provenance), records.CONFIG_ARTIFACT)
     tracker.watch_system(run_id, records.system_node(platform.node(), profiling.physical_gpu(config.device)))
     reporter = RunReporter(tracker, run_id, warn)
     metric = study.metric if study is not None else "value"
@@ -251,7 +251,7 @@ def _call(
         objective,
         config,
         reporter,
-        lambda folder: reporter.tracker.log_folder(reporter.run_id, folder, records.PROFILE_DIR),
+        lambda folder: reporter.tracker.artifacts.folder(reporter.run_id, folder, records.PROFILE_DIR),
     )
 
 

@@ -80,7 +80,7 @@ class Dashboard:
             return
         self.rendered_at = time.monotonic()
         for name, content in self.render(study).items():
-            self.tracker.log_content(self.run_id, content, name)
+            self.tracker.artifacts.content(self.run_id, content, name)
 
 
 def close_if_last(

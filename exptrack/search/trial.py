@@ -149,7 +149,7 @@ def _call(
 
     def keep_trace(folder: Path) -> None:
         reporter.log.files(folder, records.PROFILE_DIR)
-        tracker.log_folder(run_id, folder, records.PROFILE_DIR)
+        tracker.artifacts.folder(run_id, folder, records.PROFILE_DIR)
 
     return objectives.call_traced(objective, config, reporter, keep_trace)
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from exptrack import records as keys
-from exptrack.tracking.tracker import Tracker, _tags, log_dataset_input
+from exptrack.tracking.dataset_inputs import log_dataset_input
+from exptrack.tracking.tracker import Tracker, _tags
 
 Record = dict[str, Any]
 

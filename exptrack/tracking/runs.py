@@ -151,7 +151,7 @@ def open_trial_run(tracker: Tracker, study: OpenedRun, trial: TrialFacts) -> str
     if run_id is None:
         return None
     tracker.log_later(run_id, params=trial.params)
-    tracker.text_later(
+    tracker.artifacts.text_later(
         run_id, trial.config_yaml, records.CONFIG_ARTIFACT, f"log the config of trial {trial.number}"
     )
     if trial.node_id is not None:
@@ -223,7 +223,7 @@ def fail_run(
     tags = fail_tags(reason, out_of_memory)
     tracker.log(run_id, tags=tags)
     if traceback is not None:
-        tracker.log_text(run_id, redact(traceback), records.TRACEBACK_ARTIFACT)
+        tracker.artifacts.text(run_id, redact(traceback), records.TRACEBACK_ARTIFACT)
     tracker.close_run(run_id, "FAIL", {})
 
 
@@ -296,7 +296,7 @@ def open_confirm_run(tracker: Tracker, study: OpenedRun, repeat: RepeatFacts) ->
     name = f"confirm-{records.trial_run_name(repeat.number)}-seed-{repeat.seed}"
     run_id = tracker.client.create_run(study.experiment_id, run_name=name, tags=tags).info.run_id
     tracker.log(run_id, params=repeat.params)
-    tracker.log_text(run_id, repeat.config_yaml, records.CONFIG_ARTIFACT)
+    tracker.artifacts.text(run_id, repeat.config_yaml, records.CONFIG_ARTIFACT)
     return str(run_id)
 
 
@@ -316,7 +316,7 @@ def close_dead_confirm_runs(tracker: Tracker, runs: Sequence[Any]) -> list[str]:
 def record_confirmation(tracker: Tracker, study_run_id: str, summary: str, table_csv: str) -> None:
     """`exp confirm`'s verdict and per-config lines as a tag on the study run, its table as an artifact."""
     tracker.log(study_run_id, tags={records.CONFIRM_SUMMARY_TAG: summary})
-    tracker.log_text(study_run_id, table_csv, records.CONFIRM_ARTIFACT)
+    tracker.artifacts.text(study_run_id, table_csv, records.CONFIRM_ARTIFACT)
 
 
 def close_stale_run(tracker: Tracker, run_id: str, status: str, reason: str) -> None:

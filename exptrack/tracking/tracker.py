@@ -1,28 +1,28 @@
-"""The `Tracker`: MLflow writes by explicit run id (metrics, params, tags, artifacts, a run's
-close), the tracking URI it resolves, and the guard that keeps a tracking failure from stopping
-training: each call is guarded, the failure counted, and `failures` reported at the end.
+"""The `Tracker`: MLflow writes by explicit run id (metrics, params, tags, a run's close), the
+tracking URI it resolves, and the guard that keeps a tracking failure from stopping training: each
+call is guarded, the failure counted, and `failures` reported at the end.
 
 `MlflowClient` with explicit run ids (never the fluent `mlflow.start_run` globals, which break as
 soon as two trials run at once). Which runs exist and how they are tagged is `runs`' (the domain
 API); reads are `queries`'; a run's writes queue on the `writer`'s thread; `system_metrics` samples
-the machine. `close_run` waits for the queued writes before it closes the run.
+the machine; a run's files go through `artifacts` (`tracker.artifacts`), its dataset input through
+`dataset_inputs`. `close_run` waits for the queued writes before it closes the run.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from exptrack import records
 from exptrack.errors import UserError, first_line, redact
 from exptrack.stores.url import parse, resolve_tracking
 from exptrack.tracking import store_setup
+from exptrack.tracking.artifacts import Artifacts
+from exptrack.tracking.dataset_inputs import log_dataset_input
 from exptrack.tracking.system_metrics import SystemMetrics
 from exptrack.tracking.writer import BackgroundWriter
 
@@ -60,6 +60,7 @@ class Tracker:
         self.failures: list[str] = []
         self.writer = BackgroundWriter(self.guard)
         self.system = SystemMetrics(self.uri, self.guard)
+        self.artifacts = Artifacts(self.client, self.guard, self.writer)
 
     @contextlib.contextmanager
     def guard(self, what: str) -> Iterator[None]:
@@ -123,10 +124,6 @@ class Tracker:
         if run_id is not None:
             self.writer.later(run_id, "log to run", self.log, run_id, params=params, tags=tags)
 
-    def text_later(self, run_id: str, text: str, artifact_file: str, what: str) -> None:
-        """`log_text`, on the background writer (`what`: its failure's name)."""
-        self.writer.later(run_id, what, self.client.log_text, run_id, text, artifact_file)
-
     def log_epoch(self, run_id: str | None, epoch: int, metrics: Mapping[str, float]) -> None:
         """One epoch's metrics, asynchronously: training does not wait for the store."""
         if run_id is not None:
@@ -142,29 +139,6 @@ class Tracker:
         self.log_later(run_id, tags=records.setup_tags(dict(facts)))
         if records.DATASET_FACT in facts:
             self.writer.later(run_id, "log the dataset input", log_dataset_input, self.client, run_id, facts)
-
-    def log_text(self, run_id: str | None, text: str, artifact_file: str) -> None:
-        """A text file as an artifact (config.yaml, a traceback, the dashboard page)."""
-        if run_id is not None:
-            with self.guard(f"log {artifact_file}"):
-                self.client.log_text(run_id, text, artifact_file)
-
-    def log_content(self, run_id: str | None, content: str | bytes, artifact_file: str) -> None:
-        """Text or bytes (the dashboard's page and its PNG) as the artifact `artifact_file`."""
-        if isinstance(content, str):
-            self.log_text(run_id, content, artifact_file)
-            return
-        if run_id is not None:
-            with self.guard(f"log {artifact_file}"), tempfile.TemporaryDirectory() as folder:
-                (Path(folder) / artifact_file).write_bytes(content)
-                self.client.log_artifact(run_id, str(Path(folder) / artifact_file))
-
-    def log_folder(self, run_id: str | None, folder: Path, artifact_path: str) -> None:
-        """Every file in `folder` as an artifact under `artifact_path` (a trace, its table)."""
-        if run_id is None or not any(folder.iterdir()):
-            return
-        with self.guard(f"log {artifact_path}/"):
-            self.client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
 
     def watch_system(self, run_id: str | None, node_id: str) -> None:
         """Sample the machine onto the run as `system/<node id>/...` until it closes."""
@@ -199,35 +173,3 @@ def _metrics(values: Mapping[str, float], step: int) -> list[Any]:
 
     now = int(time.time() * 1000)
     return [Metric(key, float(value), now, step) for key, value in values.items()]
-
-
-def log_dataset_input(client: Any, run_id: str, facts: Mapping[str, Any]) -> None:
-    """The run's dataset as its MLflow input: name and digest, sizes as its profile. Idempotent
-    across hosts: two runs logging one new dataset at once race on MLflow's insert of it (the
-    loser's transaction fails on `dataset_pk`, UNIQUE on experiment, name and digest), so the
-    loser logs again and links the dataset the winner stored."""
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
-    spec = str(facts[records.DATASET_FACT])  # digits, imagefolder:/data/pets, ...
-    sizes = {key: facts[key] for key in records.DATASET_SIZE_FACTS if key in facts}
-    dataset = Dataset(
-        name=spec.partition(":")[0],
-        digest=str(facts.get(records.DATASET_DIGEST_FACT, "")),
-        source_type="exptrack",
-        source=json.dumps({"dataset": spec}),
-        profile=json.dumps(sizes),
-    )
-    tags = [InputTag(records.DATASET_CONTEXT_TAG, "training")]
-    try:
-        client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=tags)])
-    except Exception as exc:
-        if not _lost_dataset_race(exc):
-            raise
-        client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=tags)])
-
-
-def _lost_dataset_race(exc: Exception) -> bool:
-    """Did another run store the same dataset between MLflow's look-up and its insert? PostgreSQL
-    says UniqueViolation on "dataset_pk", sqlite "UNIQUE constraint failed: datasets..."."""
-    text = str(exc)
-    return "dataset_pk" in text or "UNIQUE constraint failed: datasets" in text

@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from exptrack import records
-from exptrack.tracking.tracker import log_dataset_input
+from exptrack.tracking.dataset_inputs import log_dataset_input
 from tests.pgserver import MlflowPgServer
 
 RUNS = 6  # one per simulated host; a few rounds, each with a dataset no run logged before
