@@ -7,7 +7,7 @@
 #   2. the gpu-marked tests, pytest -m gpu                                     -> pytest.log, pytest.xml
 #   3. the side-by-side study and the compute-bound arm, benchmarks/gpu_study.py
 #                                                   -> gpu_study.json, exptrack.log, baseline.log
-#   4. the CPU study's driver on the GPU, benchmarks/study_vs_baseline.py --device cuda --reduced
+#   4. the CPU study's driver on the GPU, benchmarks/study_vs_baseline.py --device cuda --arms exptrack baseline
 #      (exptrack against the plain script, A-B-B-A; its run logs stay in WORK) -> study_vs_baseline.json
 # The whole run stays under GPU_CHECK_SECONDS (480 s: 330 for steps 1-3, SVB_S=150 for step 4), so
 # the 15-minute device budget holds one try with the machine's start; step 3 gets what the steps
@@ -46,10 +46,10 @@ SITE=${GPU_CHECK_SITE:-/tmp/exptrack-site}
 WORK=${GPU_CHECK_WORK:-/tmp/exptrack-gpu-check}
 if [ "${GPU_CHECK_TINY:-0}" = 1 ]; then  # CPU rehearsal: 2 shared cores, so limits are generous
   BUDGET=${GPU_CHECK_SECONDS:-3600} INSTALL_S=300 TESTS_S=900 STUDY_FLAGS=(--tiny) SVB_S=${SVB_S:-900}
-  SVB_FLAGS=(--device cpu --trials 2 --subset 64 --epochs 1)
+  SVB_FLAGS=(--device cpu --arms exptrack baseline --trials 2 --subset 64 --epochs 1)
 else
   BUDGET=${GPU_CHECK_SECONDS:-480} INSTALL_S=60 TESTS_S=75 STUDY_FLAGS=() SVB_S=${SVB_S:-150}
-  SVB_FLAGS=(--device cuda --reduced)
+  SVB_FLAGS=(--device cuda --arms exptrack baseline)
 fi
 export PYTHONUNBUFFERED=1
 failed=()

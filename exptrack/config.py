@@ -38,7 +38,7 @@ NAMED_VALUES = {
 # Fields that say how a trial runs, not what it measures: a study continues across them (resumed
 # on another device, with other loader workers, compiled). Every other field changes what a trial
 # means (epochs, subset, image_size, dataset, backbone, weights, precision, ...).
-RUN_ONLY_FIELDS = ("device", "batching", "num_workers", "compile", "download")
+RUN_ONLY_FIELDS = ("device", "batching", "num_workers", "compile", "download", "fused_optimizer")
 
 # Fields added after stores already held configs, with the value that means what a config had
 # before them: a trial or study recorded without `test_fraction` trained with no test split.
@@ -156,6 +156,9 @@ class TrialConfig:
     # frozen stages computed once per process and key, where exact (training.feature_cache); false:
     # every epoch recomputes them from the images (the plain path)
     feature_cache: bool = True
+    # AdamW through torch's fused kernel where it has one (CPU, CUDA); false: torch's default
+    # (a per-tensor loop on CPU), the same update up to float rounding (training.optimizers)
+    fused_optimizer: bool = True
     # a study's own training function's parameters (`Study(objective=...)`): the search space's
     # keys that are not fields above, by their own names (`hidden: 64`); the built-in uses none
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
