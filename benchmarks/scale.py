@@ -176,8 +176,10 @@ class StoreCalls:
                 return plain_request(session, method, url, *args, **kwargs)
 
         requests.Session.request = request  # type: ignore[method-assign]
-        for name in optuna_private.storage_calls():
-            setattr(ResilientStorage, name, self._counted(name, getattr(ResilientStorage, name)))
+        batched = [n for n in ("set_trial_user_attrs",) if hasattr(ResilientStorage, n)]  # exptrack's own
+        for name in [*optuna_private.storage_calls(), *batched]:
+            if name != "check_trial_is_updatable":  # a check of a state already read: no round trip
+                setattr(ResilientStorage, name, self._counted(name, getattr(ResilientStorage, name)))
 
         @event.listens_for(Engine, "before_cursor_execute")
         def statement(conn, cursor, text, *_):  # type: ignore[no-untyped-def]

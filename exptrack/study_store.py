@@ -113,8 +113,13 @@ def confirmed(study: optuna.Study) -> dict[str, dict[str, Any]]:
 def counted_trials(study: optuna.Study) -> int:
     """Trials that count toward --trials: those that ran to an end (complete or pruned); one
     that ran out of memory is COMPLETE in Optuna only so the sampler learns from it, and does not."""
-    ended = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    return sum(not out_of_memory(t) for t in ended)
+    return counted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def counted(trials: Iterable[FrozenTrial]) -> int:
+    """`counted_trials` of trials already read (one read serves several questions)."""
+    ended = (TrialState.COMPLETE, TrialState.PRUNED)
+    return sum(t.state in ended and not out_of_memory(t) for t in trials)
 
 
 def kept(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:

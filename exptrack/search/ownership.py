@@ -26,7 +26,7 @@ from exptrack import records
 from exptrack.processes import owner_is_dead, worker_id
 from exptrack.stores import optuna_private
 from exptrack.stores.locks import StoreLock
-from exptrack.study_store import counted_trials, record
+from exptrack.study_store import counted, record
 
 ORPHAN_REASON = "asked by a process that died before it recorded itself as the trial's worker"
 
@@ -42,11 +42,16 @@ class Abandoned:
 
 def ask(study: optuna.Study, lock: StoreLock, budget: int) -> tuple[optuna.Trial | None, list[Abandoned]]:
     """Under the store lock: fail abandoned trials, then ask a new trial if finished + running ones
-    leave room in `budget`, and record its heartbeat and worker before anyone else looks."""
+    leave room in `budget`, and record its heartbeat and worker before anyone else looks. One read
+    of the trials serves the three questions: each read reloads every running trial of every
+    worker, under the lock all workers take turns at (3 reads a trial before; benchmarks/README.md)."""
     with lock:
-        abandoned = fail_abandoned(study, lock)
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if counted_trials(study) + len(running) >= budget:  # an out-of-memory trial does not count
+        trials = study.get_trials(deepcopy=False)
+        abandoned = fail_abandoned(study, lock, trials)
+        if abandoned:  # failed now, their retries queued: what counts has changed
+            trials = study.get_trials(deepcopy=False)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if counted(trials) + len(running) >= budget:  # an out-of-memory trial does not count
             return None, abandoned
         trial = study.ask()
         if _heartbeat_interval(study) is not None:
@@ -55,11 +60,15 @@ def ask(study: optuna.Study, lock: StoreLock, budget: int) -> tuple[optuna.Trial
     return trial, abandoned
 
 
-def fail_abandoned(study: optuna.Study, lock: StoreLock) -> list[Abandoned]:
-    """Mark the abandoned RUNNING trials FAIL (hold `lock`); a retry is queued for each that ran."""
+def fail_abandoned(
+    study: optuna.Study, lock: StoreLock, trials: list[optuna.trial.FrozenTrial] | None = None
+) -> list[Abandoned]:
+    """Mark the abandoned RUNNING trials FAIL (hold `lock`); a retry is queued for each that ran.
+    `trials`: the study's trials as just read under the lock (else read here)."""
     stale = set(_stale_trial_ids(study))
     failed = []
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    for frozen in [t for t in trials if t.state == TrialState.RUNNING]:
         reason = _why_abandoned(frozen, optuna_private.trial_id(frozen) in stale, lock, study)
         if reason and _fail(study, frozen, reason):
             failed.append(Abandoned(frozen.number, record(frozen).run_id, reason))

@@ -27,6 +27,7 @@ from exptrack.search import feasibility, signals
 from exptrack.search.space import SearchSpace
 from exptrack.search.trial_reporter import TrialReporter
 from exptrack.stores.faults import StoreFault, StoreUnavailable
+from exptrack.stores.optuna_storage import set_user_attrs
 from exptrack.study import Constraint, Study
 from exptrack.tracking import runs, ui_links
 from exptrack.tracking.journal import Journal
@@ -95,9 +96,9 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialOutcome:
     if ctx.progress:
         ctx.progress.trial_started(trial.number, config)
     traced = ctx.traced and run_id is not None
-    state = _train(ctx, trial, config, run_id, traced, log)
+    state, value = _train(ctx, trial, config, run_id, traced, log)
     recorded = log.settle(ctx.warn) and (run_id is not None or not _tracked(ctx))
-    return _outcome(ctx, trial.number, state, recorded, traced)
+    return _outcome(ctx, trial.number, state, recorded, traced, value)
 
 
 def _train(
@@ -107,9 +108,10 @@ def _train(
     run_id: str | None,
     traced: bool,
     log: TrialLog,
-) -> str:
-    """The study's training function, then tell; the trial's final state name. Any failure
-    (a raised exception, a return that is not a number) ends only this trial."""
+) -> tuple[str, float | None]:
+    """The study's training function, then tell; the trial's final state name and, when told,
+    its (first) value. Any failure (a raised exception, a return that is not a number) ends only
+    this trial."""
     spec = ctx.spec
     reporter = TrialReporter(
         trial, ctx.tracker, run_id, list(spec.objectives), config.epochs, log, spec.custom_objective, ctx.warn
@@ -128,12 +130,12 @@ def _train(
             raise
     else:
         try:
-            return _tell(ctx, trial, run_id, reporter, final)
+            return _tell(ctx, trial, run_id, reporter, final), reporter.told_value
         except UpdateFinishedTrialError:
-            return _taken_over(ctx, trial, run_id, log)
+            return _taken_over(ctx, trial, run_id, log), None
     if out_of_memory:  # after the except block, so the exception's frames (and tensors) are gone
         devices.release_memory()
-    return "FAIL"
+    return "FAIL", None
 
 
 def _call(
@@ -159,10 +161,8 @@ def _start_run(
 ) -> str | None:
     """Store the config on the trial and open its run; when the weights asked for could not be
     had, both records carry what ran (`weights: none`) and a note of what was asked for."""
-    trial.set_user_attr(records.CONFIG_ATTR, config.to_dict())
     note = {records.WEIGHTS_REQUESTED: asked_weights} if asked_weights != config.weights else {}
-    if note:
-        trial.set_user_attr(records.WEIGHTS_REQUESTED, asked_weights)
+    set_user_attrs(trial, {records.CONFIG_ATTR: config.to_dict(), **note})
     if ctx.tracker is None or ctx.experiment_id is None or ctx.parent_run_id is None:
         return None
     provenance = {records.PROVENANCE_STUDY: ctx.name, records.PROVENANCE_TRIAL: trial.number, **note}
@@ -183,10 +183,11 @@ def _start_run(
         with contextlib.suppress(StoreUnavailable):
             trial.set_user_attr(records.RUN_PENDING_ATTR, True)
         return None
-    trial.set_user_attr(records.RUN_ID_ATTR, run_id)
+    attrs = {records.RUN_ID_ATTR: run_id}
     base = ui_links.server_base(ctx.tracker.uri)
     if base:  # a link optuna-dashboard shows beside the trial (and that opens in a browser)
-        trial.set_user_attr(records.RUN_URL_ATTR, ui_links.run_url(base, ctx.experiment_id, run_id))
+        attrs[records.RUN_URL_ATTR] = ui_links.run_url(base, ctx.experiment_id, run_id)
+    set_user_attrs(trial, attrs)
     return run_id
 
 
@@ -230,9 +231,10 @@ def _tell(
         reporter.flush()
         broken = feasibility.record(trial, violations) if violations is not None else []
         if state == "PRUNED":
-            ctx.study.tell(trial, state=TrialState.PRUNED)
+            frozen = ctx.study.tell(trial, state=TrialState.PRUNED)
         else:
-            ctx.study.tell(trial, told)
+            frozen = ctx.study.tell(trial, told)
+        reporter.told_value = frozen.values[0] if frozen.values else None  # a pruned one's last report
     except StoreUnavailable as exc:
         kept, broken = exc, [name for name, value in (violations or {}).items() if value > 0]
         reporter.log.tell(state, told, reporter.kept, {**reporter.attrs, CONSTRAINTS_KEY: violations})
@@ -321,20 +323,25 @@ def _taken_over(
 
 
 def _outcome(
-    ctx: TrialContext, number: int, state: str, recorded: bool = True, traced: bool = False
+    ctx: TrialContext,
+    number: int,
+    state: str,
+    recorded: bool = True,
+    traced: bool = False,
+    value: float | None = None,  # as told; None: read from the study unless FAIL
 ) -> TrialOutcome:
-    """The trial's outcome, shown on the progress line with the best feasible value so far."""
-    value = None
-    if state != "FAIL":  # a pruned trial's value is its last reported one
-        frozen = ctx.study.get_trials(deepcopy=False)[number]
-        value = frozen.values[0] if frozen.values else None
+    """The trial's outcome, shown on the progress line with the best feasible value so far. The
+    study is read only for what the tell did not give (each read reloads every running trial)."""
+    trials = None
+    if state != "FAIL" and value is None:  # a pruned trial's value is its last reported one
+        trials = ctx.study.get_trials(deepcopy=False)
+        value = trials[number].values[0] if trials[number].values else None
     if ctx.progress is not None:
         best = None
         if not ctx.spec.multi_objective:
-            ranked = study_store.best_first(
-                ctx.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
-                ctx.spec.direction == "maximize",
-            )
+            trials = ctx.study.get_trials(deepcopy=False) if trials is None else trials
+            complete = [t for t in trials if t.state == TrialState.COMPLETE]
+            ranked = study_store.best_first(complete, ctx.spec.direction == "maximize")
             best = ranked[0].value if ranked else None
         ctx.progress.trial_finished(number, state, value, best)
     return TrialOutcome(number, state, value, recorded, traced)

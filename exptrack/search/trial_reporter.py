@@ -5,7 +5,6 @@ reads in one page."""
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -16,6 +15,7 @@ import optuna
 
 from exptrack import records
 from exptrack.stores.faults import StoreUnavailable
+from exptrack.stores.optuna_storage import set_user_attrs
 from exptrack.tracking.tracker import Tracker
 from exptrack.tracking.trial_log import TrialLog
 from exptrack.training import fit
@@ -52,6 +52,7 @@ class TrialReporter:
         self.train_started_at = time.time()  # fit's log_setup resets it right before its first step
         self.attrs: dict[str, Any] = {}  # user attrs the store has not taken yet
         self.kept: dict[int, float] = {}  # epoch -> value the store could not take (an outage)
+        self.told_value: float | None = None  # the (first) value Optuna stored at the tell
 
     def log_setup(self, facts: Mapping[str, Any]) -> None:
         self.train_started_at = time.time()
@@ -62,10 +63,13 @@ class TrialReporter:
         for fact, key in (("num_classes", records.CLASSES_ATTR), ("val_samples", records.VAL_SAMPLES_ATTR)):
             if fact in facts:
                 self.attrs[key] = int(facts[fact])
-                self._store(functools.partial(self._write_attr, key))
+        if self.attrs:
+            self._store(self._write_attrs)
 
-    def _write_attr(self, key: str) -> None:
-        self.trial.set_user_attr(key, self.attrs.pop(key))
+    def _write_attrs(self) -> None:
+        """The attrs not stored yet, in one transaction: stored whole, or kept whole for the tell."""
+        set_user_attrs(self.trial, self.attrs)
+        self.attrs.clear()
 
     def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
         metrics = {str(k): float(v) for k, v in metrics.items()}  # a 0-d tensor is a number too
@@ -107,8 +111,8 @@ class TrialReporter:
 
     def flush(self) -> None:
         """What training could not store, before the tell (raises StoreUnavailable if still down)."""
-        for key in list(self.attrs):
-            self.trial.set_user_attr(key, self.attrs.pop(key))
+        if self.attrs:
+            self._write_attrs()
         self._report_kept()
 
     def log_figure(self, name: str, value: float | str) -> None:

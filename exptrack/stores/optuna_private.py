@@ -7,7 +7,7 @@ call, instead of a search in the middle of a study; pyproject pins optuna to the
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import optuna
@@ -78,6 +78,23 @@ def retire_trials(storage: Any, trial_ids: list[int], key: str, value_json: str)
                 session.add(models.TrialUserAttributeModel(trial_id=trial_id, key=key, value_json=value_json))
             else:
                 attr.value_json = value_json
+
+
+def set_trial_user_attrs(storage: Any, trial_id: int, attrs: Mapping[str, Any]) -> None:
+    """Several user attributes of one unfinished trial in one transaction, each written as Optuna's
+    `set_trial_user_attr` writes it (refused with UpdateFinishedTrialError on a finished trial):
+    Optuna commits each on its own, a pool checkout with its ping, 3 statements and a commit each."""
+    from optuna.storages._rdb import models
+
+    rdb = getattr(storage, "_backend", storage)
+    with _transaction(rdb) as session:
+        for key, value in attrs.items():
+            rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
+
+
+def keep_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+    """What `Trial.set_user_attr` keeps on the trial object besides the store (`trial.user_attrs`)."""
+    trial._cached_frozen_trial.user_attrs.update(attrs)
 
 
 @contextlib.contextmanager

@@ -84,3 +84,21 @@ def test_retired_trials_are_fail_marked_and_the_next_trial_takes_a_new_number(st
     assert [t.state.name for t in again.trials] == ["FAIL", "COMPLETE"]
     assert again.trials[0].user_attrs["dropped"] == {"at": "now"} and again.trials[0].value is not None
     assert again.ask().number == 2
+
+
+def test_user_attrs_set_in_one_transaction_read_back_as_optunas_and_a_finished_trial_refuses_them(
+    study: optuna.Study,
+) -> None:
+    from exptrack.stores.optuna_storage import set_user_attrs
+
+    trial = study.ask()
+    trial.set_user_attr("config", {"lr": 0.1})
+    set_user_attrs(trial, {"config": {"lr": 0.2}, "run_id": "abc", "classes": 10})
+    assert trial.user_attrs == {"config": {"lr": 0.2}, "run_id": "abc", "classes": 10}  # kept on the trial too
+    stored = optuna.load_study(study_name="contract", storage=optuna_private.rdb_storage_of(study)).trials[0]
+    assert stored.user_attrs == {"config": {"lr": 0.2}, "run_id": "abc", "classes": 10}
+    study.tell(trial, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        set_user_attrs(trial, {"late": 1, "later": 2})
+    again = optuna.load_study(study_name="contract", storage=optuna_private.rdb_storage_of(study))
+    assert "late" not in again.trials[0].user_attrs and "later" not in again.trials[0].user_attrs
