@@ -54,6 +54,10 @@ RUN_PENDING_ATTR = "mlflow_run_pending"  # its run could not be opened: written 
 CONFIG_ATTR = "config"  # the trial's full TrialConfig as a dict
 FAIL_REASON_ATTR = "fail_reason"  # why a trial failed (exception, signal, dead worker)
 RETRY_ATTR = "retry_of"  # on a retried trial: the number of the killed trial it repeats
+# on a trial a SIGTERM stopped with its checkpoint kept: the epoch it holds (the next search queues
+# a retry, which resumes there); on a retry that resumed: the epoch it resumed after (and a run tag)
+CHECKPOINT_EPOCH_ATTR = "checkpoint_epoch"
+RESUMED_ATTR = "resumed_from_epoch"
 WORKER_ATTR = "worker"  # the process running the trial, as host:pid:start-time
 PROFILE_ATTR = "profile"  # the trial's profiling figures
 CLASSES_ATTR = "class_count"  # the trial's dataset's class count: chance is 1/classes
@@ -94,6 +98,7 @@ PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own nesting of a trial run und
 HOST_TAG = "host"
 FAIL_REASON_TAG = "exptrack.fail_reason"
 RETRY_OF_TAG = "exptrack.retry_of"
+RESUMED_TAG = "exptrack.resumed_from_epoch"  # a resumed retry's setup fact RESUMED_ATTR, as its tag
 INFEASIBLE_TAG = "exptrack.infeasible"  # the constraints a trial broke
 TRIAL_STORAGE_TAG = "optuna.storage"  # on a trial run: where its Optuna trial lives (password removed)
 # On a trial run: its Optuna state (COMPLETE, PRUNED, FAIL), readable where MLflow's status icon

@@ -63,6 +63,8 @@ class TrialRecord:
     run_id = _Text(records.RUN_ID_ATTR)
     fail_reason = _Text(records.FAIL_REASON_ATTR)
     retry_of = _Text(records.RETRY_ATTR)  # the number of the killed trial this one repeats
+    checkpoint_epoch = _Count(records.CHECKPOINT_EPOCH_ATTR)  # a SIGTERM kept its checkpoint of this epoch
+    resumed_from_epoch = _Count(records.RESUMED_ATTR)  # a retry that resumed after this epoch
     worker = _Text(records.WORKER_ATTR)  # the process that ran it, host:pid:start-time
     # the weights asked for when they could not be had (its config says what it trained from)
     weights_requested = _Text(records.WEIGHTS_REQUESTED)

@@ -33,7 +33,7 @@ from exptrack.cli.options import (
     warn,
 )
 from exptrack.errors import redact
-from exptrack.search.options import GRACE_PERIOD_S, MAX_CONSECUTIVE_FAILURES
+from exptrack.search.options import CHECKPOINT_MB, GRACE_PERIOD_S, MAX_CONSECUTIVE_FAILURES
 from exptrack.tracking import ui_links
 
 # A pipe or log file gets the bar's last frame as one line: rich's 80 columns for a console that is
@@ -165,6 +165,13 @@ def search(
         str | None, typer.Option(help="Run the best trials of this earlier study (same storage) first")
     ] = None,
     from_top: Annotated[int, typer.Option(help="How many of --from-study's best trials")] = 3,
+    checkpoint_mb: Annotated[
+        int,
+        typer.Option(
+            help="Keep each trial's state at its epoch ends (a killed or SIGTERMed trial's retry resumes "
+            "there) unless it is over this many MB; 0: no checkpoints"
+        ),
+    ] = CHECKPOINT_MB,
 ) -> None:
     """Tune a study: sample configs, train each, prune hopeless ones, log every trial to MLflow."""
     from exptrack.study import load_study_file
@@ -189,7 +196,7 @@ def search(
         pruner=pruner, seed=seed, max_failures=max_failures, new_study=new_study,
         tracking_uri=tracking_uri, tracking=not no_tracking, workers=workers, grace_period=grace_period,
         gpus=gpus, per_gpu=per_gpu, profile_trials=profile_trials, enqueue=tuple(enqueue or ()),
-        from_study=from_study, from_top=from_top,
+        from_study=from_study, from_top=from_top, checkpoint_mb=checkpoint_mb,
     )  # fmt: skip
     progress = SearchProgress()
     shown = training_progress.shown_by(RichTasks(progress.bar))  # a download or image folder: a task

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from exptrack.errors import UserError
-from exptrack.search import ownership, preflight, repair, signals, study_run, sync, warmstart
+from exptrack.search import checkpoints, ownership, preflight, repair, signals, study_run, sync, warmstart
 from exptrack.search.options import SearchOptions
 from exptrack.search.study_run import Dashboard, DashboardRenderer, StudyRun
 from exptrack.search.study_setup import StoredStudy, create_study
@@ -221,6 +221,7 @@ def trial_context(search: Search, tracking: StudyRun, traced: bool = False) -> T
         search.progress,
         search.warn,
         search.interrupts,
+        checkpoint_mb=search.options.checkpoint_mb,
     )
 
 
@@ -263,6 +264,16 @@ def _repair(search: Search, tracking: StudyRun) -> None:
     repair.repair(
         search.study, search.lock, search.tracker, tracking.experiment_id, tracking.parent_run_id, search.warn
     )
+    sweep_checkpoints(search)
+
+
+def sweep_checkpoints(search: Search) -> None:
+    """Remove the checkpoints no trial will resume from (what a dead process, or a trial retried
+    elsewhere, left); a folder that cannot be read is left alone."""
+    try:
+        checkpoints.sweep(search.study, checkpoints.folder_for(search.storage_url, search.name))
+    except OSError as exc:
+        search.warn(f"checkpoints of {search.name} not tidied ({exc})")
 
 
 def _stop_after_failures(search: Search, outcomes: Sequence[TrialOutcome]) -> None:
@@ -296,6 +307,7 @@ def _close_tracking(
     finally:
         if where.mine is not None:
             where.mine.close()
+        sweep_checkpoints(search)
     if search.tracker is None or tracking.parent_run_id is None:
         return
     dashboard.refresh(search.study, force=True)

@@ -10,6 +10,9 @@ heartbeat is older than the grace period (Optuna's own test, `_get_stale_trial_i
 Abandoned trials become FAIL with the reason written first (Optuna refuses attributes on a finished
 trial, so its `fail_stale_trials` would lose the reason), and their parameters are queued once more,
 linked by `retry_of`. The process whose state change wins does the retry: there is exactly one.
+A trial a SIGTERM stopped with its checkpoint kept (`checkpoint_epoch`) is FAIL already; its retry,
+which resumes from that checkpoint, is queued under the same lock by the next ask or repair that
+finds none queued (a retry of a retry too: a scheduler may preempt a long trial more than once).
 """
 
 from __future__ import annotations
@@ -63,8 +66,9 @@ def ask(study: optuna.Study, lock: StoreLock, budget: int) -> tuple[optuna.Trial
 def fail_abandoned(
     study: optuna.Study, lock: StoreLock, trials: list[optuna.trial.FrozenTrial] | None = None
 ) -> list[Abandoned]:
-    """Mark the abandoned RUNNING trials FAIL (hold `lock`); a retry is queued for each that ran.
-    `trials`: the study's trials as just read under the lock (else read here)."""
+    """Mark the abandoned RUNNING trials FAIL (hold `lock`); a retry is queued for each that ran,
+    and for each a SIGTERM left to resume. `trials`: the study's trials as just read under the
+    lock (else read here)."""
     stale = set(_stale_trial_ids(study))
     failed = []
     trials = study.get_trials(deepcopy=False) if trials is None else trials
@@ -72,7 +76,24 @@ def fail_abandoned(
         reason = _why_abandoned(frozen, optuna_private.trial_id(frozen) in stale, lock, study)
         if reason and _fail(study, frozen, reason):
             failed.append(Abandoned(frozen.number, record(frozen).run_id, reason))
+    for interrupted in awaiting_retry(trials):  # FAIL before this read: it holds them
+        study.enqueue_trial(interrupted.params, user_attrs={records.RETRY_ATTR: interrupted.number})
     return failed
+
+
+def awaiting_retry(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """FAIL trials a SIGTERM stopped with their checkpoint kept, and no retry queued yet (nor
+    dropped by `exp trials drop`)."""
+    retried = {t.user_attrs.get(records.RETRY_ATTR) for t in trials}
+    return [
+        t
+        for t in trials
+        if t.state == TrialState.FAIL
+        and record(t).checkpoint_epoch is not None
+        and records.DROPPED_ATTR not in t.user_attrs
+        and t.number not in retried
+        and t.params
+    ]
 
 
 def _why_abandoned(

@@ -13,7 +13,7 @@ from typing import Any
 from exptrack.errors import UserError
 from exptrack.search import loop, preflight, signals, slots, verdict, warmstart, workers
 from exptrack.search.loop import SearchSummary
-from exptrack.search.options import Order, SearchOptions, factory_name, study_source
+from exptrack.search.options import MAX_CHECKPOINT_MB, Order, SearchOptions, factory_name, study_source
 from exptrack.search.study_run import DashboardRenderer
 from exptrack.search.trial import Progress
 from exptrack.study import Study, check_name, load_study_file
@@ -154,6 +154,10 @@ def check_options(options: SearchOptions) -> None:
         raise UserError(f"--timeout must be positive seconds, got {options.timeout}")
     if options.profile_trials < 0:
         raise UserError(f"--profile-trials must be 0 or more, got {options.profile_trials}")
+    if not 0 <= options.checkpoint_mb <= MAX_CHECKPOINT_MB:
+        raise UserError(
+            f"--checkpoint-mb must be 0 (no checkpoints) to {MAX_CHECKPOINT_MB}, got {options.checkpoint_mb}"
+        )
     if options.profile_trials and not options.tracking:
         raise UserError("--profile-trials logs traces to MLflow; drop --no-tracking or --profile-trials")
     for flag, name in (("--study-name", options.study_name), ("--from-study", options.from_study)):

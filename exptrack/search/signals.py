@@ -72,6 +72,18 @@ class Interrupts:
             self.unwinds = False
             self.doing.pop()
 
+    @contextlib.contextmanager
+    def shielded(self) -> Iterator[None]:
+        """Inside training, a write that must finish (a checkpoint: a SIGTERM cutting its rename
+        short would keep the older one): a signal arriving here unwinds once it is done."""
+        unwinds, self.unwinds = self.unwinds, False
+        try:
+            yield
+        finally:
+            self.unwinds = unwinds
+        if unwinds:
+            self.check()
+
     def check(self) -> None:
         """Raise `Interrupted` if a signal arrived while a store write was in progress."""
         if self.requested is not None:

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import math
 import platform
+import signal
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,7 +24,7 @@ from optuna.trial import TrialState
 from exptrack import config as cfg
 from exptrack import records, study_store
 from exptrack.errors import UserError, failure_reason, redact
-from exptrack.search import feasibility, signals
+from exptrack.search import checkpoints, feasibility, signals
 from exptrack.search.space import SearchSpace
 from exptrack.search.trial_reporter import TrialReporter
 from exptrack.stores.faults import StoreFault, StoreUnavailable
@@ -66,6 +67,7 @@ class TrialContext:
     warn: Callable[[str], None] = print
     interrupts: signals.Interrupts = dataclasses.field(default_factory=signals.Interrupts)
     journal: Journal | None = None  # this process's journal of the study (`tracking.journal`)
+    checkpoint_mb: int = checkpoints.DEFAULT_MB  # --checkpoint-mb: a bigger checkpoint is not kept; 0: none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,17 +114,20 @@ def _train(
     """The study's training function, then tell; the trial's final state name and, when told,
     its (first) value. Any failure (a raised exception, a return that is not a number) ends only
     this trial."""
-    spec = ctx.spec
+    spec, saved = ctx.spec, _checkpoints(ctx, trial, config)
     reporter = TrialReporter(
-        trial, ctx.tracker, run_id, list(spec.objectives), config.epochs, log, spec.custom_objective, ctx.warn
-    )
+        trial, ctx.tracker, run_id, list(spec.objectives), config.epochs, log, spec.custom_objective, ctx.warn,
+        saved,
+    )  # fmt: skip
     try:
         with ctx.interrupts.interruptible():
             returned = _call(ctx, config, reporter, run_id, traced)
             final = objectives.final_values(returned, reporter.last_report, spec.metric)
-    except StoreFault:  # an outage is never the trial's failure: the repair retries it
+    except StoreFault:  # an outage is never the trial's failure: the repair retries it (and resumes)
         raise
     except BaseException as exc:
+        if not _keep_for_retry(ctx, trial, exc, saved):
+            saved.discard()
         out_of_memory = devices.is_out_of_memory(exc)
         fail(ctx, trial, run_id, exc, infeasible=out_of_memory and ctx.learns_infeasible, log=log)
         if isinstance(exc, KeyboardInterrupt | UserError | SystemExit):
@@ -130,12 +135,52 @@ def _train(
             raise
     else:
         try:
-            return _tell(ctx, trial, run_id, reporter, final), reporter.told_value
-        except UpdateFinishedTrialError:
+            state = _tell(ctx, trial, run_id, reporter, final)
+        except UpdateFinishedTrialError:  # its queued retry may resume from the checkpoint
             return _taken_over(ctx, trial, run_id, log), None
+        except StoreUnavailable:  # trained: the journal keeps its result, the checkpoint is done
+            saved.discard()
+            raise
+        saved.discard()
+        return state, reporter.told_value
     if out_of_memory:  # after the except block, so the exception's frames (and tensors) are gone
         devices.release_memory()
     return "FAIL", None
+
+
+def _checkpoints(
+    ctx: TrialContext, trial: optuna.Trial, config: cfg.TrialConfig
+) -> checkpoints.TrialCheckpoints:
+    """The trial's checkpoint, in the study's folder; a retry resumes its predecessor's."""
+    retry_of = trial.user_attrs.get(records.RETRY_ATTR)
+    return checkpoints.TrialCheckpoints(
+        checkpoints.folder_for(ctx.storage_url, ctx.name),
+        trial.number,
+        retry_of if isinstance(retry_of, int) else None,
+        config.to_dict(),
+        ctx.checkpoint_mb,
+        ctx.warn,
+        ctx.interrupts.shielded,
+    )
+
+
+def _keep_for_retry(
+    ctx: TrialContext, trial: optuna.Trial, exc: BaseException, saved: checkpoints.TrialCheckpoints
+) -> bool:
+    """A SIGTERM (a scheduler's notice before preemption) with a checkpoint on disk: the trial is
+    marked to be retried from it by the next search (`ownership.awaiting_retry`), the file kept.
+    The epoch in progress is dropped: the last epoch end is what was saved, atomically, already."""
+    if not (isinstance(exc, signals.Interrupted) and exc.signum == signal.SIGTERM and saved.saved_epoch):
+        return False
+    try:
+        trial.set_user_attr(records.CHECKPOINT_EPOCH_ATTR, saved.saved_epoch)
+    except (StoreFault, UpdateFinishedTrialError):
+        return False
+    ctx.warn(
+        f"trial {trial.number}: its checkpoint after epoch {saved.saved_epoch} is kept ({saved.path}); "
+        "the next exp search of this study resumes it"
+    )
+    return True
 
 
 def _call(

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 
 from exptrack import records
+from exptrack.search.checkpoints import TrialCheckpoints
 from exptrack.stores.faults import StoreUnavailable
 from exptrack.stores.optuna_storage import set_user_attrs
 from exptrack.tracking.tracker import Tracker
@@ -39,8 +40,11 @@ class TrialReporter:
         log: TrialLog | None = None,
         custom: bool = False,  # the study's own function: it may report any of its objectives
         warn: Callable[[str], None] = print,
+        saved: TrialCheckpoints | None = None,  # its checkpoint (None: checkpoints off)
     ) -> None:
         self.trial, self.tracker, self.run_id, self.epochs = trial, tracker, run_id, epochs
+        self.saved = saved
+        self.carried: list[dict[str, float]] = []  # a resumed predecessor's reports, sent with the next
         self.log = log or TrialLog(None, None, trial.number)
         self.watched = [name for name in objectives if custom or name in records.EPOCH_METRICS]
         self.reports = len(objectives) == 1 and bool(self.watched)
@@ -71,7 +75,42 @@ class TrialReporter:
         set_user_attrs(self.trial, self.attrs)
         self.attrs.clear()
 
+    def checkpoint(self, epoch: int, state: Mapping[str, Any]) -> None:
+        """The training function's state after `epoch` (`training.checkpoints.Store`), saved with
+        what was reported so far; a retry of this trial resumes from it."""
+        if self.saved is not None:
+            self.saved.save(epoch, self.history, dict(state))
+
+    def resume_state(self) -> Mapping[str, Any] | None:
+        """The state a killed predecessor saved (this trial retries it), or None. Its reports are
+        sent again (MLflow, Optuna's intermediate values) with the next epoch's: if the function
+        starts from epoch 1 instead (it could not use the state), they are dropped."""
+        if self.saved is None:
+            return None
+        found = self.saved.resume()
+        if found is None:
+            return None
+        self.carried = found.reported
+        self.warn(f"trial {self.trial.number} resumes trial {self.saved.retry_of} after its epoch {found.epoch}")
+        return found.state
+
+    def _send_carried(self, epoch: int) -> None:
+        """Report the predecessor's epochs before `epoch`, once, and record that this trial resumed."""
+        carried, self.carried = self.carried, []
+        if not carried or epoch <= carried[-1]["epoch"]:
+            return
+        for past in carried:
+            self.report(int(past["epoch"]), {k: v for k, v in past.items() if k != "epoch"})
+        resumed = int(carried[-1]["epoch"])
+        self.log.setup({records.RESUMED_ATTR: resumed})
+        if self.tracker:
+            self.tracker.log_setup(self.run_id, {records.RESUMED_ATTR: resumed})
+        self.attrs[records.RESUMED_ATTR] = resumed
+        self._store(functools.partial(self._write_attr, records.RESUMED_ATTR))
+
     def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        if self.carried:
+            self._send_carried(epoch)
         metrics = {str(k): float(v) for k, v in metrics.items()}  # a 0-d tensor is a number too
         self.log.epoch(epoch, metrics)
         if self.tracker:

@@ -26,6 +26,7 @@ from exptrack.errors import UserError
 from exptrack.training import (
     backbones,
     batching,
+    checkpoints,
     datasets,
     feature_cache,
     flops,
@@ -99,11 +100,14 @@ def fit(
     warn: Callable[[str], None] = print,
     trace_dir: Path | None = None,
     test: bool = False,
+    store: checkpoints.Store | None = None,
 ) -> FitResult:
     """Train `config` for its epochs, evaluating after each; the reporter may stop it early. With
     `trace_dir`, a few steady-state steps are traced there (`tracing.window`). With `test`, the
     trained model is scored once on the test split at the end (`exp train`, `exp confirm`); a
-    search's trial never asks, so neither its value nor its pruning can depend on the test images."""
+    search's trial never asks, so neither its value nor its pruning can depend on the test images.
+    With `store` (a search trial's reporter), each epoch end but the last is saved there, and a
+    state it hands back (a retried trial's predecessor's) is resumed after its epoch."""
     reporter = reporter or NullReporter()
     device = resolve_device(config.device)
     memory = TrialMemory(device)  # before the data and model: they are this trial's memory too
@@ -144,10 +148,14 @@ def fit(
         }
     )
     _warm_up(trainer, source, config)
+    frozen_stages = built.frozen_modules
+    resumed = checkpoints.resume(store, model, frozen_stages, trainer.optimizer, warn)
+    if store is not None:
+        trainer.save = functools.partial(checkpoints.save, store, model, frozen_stages, trainer.optimizer)
     steps = len(batching.batch_slices(len(split.train_y), config.batch_size))
     with tracing.window(trace_dir, device, steps) as on_step:
         trainer.on_step = on_step
-        history, stopped = _epochs(config, trainer, source, reporter)
+        history, stopped = _epochs(config, trainer, source, reporter, resumed)
     figures: dict[str, float | str] = {**trainer.profile.summary(trainable, frozen, memory)}
     figures.update(cache.figures(len(history)))
     # what a logged model's signature and input example are made from: two validation images as
@@ -202,6 +210,7 @@ class _Trainer:
     profile: Profile
     flop_key: tuple[Hashable, ...]
     on_step: Callable[[], None] = tracing.no_step  # the trace window's step hook
+    save: Callable[[int, list[dict[str, float]]], None] | None = None  # an epoch end's checkpoint
 
 
 def _epochs(
@@ -209,10 +218,13 @@ def _epochs(
     trainer: _Trainer,
     source: batching.DeviceBatches | batching.LoaderBatches | batching.FeatureBatches,
     reporter: Reporter,
+    resumed: list[dict[str, float]],
 ) -> tuple[list[dict[str, float]], bool]:
-    """Train and evaluate epoch by epoch: (the history, whether the reporter stopped it)."""
+    """Train and evaluate epoch by epoch after the `resumed` ones: (the history, whether the
+    reporter stopped it)."""
     with progress.task("epochs", config.epochs) as shown:  # the trial's own bar, with an ETA
-        return _epoch_loop(config, trainer, source, reporter, shown)
+        shown.advance(len(resumed))
+        return _epoch_loop(config, trainer, source, reporter, shown, resumed)
 
 
 def _epoch_loop(
@@ -221,9 +233,10 @@ def _epoch_loop(
     source: batching.DeviceBatches | batching.LoaderBatches | batching.FeatureBatches,
     reporter: Reporter,
     shown: progress.Task,
+    resumed: list[dict[str, float]],
 ) -> tuple[list[dict[str, float]], bool]:
-    profile, device, history = trainer.profile, trainer.profile.device, []
-    for epoch in range(1, config.epochs + 1):
+    profile, device, history = trainer.profile, trainer.profile.device, list(resumed)
+    for epoch in range(len(resumed) + 1, config.epochs + 1):
         start = time.perf_counter()
         train_loss = _train_epoch(trainer, source.train(epoch))
         profile.train_seconds += time.perf_counter() - start  # _train_epoch ends synchronized
@@ -240,6 +253,8 @@ def _epoch_loop(
         shown.advance(1)
         if reporter.on_epoch(epoch, metrics):
             return history, True
+        if trainer.save is not None and epoch < config.epochs:  # after the last, only the tell is left
+            trainer.save(epoch, history)
     return history, False
 
 

@@ -17,13 +17,15 @@ from typing import Any, Protocol
 from torch import nn
 
 from exptrack.config import TrialConfig
-from exptrack.training import fit
+from exptrack.training import checkpoints, fit
 
 
 class Reporter(Protocol):
     """What a training function is handed. `report` and `should_prune` are the loop's; the rest
     is optional to call. Once `should_prune()` has answered True the trial ends PRUNED whatever
-    the function returns: stop training and return."""
+    the function returns: stop training and return. A search trial's reporter is also a
+    `checkpoints.Store`: `checkpoint(epoch, state)` at an epoch end, and `resume_state()` (the state
+    a killed predecessor saved, or None) before the first epoch; `exp train`'s is not."""
 
     trace_dir: Path | None  # a torch.profiler trace written here lands on the run (--profile-trials)
     # True in `exp train` (and a confirmation run): score the held-out test split once at the end
@@ -97,7 +99,10 @@ class _FitReporter:
 def finetune(config: TrialConfig, reporter: Reporter) -> dict[str, float]:
     """The built-in objective: fine-tune `config`'s backbone (`fit.fit`), its cost figures
     logged, the trained model handed over (`exp train` logs it), the last epoch's metrics out."""
-    result = fit.fit(config, _FitReporter(reporter), reporter.warn, reporter.trace_dir, reporter.score_test)
+    store = reporter if isinstance(reporter, checkpoints.Store) else None
+    result = fit.fit(
+        config, _FitReporter(reporter), reporter.warn, reporter.trace_dir, reporter.score_test, store
+    )
     for name, value in result.profile.items():
         reporter.log_figure(name, value)
     reporter.log_model(result.model, result.example)
