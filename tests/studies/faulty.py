@@ -2,7 +2,7 @@
 
 EXPTRACK_FAULTS="2:raise,3:oom" makes the 3rd and 4th loss built in this process raise / run out
 of memory; "*:raise" faults every trial. Kinds: raise, oom (the exception type), oom_real (on CUDA), nan (training loss), nan_eval (the
-validation loss), hang (training blocks in its 2nd epoch), stuck (like hang, but swallows a first
+validation loss), hang (training blocks in its 2nd epoch; hang3: in its 3rd), stuck (like hang, but swallows a first
 signal, writing EXPTRACK_GATE_DIR/interrupted-N), gate (blocks until EXPTRACK_GATE_DIR/go-N).
 Run: EXPTRACK_FAULTS=1:raise exp search tests/studies/faulty.py --trials 3
 """
@@ -27,12 +27,15 @@ class FaultyLoss(nn.Module):
         super().__init__()
         self.kind, self.index, self.evals = kind, index, 0
         self.ce = nn.CrossEntropyLoss()
+        self.evaluations, self.evaluating = 0, False  # validation passes so far (one an epoch)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = self.ce(logits, target)
         training = torch.is_grad_enabled()
         if not training:
             self.evals += 1
+        self.evaluations += not training and not self.evaluating
+        self.evaluating = not training
         if self.kind == "oom" and training:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
         if self.kind == "oom_real" and training:  # more than any GPU has: a real CUDA OOM
@@ -43,6 +46,8 @@ class FaultyLoss(nn.Module):
             return loss * float("nan")
         if self.kind == "hang" and training and self.evals > 0:
             time.sleep(600)  # epoch 1's metrics are logged; a signal arrives here
+        if self.kind == "hang3" and training and self.evaluations >= 2:
+            time.sleep(600)  # epochs 1 and 2 are logged and checkpointed
         if self.kind == "stuck" and training and self.evals > 0:
             while True:  # swallows the first signal, as a stuck native call would: only a second ends it
                 try:
