@@ -33,7 +33,12 @@ from exptrack.cli.options import (
     warn,
 )
 from exptrack.errors import redact
-from exptrack.search.options import CHECKPOINT_MB, GRACE_PERIOD_S, MAX_CONSECUTIVE_FAILURES
+from exptrack.search.options import (
+    CHECKPOINT_EVERY_S,
+    CHECKPOINT_MB,
+    GRACE_PERIOD_S,
+    MAX_CONSECUTIVE_FAILURES,
+)
 from exptrack.tracking import ui_links
 
 # A pipe or log file gets the bar's last frame as one line: rich's 80 columns for a console that is
@@ -172,6 +177,12 @@ def search(
             "there) unless it is over this many MB; 0: no checkpoints"
         ),
     ] = CHECKPOINT_MB,
+    checkpoint_every: Annotated[
+        float,
+        typer.Option(
+            help="Seconds of training between two checkpoints (saved at the next epoch end); 0: every epoch"
+        ),
+    ] = CHECKPOINT_EVERY_S,
 ) -> None:
     """Tune a study: sample configs, train each, prune hopeless ones, log every trial to MLflow."""
     from exptrack.study import load_study_file
@@ -197,6 +208,7 @@ def search(
         tracking_uri=tracking_uri, tracking=not no_tracking, workers=workers, grace_period=grace_period,
         gpus=gpus, per_gpu=per_gpu, profile_trials=profile_trials, enqueue=tuple(enqueue or ()),
         from_study=from_study, from_top=from_top, checkpoint_mb=checkpoint_mb,
+        checkpoint_every=checkpoint_every,
     )  # fmt: skip
     progress = SearchProgress()
     shown = training_progress.shown_by(RichTasks(progress.bar))  # a download or image folder: a task

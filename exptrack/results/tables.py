@@ -43,6 +43,9 @@ def value_columns(study: optuna.Study) -> list[str]:
     return study_store.objective_names(study) or [f"value_{i}" for i in range(n)]
 
 
+RESUMED_COLUMN = "resumed"  # a retry that resumed from a checkpoint: whose, and after which epoch
+
+
 def trials_frame(study: optuna.Study, runs: list[Any], costs: bool = False) -> pd.DataFrame:
     """One row per trial: number, state, value(s), `pareto` (on the Pareto front, for several
     objectives), `feasible` (for a study with constraints), every sampled parameter (dotted
@@ -65,7 +68,8 @@ def trials_frame(study: optuna.Study, runs: list[Any], costs: bool = False) -> p
         frame[column] = flags
     shown_costs = [c for c in shown_costs if frame[c].notna().any()]
     fixed = ["number", "state", *values, *marks, *shown_costs]
-    tail = ["weights", "duration_s", "run_id", "run_status", *profile]
+    resumed = [RESUMED_COLUMN] if RESUMED_COLUMN in frame.columns else []  # only where a trial resumed
+    tail = ["weights", *resumed, "duration_s", "run_id", "run_status", *profile]
     params = sorted(c for c in frame.columns if c not in fixed and c not in tail and c not in COST_COLUMNS)
     return frame.reindex(columns=[*fixed, *params, *tail])
 
@@ -135,6 +139,9 @@ def _trial_row(
     row.update(zip(value_cols, values or [math.nan] * len(value_cols), strict=True))
     row.update(trial.params)
     row["weights"] = weights_used(trial)
+    stored = study_store.record(trial)
+    if stored.resumed_from_epoch is not None:  # its duration covers only the epochs it trained
+        row[RESUMED_COLUMN] = f"trial {stored.retry_of} after epoch {stored.resumed_from_epoch}"
     start, end = trial.datetime_start, trial.datetime_complete
     row["duration_s"] = (end - start).total_seconds() if start and end else math.nan
     # MLflow's record wins; the trial's own link still names the run when MLflow is elsewhere.

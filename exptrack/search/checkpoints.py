@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,15 @@ import optuna
 from optuna.trial import TrialState
 
 from exptrack import records
-from exptrack.search.options import CHECKPOINT_MB
+from exptrack.search.options import CHECKPOINT_EVERY_S, CHECKPOINT_MB
 from exptrack.search.ownership import awaiting_retry
 from exptrack.stores.url import parse
 from exptrack.training import checkpoints
 from exptrack.training.checkpoints import Checkpoint, CheckpointUnusable
 
 FOLDER = "exptrack-checkpoints"
-DEFAULT_MB = CHECKPOINT_MB  # `--checkpoint-mb`'s default (its figure beside it, in search.options)
+# `--checkpoint-mb` and `--checkpoint-every`'s defaults (their figures beside them, in search.options)
+DEFAULT_MB, DEFAULT_EVERY_S = CHECKPOINT_MB, CHECKPOINT_EVERY_S
 
 
 def folder_for(storage_url: str, study_name: str) -> Path:
@@ -57,15 +59,23 @@ class TrialCheckpoints:
         cap_mb: int = DEFAULT_MB,
         warn: Callable[[str], None] = print,
         shield: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
+        every_s: float = 0.0,  # seconds of training between two checkpoints (`--checkpoint-every`)
     ) -> None:
         self.folder, self.number, self.retry_of = folder, number, retry_of
         self.path = path_of(folder, number)
         self.config, self.cap_mb, self.warn, self.shield = _plain(config), cap_mb, warn, shield
         self.saved_epoch: int | None = None  # the epoch the file at `path` holds
+        self.every_s, self._since = every_s, time.monotonic()  # since the trial began or last saved
         self._said = False
 
+    def due(self) -> bool:
+        """Is a checkpoint due at this epoch end (`every_s` of training since the last)?"""
+        return self.cap_mb > 0 and time.monotonic() - self._since >= self.every_s
+
     def save(self, epoch: int, reported: list[dict[str, float]], state: dict[str, Any]) -> None:
-        """Write the state after `epoch`, unless checkpoints are off or it is over the cap."""
+        """Write the state after `epoch` when one is due, unless it is over the cap."""
+        if not self.due():
+            return
         size = checkpoints.nbytes(state)
         if self.cap_mb <= 0 or size > self.cap_mb * 2**20:
             if self.cap_mb > 0 and not self._said:
@@ -83,7 +93,7 @@ class TrialCheckpoints:
         except (OSError, RuntimeError) as exc:  # a full disk costs the checkpoint, never the trial
             self.warn(f"trial {self.number}: checkpoint after epoch {epoch} not written ({exc})")
             return
-        self.saved_epoch = epoch
+        self.saved_epoch, self._since = epoch, time.monotonic()
 
     def resume(self) -> Checkpoint | None:
         """The checkpoint of the trial this one retries, now this trial's own file (a kill before

@@ -222,6 +222,7 @@ def trial_context(search: Search, tracking: StudyRun, traced: bool = False) -> T
         search.warn,
         search.interrupts,
         checkpoint_mb=search.options.checkpoint_mb,
+        checkpoint_every=search.options.checkpoint_every,
     )
 
 

@@ -5,6 +5,7 @@ then search (in this process, or in `--workers` processes)."""
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -158,6 +159,8 @@ def check_options(options: SearchOptions) -> None:
         raise UserError(
             f"--checkpoint-mb must be 0 (no checkpoints) to {MAX_CHECKPOINT_MB}, got {options.checkpoint_mb}"
         )
+    if not 0 <= options.checkpoint_every < math.inf:  # `not`: NaN is refused too
+        raise UserError(f"--checkpoint-every must be 0 or more seconds, got {options.checkpoint_every}")
     if options.profile_trials and not options.tracking:
         raise UserError("--profile-trials logs traces to MLflow; drop --no-tracking or --profile-trials")
     for flag, name in (("--study-name", options.study_name), ("--from-study", options.from_study)):

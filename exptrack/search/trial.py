@@ -68,6 +68,7 @@ class TrialContext:
     interrupts: signals.Interrupts = dataclasses.field(default_factory=signals.Interrupts)
     journal: Journal | None = None  # this process's journal of the study (`tracking.journal`)
     checkpoint_mb: int = checkpoints.DEFAULT_MB  # --checkpoint-mb: a bigger checkpoint is not kept; 0: none
+    checkpoint_every: float = checkpoints.DEFAULT_EVERY_S  # --checkpoint-every: seconds between two
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +162,7 @@ def _checkpoints(
         ctx.checkpoint_mb,
         ctx.warn,
         ctx.interrupts.shielded,
+        ctx.checkpoint_every,
     )
 
 

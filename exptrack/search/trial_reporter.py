@@ -75,6 +75,10 @@ class TrialReporter:
         set_user_attrs(self.trial, self.attrs)
         self.attrs.clear()
 
+    def checkpoint_due(self) -> bool:
+        """Is a checkpoint wanted at this epoch end (`--checkpoint-every` seconds since the last)?"""
+        return self.saved is not None and self.saved.due()
+
     def checkpoint(self, epoch: int, state: Mapping[str, Any]) -> None:
         """The training function's state after `epoch` (`training.checkpoints.Store`), saved with
         what was reported so far; a retry of this trial resumes from it."""

@@ -38,8 +38,10 @@ class CheckpointUnusable(ValueError):
 
 @runtime_checkable
 class Store(Protocol):
-    """What a reporter offers a training function that saves its state (the search's does)."""
+    """What a reporter offers a training function that saves its state (the search's does):
+    `checkpoint_due()` says whether to build a state at this epoch end (they are spaced in time)."""
 
+    def checkpoint_due(self) -> bool: ...
     def checkpoint(self, epoch: int, state: Mapping[str, Any]) -> None: ...
     def resume_state(self) -> Mapping[str, Any] | None: ...
 
@@ -100,7 +102,8 @@ def capture(
     skipped = _frozen_ids(frozen)
     state = model.state_dict(keep_vars=True)
     return {
-        "model": {k: v.detach().clone() for k, v in state.items() if id(v) not in skipped},
+        # references, not copies: the store writes them before training goes on
+        "model": {k: v.detach() for k, v in state.items() if id(v) not in skipped},
         "frozen_digest": _digest(frozen),
         "optimizer": optimizer.state_dict(),
         "history": [dict(h) for h in history],
@@ -153,8 +156,9 @@ def save(
     epoch: int,
     history: list[dict[str, float]],
 ) -> None:
-    """`fit`'s checkpoint at the end of `epoch`, handed to the store (which writes it, or not)."""
-    store.checkpoint(epoch, capture(model, frozen, optimizer, history))
+    """`fit`'s checkpoint at the end of `epoch`, when the store wants one."""
+    if store.checkpoint_due():
+        store.checkpoint(epoch, capture(model, frozen, optimizer, history))
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

@@ -5,6 +5,7 @@ ends; the checkpoints are gone once the study no longer needs them."""
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -12,9 +13,11 @@ import pytest
 from mlflow import MlflowClient
 
 from exptrack.training import checkpoints
+from tests.conftest import run_exp
 from tests.faultkit import run_search, runs_by_trial, send, start_search, trials, wait_for
 
-THREE_EPOCHS = ("--set", "epochs=3", "--seed", "5")  # seeded: a second study samples the same trial 0
+# seeded: a second study samples the same trial 0; a checkpoint at every epoch end (sub-second here)
+THREE_EPOCHS = ("--set", "epochs=3", "--seed", "5", "--checkpoint-every", "0")
 
 
 def _wait_for_epoch_2_checkpoint(project: Path, process) -> Path:  # type: ignore[no-untyped-def]
@@ -63,6 +66,10 @@ def test_a_sigkilled_trial_resumes_from_its_epoch_2_checkpoint_and_ends_exactly_
     history = MlflowClient(f"sqlite:///{project}/mlflow.db").get_metric_history(run.info.run_id, "val_loss")
     assert sorted(m.step for m in history) == [1, 2, 3]  # the run holds the whole curve
     assert not (project / "exptrack-checkpoints").exists()  # nothing left once both trials ended
+
+    listed = run_exp(project, "trials", "faulty", "--format", "json", check=True)
+    shown = {row["number"]: row for row in json.loads(listed.stdout)}
+    assert shown[1]["resumed"] == "trial 0 after epoch 2" and shown[0]["resumed"] is None
 
 
 @pytest.mark.slow

@@ -41,7 +41,17 @@ def test_a_checkpoint_over_the_cap_is_not_kept_and_said_once(tmp_path: Path) -> 
     assert saver.saved_epoch == 2 and [p.name for p in tmp_path.iterdir()] == ["4.pt"]
     off = _saver(tmp_path, 5, cap_mb=0, said=said)  # --checkpoint-mb 0: none, and nothing said
     off.save(1, [], {"model": torch.zeros(16)})
-    assert not off.path.exists() and len(said) == 1
+    assert not off.path.exists() and len(said) == 1 and not off.due()
+
+
+def test_checkpoints_are_spaced_by_checkpoint_every_seconds_of_training(tmp_path: Path) -> None:
+    spaced = checkpoints.TrialCheckpoints(tmp_path, 0, None, CONFIG, every_s=3600)
+    assert not spaced.due()  # an hour has not passed since the trial began
+    spaced.save(1, [], {"model": torch.zeros(16)})
+    assert not spaced.path.exists()
+    every = checkpoints.TrialCheckpoints(tmp_path, 1, None, CONFIG, every_s=0)
+    every.save(1, [], {"model": torch.zeros(16)})
+    assert every.due() and every.saved_epoch == 1
 
 
 def test_a_retry_takes_over_its_predecessors_checkpoint_of_the_same_config_only(tmp_path: Path) -> None:
