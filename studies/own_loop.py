@@ -3,7 +3,8 @@
 Run: exp search studies/own_loop.py --trials 20
 exptrack opens and closes each trial's MLflow run, records its params, prunes (median pruner on
 the val_accuracy it reports per epoch), records a raised exception as a FAILED trial with its
-traceback, and `exp export` + `exp train` reproduce a trial with this same function.
+traceback, and `exp export` + `exp train` reproduce a trial with this same function. It opts in to
+checkpoints (`reporter.checkpoint`, `reporter.resume_state`), so a killed trial's retry resumes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 from exptrack import Study
 from exptrack.config import TrialConfig
+from exptrack.training import checkpoints
 from exptrack.training.objective import Reporter
 
 
@@ -28,15 +30,34 @@ def train(config: TrialConfig, reporter: Reporter) -> float:
     model = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 10))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     reporter.log_figure("trainable_params", sum(p.numel() for p in model.parameters()))
+    store = reporter if isinstance(reporter, checkpoints.Store) else None  # a search trial's: it checkpoints
+    done = _resume(store, model, optimizer)  # epochs a killed predecessor of this trial trained
     started, val_accuracy = time.perf_counter(), 0.0
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(done + 1, config.epochs + 1):
         train_loss = _train_epoch(model, optimizer, train_x, train_y, config.batch_size)
         val_loss, val_accuracy = _evaluate(model, val_x, val_y)
         reporter.report(epoch, {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy})
         if reporter.should_prune():  # the median pruner says this trial is behind: stop here
             break
-    reporter.log_figure("seconds_per_epoch", (time.perf_counter() - started) / epoch)
+        if store is not None and epoch < config.epochs and store.checkpoint_due():
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+            store.checkpoint(
+                epoch, {"epoch": epoch, **state, "rng": checkpoints.rng_state(torch.device("cpu"))}
+            )
+    reporter.log_figure("seconds_per_epoch", (time.perf_counter() - started) / max(1, epoch - done))
     return val_accuracy
+
+
+def _resume(store: checkpoints.Store | None, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """The state a killed predecessor saved (its model, optimizer and random numbers: the batch
+    order comes from torch's generator), loaded; the epochs it had trained, or 0."""
+    state = store.resume_state() if store is not None else None
+    if not state:
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    checkpoints.set_rng_state(state["rng"], torch.device("cpu"))
+    return int(state["epoch"])
 
 
 def _digits(

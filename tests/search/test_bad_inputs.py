@@ -149,6 +149,16 @@ CASES = [
         ["--profile-trials logs traces to MLflow", "drop --no-tracking"],
     ),
     ("negative-trials", ["good.py", "--trials", "-3"], ["--trials must be at least 1"]),
+    (
+        "negative-checkpoint-mb",
+        ["good.py", "--checkpoint-mb", "-1"],
+        ["--checkpoint-mb must be 0 (no checkpoints) to 1048576, got -1"],
+    ),
+    (
+        "nan-checkpoint-every",
+        ["good.py", "--checkpoint-every", "nan"],
+        ["--checkpoint-every must be 0 or more"],
+    ),
     ("set-unknown-key", ["good.py", "--set", "epoch=2"], ["unknown config key 'epoch'"]),
     ("set-wrong-type", ["good.py", "--set", "epochs=many"], ["epochs must be of type int"]),
     ("malformed-storage", ["good.py", "--storage", "sqlite//optuna.db"], ["not a valid database URL"]),

@@ -117,3 +117,33 @@ def test_the_sweep_keeps_only_checkpoints_a_trial_may_still_write_or_resume(tmp_
     study.tell(awaited, 1.0)
     assert checkpoints.sweep(study, folder) == [awaiting]
     assert not (tmp_path / "exptrack-checkpoints").exists()  # no empty folders left behind
+
+
+def test_an_own_training_function_that_opts_in_resumes_exactly_through_the_trials_reporter(
+    tmp_path: Path,
+) -> None:
+    """studies/own_loop.py saves its MLP, AdamW and RNGs through `reporter.checkpoint`: a retry
+    resumes after epoch 2 of 3 and reports epochs 1-2 again, ending as the uninterrupted trial."""
+    from exptrack import config as cfg
+    from exptrack.search.trial_reporter import TrialReporter
+    from studies.own_loop import train
+
+    study, _ = _study(tmp_path)
+    config = cfg.TrialConfig(
+        epochs=3, subset=200, lr=0.01, batch_size=32, params={"hidden": 16, "dropout": 0.2}
+    )
+    folder = tmp_path / "exptrack-checkpoints" / "s"
+
+    def run(retry_of: int | None) -> tuple[optuna.Trial, TrialReporter, float]:
+        trial = study.ask()
+        saver = checkpoints.TrialCheckpoints(folder, trial.number, retry_of, config.to_dict(), every_s=0)
+        reporter = TrialReporter(trial, None, None, ["val_accuracy"], 3, custom=True, saved=saver)
+        return trial, reporter, train(config, reporter)
+
+    whole, whole_reporter, whole_value = run(None)  # leaves its epoch 2 checkpoint (0.pt)
+    retry, retry_reporter, retry_value = run(whole.number)
+    assert retry_value == whole_value  # exact: the same batches (torch's generator), weights, moments
+    assert retry_reporter.history == whole_reporter.history  # epochs 1-2 carried, epoch 3 trained
+    stored = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert stored[retry.number].intermediate_values == stored[whole.number].intermediate_values
+    assert stored[retry.number].user_attrs[records.RESUMED_ATTR] == 2
