@@ -110,7 +110,7 @@ class TrialReporter:
         if self.tracker:
             self.tracker.log_setup(self.run_id, {records.RESUMED_ATTR: resumed})
         self.attrs[records.RESUMED_ATTR] = resumed
-        self._store(functools.partial(self._write_attr, records.RESUMED_ATTR))
+        self._store(self._write_attrs)
 
     def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
         if self.carried:
