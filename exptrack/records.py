@@ -8,6 +8,8 @@ drift apart; no other module spells one of these strings.
 from __future__ import annotations
 
 # --- the figures training reports, by their bare names: what an objective or constraint may name --
+# (training's FitResult reports them; they live here because core `study.py` checks a study's
+# metric and constraints by them at load and tracking picks the runs view's columns by them)
 EPOCH_METRICS = ("val_accuracy", "val_loss", "train_loss")  # per epoch, in fit's history
 # FitResult.profile's keys (training.profiling): add a figure here when profiling reports a new one
 PROFILE_FIGURES = (

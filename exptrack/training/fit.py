@@ -61,6 +61,13 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclasses.dataclass
 class FitResult:
+    """What one training run reports. Its figures' names are declared in core, not here:
+    `records.EPOCH_METRICS` (each `history` entry's keys) and `records.PROFILE_FIGURES` /
+    `records.PROFILE_TEXT` (`profile`'s keys). A study file's `metric=` and constraints are checked
+    against them when the file loads (core `study.py`) and the runs view picks its columns by them
+    (tracking), and neither may import training; `tests/training/test_train.py` holds a real fit's
+    keys to that list."""
+
     history: list[dict[str, float]]  # one entry per finished epoch, with "epoch"
     # cost figures under bare names (`seconds_per_epoch`, `flops_per_sample`); `feature_cache` is text
     profile: dict[str, float | str]
