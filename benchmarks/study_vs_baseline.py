@@ -45,7 +45,7 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # exptrack from this check
 from gpu_study import environment, run_arm  # noqa: E402
 from trial_timeline import read_trials, summarize_arm  # noqa: E402
 
-from exptrack import records  # noqa: E402
+from exptrack import records, study_store  # noqa: E402
 
 FULL = {"trials": 50, "epochs": 2, "image_size": 24, "subset": 900}  # studies/finetune.py's sizes
 # The default run: 10 trials (all TPE start-up trials, so every arm draws the same configs) of 300
@@ -114,7 +114,7 @@ def finished_trials(storage: str, study: str) -> list[dict[str, Any]]:
     for t in optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False):
         if t.state.name not in ("COMPLETE", "PRUNED") or not t.datetime_complete:
             continue
-        profile = t.user_attrs.get(records.PROFILE_ATTR) or {}
+        profile = study_store.record(t).costs
         rows.append(
             {
                 "number": t.number,

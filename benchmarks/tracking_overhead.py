@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from exptrack import config as cfg
-from exptrack import records
+from exptrack import study_store
 from exptrack.search import loop
 from exptrack.search.loop import Search
 from exptrack.search.options import SearchOptions
@@ -67,7 +67,7 @@ def timed_trial(search: Search, tracking: StudyRun) -> tuple[float, float]:
     loop.run_one(search, tracking)
     wall = time.perf_counter() - start
     trial = search.study.get_trials(deepcopy=False)[-1]
-    profile = trial.user_attrs.get(records.PROFILE_ATTR, {})
+    profile = study_store.record(trial).costs
     epochs = len(trial.intermediate_values)
     return wall, wall - profile.get("seconds_per_epoch", 0.0) * epochs
 

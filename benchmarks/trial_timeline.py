@@ -8,7 +8,7 @@ import itertools
 import statistics
 from typing import Any
 
-from exptrack import records
+from exptrack import records, study_store
 
 FIRST_STEP_ATTR = "first_step_at"  # what baseline_optuna_mlflow.py stores on each trial
 
@@ -25,7 +25,7 @@ def read_trials(storage: str, study_name: str) -> list[dict[str, Any]]:
         return []
     rows = []
     for t in study.get_trials(deepcopy=False):
-        profile = t.user_attrs.get(records.PROFILE_ATTR) or {}
+        profile = study_store.record(t).costs
         first = t.user_attrs.get(FIRST_STEP_ATTR, profile.get(records.TRAIN_STARTED_AT))
         rows.append(
             {
@@ -35,7 +35,7 @@ def read_trials(storage: str, study_name: str) -> list[dict[str, Any]]:
                 "start": t.datetime_start.timestamp() if t.datetime_start else None,
                 "end": t.datetime_complete.timestamp() if t.datetime_complete else None,
                 "first_step_at": first,
-                "worker": t.user_attrs.get(records.WORKER_ATTR, "-"),
+                "worker": study_store.record(t).worker or "-",
             }
         )
     return rows

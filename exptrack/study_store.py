@@ -91,6 +91,11 @@ class TrialRecord:
         return isinstance(self.trial.user_attrs.get(records.PROFILE_ATTR), dict)
 
     @property
+    def run_pending(self) -> bool:
+        """Its run could not be opened (an outage): `exp sync` writes it later."""
+        return records.RUN_PENDING_ATTR in self.trial.user_attrs
+
+    @property
     def is_retry(self) -> bool:
         return records.RETRY_ATTR in self.trial.user_attrs
 

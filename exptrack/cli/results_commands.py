@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from exptrack import records
+from exptrack import records, study_store
 from exptrack.cli.options import (
     FormatOpt,
     RichTasks,
@@ -72,7 +72,7 @@ def _finish_outage(study_name: str, storage: str | None, tracking_uri: str | Non
 
     url = resolve_storage(storage)
     left = folder_for(url, study_name).is_dir() or any(
-        records.RUN_PENDING_ATTR in t.user_attrs
+        study_store.record(t).run_pending
         for t in load_existing_study(study_name, storage).get_trials(deepcopy=False)
     )
     if left:

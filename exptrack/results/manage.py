@@ -71,9 +71,7 @@ class Target:
 
     def run_ids(self, trials: list[FrozenTrial] | None = None) -> list[str]:
         chosen = self.study.get_trials(deepcopy=False) if trials is None else trials
-        return [
-            str(t.user_attrs[records.RUN_ID_ATTR]) for t in chosen if t.user_attrs.get(records.RUN_ID_ATTR)
-        ]
+        return [run_id for t in chosen if (run_id := study_store.record(t).run_id)]
 
 
 @contextlib.contextmanager
@@ -106,8 +104,7 @@ def _refuse_live(study: optuna.Study, name: str, force: bool) -> None:
     live = [
         t.number
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if isinstance(t.user_attrs.get(records.WORKER_ATTR), str)
-        and not owner_is_dead(t.user_attrs[records.WORKER_ATTR])
+        if (worker := study_store.record(t).worker) is not None and not owner_is_dead(worker)
     ]
     if live and not force:
         shown = ", ".join(map(str, live))
@@ -197,9 +194,9 @@ def _copy_runs(target: Target, new: str, uid: str, chosen: list[FrozenTrial]) ->
         return {}
     by_id = {r.info.run_id: r for r in found.trials}
     sources = {
-        number: by_id[str(t.user_attrs.get(records.RUN_ID_ATTR))]
+        number: by_id[run_id]
         for number, t in enumerate(chosen)
-        if str(t.user_attrs.get(records.RUN_ID_ATTR)) in by_id
+        if (run_id := study_store.record(t).run_id) in by_id
     }
     experiment, parent = study_runs.copy_parent(target.tracker, found.parents[0], new, uid, target.wrote)
     return study_runs.copy_trial_runs(target.tracker, experiment, parent, new, sources, target.wrote)
@@ -266,7 +263,7 @@ def drop(
         chosen = [t for t in trials if t.number in numbers or (test is not None and test(t))]
         if target.tracker is not None and chosen:
             found = study_runs.find(target.tracker, name, target.uid, target.run_ids(chosen))
-            ids = {str(t.user_attrs.get(records.RUN_ID_ATTR)) for t in chosen}
+            ids = {str(study_store.record(t).run_id) for t in chosen}
             runs = study_runs.of_trials(found, {t.number for t in chosen}, ids)
             study_runs.delete(target.tracker, runs, target.wrote)
         dropped = {t.number for t in chosen}

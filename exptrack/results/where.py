@@ -17,7 +17,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
-from exptrack import records, study_store
+from exptrack import study_store
 from exptrack.errors import UserError
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
@@ -86,7 +86,7 @@ def lookup(trial: FrozenTrial, key: str) -> Any:
         return trial.value if trial.values and len(trial.values) == 1 else None
     if key in trial.params:
         return trial.params[key]
-    found: Any = trial.user_attrs.get(records.CONFIG_ATTR) or {}
+    found: Any = study_store.record(trial).config
     for step in key.split("."):
         if not isinstance(found, dict) or step not in found:
             return None

@@ -150,7 +150,7 @@ def _needs_rebuild(run: Any, trial: FrozenTrial, metric: str | None) -> bool:
     run yet, or whose run lacks the objective it reported (its writes were lost). A trial whose run
     id names a run this store does not hold is left alone: it was tracked into another store."""
     if run is None:
-        return records.RUN_PENDING_ATTR in trial.user_attrs
+        return study_store.record(trial).run_pending
     return bool(trial.intermediate_values) and metric is not None and metric not in run.data.metrics
 
 
@@ -158,19 +158,18 @@ def _records_of(
     where: Where, trial: FrozenTrial, experiment_id: str, parent_run_id: str, metric: str | None
 ) -> list[dict[str, Any]]:
     """The journal records a live run of `trial` would have written, from what Optuna holds."""
-    config = trial.user_attrs.get(records.CONFIG_ATTR)
-    loaded = cfg.from_dict(config) if config else None
+    stored = study_store.record(trial)
+    loaded = cfg.from_dict(stored.config) if stored.config else None
     params = named_params(loaded.flat_params(), trial.params) if loaded else dict(trial.params)
     provenance = {records.PROVENANCE_STUDY: where.study.study_name, records.PROVENANCE_TRIAL: trial.number}
-    retry = trial.user_attrs.get(records.RETRY_ATTR)
     facts = runs.TrialFacts(
         where.study.study_name, where.storage_url, trial.number, params,
-        cfg.dump_yaml(loaded, provenance) if loaded else "", retry_of=None if retry is None else str(retry),
+        cfg.dump_yaml(loaded, provenance) if loaded else "", retry_of=stored.retry_of,
     )  # fmt: skip
     start, end = _ms(trial.datetime_start), _ms(trial.datetime_complete)
     tags = runs.trial_tags(runs.OpenedRun(experiment_id, parent_run_id), facts)
     found: list[dict[str, Any]] = [
-        {"k": "open", "n": trial.number, "run": trial.user_attrs.get(records.RUN_ID_ATTR), "exp": experiment_id,
+        {"k": "open", "n": trial.number, "run": stored.run_id, "exp": experiment_id,
          "name": records.trial_run_name(trial.number), "tags": tags, "params": params,
          "config": facts.config_yaml or None, "start": start},
     ]  # fmt: skip
@@ -183,14 +182,12 @@ def _records_of(
 def _closing(study: optuna.Study, trial: FrozenTrial, metric: str | None) -> dict[str, Any]:
     """State, figures and tags of a rebuilt run's close, as `trial._tell` and `fail` give them."""
     state = study_store.state_name(trial)
+    stored = study_store.record(trial)
     if state == "FAIL":
-        reason = str(trial.user_attrs.get(records.FAIL_REASON_ATTR, "failed (reason not recorded)"))
+        reason = stored.fail_reason
+        reason = "failed (reason not recorded)" if reason is None else reason
         return {"state": state, "metrics": {}, "tags": runs.fail_tags(reason)}
-    profile = {
-        k: v
-        for k, v in trial.user_attrs.get(records.PROFILE_ATTR, {}).items()
-        if k != records.TRAIN_STARTED_AT
-    }
+    profile = {k: v for k, v in stored.costs.items() if k != records.TRAIN_STARTED_AT}
     figures: dict[str, float] = {}
     values = [v for _, v in sorted(trial.intermediate_values.items())]
     if metric and values:
