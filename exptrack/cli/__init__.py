@@ -58,6 +58,19 @@ class _Group(typer.core.TyperGroup, _Command):
         return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
 
 
+class _GroupPathContext(typer._click.Context):
+    """The context of a group's default command: its path is the group's (`exp trials`), so its
+    usage line and its errors' "Try ... --help" read as a user types it, not `exp trials list`."""
+
+    @property
+    def command_path(self) -> str:
+        return self.parent.command_path if self.parent is not None else super().command_path
+
+
+class _DefaultCommand(_Command):
+    context_class = _GroupPathContext
+
+
 class _DefaultGroup(typer.core.TyperGroup):
     """`exp studies` and `exp trials`: a first word that names none of the subcommands (`rm`,
     `drop`, ...) runs the group's default command with every word, so `exp trials finetune
@@ -123,7 +136,7 @@ for _command in (
 def _group(name: str, help_text: str, default: Any, **commands: Any) -> None:
     """`exp NAME`: its default command (listing, as before) and the subcommands that tidy."""
     group = typer.Typer(cls=_DefaultGroup, help=help_text, context_settings=app.info.context_settings)
-    group.command("list", cls=_Command, hidden=True)(default)
+    group.command(_DefaultGroup.default_command, cls=_DefaultCommand, hidden=True)(default)
     for sub, function in commands.items():
         group.command(sub, cls=_Command)(function)
     app.add_typer(group, name=name)

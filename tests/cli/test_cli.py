@@ -141,3 +141,20 @@ def test_a_bad_study_file_is_refused_before_torch_is_imported(tmp_path: Path) ->
         )
         assert done.stdout.split() == ["2", "False"], (done.stdout, done.stderr)
         assert done.stderr.startswith("error: ")
+
+
+@pytest.mark.slow
+def test_trials_and_studies_help_show_the_usage_a_user_types(tmp_path: Path) -> None:
+    """`trials` and `studies` are groups whose listing is a hidden default command: their help,
+    and the usage an error prints, read `exp trials ...`, never `exp trials list ...`."""
+    trials, studies, missing, drop = run_cli_batch(
+        [(tmp_path, ["trials", "--help"]), (tmp_path, ["studies", "-h"]), (tmp_path, ["trials"]),
+         (tmp_path, ["trials", "drop", "--help"])]
+    )  # fmt: skip
+    assert trials.returncode == 0 and studies.returncode == 0 and drop.returncode == 0
+    assert "Usage: exp trials [OPTIONS] {study_name}" in trials.stdout
+    assert "Usage: exp studies [OPTIONS]" in studies.stdout
+    assert missing.returncode == 2 and "Usage: exp trials [OPTIONS] {study_name}" in missing.stderr
+    assert "Try 'exp trials -h' for help" in missing.stderr
+    assert "Usage: exp trials drop [OPTIONS]" in drop.stdout
+    assert " list " not in trials.stdout + studies.stdout + missing.stderr
