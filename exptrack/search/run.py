@@ -88,22 +88,26 @@ def run_search(
         for note in prepared.notes:
             warn(note)
     # From here on stores are written: a signal is reported, and ends the search cleanly.
-    with _signals_handled(own_signals, interrupts):
-        with interrupts.interruptible(CREATING):  # each store is created whole or not at all
-            tracker = None
-            if options.tracking:
-                tracker = Tracker(tracking_uri, warn=warn)
-                tracker.check()
-            search = loop.open_search(
-                spec, options, tracker, progress, warn, prepared, render, starts, interrupts
-            )
-        if planned:
-            order = Order(study_source(study), dict(overrides or {}), options, factory_name(dashboard))
-            summary = workers.run_workers(search, planned, order)
-        else:
-            summary = loop.run(search)
-    if not options.worker:  # the coordinator tells what the whole study shows, once
-        verdict.report(search.study, spec.metric, tracker, summary.parent_run_id, warn)
+    tracker = None
+    try:
+        with _signals_handled(own_signals, interrupts):
+            with interrupts.interruptible(CREATING):  # each store is created whole or not at all
+                if options.tracking:
+                    tracker = Tracker(tracking_uri, warn=warn)
+                    tracker.check()
+                search = loop.open_search(
+                    spec, options, tracker, progress, warn, prepared, render, starts, interrupts
+                )
+            if planned:
+                order = Order(study_source(study), dict(overrides or {}), options, factory_name(dashboard))
+                summary = workers.run_workers(search, planned, order)
+            else:
+                summary = loop.run(search)
+        if not options.worker:  # the coordinator tells what the whole study shows, once
+            verdict.report(search.study, spec.metric, tracker, summary.parent_run_id, warn)
+    finally:
+        if tracker is not None:  # its writer thread ends with the search (a notebook calls many)
+            tracker.close()
     return summary
 
 

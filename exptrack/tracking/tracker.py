@@ -75,6 +75,13 @@ class Tracker:
                 )
             self.failures.append(message)
 
+    def close(self) -> None:
+        """End this process's tracking threads once the search or run is over: the queued writes
+        are finished, a run still sampled stops sampling. The tracker stays usable."""
+        for run_id in list(self.system.monitors):
+            self.system.stop(run_id)
+        self.writer.close()
+
     def check(self) -> None:
         """Fail fast with a one-line message when the tracking store cannot be reached."""
         try:

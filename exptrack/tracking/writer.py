@@ -38,3 +38,13 @@ class BackgroundWriter:
         """Every write queued for the run is done (guarded inside: never raises)."""
         for future in self.pending.pop(run_id, []):
             future.result()
+
+    def close(self) -> None:
+        """Finish every queued write and end the thread: a search called from Python (a notebook)
+        leaves no thread behind per call. A write queued after this starts the thread again."""
+        for run_id in list(self.pending):
+            self.wait(run_id)
+        self.thread.shutdown(wait=True)
+        self.thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="exptrack-mlflow"
+        )  # made, not started: its thread starts with a first write

@@ -7,6 +7,7 @@ import io
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +30,8 @@ def test_search_and_trials_from_python_match_the_cli(project: Path) -> None:
     assert (summary.study_name, summary.finished, summary.ran) == ("finetune", 1, 1)
     assert summary.best[0].user_attrs["mlflow_run_id"] and summary.parent_run_id
     assert signal.getsignal(signal.SIGINT) is before  # a notebook's Ctrl-C is its own again
+    # nor does a search leave a thread behind: a notebook calling it many times would pile them up
+    assert [t.name for t in threading.enumerate() if t.name.startswith("exptrack-")] == []
 
     # a Study object resumes the same study: its budget is met, nothing runs
     study = Study(name="finetune", search_space=str(project / "search_spaces" / "finetune.yaml"))
