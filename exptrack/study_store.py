@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import optuna
@@ -183,6 +183,31 @@ def ranked(study: optuna.Study) -> list[FrozenTrial]:
         return pareto_front(study)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return best_first(complete, is_maximized(study))
+
+
+def stored_objectives(study: optuna.Study) -> dict[str, str]:
+    """{figure: maximize|minimize} as the search stored them on the study (its study file need
+    not be at hand: `exp sync`, `exp studies copy`)."""
+    figures = study.user_attrs.get(records.STUDY_OBJECTIVES_ATTR) or [
+        study.user_attrs.get(records.STUDY_METRIC_ATTR)
+    ]
+    directions = [d.name.lower() for d in study.directions]
+    return dict(zip(figures, directions, strict=False))
+
+
+def study_figures(study: optuna.Study, objectives: Mapping[str, str]) -> dict[str, float]:
+    """The study run's figures: finished_trials and best_<objective> for each objective (over the
+    feasible complete trials; with several objectives each one's best sits on the Pareto front),
+    pareto_front_size."""
+    figures: dict[str, float] = {records.FINISHED_TRIALS_METRIC: float(counted_trials(study))}
+    best = ranked(study)
+    if len(objectives) > 1:
+        figures[records.PARETO_SIZE_METRIC] = float(len(best))
+    for index, (metric, direction) in enumerate(objectives.items()):
+        values = [t.values[index] for t in best if t.values]
+        if values:
+            figures[f"{records.BEST_PREFIX}{metric}"] = (max if direction == "maximize" else min)(values)
+    return figures
 
 
 def is_maximized(study: optuna.Study) -> bool:

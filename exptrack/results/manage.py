@@ -180,18 +180,26 @@ def copy_study(
         ]
         # the copy's own uid, the same on a rerun: its MLflow runs are found again by it
         uid = uuid.uuid5(uuid.NAMESPACE_URL, f"exptrack:{target.uid or name}/{new}").hex
-        runs = _copy_runs(target, new, uid, chosen) if target.tracker is not None else {}
+        parent, runs = _copy_runs(target, new, uid, chosen) if target.tracker is not None else (None, {})
         _copy_optuna(target, new, uid, chosen, runs)
+        if target.tracker is not None and parent is not None:  # its own figures, not its source's
+            copied = optuna.load_study(study_name=new, storage=target.storage)
+            figures = study_store.study_figures(copied, study_store.stored_objectives(copied))
+            target.tracker.log(parent, metrics=figures)
+            target.wrote()
         return len(chosen)
 
 
-def _copy_runs(target: Target, new: str, uid: str, chosen: list[FrozenTrial]) -> dict[int, str]:
-    """New trial number -> its copied run id; {} when MLflow has no record of the study."""
+def _copy_runs(
+    target: Target, new: str, uid: str, chosen: list[FrozenTrial]
+) -> tuple[str | None, dict[int, str]]:
+    """The copy's parent run id and new trial number -> its copied run id; (None, {}) when MLflow
+    has no record of the study."""
     assert target.tracker is not None
     study_runs.check_free(target.tracker, new, uid)
     found = study_runs.find(target.tracker, target.name, target.uid, target.run_ids(chosen))
     if not found.parents:
-        return {}
+        return None, {}
     by_id = {r.info.run_id: r for r in found.trials}
     sources = {
         number: by_id[run_id]
@@ -199,7 +207,7 @@ def _copy_runs(target: Target, new: str, uid: str, chosen: list[FrozenTrial]) ->
         if (run_id := study_store.record(t).run_id) in by_id
     }
     experiment, parent = study_runs.copy_parent(target.tracker, found.parents[0], new, uid, target.wrote)
-    return study_runs.copy_trial_runs(target.tracker, experiment, parent, new, sources, target.wrote)
+    return parent, study_runs.copy_trial_runs(target.tracker, experiment, parent, new, sources, target.wrote)
 
 
 def _copy_optuna(target: Target, new: str, uid: str, chosen: list[FrozenTrial], runs: dict[int, str]) -> None:

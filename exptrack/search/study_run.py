@@ -12,12 +12,11 @@ from collections.abc import Callable, Mapping
 import optuna
 from optuna.trial import TrialState
 
-from exptrack import records
 from exptrack.search import preflight
 from exptrack.search.study_setup import StoredStudy
 from exptrack.stores.locks import StoreLock
 from exptrack.study import Study
-from exptrack.study_store import counted_trials, ranked
+from exptrack.study_store import study_figures
 from exptrack.tracking import runs
 from exptrack.tracking.tracker import Tracker
 
@@ -92,18 +91,4 @@ def close_if_last(
     with lock:
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
-        runs.close_study_run(tracker, run.parent_run_id, status, study_metrics(study, spec))
-
-
-def study_metrics(study: optuna.Study, spec: Study) -> dict[str, float]:
-    """finished_trials and best_<objective> for each objective (over the feasible complete
-    trials; with several objectives each one's best sits on the Pareto front), pareto_front_size."""
-    metrics: dict[str, float] = {records.FINISHED_TRIALS_METRIC: float(counted_trials(study))}
-    best = ranked(study)
-    if spec.multi_objective:
-        metrics[records.PARETO_SIZE_METRIC] = float(len(best))
-    for index, (metric, direction) in enumerate(spec.objectives.items()):
-        values = [t.values[index] for t in best if t.values]
-        if values:
-            metrics[f"{records.BEST_PREFIX}{metric}"] = (max if direction == "maximize" else min)(values)
-    return metrics
+        runs.close_study_run(tracker, run.parent_run_id, status, study_figures(study, spec.objectives))

@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from exptrack import config as cfg
 from exptrack import records, study_store
 from exptrack.errors import first_line, redact
-from exptrack.search import feasibility, repair, study_run
+from exptrack.search import feasibility, repair
 from exptrack.search.space import named_params
 from exptrack.search.trial import CONSTRAINTS_KEY
 from exptrack.stores import optuna_private
@@ -245,23 +245,5 @@ def _sync_runs(where: Where, tracker: Tracker, warn: Warn) -> None:
         return
     repair.repair_runs(study, tracker, experiment_id, parent)
     if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        runs.close_study_run(tracker, parent, "FINISHED", study_run.study_metrics(study, _declared(study)))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Declared:
-    """What `study_run.study_metrics` reads of a study file, from the stored study's attributes."""
-
-    objectives: dict[str, str]
-
-    @property
-    def multi_objective(self) -> bool:
-        return len(self.objectives) > 1
-
-
-def _declared(study: optuna.Study) -> Any:
-    figures = study.user_attrs.get(records.STUDY_OBJECTIVES_ATTR) or [
-        study.user_attrs.get(records.STUDY_METRIC_ATTR)
-    ]
-    directions = [d.name.lower() for d in study.directions]
-    return _Declared(dict(zip(figures, directions, strict=False)))
+        figures = study_store.study_figures(study, study_store.stored_objectives(study))
+        runs.close_study_run(tracker, parent, "FINISHED", figures)

@@ -216,3 +216,21 @@ def test_tidying_on_postgresql_keeps_both_stores_in_step(postgres: Any, tmp_path
     killed_then_finished(tmp_path, ["studies", "rm", "pg", "--yes", *flags], 1)
     assert agree(tmp_path, storage, uri) == {"pg2": [0, 1]}
     assert os.environ.get(KILL_ENV) is None
+
+
+@pytest.mark.slow
+def test_a_where_copy_carries_its_own_finished_trials_and_best_not_its_sources(stores: Path) -> None:
+    copied = exp(stores, "studies", "copy", STUDY, "first", "--where", "number==0")
+    assert copied.returncode == 0, copied.stderr
+    storage = f"sqlite:///{stores / 'optuna.db'}"
+    only = optuna.load_study(study_name="first", storage=storage).trials[0]
+    (parent,) = [
+        r for r in active_runs(stores, "first") if r.data.tags[records.ROLE_TAG] == records.ROLE_STUDY
+    ]
+    assert parent.data.metrics[records.FINISHED_TRIALS_METRIC] == 1  # the source's parent says 3
+    assert parent.data.metrics["best_val_accuracy"] == only.value
+    history = client(stores).get_metric_history(parent.info.run_id, records.FINISHED_TRIALS_METRIC)
+    assert [m.value for m in history] == [1]  # none of the source's figures came with it
+    (source,) = [r for r in active_runs(stores, STUDY) if r.data.tags[records.ROLE_TAG] == records.ROLE_STUDY]
+    assert source.data.metrics[records.FINISHED_TRIALS_METRIC] == TRIALS
+
