@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import json
 import os
+import shutil
 import signal
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ from exptrack.processes import owner_is_dead
 from exptrack.results import where as where_filter
 from exptrack.stores import backends, optuna_private, optuna_storage
 from exptrack.study import check_name
-from exptrack.tracking import queries, study_runs
+from exptrack.tracking import journal, queries, study_runs
 from exptrack.tracking.tracker import Tracker
 
 # Tests only: SIGKILL this process right after its N-th write to either store, to prove that
@@ -128,13 +129,16 @@ def _check_new(target: Target, new: str) -> None:
 def remove(
     name: str, storage: str | None, tracking_uri: str | None, force: bool, warn: Callable[[str], None]
 ) -> int:
-    """Delete the study and its MLflow runs (parent, trials, anything nested, reproductions);
-    how many runs. Runs first, the Optuna study last: a kill leaves the study to find the rest by."""
+    """Delete the study, its MLflow runs (parent, trials, anything nested, reproductions) and its
+    journal folder; how many runs. Runs first, the Optuna study last: a kill leaves the study to
+    find the rest by. The journal goes too: its records would otherwise be written by `exp sync`
+    (or `exp trials`) into a later study of the same name, as runs of trials it never ran."""
     with opened(name, storage, tracking_uri, warn, force) as target:
         deleted = 0
         if target.tracker is not None:
             found = study_runs.find(target.tracker, name, target.uid, target.run_ids())
             deleted = study_runs.delete(target.tracker, found.all(), target.wrote)
+        shutil.rmtree(journal.folder_for(target.storage.url, name), ignore_errors=True)
         optuna.delete_study(study_name=name, storage=target.storage)
         target.wrote()
         return deleted

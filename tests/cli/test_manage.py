@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 
 from exptrack import processes, records
 from exptrack.results.manage import KILL_ENV
+from exptrack.tracking import journal
 from tests.conftest import REPO, TINY, exp_env, run_exp
 
 STUDY = "finetune"
@@ -234,3 +235,14 @@ def test_a_where_copy_carries_its_own_finished_trials_and_best_not_its_sources(s
     (source,) = [r for r in active_runs(stores, STUDY) if r.data.tags[records.ROLE_TAG] == records.ROLE_STUDY]
     assert source.data.metrics[records.FINISHED_TRIALS_METRIC] == TRIALS
 
+
+@pytest.mark.slow
+def test_rm_drops_the_studys_journal_so_sync_cannot_bring_its_runs_back(stores: Path) -> None:
+    folder = journal.folder_for(f"sqlite:///{stores / 'optuna.db'}", STUDY)
+    left = journal.Journal(folder)  # what an outage left: trial 0's run never reached MLflow
+    left.append({"k": "open", "n": 0, "run": None, "exp": "0", "name": "trial-000", "tags": {}, "params": {}})
+    left.close()
+    assert any(folder.iterdir())
+    done = exp(stores, "studies", "rm", STUDY, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert not folder.exists() and agree(stores) == {}
