@@ -43,6 +43,8 @@ STUDY_OBJECTIVES_ATTR = "objectives"  # every objective's figure, in Optuna's va
 STUDY_CONSTRAINTS_ATTR = "constraints"  # the declared constraints as written (`seconds_per_epoch <= 30`)
 STUDY_SPACE_ATTR = "search_space"
 STUDY_FIXED_ATTR = "fixed"
+# the training function its trials ran (`Study.objective_name`: finetune, train, my_train:train)
+STUDY_TRAINING_ATTR = "training_function"
 # the study file a search last ran from (absolute): `exp export` records it, so `exp train` loads
 # it first and the losses, backbones and datasets it registers are known again
 STUDY_FILE_ATTR = "study_file"

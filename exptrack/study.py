@@ -20,6 +20,7 @@ from exptrack.errors import UserError, did_you_mean
 # What an objective or a constraint may name: a figure training reports, by its bare name.
 FIGURES = (*records.EPOCH_METRICS, *records.PROFILE_FIGURES)
 DIRECTIONS = ("maximize", "minimize")
+BUILT_IN_OBJECTIVE = "finetune"  # `Study.objective_name` of the built-in fine-tuning
 # A study name is at most 200 bytes of UTF-8: it names the report file `NAME-dashboard.html`,
 # and a file name stops at 255 bytes (ext4, xfs); MLflow's own limit on the experiment is 500
 # characters, and `--new-study` may add `-2`.
@@ -189,6 +190,17 @@ class Study:
     def custom_objective(self) -> bool:
         """Does the study train with its own function instead of the built-in fine-tuning?"""
         return self.objective is not None
+
+    @property
+    def objective_name(self) -> str:
+        """The training function's name as a changed study is told by it: `finetune` (the
+        built-in), a study file's own function by its name (`train`: the file's module name is
+        not stable), else the "module:function" as written."""
+        if self.objective is None:
+            return BUILT_IN_OBJECTIVE
+        if callable(self.objective):
+            return str(getattr(self.objective, "__qualname__", None) or repr(self.objective))
+        return self.objective
 
     def objective_function(self) -> Callable[..., Any] | None:
         """The study's own training function (None: the built-in), a "module:function" name

@@ -27,6 +27,7 @@ from exptrack.errors import UserError, failure_reason, redact
 from exptrack.results import export, train_run
 from exptrack.stores import optuna_storage
 from exptrack.stores.url import resolve_tracking
+from exptrack.study import BUILT_IN_OBJECTIVE, Study
 from exptrack.tracking import queries, runs
 from exptrack.tracking.tracker import Tracker
 from exptrack.training import fit
@@ -80,48 +81,76 @@ def confirm(
         raise UserError(f"--seeds must be from 1 to {MAX_SEEDS}, got {seeds}")
     study = optuna_storage.load_existing_study(study_name, storage)
     chosen = export.best_trials(study, top)
-    metric = _metric(study)
-    tracker, opened = _study_run(study, tracking_uri, warn)
     study_file = study.user_attrs.get(records.STUDY_FILE_ATTR)  # what it registers (a loss, a dataset)
-    train_run.load_registrations({records.PROVENANCE_STUDY_FILE: study_file}, warn)
-    repeats = _repeats(study, chosen, seeds, tracker, opened, warn, on_repeat)
-    result = summarise(study, chosen, repeats, metric)
+    spec = train_run.load_registrations({records.PROVENANCE_STUDY_FILE: study_file}, warn)
+    own = _own_objective(study, spec)
+    metric = _metric(study, own is not None)
+    tracker, opened = _study_run(study, tracking_uri, warn)
+    trainer = _Trainer(tracker, opened, study.study_name, own or objectives.finetune, metric, warn)
+    repeats = _repeats(study, chosen, seeds, trainer, on_repeat)
+    result = summarise(study, chosen, repeats, metric, test=own is None or _scored_test(repeats, metric))
     _record(study, tracker, opened.run_id, result)
     return result
+
+
+def _own_objective(study: optuna.Study, spec: Study | None) -> objectives.Objective | None:
+    """The study's own training function (None: the built-in fine-tuning), from its study file;
+    a study recorded as training with its own function whose file cannot be loaded is refused
+    rather than fine-tuned in its place."""
+    own = spec.objective_function() if spec is not None else None
+    recorded = study.user_attrs.get(records.STUDY_TRAINING_ATTR)
+    if own is None and recorded not in (None, BUILT_IN_OBJECTIVE):
+        raise UserError(
+            f"study {study.study_name!r} trains with its own function {recorded}, and its study file "
+            f"({study.user_attrs.get(records.STUDY_FILE_ATTR)}) cannot be loaded; restore it"
+        )
+    return own
+
+
+@dataclasses.dataclass(frozen=True)
+class _Trainer:
+    """How a repeat is trained: the study's training function, its runs nested under `opened`."""
+
+    tracker: Tracker
+    opened: runs.OpenedRun
+    study_name: str
+    objective: objectives.Objective
+    metric: str
+    warn: Callable[[str], None]
 
 
 def _repeats(
     study: optuna.Study,
     chosen: list[FrozenTrial],
     seeds: int,
-    tracker: Tracker,
-    opened: runs.OpenedRun,
-    warn: Callable[[str], None],
+    trainer: _Trainer,
     on_repeat: Callable[[Repeat], None],
 ) -> list[Repeat]:
     """Each chosen config with each fresh seed: the recorded repeat, else one trained now."""
+    tracker, opened = trainer.tracker, trainer.opened
     existing = queries.confirm_runs(tracker, opened.experiment_id, opened.run_id)
     closed = runs.close_dead_confirm_runs(tracker, existing)
     if closed:
-        warn(f"closed {len(closed)} confirm run(s) left RUNNING by a process that died; training them again")
+        trainer.warn(
+            f"closed {len(closed)} confirm run(s) left RUNNING by a process that died; training them again"
+        )
     done = _finished(existing)
     repeats = []
     for trial in chosen:
         config = export.export_trial(study, trial).config
         for seed in fresh_seeds(config.seed, seeds):
-            repeat = done.get((trial.number, seed)) or _train(
-                tracker, opened, study.study_name, trial, config, seed, warn
-            )
+            repeat = done.get((trial.number, seed)) or _train(trainer, trial, config, seed)
             if repeat is not None:
                 on_repeat(repeat)
                 repeats.append(repeat)
     return repeats
 
 
-def _metric(study: optuna.Study) -> str:
-    """The figure repeated: the study's (first) objective, which must be a per-epoch metric."""
+def _metric(study: optuna.Study, own: bool) -> str:
+    """The figure repeated: the study's (first) objective, which must be a per-epoch metric (any
+    figure a study's own training function reports or returns)."""
     metric = str(study.user_attrs.get(records.STUDY_METRIC_ATTR) or "")
-    if metric not in records.EPOCH_METRICS:
+    if metric not in records.EPOCH_METRICS and not (own and metric):
         raise UserError(
             f"study {study.study_name!r} optimises {metric or 'an unrecorded metric'}; exp confirm repeats "
             f"a training metric ({', '.join(records.EPOCH_METRICS)})"
@@ -154,27 +183,24 @@ def _finished(existing: list[Any]) -> dict[tuple[int, int], Repeat]:
     return {key: Repeat(*key, metrics, run_id, new=False) for key, (run_id, metrics) in found.items()}
 
 
-def _train(
-    tracker: Tracker,
-    opened: runs.OpenedRun,
-    study_name: str,
-    trial: FrozenTrial,
-    config: cfg.TrialConfig,
-    seed: int,
-    warn: Callable[[str], None],
-) -> Repeat | None:
-    """Train the trial's config with `seed` as a confirm run, scoring the test split at the end.
-    A repeat that fails (a NaN loss) is recorded FAILED and left out, with a warning; Ctrl-C or
+def _train(trainer: _Trainer, trial: FrozenTrial, config: cfg.TrialConfig, seed: int) -> Repeat | None:
+    """Train the trial's config with `seed` (its config's seed field: the built-in and a study's
+    own function both seed from it) as a confirm run, scoring the test split at the end. A
+    repeat that fails (a NaN loss) is recorded FAILED and left out, with a warning; Ctrl-C or
     SIGTERM closes its run FAILED and stops the command."""
-    config = fit.with_available_weights(config.replace(seed=seed), warn)
+    tracker, warn, study_name = trainer.tracker, trainer.warn, trainer.study_name
+    config = config.replace(seed=seed)
+    if trainer.objective is objectives.finetune:  # weights are the built-in's
+        config = fit.with_available_weights(config, warn)
     provenance = {records.PROVENANCE_STUDY: study_name, records.PROVENANCE_TRIAL: trial.number}
     facts = runs.RepeatFacts(
         study_name, trial.number, seed, config.flat_params(), cfg.dump_yaml(config, provenance)
     )
-    run_id = runs.open_confirm_run(tracker, opened, facts)
+    run_id = runs.open_confirm_run(tracker, trainer.opened, facts)
     reporter = train_run.RunReporter(tracker, run_id, warn)  # scores the test split at the end
     try:
-        final = objectives.finetune(config, reporter)
+        returned = trainer.objective(config, reporter)
+        final = objectives.final_values(returned, reporter.last_report, trainer.metric)
     except Exception as exc:
         runs.fail_run(tracker, run_id, failure_reason(exc))
         warn(f"trial {trial.number} seed {seed} failed ({failure_reason(exc)}); left out of the summary")
@@ -188,11 +214,17 @@ def _train(
     return Repeat(trial.number, seed, figures, run_id, new=True)
 
 
+def _scored_test(repeats: list[Repeat], metric: str) -> bool:
+    """Did a study's own function score the test split (`reporter.log_test`) in any repeat?"""
+    return any(TEST_OF.get(metric) in r.figures for r in repeats)
+
+
 def summarise(
-    study: optuna.Study, chosen: list[FrozenTrial], repeats: list[Repeat], metric: str
+    study: optuna.Study, chosen: list[FrozenTrial], repeats: list[Repeat], metric: str, test: bool = True
 ) -> Confirmation:
-    """Per config: the interval of the metric and of its test twin; the top two compared."""
-    test_metric = TEST_OF.get(metric)
+    """Per config: the interval of the metric and of its test twin (`test`: the repeats scored the
+    test split); the top two compared."""
+    test_metric = TEST_OF.get(metric) if test else None
     maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     values = {t.number: _values(repeats, t.number, metric) for t in chosen}
     rows = [_row(t, repeats, metric, test_metric) for t in chosen]

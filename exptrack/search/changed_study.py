@@ -34,6 +34,7 @@ class Declaration:
     search_space: Mapping[str, Any] | None
     constraints: list[str] | None = None
     fixed: Mapping[str, Any] | None = None  # the fixed config, `--set` values merged in
+    objective: str | None = None  # the training function (`Study.objective_name`)
 
 
 def declaration(spec: Study, search_space: Mapping[str, Any]) -> Declaration:
@@ -42,7 +43,7 @@ def declaration(spec: Study, search_space: Mapping[str, Any]) -> Declaration:
     constraints = [str(c) for c in spec.parsed_constraints()]
     directions, metrics = ",".join(spec.directions), ",".join(spec.objectives)
     fixed = {TEST_FRACTION: cfg.TrialConfig().test_fraction, **spec.fixed}
-    return Declaration(directions, metrics, search_space, constraints, fixed)
+    return Declaration(directions, metrics, search_space, constraints, fixed, spec.objective_name)
 
 
 def stored_declaration(storage: optuna.storages.BaseStorage, name: str) -> Declaration | None:
@@ -62,6 +63,7 @@ def stored_declaration(storage: optuna.storages.BaseStorage, name: str) -> Decla
         attrs.get(records.STUDY_SPACE_ATTR),
         attrs.get(records.STUDY_CONSTRAINTS_ATTR),
         attrs.get(records.STUDY_FIXED_ATTR),
+        attrs.get(records.STUDY_TRAINING_ATTR),
     )
 
 
@@ -73,6 +75,7 @@ def difference(stored: Declaration, current: Declaration) -> str | None:
     for key, old_value, new_value in (
         ("direction", stored.direction, current.direction),
         ("metric", stored.metric, current.metric),
+        ("objective", stored.objective, current.objective),  # another function: other trials
     ):
         if old_value is not None and old_value != new_value:
             return f"{key}={old_value}, now {new_value}"

@@ -92,6 +92,7 @@ def _write_attributes(
         records.STUDY_CONSTRAINTS_ATTR: [str(c) for c in prepared.constraints],
         records.STUDY_SPACE_ATTR: declared.search_space,
         records.STUDY_FIXED_ATTR: dict(declared.fixed or {}),  # with its test share
+        records.STUDY_TRAINING_ATTR: spec.objective_name,
     }
     stored = study.user_attrs  # one read: each access is a storage query and a deep copy
     adopt_untagged = False

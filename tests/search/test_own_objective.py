@@ -92,3 +92,28 @@ def test_the_own_loop_example_runs_and_exp_train_reproduces_its_best_trial(proje
         f"val_accuracy: trial {study.best_value:.6g}, this run {study.best_value:.6g} (identical)"
         in trained.stdout
     )
+
+
+@pytest.mark.slow
+def test_confirm_repeats_an_own_function_with_fresh_seeds_and_a_changed_function_is_refused(project: Path, exp) -> None:  # type: ignore[no-untyped-def]
+    exp("search", OWN, "--trials", "2", check=True)
+    confirmed = exp("confirm", "own_objective", "--top", "1", "--seeds", "2")
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert "trial 0: score 0.9" in confirmed.stdout and "(2 seeds" in confirmed.stdout  # its own metric
+    assert "test_" not in confirmed.stdout  # its function scores no test split: no empty column
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    (experiment,) = [e.experiment_id for e in client.search_experiments() if e.name == "own_objective"]
+    repeats = client.search_runs([experiment], f"tags.`{records.ROLE_TAG}` = '{records.ROLE_CONFIRM}'")
+    assert sorted(r.data.tags[records.CONFIRM_SEED_TAG] for r in repeats) == ["1", "2"]  # seed 0 + 1, + 2
+    assert all(r.info.status == "FINISHED" and r.data.metrics["score"] == 0.9 for r in repeats)
+
+    changed = project / "changed"  # the same study, trained by another function
+    changed.mkdir()
+    source = REPO / "tests" / "studies"
+    (changed / "own_objective.yaml").write_text((source / "own_objective.yaml").read_text())
+    (changed / "other_train.py").write_text((source / "own_objective_train.py").read_text())
+    text = (source / "own_objective.py").read_text()
+    (changed / "own_objective.py").write_text(text.replace("own_objective_train:train", "other_train:train"))
+    refused = exp("search", str(changed / "own_objective.py"), "--trials", "3")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "objective=own_objective_train:train, now other_train:train; use --new-study" in refused.stderr
