@@ -196,13 +196,15 @@ def copy_parent(
     if source.info.run_id in done:
         return experiment, done[source.info.run_id]
     tags = _copied_tags(source, {STUDY_TAG: new, records.OPTUNA_STUDY_TAG: new, records.STUDY_UID_TAG: uid})
-    return experiment, _copy_run(tracker, source, experiment, new, tags, wrote, _of_the_copy)
+    return experiment, _copy_run(tracker, source, experiment, new, tags, wrote)
 
 
-def _of_the_copy(metric: str) -> bool:
-    """A study run's metric that still holds for a copy: not its figures over all its trials
+def _copied_metric(source: Any, metric: str) -> bool:
+    """Every metric of a trial run; of a study run, not its figures over all its trials
     (finished_trials, best_*, pareto_front_size), which `exp studies copy` computes for the copy's
     own trials (a --where copy has fewer)."""
+    if source.data.tags.get(records.ROLE_TAG) != records.ROLE_STUDY:
+        return True
     study_figures = (records.FINISHED_TRIALS_METRIC, records.PARETO_SIZE_METRIC)
     return metric not in study_figures and not metric.startswith(records.BEST_PREFIX)
 
@@ -230,19 +232,12 @@ def _finished_copies(tracker: Tracker, runs: Iterable[Any], wrote: Callable[[], 
 
 
 def _copy_run(
-    tracker: Tracker,
-    source: Any,
-    experiment: str,
-    name: str,
-    tags: dict[str, str],
-    wrote: Callable[[], None],
-    keep_metric: Callable[[str], bool] = lambda metric: True,
+    tracker: Tracker, source: Any, experiment: str, name: str, tags: dict[str, str], wrote: Callable[[], None]
 ) -> str:
-    """A new run holding `source`'s contents (its metrics `keep_metric` keeps), closed with its
-    status; `copy_complete` comes last."""
+    """A new run holding `source`'s contents, closed with its status; `copy_complete` comes last."""
     run_id = tracker.client.create_run(experiment, run_name=name, tags=tags).info.run_id
     wrote()
-    _copy_contents(tracker, source, run_id, keep_metric)
+    _copy_contents(tracker, source, run_id)
     wrote()
     status = source.info.status if source.info.status != "RUNNING" else "FINISHED"
     tracker.client.set_terminated(run_id, status=status, end_time=source.info.end_time)
@@ -275,8 +270,8 @@ def copy_trial_runs(
     return copied
 
 
-def _copy_contents(tracker: Tracker, source: Any, run_id: str, keep_metric: Callable[[str], bool]) -> None:
-    """Params, every kept metric's whole history and the artifacts of `source` onto `run_id`."""
+def _copy_contents(tracker: Tracker, source: Any, run_id: str) -> None:
+    """Params, every copied metric's whole history and the artifacts of `source` onto `run_id`."""
     import os
     import tempfile
 
@@ -284,7 +279,7 @@ def _copy_contents(tracker: Tracker, source: Any, run_id: str, keep_metric: Call
 
     client = tracker.client
     params = [Param(k, v) for k, v in source.data.params.items()]
-    kept = [key for key in source.data.metrics if keep_metric(key)]
+    kept = [key for key in source.data.metrics if _copied_metric(source, key)]
     metrics = [m for key in kept for m in client.get_metric_history(source.info.run_id, key)]
     for start in range(0, max(len(params), len(metrics), 1), 100):  # MLflow takes 100 params a batch
         client.log_batch(
