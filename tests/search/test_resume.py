@@ -112,6 +112,32 @@ def test_changed_objectives_or_constraints_are_a_changed_study(tmp_path: Path) -
         check(objectives=pair, constraints=["seconds_per_epoch <= 20"])
 
 
+def test_another_training_function_is_a_changed_study(tmp_path: Path) -> None:
+    from exptrack.errors import UserError
+    from exptrack.search import changed_study
+    from exptrack.study import Study
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    space = {"lr": {"float": [1e-3, 1e-2]}}
+    own = Study(name="own", search_space="s.yaml", objective="my_train:train", metric="score")
+    declared = changed_study.declaration(own, space)
+    stored = optuna.create_study(study_name="own", storage=storage, direction="maximize")
+    for key, value in (
+        ("metric", "score"),
+        ("search_space", space),
+        ("training_function", own.objective_name),
+    ):
+        stored.set_user_attr(key, value)
+    assert changed_study.check(storage, "own", declared, False) == "own"  # the same function
+    other = Study(name="own", search_space="s.yaml", objective="other_train:train", metric="score")
+    with pytest.raises(UserError) as changed:
+        changed_study.check(storage, "own", changed_study.declaration(other, space), False)
+    assert str(changed.value) == (
+        "study 'own' was created with objective=my_train:train, now other_train:train; "
+        "use --new-study or --study-name NEW"
+    )
+
+
 @pytest.mark.slow
 def test_a_changed_fixed_config_is_a_changed_study_and_trials_shows_an_older_mix(project: Path) -> None:
     """A quick look (`--set epochs=2`) on a stored study is refused with the difference, or runs
