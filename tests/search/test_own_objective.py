@@ -4,6 +4,8 @@ space, per-epoch reports in MLflow and to the pruner, a raise as a FAILED trial,
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import optuna
@@ -97,10 +99,12 @@ def test_the_own_loop_example_runs_and_exp_train_reproduces_its_best_trial(proje
 @pytest.mark.slow
 def test_confirm_repeats_an_own_function_with_fresh_seeds_and_a_changed_function_is_refused(project: Path, exp) -> None:  # type: ignore[no-untyped-def]
     exp("search", OWN, "--trials", "2", check=True)
-    confirmed = exp("confirm", "own_objective", "--top", "1", "--seeds", "2")
+    confirmed = exp("confirm", "own_objective", "--top", "1", "--seeds", "2", "--format", "csv")
     assert confirmed.returncode == 0, confirmed.stderr
-    assert "trial 0: score 0.9" in confirmed.stdout and "(2 seeds" in confirmed.stdout  # its own metric
-    assert "test_" not in confirmed.stdout  # its function scores no test split: no empty column
+    assert "trial 0 seed 2 (trained): loss=0.1000, score=0.9000" in confirmed.stderr  # its own function
+    (row,) = csv.DictReader(io.StringIO(confirmed.stdout))
+    assert (row["trial"], row["seeds"], float(row["score_mean"])) == ("0", "2", 0.9)  # its own metric
+    assert not [column for column in row if column.startswith("test_")]  # no test split scored: no column
     client = MlflowClient(f"sqlite:///{project}/mlflow.db")
     (experiment,) = [e.experiment_id for e in client.search_experiments() if e.name == "own_objective"]
     repeats = client.search_runs([experiment], f"tags.`{records.ROLE_TAG}` = '{records.ROLE_CONFIRM}'")
