@@ -113,8 +113,7 @@ def fit(
     `trace_dir`, a few steady-state steps are traced there (`tracing.window`). With `test`, the
     trained model is scored once on the test split at the end (`exp train`, `exp confirm`); a
     search's trial never asks, so neither its value nor its pruning can depend on the test images.
-    With `store` (a search trial's reporter), each epoch end but the last is saved there, and a
-    state it hands back (a retried trial's predecessor's) is resumed after its epoch."""
+    With `store` (a search trial's reporter), epoch ends are checkpointed and a retry resumes."""
     reporter = reporter or NullReporter()
     device = resolve_device(config.device)
     memory = TrialMemory(device)  # before the data and model: they are this trial's memory too
@@ -230,7 +229,8 @@ def _epochs(
     """Train and evaluate epoch by epoch after the `resumed` ones: (the history, whether the
     reporter stopped it)."""
     with progress.task("epochs", config.epochs) as shown:  # the trial's own bar, with an ETA
-        shown.advance(len(resumed))
+        if resumed:
+            shown.advance(len(resumed))
         return _epoch_loop(config, trainer, source, reporter, shown, resumed)
 
 
