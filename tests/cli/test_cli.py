@@ -4,6 +4,7 @@ and output that a log file or a pipe receives whole."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,61 @@ from exptrack import __version__
 from tests.faultkit import run_cli_batch
 from tests.fixtures_search import STUDY, TRIALS, Searched
 
+COMMANDS = ("search", "trials", "export", "train", "report", "ui", "studies")
+STUDY_FILE = "from exptrack import Study\nstudy = Study(name='s', search_space='SPACE', fixed=FIXED)\n"
+# Each test's `exp` commands, by the name the test reads them by. They run through the real entry
+# point in one process for the module (run_cli_batch): one interpreter start instead of four;
+# `search --help` and `trials --help`, asked by two tests each, run once.
+CASES: dict[str, list[str]] = {
+    "top": ["-h"],
+    "version": ["--version"],
+    "search-help": ["search", "--help"],
+    "export-h": ["export", "-h"],
+    "train-h": ["train", "-h"],
+    "help": ["--help"],
+    **{f"{name}-help": [name, "--help"] for name in COMMANDS},
+    "broken": ["search", "broken.py"],
+    "typo": ["search", "typo.py"],
+    "epoch": ["search", "epoch.py"],
+    "backbone": ["search", "good.py", "--set", "backbone=resnet81"],
+    "trials-help": ["trials", "--help"],
+    "studies-h": ["studies", "-h"],
+    "trials-missing": ["trials"],
+    "drop-help": ["trials", "drop", "--help"],
+}
+
+
+def write_study_files(where: Path) -> None:
+    """A space YAML broken at line 3, one with a typo'd key, and study files using them."""
+    (where / "space.yaml").write_text(
+        "lr: {float: [1.0e-3, 1.0e-2]}\nbatch_size: {choice: [16, 32]\nloss: x\n"
+    )
+    (where / "typo.yaml").write_text("lr: {float: [1.0e-3, 1.0e-2], lgo: true}\n")
+    (where / "broken.py").write_text(STUDY_FILE.replace("SPACE", "space.yaml").replace("FIXED", "{}"))
+    (where / "typo.py").write_text(STUDY_FILE.replace("SPACE", "typo.yaml").replace("FIXED", "{}"))
+    epoch = STUDY_FILE.replace("SPACE", "typo.yaml").replace("FIXED", "{'epoch': 2}")
+    (where / "epoch.py").write_text(epoch)
+    (where / "good.yaml").write_text("lr: {float: [1.0e-3, 1.0e-2]}\n")
+    (where / "good.py").write_text(STUDY_FILE.replace("SPACE", "good.yaml").replace("FIXED", "{}"))
+
+
+Answers = dict[str, subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def answers(tmp_path_factory: pytest.TempPathFactory) -> Answers:
+    """Every case in CASES, run once in one directory holding the study files."""
+    where = tmp_path_factory.mktemp("cli")
+    write_study_files(where)
+    results = run_cli_batch([(where, args) for args in CASES.values()])
+    return dict(zip(CASES, results, strict=True))
+
 
 @pytest.mark.slow
-def test_help_shows_the_defaults_and_exp_has_version_short_help_and_completion(tmp_path: Path) -> None:
-    top, version, search, export, train = run_cli_batch(
-        [(tmp_path, ["-h"]), (tmp_path, ["--version"]), (tmp_path, ["search", "--help"]),
-         (tmp_path, ["export", "-h"]), (tmp_path, ["train", "-h"])]
-    )  # fmt: skip
+def test_help_shows_the_defaults_and_exp_has_version_short_help_and_completion(answers: Answers) -> None:
+    top, version, search, export, train = (
+        answers[k] for k in ("top", "version", "search-help", "export-h", "train-h")
+    )
     assert all(r.returncode == 0 for r in (top, version, search, export, train))
     assert version.stdout.strip() == f"exp (exptrack) {__version__}"
     assert "--install-completion" in top.stdout and "--show-completion" in top.stdout  # typer's own
@@ -74,12 +123,11 @@ def test_training_progress_is_drawn_on_the_search_bar_while_it_runs() -> None:
     assert not bar.tasks  # gone from the bar once done
 
 
-COMMANDS = ("search", "trials", "export", "train", "report", "ui", "studies")
-
-
 @pytest.mark.slow
-def test_help_lists_commands_in_workflow_order_with_no_type_hints_or_doubled_defaults(tmp_path: Path) -> None:
-    helps = run_cli_batch([(tmp_path, ["--help"]), *((tmp_path, [name, "--help"]) for name in COMMANDS)])
+def test_help_lists_commands_in_workflow_order_with_no_type_hints_or_doubled_defaults(
+    answers: Answers,
+) -> None:
+    helps = [answers["help"], *(answers[f"{name}-help"] for name in COMMANDS)]
     assert all(r.returncode == 0 for r in helps), [r.stderr for r in helps]
     listed = [line.strip("│ ").split(" ")[0] for line in helps[0].stdout.splitlines()]
     assert [name for name in listed if name in COMMANDS] == list(COMMANDS)  # search, trials, export, ...
@@ -92,21 +140,8 @@ def test_help_lists_commands_in_workflow_order_with_no_type_hints_or_doubled_def
 
 
 @pytest.mark.slow
-def test_a_broken_yaml_names_line_and_column_and_a_typo_gets_did_you_mean(tmp_path: Path) -> None:
-    (tmp_path / "space.yaml").write_text(
-        "lr: {float: [1.0e-3, 1.0e-2]}\nbatch_size: {choice: [16, 32]\nloss: x\n"
-    )
-    (tmp_path / "typo.yaml").write_text("lr: {float: [1.0e-3, 1.0e-2], lgo: true}\n")
-    study = "from exptrack import Study\nstudy = Study(name='s', search_space='SPACE', fixed=FIXED)\n"
-    (tmp_path / "broken.py").write_text(study.replace("SPACE", "space.yaml").replace("FIXED", "{}"))
-    (tmp_path / "typo.py").write_text(study.replace("SPACE", "typo.yaml").replace("FIXED", "{}"))
-    (tmp_path / "epoch.py").write_text(study.replace("SPACE", "typo.yaml").replace("FIXED", "{'epoch': 2}"))
-    (tmp_path / "good.yaml").write_text("lr: {float: [1.0e-3, 1.0e-2]}\n")
-    (tmp_path / "good.py").write_text(study.replace("SPACE", "good.yaml").replace("FIXED", "{}"))
-    broken, typo, epoch, backbone = run_cli_batch(
-        [(tmp_path, ["search", "broken.py"]), (tmp_path, ["search", "typo.py"]),
-         (tmp_path, ["search", "epoch.py"]), (tmp_path, ["search", "good.py", "--set", "backbone=resnet81"])]
-    )  # fmt: skip
+def test_a_broken_yaml_names_line_and_column_and_a_typo_gets_did_you_mean(answers: Answers) -> None:
+    broken, typo, epoch, backbone = (answers[k] for k in ("broken", "typo", "epoch", "backbone"))
     assert [r.returncode for r in (broken, typo, epoch, backbone)] == [2, 2, 2, 2]
     assert broken.stderr.startswith("error: ") and "space.yaml:3:1: not valid YAML" in broken.stderr
     assert "unknown key 'lgo' (did you mean 'log'?)" in typo.stderr
@@ -144,13 +179,12 @@ def test_a_bad_study_file_is_refused_before_torch_is_imported(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_trials_and_studies_help_show_the_usage_a_user_types(tmp_path: Path) -> None:
+def test_trials_and_studies_help_show_the_usage_a_user_types(answers: Answers) -> None:
     """`trials` and `studies` are groups whose listing is a hidden default command: their help,
     and the usage an error prints, read `exp trials ...`, never `exp trials list ...`."""
-    trials, studies, missing, drop = run_cli_batch(
-        [(tmp_path, ["trials", "--help"]), (tmp_path, ["studies", "-h"]), (tmp_path, ["trials"]),
-         (tmp_path, ["trials", "drop", "--help"])]
-    )  # fmt: skip
+    trials, studies, missing, drop = (
+        answers[k] for k in ("trials-help", "studies-h", "trials-missing", "drop-help")
+    )
     assert trials.returncode == 0 and studies.returncode == 0 and drop.returncode == 0
     assert "Usage: exp trials [OPTIONS] {study_name}" in trials.stdout
     assert "Usage: exp studies [OPTIONS]" in studies.stdout
