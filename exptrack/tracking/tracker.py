@@ -24,7 +24,7 @@ from exptrack.tracking import store_setup
 from exptrack.tracking.artifacts import Artifacts
 from exptrack.tracking.dataset_inputs import log_dataset_input
 from exptrack.tracking.system_metrics import SystemMetrics
-from exptrack.tracking.writer import BackgroundWriter
+from exptrack.tracking.writer import BackgroundWriter, Batch
 
 # A dead tracking server must not stall each trial for minutes (MLflow's defaults: 7 retries with
 # exponential backoff, ~4 min; 120 s timeout): 2 quick retries (~2 s), then the write counts as failed.
@@ -58,8 +58,8 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         self.warn = warn
         self.failures: list[str] = []
-        self.writer = BackgroundWriter(self.guard)
-        self.system = SystemMetrics(self.uri, self.guard)
+        self.writer = BackgroundWriter(self.guard, self._send)
+        self.system = SystemMetrics(self.uri, self.guard, lambda run_id, m: self.writer.batch(run_id, m))
         self.artifacts = Artifacts(self.client, self.guard, self.writer)
 
     @contextlib.contextmanager
@@ -95,7 +95,9 @@ class Tracker:
     def create_run(self, experiment_id: str, name: str, tags: Mapping[str, str], what: str) -> str | None:
         """A run with its tags in the same write; None (a counted failure, `what`) if MLflow refuses it."""
         with self.guard(what):
-            return str(self.client.create_run(experiment_id, run_name=name, tags=_tags(tags)).info.run_id)
+            run = self.client.create_run(experiment_id, run_name=name, tags=_tags(tags))
+            self.artifacts.known(run.info.run_id, run.info.artifact_uri)
+            return str(run.info.run_id)
         return None
 
     def log(
@@ -107,18 +109,18 @@ class Tracker:
         tags: Mapping[str, Any] | None = None,
     ) -> None:
         """One batch, now: metrics at step 0, params and tags (passwords removed, cut to MLflow's limits)."""
-        from mlflow.entities import Param, RunTag
-
         if run_id is None:
             return
+        batch = Batch()
+        batch.add(_metrics(metrics or {}, step=0), _params(params or {}), _tag_list(tags or {}))
         with self.guard("log to run"):
-            self.client.log_batch(
-                run_id,
-                metrics=_metrics(metrics or {}, step=0),
-                params=[Param(k, redact(str(v))[:6000]) for k, v in (params or {}).items()],
-                tags=[RunTag(k, v) for k, v in _tags(tags or {}).items()],
-                synchronous=True,
-            )
+            self._send(run_id, batch)
+
+    def _send(self, run_id: str, batch: Batch) -> None:
+        """One `log_batch` (MLflow's client splits it where it passes the server's limits)."""
+        if batch:
+            params, tags = list(batch.params.values()), list(batch.tags.values())
+            self.client.log_batch(run_id, metrics=batch.metrics, params=params, tags=tags, synchronous=True)
 
     def log_later(
         self,
@@ -127,15 +129,14 @@ class Tracker:
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
     ) -> None:
-        """`log`, on the background writer: the run's close waits for it."""
+        """`log`, into the run's pending batch (`writer`): sent within LINGER_S, or with the close."""
         if run_id is not None:
-            self.writer.later(run_id, "log to run", self.log, run_id, params=params, tags=tags)
+            self.writer.batch(run_id, params=_params(params or {}), tags=_tag_list(tags or {}))
 
     def log_epoch(self, run_id: str | None, epoch: int, metrics: Mapping[str, float]) -> None:
-        """One epoch's metrics, asynchronously: training does not wait for the store."""
+        """One epoch's metrics (timed now), into the run's pending batch: training does not wait."""
         if run_id is not None:
-            metrics_at = _metrics(metrics, step=epoch)
-            self.writer.later(run_id, "log epoch metrics", self.client.log_batch, run_id, metrics=metrics_at)
+            self.writer.batch(run_id, metrics=_metrics(metrics, step=epoch))
 
     def log_setup(self, run_id: str | None, facts: Mapping[str, Any]) -> None:
         """Training's setup facts as tags (`exptrack.device`, ...), and its dataset as the run's
@@ -159,13 +160,18 @@ class Tracker:
         metrics: Mapping[str, float],
         tags: Mapping[str, str] | None = None,
     ) -> None:
-        """Wait for the run's queued writes, stop its system metrics, log its last figures and
-        close it with the status matching `state` (the state itself in a tag, too)."""
+        """Stop its system metrics, wait for the run's queued writes, log its last figures with
+        what its pending batch holds (one `log_batch`) and close it with the status matching
+        `state` (the state itself in a tag, too)."""
         if run_id is None:
             return
+        self.system.stop(run_id)  # its last sample joins the pending batch
+        batch = self.writer.take(run_id)
         self.writer.wait(run_id)
-        self.system.stop(run_id)
-        self.log(run_id, metrics=metrics, tags={records.STATE_TAG: state, **(tags or {})})
+        self.artifacts.forget(run_id)
+        batch.add(_metrics(metrics, step=0), (), _tag_list({records.STATE_TAG: state, **(tags or {})}))
+        with self.guard("log to run"):
+            self._send(run_id, batch)
         with self.guard(f"close run {run_id}"):
             self.client.set_terminated(run_id, status=records.RUN_STATUS[state])
 
@@ -173,6 +179,19 @@ class Tracker:
 def _tags(tags: Mapping[str, Any]) -> dict[str, str]:
     """Tag values as MLflow stores them: text, passwords removed, at most 5000 characters."""
     return {k: redact(str(v))[:5000] for k, v in tags.items()}
+
+
+def _tag_list(tags: Mapping[str, Any]) -> list[Any]:
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, v) for k, v in _tags(tags).items()]
+
+
+def _params(params: Mapping[str, Any]) -> list[Any]:
+    """Params as MLflow stores them: text, passwords removed, at most 6000 characters."""
+    from mlflow.entities import Param
+
+    return [Param(k, redact(str(v))[:6000]) for k, v in params.items()]
 
 
 def _metrics(values: Mapping[str, float], step: int) -> list[Any]:
