@@ -39,6 +39,9 @@ HTTP_DEFAULTS = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
+# What MLflow answers when it refuses an entry of a batch (not when it cannot be reached).
+REFUSED = ("INVALID_PARAMETER_VALUE", "BAD_REQUEST")
+
 
 class Tracker:
     """MLflow writes of one process, by explicit run id. Construct with the tracking URI; `check()`
@@ -117,10 +120,22 @@ class Tracker:
             self._send(run_id, batch)
 
     def _send(self, run_id: str, batch: Batch) -> None:
-        """One `log_batch` (MLflow's client splits it where it passes the server's limits)."""
-        if batch:
-            params, tags = list(batch.params.values()), list(batch.tags.values())
-            self.client.log_batch(run_id, metrics=batch.metrics, params=params, tags=tags, synchronous=True)
+        """One `log_batch` (MLflow's client splits it where it passes the server's limits). An
+        entry the store refuses (a param key too long, a param changed) would take the rest with
+        it: then each write is sent again as it was queued, on its own, and only that one fails."""
+        if not batch:
+            return
+        try:
+            self._log_batch(run_id, batch.metrics, list(batch.params.values()), list(batch.tags.values()))
+        except Exception as exc:
+            if len(batch.parts) < 2 or getattr(exc, "error_code", None) not in REFUSED:
+                raise
+            for metrics, params, tags in batch.parts:
+                with self.guard("log to run"):
+                    self._log_batch(run_id, metrics, params, tags)
+
+    def _log_batch(self, run_id: str, metrics: list[Any], params: list[Any], tags: list[Any]) -> None:
+        self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags, synchronous=True)
 
     def log_later(
         self,

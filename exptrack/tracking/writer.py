@@ -36,11 +36,14 @@ class Batch:
     metrics: list[Any] = dataclasses.field(default_factory=list)
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     tags: dict[str, Any] = dataclasses.field(default_factory=dict)  # a later value wins, as if sent in order
+    parts: list[tuple[list[Any], list[Any], list[Any]]] = dataclasses.field(default_factory=list)  # as added
 
     def add(self, metrics: Iterable[Any] = (), params: Iterable[Any] = (), tags: Iterable[Any] = ()) -> None:
-        self.metrics.extend(metrics)
-        self.params.update((p.key, p) for p in params)
-        self.tags.update((t.key, t) for t in tags)
+        part = (list(metrics), list(params), list(tags))
+        self.parts.append(part)
+        self.metrics.extend(part[0])
+        self.params.update((p.key, p) for p in part[1])
+        self.tags.update((t.key, t) for t in part[2])
 
     def __bool__(self) -> bool:
         return bool(self.metrics or self.params or self.tags)
