@@ -82,7 +82,7 @@ class BackgroundWriter:
             self.batches.setdefault(run_id, Batch()).add(metrics, params, tags)
             if run_id not in self.timers:
                 timer = threading.Timer(self.linger_s, self._due, [run_id])
-                timer.daemon = True
+                timer.daemon, timer.name = True, f"exptrack-linger-{run_id}"
                 self.timers[run_id] = timer
                 timer.start()
 
@@ -103,9 +103,9 @@ class BackgroundWriter:
         """The run's pending batch, no longer to be sent here (its close sends it)."""
         with self.lock:
             timer = self.timers.pop(run_id, None)
-            if timer is not None:
-                timer.cancel()
-            return self.batches.pop(run_id, None) or Batch()
+            batch = self.batches.pop(run_id, None) or Batch()
+        _stop(timer)
+        return batch
 
     def wait(self, run_id: str) -> None:
         """Every write queued for the run is done (guarded inside: never raises)."""
@@ -114,10 +114,24 @@ class BackgroundWriter:
 
     def close(self) -> None:
         """Finish every queued write and end the thread: a search called from Python (a notebook)
-        leaves no thread behind per call. A write queued after this starts the thread again."""
+        leaves no thread behind per call. A write queued after this starts the thread again.
+        What a run's batch still holds is sent first (a run left open: its close never came)."""
+        with self.lock:
+            timers, self.timers = list(self.timers.values()), {}
+            for run_id in self.batches:
+                self.later(run_id, "log to run", self._send, run_id)
+        for timer in timers:
+            _stop(timer)
         for run_id in list(self.pending):
             self.wait(run_id)
         self.thread.shutdown(wait=True)
         self.thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="exptrack-mlflow"
         )  # made, not started: its thread starts with a first write
+
+
+def _stop(timer: threading.Timer | None) -> None:
+    """A linger's timer cancelled and its thread ended (outside the lock: its `_due` may wait on it)."""
+    if timer is not None:
+        timer.cancel()
+        timer.join()
