@@ -19,6 +19,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from exptrack import records
+from exptrack.stores.optuna_storage import set_constraints
 from exptrack.study import Constraint
 from exptrack.study_store import out_of_memory
 
@@ -41,9 +42,9 @@ def violations(constraints: Sequence[Constraint], figures: Mapping[str, float]) 
 
 
 def record(trial: optuna.Trial, values: Mapping[str, float]) -> list[str]:
-    """Store the values on the trial (before it is told); returns the constraints it broke."""
-    for name, value in values.items():
-        trial.set_constraint(name, value)
+    """Store the values on the trial (before it is told), in one transaction; returns the
+    constraints it broke."""
+    set_constraints(trial, values)
     return [name for name, value in values.items() if value > 0]
 
 

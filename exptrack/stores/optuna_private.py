@@ -92,6 +92,30 @@ def set_trial_user_attrs(storage: Any, trial_id: int, attrs: Mapping[str, Any]) 
             rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
 
 
+def constraint_attr(name: str) -> str:
+    """The system attr Optuna keeps a trial's constraint `name` under (`Trial.set_constraint`)."""
+    from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
+
+    return f"{_CONSTRAINTS_KEY}:{name}"
+
+
+def set_trial_system_attrs(storage: Any, trial_id: int, attrs: Mapping[str, Any]) -> None:
+    """`set_trial_user_attrs` for system attrs (a trial's constraint values)."""
+    from optuna.storages._rdb import models
+
+    rdb = getattr(storage, "_backend", storage)
+    with _transaction(rdb) as session:
+        for key, value in attrs.items():
+            rdb._set_trial_attr_without_commit(
+                session, models.TrialSystemAttributeModel, trial_id, key, value
+            )
+
+
+def kept_system_attrs(trial: optuna.Trial) -> dict[str, Any]:
+    """The system attrs the trial object holds: those it was asked with and those set through it."""
+    return trial._cached_frozen_trial.system_attrs
+
+
 def keep_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     """What `Trial.set_user_attr` keeps on the trial object besides the store (`trial.user_attrs`)."""
     trial._cached_frozen_trial.user_attrs.update(attrs)

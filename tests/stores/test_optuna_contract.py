@@ -102,3 +102,19 @@ def test_user_attrs_set_in_one_transaction_read_back_as_optunas_and_a_finished_t
         set_user_attrs(trial, {"late": 1, "later": 2})
     again = optuna.load_study(study_name="contract", storage=optuna_private.rdb_storage_of(study))
     assert "late" not in again.trials[0].user_attrs and "later" not in again.trials[0].user_attrs
+
+
+def test_constraints_set_in_one_transaction_read_back_as_optunas_and_a_second_value_is_ignored(
+    study: optuna.Study,
+) -> None:
+    from exptrack.stores.optuna_storage import set_constraints
+
+    trial = study.ask()
+    set_constraints(trial, {"seconds <= 30": 2.5, "out_of_memory": 0.0})
+    set_constraints(trial, {"out_of_memory": 1.0})  # as Optuna's set_constraint: the first one stays
+    with pytest.raises(ValueError, match="NaN"):
+        set_constraints(trial, {"loss <= 1": float("nan")})
+    study.tell(trial, 1.0)
+    stored = optuna.load_study(study_name="contract", storage=optuna_private.rdb_storage_of(study)).trials[0]
+    assert stored.constraints == {"seconds <= 30": 2.5, "out_of_memory": 0.0}
+    assert trial.constraints == stored.constraints
