@@ -176,7 +176,9 @@ class StoreCalls:
                 return plain_request(session, method, url, *args, **kwargs)
 
         requests.Session.request = request  # type: ignore[method-assign]
-        batched = [n for n in ("set_trial_user_attrs",) if hasattr(ResilientStorage, n)]  # exptrack's own
+        batched = [
+            n for n in ("set_trial_user_attrs", "set_trial_system_attrs") if hasattr(ResilientStorage, n)
+        ]  # exptrack's own
         for name in [*optuna_private.storage_calls(), *batched]:
             if name != "check_trial_is_updatable":  # a check of a state already read: no round trip
                 setattr(ResilientStorage, name, self._counted(name, getattr(ResilientStorage, name)))
