@@ -15,6 +15,7 @@ from typing import Any
 
 from exptrack import config as cfg
 from exptrack import records
+from exptrack.config_values import check_text
 from exptrack.errors import UserError, did_you_mean
 
 # What an objective or a constraint may name: a figure training reports, by its bare name.
@@ -90,7 +91,7 @@ def check_name(name: Any, where: str) -> str:
     size = len(name.encode("utf-8", "surrogatepass"))
     if size > MAX_NAME_BYTES:
         raise UserError(f"{where}: study name is {size} bytes long; the limit is {MAX_NAME_BYTES} (UTF-8)")
-    cfg.check_text(name, f"{where}: study name")
+    check_text(name, f"{where}: study name")
     if "/" in name or "\\" in name or name in (".", ".."):
         raise UserError(f"{where}: study name {name!r} names a path; use letters, digits, - and _")
     return name
@@ -156,7 +157,7 @@ class Study:
             if value is not None and not isinstance(value, str | Path):
                 raise UserError(f"{where}: {key} must be a path, got {cfg.shown(value)}")
             if value is not None:
-                cfg.check_text(str(value), f"{where} {key}")
+                check_text(str(value), f"{where} {key}")
 
     def _objectives(self, where: str) -> dict[str, str]:
         if not self.objectives:

@@ -15,7 +15,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from exptrack import config as cfg
+from exptrack.config_values import check_text
 from exptrack.errors import UserError
 
 
@@ -23,7 +23,7 @@ def check_path(text: str, flag: str) -> Path:
     """`--out` as typed: non-empty printable text (an empty one meant the working directory)."""
     if not text.strip():
         raise UserError(f"{flag} is empty; pass a path, e.g. {flag} best")
-    cfg.check_text(text, flag)
+    check_text(text, flag)
     return Path(text)
 
 

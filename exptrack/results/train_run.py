@@ -17,6 +17,7 @@ from typing import Any
 
 from exptrack import config as cfg
 from exptrack import records
+from exptrack.config_values import MAX_INT, check_text, is_number
 from exptrack.errors import UserError, failure_reason
 from exptrack.stores import backends
 from exptrack.stores.url import resolve_tracking
@@ -148,7 +149,7 @@ def check_provenance(provenance: Mapping[str, Any], where: str) -> None:
     study = provenance.get(records.PROVENANCE_STUDY)
     if study is not None:
         check_name(study, f"{where} {records.PROVENANCE_STUDY}")
-    for key, high in ((records.PROVENANCE_TRIAL, cfg.MAX_INT), (records.TORCH_THREADS, MAX_THREADS)):
+    for key, high in ((records.PROVENANCE_TRIAL, MAX_INT), (records.TORCH_THREADS, MAX_THREADS)):
         value = provenance.get(key)
         low = 0 if key == records.PROVENANCE_TRIAL else 1
         if value is not None and (type(value) is not int or not low <= value <= high):
@@ -157,10 +158,10 @@ def check_provenance(provenance: Mapping[str, Any], where: str) -> None:
             )
     run_id = provenance.get(records.PROVENANCE_RUN_ID)
     if run_id is not None:
-        cfg.check_text(str(run_id), f"{where} {records.PROVENANCE_RUN_ID}")
+        check_text(str(run_id), f"{where} {records.PROVENANCE_RUN_ID}")
     value = provenance.get(records.PROVENANCE_VALUE)
     values = value if isinstance(value, list) else [value]
-    if value is not None and not all(cfg.is_number(v) for v in values):
+    if value is not None and not all(is_number(v) for v in values):
         raise UserError(f"{where} {records.PROVENANCE_VALUE} must be a finite number, got {cfg.shown(value)}")
 
 

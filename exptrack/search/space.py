@@ -21,6 +21,7 @@ from typing import Any
 
 from exptrack import config as cfg
 from exptrack import yaml_files
+from exptrack.config_values import is_number, parse_number
 from exptrack.errors import UserError, did_you_mean
 from exptrack.search.space_params import (
     BACKBONE,
@@ -143,17 +144,17 @@ def _parse_range(name: str, field: str, kind: Kind, spec: dict[str, Any], where:
     bounds = spec[kind.value]
     if not isinstance(bounds, list) or len(bounds) != 2:
         raise UserError(f"{where}: {kind.value} needs [low, high], got {bounds!r}")
-    low, high = (cfg.parse_number(b) for b in bounds)
-    log, step = bool(spec.get("log", False)), cfg.parse_number(spec.get("step"))
+    low, high = (parse_number(b) for b in bounds)
+    log, step = bool(spec.get("log", False)), parse_number(spec.get("step"))
     if high == STAGES and field == FREEZE_DEPTH and kind is Kind.INT:
         high = math.inf
-    elif not cfg.is_number(high):
+    elif not is_number(high):
         raise UserError(
             f"{where}: high must be a number"
             + (f" (or {STAGES}, for {FREEZE_DEPTH})" if kind is Kind.INT else "")
             + f", got {high!r}"
         )
-    if not cfg.is_number(low):
+    if not is_number(low):
         raise UserError(f"{where}: low must be a number, got {low!r}")
     if kind is Kind.INT and not (float(low).is_integer() and (math.isinf(high) or float(high).is_integer())):
         raise UserError(f"{where}: int bounds must be whole numbers, got {bounds!r}")
@@ -163,7 +164,7 @@ def _parse_range(name: str, field: str, kind: Kind, spec: dict[str, Any], where:
         raise UserError(f"{where}: log scale needs low > 0, got {low}; raise low or drop log")
     if log and step is not None:
         raise UserError(f"{where}: log and step cannot be combined; keep one")
-    if step is not None and (not cfg.is_number(step) or step <= 0):
+    if step is not None and (not is_number(step) or step <= 0):
         raise UserError(f"{where}: step must be a positive number, got {step!r}")
     if not own:
         _check_field_kind(field, kind, where)
@@ -191,7 +192,7 @@ def _parse_choice(name: str, field: str, spec: dict[str, Any], where: str, sourc
     if field == LOSS and not own:
         for option in options:
             losses.loss_parameters(str(option))  # raises for an unknown loss
-    if all(cfg.is_number(o) for o in options):
+    if all(is_number(o) for o in options):
         # In numeric order: plots that place a choice by its index (optuna-dashboard's slice and
         # parallel coordinates) then show batch sizes 32 < 64 < 128 whatever order the file lists.
         options = sorted(options)

@@ -21,6 +21,7 @@ import optuna
 
 from exptrack import config as cfg
 from exptrack import records, study_store
+from exptrack.config_values import is_number
 from exptrack.errors import UserError, redact
 from exptrack.search.space import BACKBONE, LOSS_PARAMS, Kind, Param, SearchSpace, is_loss_param
 from exptrack.stores import optuna_storage
@@ -97,7 +98,7 @@ def _check(param: Param, value: Any, values: Mapping[str, Any], source: str) -> 
         allowed = f"one of {list(param.choices)}"
     else:
         high = _high(param, values)
-        ok = cfg.is_number(value) and param.low <= value <= high
+        ok = is_number(value) and param.low <= value <= high
         if ok and param.kind is Kind.INT:
             ok = float(value).is_integer() and (int(value) - int(param.low)) % int(param.step or 1) == 0
         elif ok and param.step:

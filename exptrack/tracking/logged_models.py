@@ -16,7 +16,7 @@ from importlib import metadata
 from typing import Any
 
 from exptrack import records
-from exptrack.config import check_text
+from exptrack.config_values import check_text
 from exptrack.errors import UserError, first_line, redact
 from exptrack.tracking.tracker import Tracker
 

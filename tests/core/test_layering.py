@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "exptrack"
 CORE = {
     "config",
+    "config_values",
     "study",
     "records",
     "errors",
