@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from pathlib import Path
 
 import optuna
@@ -17,9 +18,21 @@ from exptrack import records
 from exptrack.errors import UserError
 from exptrack.search import space
 from exptrack.study import Study
-from tests.conftest import REPO
+from tests.conftest import REPO, run_exp
 
 OWN = str(REPO / "tests" / "studies" / "own_objective.py")
+
+
+@pytest.fixture(scope="module")
+def own_searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory where `exp search OWN --trials 2` ran once (its three trials are fixed by its
+    starting points), shared by the tests that read it: one search process instead of two. `exp
+    confirm` adds runs and a study attribute there, never a trial, so the order of the tests is free."""
+    cwd = tmp_path_factory.mktemp("own")
+    for folder in ("studies", "search_spaces", "dashboards"):  # as the `project` fixture lays out
+        shutil.copytree(REPO / folder, cwd / folder)
+    run_exp(cwd, "search", OWN, "--trials", "2", check=True)
+    return cwd
 
 
 def test_keys_that_are_not_config_fields_are_the_own_functions_parameters() -> None:
@@ -51,8 +64,10 @@ def test_own_params_round_trip_through_an_exported_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_its_trials_report_per_epoch_are_pruned_and_fail_with_their_traceback(project: Path, exp) -> None:  # type: ignore[no-untyped-def]
-    exp("search", OWN, "--trials", "2", check=True)
+def test_its_trials_report_per_epoch_are_pruned_and_fail_with_their_traceback(
+    own_searched: Path, tmp_path: Path
+) -> None:
+    project = own_searched
     study = optuna.load_study(study_name="own_objective", storage=f"sqlite:///{project}/optuna.db")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "PRUNED"]  # 2 finished: exact
     assert study.trials[0].value == 0.9
@@ -62,7 +77,7 @@ def test_its_trials_report_per_epoch_are_pruned_and_fail_with_their_traceback(pr
     steps = [[m.step for m in client.get_metric_history(r.info.run_id, "score")] for r in runs]
     assert steps == [[1, 2, 3], [], [1]]  # the pruned trial stopped after epoch 1
     assert runs[0].data.params["quality"] == "0.9" and runs[0].data.params["epochs"] == "3"
-    traceback = Path(client.download_artifacts(runs[1].info.run_id, "traceback.txt", str(project)))
+    traceback = Path(client.download_artifacts(runs[1].info.run_id, "traceback.txt", str(tmp_path)))
     assert "ValueError: quality -1.0 is negative" in traceback.read_text()
 
 
@@ -97,9 +112,11 @@ def test_the_own_loop_example_runs_and_exp_train_reproduces_its_best_trial(proje
 
 
 @pytest.mark.slow
-def test_confirm_repeats_an_own_function_with_fresh_seeds_and_a_changed_function_is_refused(project: Path, exp) -> None:  # type: ignore[no-untyped-def]
-    exp("search", OWN, "--trials", "2", check=True)
-    confirmed = exp("confirm", "own_objective", "--top", "1", "--seeds", "2", "--format", "csv")
+def test_confirm_repeats_an_own_function_with_fresh_seeds_and_a_changed_function_is_refused(
+    own_searched: Path, tmp_path: Path
+) -> None:
+    project = own_searched
+    confirmed = run_exp(project, "confirm", "own_objective", "--top", "1", "--seeds", "2", "--format", "csv")
     assert confirmed.returncode == 0, confirmed.stderr
     assert "trial 0 seed 2 (trained): loss=0.1000, score=0.9000" in confirmed.stderr  # its own function
     (row,) = csv.DictReader(io.StringIO(confirmed.stdout))
@@ -111,13 +128,13 @@ def test_confirm_repeats_an_own_function_with_fresh_seeds_and_a_changed_function
     assert sorted(r.data.tags[records.CONFIRM_SEED_TAG] for r in repeats) == ["1", "2"]  # seed 0 + 1, + 2
     assert all(r.info.status == "FINISHED" and r.data.metrics["score"] == 0.9 for r in repeats)
 
-    changed = project / "changed"  # the same study, trained by another function
+    changed = tmp_path / "changed"  # the same study, trained by another function
     changed.mkdir()
     source = REPO / "tests" / "studies"
     (changed / "own_objective.yaml").write_text((source / "own_objective.yaml").read_text())
     (changed / "other_train.py").write_text((source / "own_objective_train.py").read_text())
     text = (source / "own_objective.py").read_text()
     (changed / "own_objective.py").write_text(text.replace("own_objective_train:train", "other_train:train"))
-    refused = exp("search", str(changed / "own_objective.py"), "--trials", "3")
+    refused = run_exp(project, "search", str(changed / "own_objective.py"), "--trials", "3")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "objective=own_objective_train:train, now other_train:train; use --new-study" in refused.stderr
