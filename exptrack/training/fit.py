@@ -8,12 +8,10 @@ no DataLoader round trips; bf16 autocast, channels_last and fused AdamW on CUDA.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import math
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,13 +27,14 @@ from exptrack.training import (
     checkpoints,
     datasets,
     feature_cache,
-    flops,
     losses,
     optimizers,
+    passes,
     progress,
     tracing,
     weights,
 )
+from exptrack.training.passes import NonFiniteLossError as NonFiniteLossError  # callers catch fit's
 from exptrack.training.profiling import Profile, TrialMemory
 
 
@@ -53,10 +52,6 @@ class NullReporter:
 
     def on_epoch(self, epoch: int, metrics: Mapping[str, float]) -> bool:
         return False
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite: the run stops, it is never a success."""
 
 
 @dataclasses.dataclass
@@ -128,7 +123,7 @@ def fit(
     normalize = batching.Normalizer(device, built.mean, built.std)
     cache = feature_cache.plan(feature_cache.Inputs(config, model, split, geometry, normalize, amp), warn)
     source = _batches(config, split, device, built, cache)
-    trainer = _Trainer(
+    trainer = passes.Trainer(
         cache.net,
         _compiled_step(config, cache.net),
         built.frozen_modules,
@@ -174,7 +169,7 @@ def fit(
 
 
 def _test_metrics(
-    trainer: _Trainer, model: nn.Module, split: datasets.TensorSplit, normalize: batching.Normalizer, config: TrialConfig
+    trainer: passes.Trainer, model: nn.Module, split: datasets.TensorSplit, normalize: batching.Normalizer, config: TrialConfig
 ) -> dict[str, float]:
     """The whole trained model (not the feature cache's tail) on the test images, moved to the
     device a batch at a time: the test split never joins the training set's device copy."""
@@ -185,7 +180,7 @@ def _test_metrics(
         (normalize(split.test_x[i : i + size]), split.test_y[i : i + size].to(normalize.device))
         for i in range(0, len(split.test_y), size)
     )
-    loss, accuracy = evaluate(model, batches, trainer.loss_fn, trainer.amp)
+    loss, accuracy = passes.evaluate(model, batches, trainer.loss_fn, trainer.amp)
     return {"test_accuracy": accuracy, "test_loss": loss}
 
 
@@ -202,26 +197,9 @@ def _batches(
     return batching.FeatureBatches(cache.features.train, cache.features.val, split, config)
 
 
-@dataclasses.dataclass
-class _Trainer:
-    """What one training step needs, built once per run. `model` is what the batches go through:
-    the whole model, or with the feature cache the stages after the frozen ones."""
-
-    model: nn.Module
-    forward: Callable[[torch.Tensor], torch.Tensor]  # the model, or torch.compile of it
-    frozen: list[nn.Module]
-    loss_fn: nn.Module
-    optimizer: torch.optim.Optimizer
-    amp: torch.dtype | None
-    profile: Profile
-    flop_key: tuple[Hashable, ...]
-    on_step: Callable[[], None] = tracing.no_step  # the trace window's step hook
-    save: Callable[[int, list[dict[str, float]]], None] | None = None  # an epoch end's checkpoint
-
-
 def _epochs(
     config: TrialConfig,
-    trainer: _Trainer,
+    trainer: passes.Trainer,
     source: batching.DeviceBatches | batching.LoaderBatches | batching.FeatureBatches,
     reporter: Reporter,
     resumed: list[dict[str, float]],
@@ -236,7 +214,7 @@ def _epochs(
 
 def _epoch_loop(
     config: TrialConfig,
-    trainer: _Trainer,
+    trainer: passes.Trainer,
     source: batching.DeviceBatches | batching.LoaderBatches | batching.FeatureBatches,
     reporter: Reporter,
     shown: progress.Task,
@@ -245,10 +223,10 @@ def _epoch_loop(
     profile, device, history = trainer.profile, trainer.profile.device, list(resumed)
     for epoch in range(len(resumed) + 1, config.epochs + 1):
         start = time.perf_counter()
-        train_loss = _train_epoch(trainer, source.train(epoch))
-        profile.train_seconds += time.perf_counter() - start  # _train_epoch ends synchronized
+        train_loss = passes.train_epoch(trainer, source.train(epoch))
+        profile.train_seconds += time.perf_counter() - start  # train_epoch ends synchronized
         with profile.phase("eval"):
-            val_loss, val_acc = evaluate(
+            val_loss, val_acc = passes.evaluate(
                 trainer.model, source.val(max(config.batch_size, 256)), trainer.loss_fn, trainer.amp
             )
         if device.type == "cuda":
@@ -269,7 +247,7 @@ _WARM: set[tuple[str, str]] = set()  # (device, backbone) pairs this process has
 
 
 def _warm_up(
-    trainer: _Trainer,
+    trainer: passes.Trainer,
     source: batching.DeviceBatches | batching.LoaderBatches | batching.FeatureBatches,
     config: TrialConfig,
 ) -> None:
@@ -287,7 +265,7 @@ def _warm_up(
     _WARM.add(key)
     x, y = next(iter(source.val(config.batch_size)))
     trainer.model.eval()
-    with _autocast(x.device, trainer.amp):
+    with passes.autocast(x.device, trainer.amp):
         loss = trainer.loss_fn(trainer.forward(x), y)
     loss.backward()
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -326,82 +304,3 @@ def _compiled_step(config: TrialConfig, model: nn.Module) -> Callable[[torch.Ten
     if not config.compile:
         return model
     return torch.compile(model)  # type: ignore[return-value]
-
-
-def _train_epoch(trainer: _Trainer, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    t, profile = trainer, trainer.profile
-    t.model.train()
-    for module in t.frozen:  # frozen stages keep their batch-norm statistics
-        module.eval()
-    total: torch.Tensor | None = None
-    count = 0
-    for step in range(1, 1 << 62):
-        with profile.phase("data"):
-            batch = next(batches, None)
-            if batch is None:
-                break
-            x, y = batch
-        with profile.phase("compute"):
-            if profile.flops_per_sample is None:  # the run's first step, counted on the eager model
-                step_fn = functools.partial(_step, t.model, t.loss_fn, t.optimizer, x, y, t.amp)
-                loss, profile.flops_per_sample = flops.counted_step(
-                    (*t.flop_key, *x.shape[1:]), step_fn, len(y)
-                )
-            else:
-                loss = _step(t.forward, t.loss_fn, t.optimizer, x, y, t.amp)
-            total = loss.detach() * len(y) if total is None else total + loss.detach() * len(y)
-            count += len(y)
-            # On CUDA a per-step finiteness check would sync every step; check every 16 steps.
-            if (step % 16 == 0 or not x.is_cuda) and not torch.isfinite(total):
-                raise NonFiniteLossError(f"training loss is not finite at step {step}")
-        t.on_step()
-    profile.train_samples += count
-    with profile.phase("compute"):  # float() waits for the queued CUDA steps: count them as compute
-        mean = float(total) / count if total is not None and count else math.nan
-    if not math.isfinite(mean):
-        raise NonFiniteLossError("training loss is not finite at the end of the epoch")
-    return mean
-
-
-def _step(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    amp: torch.dtype | None,
-) -> torch.Tensor:
-    with _autocast(x.device, amp):
-        loss = loss_fn(forward(x), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-    loss_fn: nn.Module,
-    amp: torch.dtype | None,
-) -> tuple[float, float]:
-    """(mean loss, accuracy) over the validation batches."""
-    model.eval()
-    total_loss, correct, n = 0.0, 0.0, 0
-    sums: list[torch.Tensor] = []
-    for x, y in batches:
-        with _autocast(x.device, amp):
-            logits = model(x)
-        # kept on the device and summed once at the end: no sync per batch
-        sums.append(torch.stack([loss_fn(logits.float(), y) * len(y), (logits.argmax(1) == y).sum().float()]))
-        n += len(y)
-    if sums:
-        total_loss, correct = torch.stack(sums).sum(0).tolist()
-    return total_loss / max(1, n), correct / max(1, n)
-
-
-def _autocast(device: torch.device, amp: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
-    if amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp)

@@ -1,7 +1,7 @@
 """The design's shape, enforced: imports point down the package table, the package has no import
 cycle, training never reaches optuna or mlflow (at any depth), MLflow is called only from
-`tracking/`, torch only from `training/`, the fast results commands load no torch, and record
-names live in `records.py`."""
+`tracking/`, torch only from `training/`, the fast results commands load no torch, record
+names live in `records.py`, and no module grows past MAX_MODULE_LINES."""
 
 from __future__ import annotations
 
@@ -88,6 +88,17 @@ def test_imports_point_down_the_package_table(module: str) -> None:
     assert own is not None
     wrong = [target for target in GRAPH[module] if layer(target) not in ALLOWED[own]]
     assert not wrong, f"{module} ({own}) imports {wrong}; it may import {sorted(ALLOWED[own])}"
+
+
+# A module a reader can hold in mind: past 400 lines (issue 21) a file holds two things; split it
+# along its seam (config.py's field table vs config_values' checks of one value).
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_over_max_module_lines() -> None:
+    lines = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
+    over = sorted(f"{name}: {count} lines" for name, count in lines.items() if count > MAX_MODULE_LINES)
+    assert over == [], f"split these along a seam (at most {MAX_MODULE_LINES} lines a module): {over}"
 
 
 def test_the_package_has_no_import_cycle() -> None:
