@@ -15,7 +15,7 @@ from exptrack.config import TrialConfig
 from exptrack.errors import UserError
 from exptrack.search import space as spaces
 from exptrack.search import warmstart
-from tests.conftest import TINY
+from tests.conftest import TINY, run_exp
 from tests.fixtures_search import STUDY, Searched
 
 SPACE = spaces.parse(
@@ -83,11 +83,25 @@ def copy_stores(searched: Searched, project: Path) -> None:
         shutil.copy(searched.cwd / name, project / name)
 
 
+@pytest.fixture(scope="module")
+def exported(searched: Searched, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`exp export STUDY --top 1 --out best` run once, on a copy of the searched stores: the tests
+    that queue its file copy the folder (an export only reads the stores, and what it writes names
+    no directory), one `exp` process instead of one per test."""
+    cwd = tmp_path_factory.mktemp("exported")
+    copy_stores(searched, cwd)
+    done = run_exp(cwd, "export", STUDY, "--top", "1", "--out", "best")
+    assert done.returncode == 0, done.stderr
+    return cwd / "best"
+
+
 @pytest.mark.slow
-def test_an_exported_config_runs_exactly_as_the_next_trial(searched: Searched, exp, project: Path) -> None:
+def test_an_exported_config_runs_exactly_as_the_next_trial(
+    searched: Searched, exported: Path, exp, project: Path
+) -> None:
     copy_stores(searched, project)
     best = searched.study().best_trial
-    assert exp("export", STUDY, "--top", "1", "--out", "best").returncode == 0
+    shutil.copytree(exported, project / "best")  # as `exp export STUDY --top 1 --out best` wrote it
     again = exp("search", "studies/finetune.py", "--study-name", "again", "--enqueue", "best", "--trials", "1",
                 "--no-tracking", *TINY)  # fmt: skip
     assert again.returncode == 0, again.stderr
@@ -132,7 +146,7 @@ def test_an_earlier_study_outside_this_space_is_refused_in_one_line(tmp_path: Pa
 
 @pytest.mark.slow
 def test_an_offline_export_enqueued_in_its_own_study_reports_no_weights_difference(
-    searched: Searched, exp, project: Path
+    searched: Searched, exported: Path, exp, project: Path
 ) -> None:
     """The searched study ran offline: its exports say `weights: none`, asked as imagenet. Queued
     into a study of weights imagenet that is no difference to report; the offline warning and the
@@ -140,7 +154,7 @@ def test_an_offline_export_enqueued_in_its_own_study_reports_no_weights_differen
     from tests.conftest import OFFLINE
 
     copy_stores(searched, project)
-    assert exp("export", STUDY, "--top", "1", "--out", "best").returncode == 0
+    shutil.copytree(exported, project / "best")  # as `exp export STUDY --top 1 --out best` wrote it
     tiny = TINY[: TINY.index("weights=none") - 1]  # the study's own weights: imagenet
     again = exp("search", "studies/finetune.py", "--study-name", "again", "--enqueue", "best", "--trials", "1",
                 "--no-tracking", *tiny, env=OFFLINE)  # fmt: skip
