@@ -8,7 +8,8 @@ own tensors, so ImageNet weights, a weights file and a random init (its seed) ar
 by what they are, never by their name. A trial looks its key up; on a miss it computes the
 features of the train and validation sets once, keeps them, and trains only the stages after d
 on them for all its epochs (validation too). Depth-d features also seed any deeper depth: the
-stages between run once on the cached tensors.
+stages between run once on the cached tensors. A random init's frozen batch norm is calibrated on
+the train split first (`bn_calibration`, once per key), so the features are the calibrated ones.
 
 Where it is off, and why (recorded per trial as `feature_cache`, e.g. `off:augment`): the config
 says so (`feature_cache: false`), training batches are augmented (a crop or flip changes every
@@ -40,7 +41,7 @@ from torch import nn
 
 from exptrack import records
 from exptrack.config import TrialConfig
-from exptrack.training import backbones, batching
+from exptrack.training import backbones, batching, bn_calibration
 from exptrack.training.datasets import Geometry, TensorSplit
 
 # The budget for all cached features of a process, in MiB; EXPTRACK_FEATURE_CACHE_MB overrides it.
@@ -78,6 +79,7 @@ class Plan:
     net: nn.Module
     features: Features | None = None
     spent: float = 0.0  # seconds this trial spent on the cache: the weights' digest, computing features
+    calibrated: bool = False  # the frozen batch norm's statistics were set from the train split
 
     def figures(self, epochs_run: int) -> dict[str, float | str]:
         """`feature_cache` and `feature_cache_seconds_saved`: the plain path recomputes the frozen
@@ -97,27 +99,41 @@ class Inputs:
     geometry: Geometry
     normalize: batching.Normalizer
     amp: torch.dtype | None
+    calibrate: bool = False  # a random init: the frozen batch norm gets the train split's statistics
 
 
 def plan(inputs: Inputs, warn: Callable[[str], None]) -> Plan:
-    """The cache's answer for one trial: features to train the suffix on, or why not."""
+    """The cache's answer for one trial: features to train the suffix on, or why not. A random
+    init's frozen batch norm is calibrated first (`bn_calibration`), on the cached path or not,
+    once per key: the keys are taken before, and the calibration is a function of what they hold."""
     c = inputs.config
     reason = _off_reason(c)
-    cut = None if reason else backbones.split_at(c.backbone, inputs.model, c.freeze_depth)
+    calibrate = inputs.calibrate and c.freeze_depth > 0
+    cut = None if reason and not calibrate else backbones.split_at(c.backbone, inputs.model, c.freeze_depth)
     if cut is None:
         return Plan(f"off:{reason or 'backbone'}", inputs.model)
     start = time.perf_counter()
-    served = _serve(inputs, *cut, warn)
+    keys = _keys(inputs, cut[0])
+    spent = time.perf_counter() - start
+    calibrated = calibrate and bn_calibration.calibrate(
+        keys[-1], cut[0], inputs.split.train_x, inputs.normalize, inputs.amp
+    )
+    if reason:
+        return Plan(f"off:{reason}", inputs.model, calibrated=calibrated)
+    start = time.perf_counter()
+    served = _serve(inputs, *cut, keys, warn)
+    served.calibrated = calibrated
     if served.features is not None:
-        served.spent = time.perf_counter() - start
+        served.spent = spent + time.perf_counter() - start
     return served
 
 
-def _serve(inputs: Inputs, prefix: list[nn.Module], suffix: nn.Module, warn: Callable[[str], None]) -> Plan:
+def _serve(
+    inputs: Inputs, prefix: list[nn.Module], suffix: nn.Module, keys: list[Key], warn: Callable[[str], None]
+) -> Plan:
     """A hit, a miss (features computed now, from images or a shallower depth's), or off:memory."""
     for runner in prefix:
         runner.eval()  # frozen: batch norm keeps its statistics, dropout is off
-    keys = _keys(inputs, prefix)
     if keys[-1] in _STORE:
         _STORE.move_to_end(keys[-1])
         return Plan("hit", suffix, _STORE[keys[-1]])
@@ -147,10 +163,11 @@ def budget_bytes() -> int:
 
 def _keys(inputs: Inputs, prefix: list[nn.Module]) -> list[Key]:
     """The key of each depth 1..d: what decides the frozen output, with the stages' weights as
-    a running digest (depth e's key is a prefix of depth d's computation, so it can seed it)."""
+    a running digest (depth e's key is a prefix of depth d's computation, so it can seed it).
+    Taken before calibration: calibrated statistics are a function of the key's other parts."""
     c, split = inputs.config, inputs.split
     base: Key = (c.backbone, inputs.geometry, c.dataset, c.subset, c.val_fraction, c.test_fraction, split.digest)
-    base += (str(inputs.normalize.device), str(inputs.amp))
+    base += (str(inputs.normalize.device), str(inputs.amp), inputs.calibrate)
     digest, keys = hashlib.sha256(), list[Key]()
     for depth, runner in enumerate(prefix, start=1):
         for name, tensor in sorted(runner.state_dict().items()):
@@ -223,5 +240,6 @@ def _sync(device: torch.device) -> None:
 
 
 def clear() -> None:
-    """Forget every cached feature of this process."""
+    """Forget every cached feature (and frozen batch-norm calibration) of this process."""
     _STORE.clear()
+    bn_calibration.clear()

@@ -24,6 +24,7 @@ from exptrack.errors import UserError
 from exptrack.training import (
     backbones,
     batching,
+    bn_calibration,
     checkpoints,
     datasets,
     feature_cache,
@@ -121,7 +122,10 @@ def fit(
     model = _prepare(built.model, device)
     amp = autocast_dtype(config, device)
     normalize = batching.Normalizer(device, built.mean, built.std)
-    cache = feature_cache.plan(feature_cache.Inputs(config, model, split, geometry, normalize, amp), warn)
+    calibrate = bn_calibration.needed(built.weights_source)
+    cache = feature_cache.plan(
+        feature_cache.Inputs(config, model, split, geometry, normalize, amp, calibrate), warn
+    )
     source = _batches(config, split, device, built, cache)
     trainer = passes.Trainer(
         cache.net,
@@ -146,6 +150,7 @@ def fit(
             "num_classes": split.num_classes,
             "trainable_params": trainable,
             "frozen_params": frozen,
+            **({"frozen_batchnorm": bn_calibration.STATE} if cache.calibrated else {}),
         }
     )
     _warm_up(trainer, source, config)
