@@ -88,8 +88,8 @@ def _fit(
     try:
         for start, stop in batch_bounds(len(train_x)):
             seen += stop - start
-            for layer in layers:
-                layer.momentum = (stop - start) / seen  # the first batch's share is 1: it replaces the defaults
+            for layer in layers:  # the first batch's share is 1: it replaces the defaults
+                layer.momentum = (stop - start) / seen
             x = normalize(train_x[start:stop])
             with _autocast(x.device, amp):
                 for runner in prefix:
