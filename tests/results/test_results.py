@@ -16,12 +16,31 @@ from rich.console import Console
 from exptrack.errors import UserError
 from exptrack.results import tables
 from tests.conftest import exp_env
+from tests.faultkit import run_cli_batch
 from tests.fixtures_search import STUDY, TRIALS, Searched
+
+# The listings the tests below read, by name. They only read the searched stores, so they run
+# through `exp`'s real entry point in one process for the module (run_cli_batch), not one each;
+# `trials STUDY --format csv`, asked by two tests, runs once. (`trials --costs` as a terminal
+# table stays a process of its own: the batch widens the terminal to 400 columns.)
+LISTINGS = {
+    "csv": ["trials", STUDY, "--format", "csv"],
+    "json": ["trials", STUDY, "--format", "json", "--state", "complete", "--top", "2"],
+    "missing": ["trials", "nope"],
+}
+
+
+@pytest.fixture(scope="module")
+def listed(searched: Searched) -> dict[str, subprocess.CompletedProcess[str]]:
+    results = run_cli_batch([(searched.cwd, args) for args in LISTINGS.values()])
+    return dict(zip(LISTINGS, results, strict=True))
 
 
 @pytest.mark.slow
-def test_trials_csv_and_json_list_every_trial_with_state_value_params_and_run_id(searched: Searched) -> None:
-    csv_out = searched.exp("trials", STUDY, "--format", "csv")
+def test_trials_csv_and_json_list_every_trial_with_state_value_params_and_run_id(
+    searched: Searched, listed: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
+    csv_out = listed["csv"]
     assert csv_out.returncode == 0, csv_out.stderr
     table = pd.read_csv(io.StringIO(csv_out.stdout))
     study = searched.study()
@@ -56,7 +75,7 @@ def test_trials_csv_and_json_list_every_trial_with_state_value_params_and_run_id
         # offline, ImageNet could not be had: the trial says what it trained from and what was asked
         assert row.weights == "none (imagenet unavailable)"
 
-    json_out = searched.exp("trials", STUDY, "--format", "json", "--state", "complete", "--top", "2")
+    json_out = listed["json"]
     assert json_out.returncode == 0, json_out.stderr
     rows = json.loads(json_out.stdout)
     assert [r["number"] for r in rows] == list(table["number"][:2])
@@ -97,7 +116,7 @@ def test_trials_table_loads_no_torch_and_heads_every_parameter_by_its_one_name(s
 
 @pytest.mark.slow
 def test_trials_costs_put_speed_time_and_memory_beside_the_value_as_mlflow_recorded_them(
-    searched: Searched,
+    searched: Searched, listed: dict[str, subprocess.CompletedProcess[str]]
 ) -> None:
     shown = run_without_torch(searched, "trials", STUDY, "--costs", "--format", "csv")
     table = pd.read_csv(io.StringIO(shown.stdout))
@@ -115,7 +134,7 @@ def test_trials_costs_put_speed_time_and_memory_beside_the_value_as_mlflow_recor
     terminal = searched.exp("trials", STUDY, "--costs")
     header = next(line for line in terminal.stdout.splitlines() if line.lstrip().startswith("number"))
     assert header.split()[:6] == ["number", "state", "value", *costs]  # shown, not left to csv/json
-    plain = searched.exp("trials", STUDY, "--format", "csv")
+    plain = listed["csv"]
     assert "peak_rss_mb" not in plain.stdout.splitlines()[0]  # without --costs, as before
 
 
@@ -131,8 +150,8 @@ def test_studies_lists_the_study_with_trials_by_state_and_best_value_without_tor
 
 
 @pytest.mark.slow
-def test_unknown_study_is_one_line_error_exit_2(searched: Searched) -> None:
-    missing = searched.exp("trials", "nope")
+def test_unknown_study_is_one_line_error_exit_2(listed: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    missing = listed["missing"]
     assert missing.returncode == 2
     assert missing.stderr.strip() == (
         "error: no study named 'nope' in sqlite:///optuna.db; studies there: finetune"
