@@ -13,6 +13,7 @@ import yaml
 from mlflow import MlflowClient
 
 from tests.conftest import TINY
+from tests.faultkit import run_cli_batch
 
 # freeze_depth 0 trains all 11.2M weights of resnet18: it breaks `trainable_params <= 10500000`
 TOO_MANY_WEIGHTS = {"lr": 0.002, "batch_size": 32, "freeze_depth": 0}
@@ -36,7 +37,13 @@ def test_a_two_objective_study_marks_exports_and_records_its_pareto_front(exp, p
     pareto = {t.number for t in study.best_trials}
     assert pareto and 1 not in pareto  # an infeasible trial is never on the front
 
-    listed = exp("trials", "tradeoff", "--format", "json")
+    # read back in one process (both only read the stores): the trials, then the front exported
+    listed, exported = run_cli_batch(
+        [
+            (project, ["trials", "tradeoff", "--format", "json"]),
+            (project, ["export", "tradeoff", "--out", "front"]),
+        ]
+    )
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
     assert {r["number"] for r in rows if r["pareto"]} == pareto
@@ -45,7 +52,6 @@ def test_a_two_objective_study_marks_exports_and_records_its_pareto_front(exp, p
         values = study.trials[row["number"]].values
         assert [row["val_accuracy"], row["seconds_per_epoch"]] == values
 
-    exported = exp("export", "tradeoff", "--out", "front")
     assert exported.returncode == 0, exported.stderr
     files = sorted((project / "front").glob("*.yaml"))
     assert [f.name for f in files] == [f"trial-{n:03d}.yaml" for n in sorted(pareto)]
