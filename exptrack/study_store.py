@@ -100,12 +100,34 @@ class TrialRecord:
         return records.RETRY_ATTR in self.trial.user_attrs
 
     @property
+    def retry_of_number(self) -> int | None:
+        """`retry_of` as the trial number it is (0 included), for finding the retried trial."""
+        return retry_number(self.trial)
+
+    @property
+    def dropped(self) -> bool:
+        """Marked by `exp trials drop`: kept only for its number, in no results table."""
+        return records.DROPPED_ATTR in self.trial.user_attrs
+
+    @property
     def feasible(self) -> bool:
         return is_feasible(self.trial)
 
 
 def record(trial: FrozenTrial) -> TrialRecord:
     return TrialRecord(trial)
+
+
+def retry_number(trial: FrozenTrial | optuna.Trial) -> int | None:
+    """The number of the killed trial `trial` repeats; None for a trial that is no retry. Takes a
+    live `optuna.Trial` too: a running trial reads its own before any FrozenTrial of it exists."""
+    stored = trial.user_attrs.get(records.RETRY_ATTR)
+    return stored if isinstance(stored, int) and not isinstance(stored, bool) else None
+
+
+def enqueue_retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue one more try of `trial`'s params, marked as its retry (`retry_number` reads it back)."""
+    study.enqueue_trial(trial.params, user_attrs={records.RETRY_ATTR: trial.number})
 
 
 def confirmed(study: optuna.Study) -> dict[str, dict[str, Any]]:
@@ -132,7 +154,7 @@ def counted(trials: Iterable[FrozenTrial]) -> int:
 def kept(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     """Trials not dropped by `exp trials drop` (FAIL and marked, kept only for their numbers):
     what every results table shows."""
-    return [t for t in trials if records.DROPPED_ATTR not in t.user_attrs]
+    return [t for t in trials if not record(t).dropped]
 
 
 def violations(trial: FrozenTrial) -> dict[str, float]:

@@ -22,10 +22,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from exptrack import records
 from exptrack.search.options import CHECKPOINT_EVERY_S, CHECKPOINT_MB
 from exptrack.search.ownership import awaiting_retry
 from exptrack.stores.url import parse
+from exptrack.study_store import record
 from exptrack.training import checkpoints
 from exptrack.training.checkpoints import Checkpoint, CheckpointUnusable
 
@@ -144,7 +144,7 @@ def needed(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
     """Trials whose checkpoint may still be written or resumed: running or waiting ones, the ones a
     running or waiting retry repeats, and the ones a SIGTERM left to resume whose retry is not queued yet."""
     live = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    keep = {t.number for t in live} | {t.user_attrs.get(records.RETRY_ATTR) for t in live}
+    keep = {t.number for t in live} | {record(t).retry_of_number for t in live}
     keep |= {t.number for t in awaiting_retry(trials)}
     return {n for n in keep if isinstance(n, int)}
 

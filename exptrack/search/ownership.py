@@ -29,7 +29,7 @@ from exptrack import records
 from exptrack.processes import owner_is_dead, worker_id
 from exptrack.stores import optuna_private
 from exptrack.stores.locks import StoreLock
-from exptrack.study_store import counted, record
+from exptrack.study_store import counted, enqueue_retry, record
 
 ORPHAN_REASON = "asked by a process that died before it recorded itself as the trial's worker"
 
@@ -77,20 +77,20 @@ def fail_abandoned(
         if reason and _fail(study, frozen, reason):
             failed.append(Abandoned(frozen.number, record(frozen).run_id, reason))
     for interrupted in awaiting_retry(trials):  # FAIL before this read: it holds them
-        study.enqueue_trial(interrupted.params, user_attrs={records.RETRY_ATTR: interrupted.number})
+        enqueue_retry(study, interrupted)
     return failed
 
 
 def awaiting_retry(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """FAIL trials a SIGTERM stopped with their checkpoint kept, and no retry queued yet (nor
     dropped by `exp trials drop`)."""
-    retried = {t.user_attrs.get(records.RETRY_ATTR) for t in trials}
+    retried = {record(t).retry_of_number for t in trials}
     return [
         t
         for t in trials
         if t.state == TrialState.FAIL
         and record(t).checkpoint_epoch is not None
-        and records.DROPPED_ATTR not in t.user_attrs
+        and not record(t).dropped
         and t.number not in retried
         and t.params
     ]
@@ -124,7 +124,7 @@ def _fail(study: optuna.Study, frozen: optuna.trial.FrozenTrial, reason: str) ->
     except UpdateFinishedTrialError:
         return False
     if frozen.params and not record(frozen).is_retry:
-        study.enqueue_trial(frozen.params, user_attrs={records.RETRY_ATTR: frozen.number})
+        enqueue_retry(study, frozen)
     return True
 
 

@@ -153,11 +153,10 @@ def _checkpoints(
     ctx: TrialContext, trial: optuna.Trial, config: cfg.TrialConfig
 ) -> checkpoints.TrialCheckpoints:
     """The trial's checkpoint, in the study's folder; a retry resumes its predecessor's."""
-    retry_of = trial.user_attrs.get(records.RETRY_ATTR)
     return checkpoints.TrialCheckpoints(
         checkpoints.folder_for(ctx.storage_url, ctx.name),
         trial.number,
-        retry_of if isinstance(retry_of, int) else None,
+        study_store.retry_number(trial),
         config.to_dict(),
         ctx.checkpoint_mb,
         ctx.warn,
@@ -213,7 +212,7 @@ def _start_run(
     if ctx.tracker is None or ctx.experiment_id is None or ctx.parent_run_id is None:
         return None
     provenance = {records.PROVENANCE_STUDY: ctx.name, records.PROVENANCE_TRIAL: trial.number, **note}
-    retry_of = trial.user_attrs.get(records.RETRY_ATTR)
+    retry_of = study_store.retry_number(trial)
     record = runs.TrialFacts(
         study_name=ctx.name,
         storage_url=ctx.storage_url,

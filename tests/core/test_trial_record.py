@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from exptrack import records
+from exptrack import records, study_store
 from exptrack.study_store import record
 
 
@@ -50,3 +51,16 @@ def test_a_bare_or_out_of_memory_trial_reads_as_a_user_sees_it() -> None:
     # an out-of-memory trial is COMPLETE in Optuna only so the sampler learns from it: FAIL here
     assert oom.state == TrialState.COMPLETE and record(oom).state == TrialState.FAIL
     assert not record(oom).feasible
+
+
+def test_a_retry_reads_back_the_number_it_repeats_trial_0_too() -> None:
+    study = optuna.create_study()  # a real (in-memory) Optuna study: the store the search uses
+    space = {"lr": FloatDistribution(1e-5, 1.0)}
+    first = study.ask(space)
+    study.tell(first, state=TrialState.FAIL)
+    study_store.enqueue_retry(study, study.trials[0])
+    retry = study.ask(space)  # the live trial the next search gets, with the failed one's params
+    assert study_store.retry_number(retry) == 0 and retry.params == study.trials[0].params
+    study.tell(retry, 0.5)
+    assert [record(t).retry_of_number for t in study.trials] == [None, 0]
+    assert [record(t).dropped for t in study.trials] == [False, False]
