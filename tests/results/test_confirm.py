@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 
 from exptrack import noise
 from tests.conftest import TINY
+from tests.faultkit import run_cli_batch
 
 
 def test_intervals_use_students_t_and_welch_compares_two_configs() -> None:
@@ -68,7 +69,11 @@ def test_confirm_repeats_the_top_two_with_fresh_seeds_and_says_whether_they_diff
     recorded = client.get_run(study_run.info.run_id).data.tags["exptrack.confirm_summary"]
     assert recorded.startswith(f"top two (trial {top} vs trial {second})")
 
-    again = exp("confirm", "finetune", "--top", "2", "--seeds", "2", "--format", "csv")
+    # read back in one process: confirm's second run (nothing to train), the trials, the export
+    again, trials, exported = run_cli_batch(
+        [(project, ["confirm", "finetune", "--top", "2", "--seeds", "2", "--format", "csv"]),
+         (project, ["trials", "finetune", "--format", "json"]), (project, ["export", "finetune", "--out", "-"])]
+    )  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert "0 repeats trained now, 4 found recorded" in again.stderr  # csv keeps stdout a table
     table = pd.read_csv(io.StringIO(again.stdout))
@@ -76,8 +81,6 @@ def test_confirm_repeats_the_top_two_with_fresh_seeds_and_says_whether_they_diff
     assert {"val_accuracy_ci_low", "test_accuracy_ci_high", "lr"} <= set(table.columns)
     assert len(client.search_runs([experiment], "tags.`exptrack.role` = 'confirm'")) == 4
 
-    trials = exp("trials", "finetune", "--format", "json")
     assert len(json.loads(trials.stdout)) == 3  # the repeats are not trials of the study
-    exported = exp("export", "finetune", "--out", "-")
     confirmed = yaml.safe_load(exported.stdout)["provenance"]["confirmed"]
     assert confirmed["seeds"] == 2 and 0 <= confirmed["test_accuracy_mean"] <= 1
