@@ -15,4 +15,6 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev,postgres]'
 .venv/bin/ruff check exptrack tests benchmarks
-.venv/bin/python -m pytest -q "$@"
+# Two pytest processes (pytest-xdist) on CI's 2 cores: most tests wait on the real processes they
+# start, so a serial run kept about one core busy. EXPTRACK_TEST_WORKERS=0 runs them in this process.
+.venv/bin/python -m pytest -q -n "${EXPTRACK_TEST_WORKERS:-2}" --dist loadgroup "$@"

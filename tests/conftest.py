@@ -81,12 +81,24 @@ def exp(project: Path):  # type: ignore[no-untyped-def]
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 
+    group_by_module_fixtures(items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def group_by_module_fixtures(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist's `--dist loadgroup` (scripts/test.sh) the tests of one module that share
+    a module-scoped fixture (a tiny search, a trained model) run in one worker, so the fixture is
+    built once, not once per worker; every other test goes to whichever worker is free."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        definitions = info.name2fixturedefs.values() if info is not None else ()
+        if any(d[-1].scope in ("module", "class") for d in definitions if d):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 
 from tests.fixtures_postgres import postgres, tracking_server  # noqa: E402,F401  (session: PostgreSQL + mlflow server)
