@@ -47,14 +47,8 @@ def run_once(args: argparse.Namespace, arm: str, tag: str) -> dict[str, Any]:
     """One run of arm `A` or `B` in fresh stores, with the load average around it."""
     env, extra = LEVERS[args.lever] if arm == "B" else ({}, [])
     folder = args.out / "work" / tag
-    saved = dict(os.environ)
-    os.environ.update(env)
     load_before = os.getloadavg()[0]
-    try:
-        run = run_arm(tag, command(args, folder, extra), folder, args.out, timeout=24 * 3600)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    run = run_arm(tag, command(args, folder, extra), folder, args.out, 24 * 3600, env)
     trials = read_trials(f"sqlite:///{folder}/optuna.db", "finetune")
     summary = summarize_arm(run, trials)
     summary["trial_s"] = sum(t["end"] - t["start"] for t in trials if t["end"] and t["start"])

@@ -88,14 +88,8 @@ def run_once(args: argparse.Namespace, arm: str, tag: str) -> dict[str, Any]:
     trials' cache records."""
     script, env, _ = ARMS[arm]
     folder = args.work / tag
-    saved = dict(os.environ)
-    os.environ.update(env)
     load_before = os.getloadavg()[0]
-    try:
-        run = run_arm(tag, command(args, arm, folder), folder, args.out, timeout=24 * 3600)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    run = run_arm(tag, command(args, arm, folder), folder, args.out, 24 * 3600, env)
     study = "finetune" if script == "exptrack" else "baseline"
     trials = read_trials(f"sqlite:///{folder}/optuna.db", study)
     summary = summarize_arm(run, trials)
