@@ -100,9 +100,14 @@ def test_a_disk_that_fills_mid_study_ends_at_once_in_one_line_and_the_rerun_fini
     _ended(tmp_path, 1)
     assert time.monotonic() - started < 60  # never the 120 s wait of a database restart
     last = _one_line_exit_2(tmp_path, 1)
-    # the first write to meet the full disk: the tracking journal's (written before either store)
-    assert last.startswith("error: tracking journal ") and ": the disk is full (" in last, last
-    assert "No space left on device" in last and "not waited out" in last and "re-run the same command" in last
+    # the first write to meet the full disk: the tracking journal's (written before either store),
+    # or, when the journal's last block still had room for its record, the Optuna store's (seen
+    # on CI): the user sees one line naming the full disk either way
+    first = ("error: tracking journal ", "error: Optuna storage ", "error: MLflow tracking store ")
+    assert last.startswith(first) and ": the disk is full (" in last, last
+    assert "not waited out" in last and "re-run the same command" in last, last
+    if last.startswith(first[0]):
+        assert "No space left on device" in last, last
     (disk / "filler").unlink()
     (tmp_path / "freed").touch()
     assert process.wait(timeout=400) == 0

@@ -101,7 +101,8 @@ def test_study_vs_baseline_alternates_the_arms_and_splits_the_saving_into_its_le
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads((tmp_path / "study_vs_baseline.json").read_text())
     runs = sorted((r["started_at"], name) for name, arm in result["runs"].items() for r in arm)
-    assert [name for _, name in runs] == ["exptrack", "baseline", "baseline", "exptrack"]  # A-B-B-A
+    arms = ["exptrack", "no_cache", "no_fused", "baseline"]  # the default arms, each lever's own
+    assert [name for _, name in runs] == arms + arms[::-1]  # in order, then reversed: A-B-B-A
     assert all(r["finished_trials"] == 1 for arm in result["runs"].values() for r in arm)
     summary = result["summary"]
     assert summary["ratio"] == pytest.approx(summary["wall_s"]["exptrack"] / summary["wall_s"]["baseline"])
