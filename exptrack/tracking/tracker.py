@@ -126,7 +126,7 @@ class Tracker:
         if not batch:
             return
         try:
-            self._log_batch(run_id, batch.metrics, list(batch.params.values()), list(batch.tags.values()))
+            self._log_batch(run_id, *batch.merged())
         except Exception as exc:
             if len(batch.parts) < 2 or getattr(exc, "error_code", None) not in REFUSED:
                 raise

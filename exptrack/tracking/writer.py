@@ -31,22 +31,27 @@ LINGER_S = 5.0
 
 @dataclasses.dataclass
 class Batch:
-    """A run's params, tags and metrics not sent yet (MLflow entities, ready for `log_batch`)."""
+    """A run's params, tags and metrics not sent yet (MLflow entities), each add kept as it came:
+    merged for one `log_batch`, or sent add by add when the store refuses one entry."""
 
-    metrics: list[Any] = dataclasses.field(default_factory=list)
-    params: dict[str, Any] = dataclasses.field(default_factory=dict)
-    tags: dict[str, Any] = dataclasses.field(default_factory=dict)  # a later value wins, as if sent in order
-    parts: list[tuple[list[Any], list[Any], list[Any]]] = dataclasses.field(default_factory=list)  # as added
+    parts: list[tuple[list[Any], list[Any], list[Any]]] = dataclasses.field(default_factory=list)
 
     def add(self, metrics: Iterable[Any] = (), params: Iterable[Any] = (), tags: Iterable[Any] = ()) -> None:
-        part = (list(metrics), list(params), list(tags))
-        self.parts.append(part)
-        self.metrics.extend(part[0])
-        self.params.update((p.key, p) for p in part[1])
-        self.tags.update((t.key, t) for t in part[2])
+        self.parts.append((list(metrics), list(params), list(tags)))
+
+    def merged(self) -> tuple[list[Any], list[Any], list[Any]]:
+        """Every metric; each param and tag once, a later value winning, as if sent in order."""
+        metrics: list[Any] = []
+        params: dict[str, Any] = {}
+        tags: dict[str, Any] = {}
+        for part_metrics, part_params, part_tags in self.parts:
+            metrics.extend(part_metrics)
+            params.update((p.key, p) for p in part_params)
+            tags.update((t.key, t) for t in part_tags)
+        return metrics, list(params.values()), list(tags.values())
 
     def __bool__(self) -> bool:
-        return bool(self.metrics or self.params or self.tags)
+        return any(any(part) for part in self.parts)
 
 
 Send = Callable[[str, Batch], None]  # one log_batch of a run's batch
