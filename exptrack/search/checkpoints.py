@@ -22,24 +22,19 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from exptrack.search.options import CHECKPOINT_EVERY_S, CHECKPOINT_MB
+from exptrack.search.options import CHECKPOINT_MB
 from exptrack.search.ownership import awaiting_retry
-from exptrack.stores.url import parse
+from exptrack.stores.url import beside_store
 from exptrack.study_store import record
 from exptrack.training import checkpoints
 from exptrack.training.checkpoints import Checkpoint, CheckpointUnusable
 
 FOLDER = "exptrack-checkpoints"
-# `--checkpoint-mb` and `--checkpoint-every`'s defaults (their figures beside them, in search.options)
-DEFAULT_MB, DEFAULT_EVERY_S = CHECKPOINT_MB, CHECKPOINT_EVERY_S
 
 
 def folder_for(storage_url: str, study_name: str) -> Path:
-    """A study's checkpoints: beside its sqlite Optuna store, else in the working directory (a
-    database server's study: the folder the command runs in, which its requeued rerun shares)."""
-    path = parse(storage_url).path
-    base = path.resolve().parent if path is not None else Path.cwd()
-    return base / FOLDER / study_name
+    """A study's checkpoints (`stores.url.beside_store`: a requeued rerun shares the folder)."""
+    return beside_store(storage_url, FOLDER, study_name)
 
 
 def path_of(folder: Path, number: int) -> Path:
@@ -56,7 +51,7 @@ class TrialCheckpoints:
         number: int,
         retry_of: int | None,
         config: dict[str, Any],
-        cap_mb: int = DEFAULT_MB,
+        cap_mb: int = CHECKPOINT_MB,
         warn: Callable[[str], None] = print,
         shield: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
         every_s: float = 0.0,  # seconds of training between two checkpoints (`--checkpoint-every`)

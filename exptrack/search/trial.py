@@ -25,6 +25,7 @@ from exptrack import config as cfg
 from exptrack import records, study_store
 from exptrack.errors import UserError, failure_reason, redact
 from exptrack.search import checkpoints, feasibility, signals
+from exptrack.search.options import CHECKPOINT_EVERY_S, CHECKPOINT_MB
 from exptrack.search.space import SearchSpace
 from exptrack.search.trial_reporter import TrialReporter
 from exptrack.stores.faults import StoreFault, StoreUnavailable
@@ -67,8 +68,8 @@ class TrialContext:
     warn: Callable[[str], None] = print
     interrupts: signals.Interrupts = dataclasses.field(default_factory=signals.Interrupts)
     journal: Journal | None = None  # this process's journal of the study (`tracking.journal`)
-    checkpoint_mb: int = checkpoints.DEFAULT_MB  # --checkpoint-mb: a bigger checkpoint is not kept; 0: none
-    checkpoint_every: float = checkpoints.DEFAULT_EVERY_S  # --checkpoint-every: seconds between two
+    checkpoint_mb: int = CHECKPOINT_MB  # --checkpoint-mb: a bigger checkpoint is not kept; 0: none
+    checkpoint_every: float = CHECKPOINT_EVERY_S  # --checkpoint-every: seconds between two
 
 
 @dataclasses.dataclass(frozen=True)

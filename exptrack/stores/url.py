@@ -136,6 +136,15 @@ def parse(text: str) -> StoreURL:
     return StoreURL(text)
 
 
+def beside_store(storage_url: str, *names: str) -> Path:
+    """A folder of a study's own files (its journal, its checkpoints): beside its sqlite Optuna
+    store, else in the working directory (a database server's study: the folder the command runs
+    in, the same one its re-run uses)."""
+    path = parse(storage_url).path
+    base = path.resolve().parent if path is not None else Path.cwd()
+    return base.joinpath(*names)
+
+
 def resolve_storage(flag: str | None) -> str:
     """The Optuna storage: flag, then OPTUNA_STORAGE, then a sqlite file in the working directory;
     a PostgreSQL URL gets the psycopg 3 driver of the `postgres` extra."""

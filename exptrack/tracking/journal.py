@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from exptrack.stores.faults import RESUME
 from exptrack.stores.locks import StoreFull
-from exptrack.stores.url import parse
+from exptrack.stores.url import beside_store
 
 FOLDER = "exptrack-journal"
 # Compaction rewrites the file with only the trials still pending once it grows past this: a
@@ -40,11 +40,8 @@ MLFLOW_DONE, OPTUNA_DONE = "done", "told"  # the kinds that settle a trial's rec
 
 
 def folder_for(storage_url: str, study_name: str) -> Path:
-    """Where a study's journals live: beside its sqlite Optuna store, else in the working directory
-    (a database server's study: the folder the command runs in, the same one its re-run uses)."""
-    path = parse(storage_url).path
-    base = path.resolve().parent if path is not None else Path.cwd()
-    return base / FOLDER / study_name
+    """Where a study's journals live (`stores.url.beside_store`)."""
+    return beside_store(storage_url, FOLDER, study_name)
 
 
 def now_ms() -> int:
