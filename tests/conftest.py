@@ -78,7 +78,17 @@ def exp(project: Path):  # type: ignore[no-untyped-def]
     return run
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
+    """Groups and GPU skips go on before the other plugins' hooks (xdist's reads the groups), and
+    the groups into the node ids after them where xdist's did not take (see put_groups_in_ids)."""
+    mark_groups_and_gpu_skips(items)
+    yield
+    if getattr(config.option, "loadgroup", False):  # set by xdist on its workers under --dist loadgroup
+        put_groups_in_ids(items)
+
+
+def mark_groups_and_gpu_skips(items: list[pytest.Item]) -> None:
     import torch
 
     group_by_module_fixtures(items)
@@ -99,6 +109,23 @@ def group_by_module_fixtures(items: list[pytest.Item]) -> None:
         definitions = info.name2fixturedefs.values() if info is not None else ()
         if any(d[-1].scope in ("module", "class") for d in definitions if d):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+def put_groups_in_ids(items: list[pytest.Item]) -> None:
+    """pytest-xdist's loadgroup tells its scheduler an item's group by the suffix `@group` on its
+    node id, which xdist 3.8 writes into `item._nodeid`; pytest 9.2 reads node ids from the
+    structured `item._id` instead, so the suffix was lost and every group was split over both
+    workers: each module-scoped fixture (a search, a benchmark rehearsal) was built twice on CI
+    (pytest-dev/pytest-xdist#1386, fix open in #1388). Until xdist sets it, this does, on the
+    workers only (they collect; the controller schedules by the ids they send)."""
+    from _pytest.nodeid import coerce_node_id
+
+    for item in items:
+        marks = item.iter_markers("xdist_group")
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in marks})
+        if groups and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(groups)}")
+
 
 
 from tests.fixtures_postgres import postgres, tracking_server  # noqa: E402,F401  (session: PostgreSQL + mlflow server)
