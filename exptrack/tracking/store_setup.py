@@ -12,11 +12,17 @@ store is created under the database's advisory lock. An MLflow server creates it
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from exptrack.errors import UserError, redact
 from exptrack.stores import backends, faults, schema, sqlite
@@ -206,18 +212,64 @@ def mlflow_tables() -> frozenset[str]:
 @functools.cache
 def mlflow_revisions() -> frozenset[str]:
     """Every schema revision MLflow's migration scripts know."""
-    from alembic.script import ScriptDirectory
-    from mlflow.store.db.utils import _get_alembic_config
-
-    script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
-    return frozenset(r.revision for r in script.walk_revisions())
+    return frozenset(_migrations()["revisions"])
 
 
 @functools.cache
 def mlflow_head() -> str:
-    from mlflow.store.db.utils import _get_latest_schema_revision
+    """The schema revision this MLflow creates and expects (its migrations' one head)."""
+    return str(_migrations()["head"])
 
-    return str(_get_latest_schema_revision())
+
+def _migrations() -> dict[str, Any]:
+    """MLflow's head revision and all its revisions, kept in the cache (`cache_dir`) under a key of
+    MLflow's version and its migrations folder (each script's name, size and time), so a changed
+    install is read afresh. Not MLflow's `_get_latest_schema_revision` on every command: it imports
+    mlflow and alembic loads each of its ~70 migration scripts, 0.2-2.7 s of each `exp` command
+    (2 cores, quiet to loaded), for a constant of the installed MLflow; a cache hit reads one file."""
+    folder = _migrations_folder()
+    path = cache_dir() / f"mlflow-{importlib.metadata.version('mlflow')}-{_folder_key(folder)}.json"
+    try:
+        kept = json.loads(path.read_text())
+        if isinstance(kept.get("head"), str) and isinstance(kept.get("revisions"), list):
+            return dict(kept)
+    except (OSError, ValueError, AttributeError):  # absent, damaged or unreadable: read afresh
+        pass
+    found = _read_migrations()
+    with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(found))
+        temporary.replace(path)  # whole or absent for a reader beside it
+    return found
+
+
+def _migrations_folder() -> Path:
+    """mlflow/store/db_migrations/versions, found without importing mlflow (`find_spec`)."""
+    spec = importlib.util.find_spec("mlflow")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    return Path(roots[0] if roots else ".") / "store" / "db_migrations" / "versions"
+
+
+def _folder_key(folder: Path) -> str:
+    """Each migration script's name, size and time: a file added, removed or edited changes it
+    (not __pycache__, which changes when the scripts are first loaded)."""
+    try:
+        scripts = [(e.name, e.stat()) for e in os.scandir(folder) if e.name.endswith(".py")]
+        entries = sorted((name, st.st_size, st.st_mtime_ns) for name, st in scripts)
+    except OSError:
+        entries = []  # no folder: the key of an empty one, and MLflow's own read decides
+    return hashlib.sha256(repr(entries).encode()).hexdigest()[:16]
+
+
+def _read_migrations() -> dict[str, Any]:
+    """MLflow's own answer: its head (`_get_latest_schema_revision`) and alembic's walk of its scripts."""
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config, _get_latest_schema_revision
+
+    script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
+    revisions = sorted(r.revision for r in script.walk_revisions())
+    return {"head": str(_get_latest_schema_revision()), "revisions": revisions}
 
 
 def unreadable_mlflow(url: str, flag: str = "--tracking-uri") -> str | None:

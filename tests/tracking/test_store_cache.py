@@ -4,6 +4,7 @@ and a cache that is damaged or cannot be written must only cost the migrations, 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -69,3 +70,31 @@ def test_a_damaged_cached_schema_is_rebuilt_and_an_unwritable_cache_only_costs_t
     assert store_setup.migrated_schema() is None
     store_setup.ensure_store(f"sqlite:///{tmp_path / 'third.db'}")
     assert store_setup.mlflow_state(f"sqlite:///{tmp_path / 'third.db'}") == "current"
+
+
+def test_mlflows_schema_revisions_are_read_once_per_install_and_a_damaged_copy_is_read_afresh(
+    cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    first = store_setup._migrations()
+    (kept,) = cache.glob("mlflow-*.json")
+    assert first["head"] == _get_latest_schema_revision() and first["head"] in first["revisions"]
+    assert store_setup._migrations() == first  # from the cached copy
+    kept.write_text('{"head": ')  # cut short
+    assert store_setup._migrations() == first and json.loads(kept.read_text()) == first  # rewritten
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("EXPTRACK_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    assert store_setup._migrations() == first  # a cache that cannot be written only costs time
+
+
+def test_the_revisions_cache_key_changes_with_a_migration_script_not_with_its_bytecode(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "0001_first.py").write_text("revision = '0001'\n")
+    before = store_setup._folder_key(tmp_path)
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "0001_first.cpython-311.pyc").write_bytes(b"\x00")
+    assert store_setup._folder_key(tmp_path) == before
+    (tmp_path / "0002_second.py").write_text("revision = '0002'\n")
+    assert store_setup._folder_key(tmp_path) != before
