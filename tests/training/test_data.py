@@ -131,3 +131,11 @@ def test_reading_an_image_folder_shows_its_progress_image_by_image(tmp_path: Pat
     (task,) = tasks
     assert task.description == f"reading 10 images from {root}" and task.total == 10
     assert task.steps == [1] * 10
+
+
+def test_the_digits_read_from_scikit_learns_file_are_its_load_digits() -> None:
+    from sklearn.datasets import load_digits
+
+    pixels, labels = datasets._digits_table()
+    bunch = load_digits()
+    assert pixels.shape == (1797, 64) and (pixels == bunch.data).all() and (labels == bunch.target).all()
