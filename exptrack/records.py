@@ -54,6 +54,8 @@ STUDY_JOINS_ATTR = "exptrack:worker_joins"  # a study system attr: processes tha
 
 # --- Optuna trial user attrs ---------------------------------------------------------------------
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run id
+# a journaled tell's constraint values (`feasibility.record`), popped before its attrs are set
+JOURNAL_CONSTRAINTS_KEY = "exptrack:constraints"
 RUN_PENDING_ATTR = "mlflow_run_pending"  # its run could not be opened: written after the outage
 CONFIG_ATTR = "config"  # the trial's full TrialConfig as a dict
 FAIL_REASON_ATTR = "fail_reason"  # why a trial failed (exception, signal, dead worker)

@@ -34,6 +34,8 @@ from exptrack.search.space_params import (
     Kind,
     Param,
     Suggester,
+    is_loss_param,
+    named_params,
 )
 from exptrack.training import backbones, losses
 
@@ -305,11 +307,6 @@ def _put(param: Param, values: dict[str, Any], value: Any) -> None:
         values[param.field] = value
 
 
-def is_loss_param(name: str) -> bool:
-    """`loss.focal.gamma`: a parameter of a loss branch, which goes to `loss_params`."""
-    return "." in name and name.split(".")[0] == LOSS
-
-
 # --- pinning (`--set` on a searched parameter) ----------------------------------------------------
 
 _UNSET = object()
@@ -387,14 +384,3 @@ def _discrete(param: Param) -> bool:
     if param.branches:
         return all(_discrete(p) for subs in param.branches.values() for p in subs)
     return param.kind is not Kind.FLOAT or param.step is not None
-
-
-def named_params(params: Mapping[str, str], sampled: Mapping[str, Any]) -> dict[str, str]:
-    """`SearchSpace.named_params`, for a trial whose space is not at hand (a run rebuilt from its
-    Optuna record: the names come from the trial's own params)."""
-    named = dict(params)
-    for name in sampled:
-        head, _, field = name.rpartition(".")
-        if head and not is_loss_param(name) and field in named:
-            named[name] = named.pop(field)
-    return named

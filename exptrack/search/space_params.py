@@ -60,3 +60,19 @@ class Param:
     def to_stage_count(self) -> bool:
         """`int: [low, max]` on freeze_depth: the high end is the trial's backbone's stage count."""
         return math.isinf(self.high)
+
+
+def is_loss_param(name: str) -> bool:
+    """`loss.focal.gamma`: a parameter of a loss branch, which goes to `loss_params`."""
+    return "." in name and name.split(".")[0] == LOSS
+
+
+def named_params(params: Mapping[str, str], sampled: Mapping[str, Any]) -> dict[str, str]:
+    """`SearchSpace.named_params`, for a trial whose space is not at hand (a run rebuilt from its
+    Optuna record: the names come from the trial's own params)."""
+    named = dict(params)
+    for name in sampled:
+        head, _, field = name.rpartition(".")
+        if head and not is_loss_param(name) and field in named:
+            named[name] = named.pop(field)
+    return named

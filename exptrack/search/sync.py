@@ -20,8 +20,7 @@ from exptrack import config as cfg
 from exptrack import records, study_store
 from exptrack.errors import first_line, redact
 from exptrack.search import feasibility, repair
-from exptrack.search.space import named_params
-from exptrack.search.trial import CONSTRAINTS_KEY
+from exptrack.search.space_params import named_params
 from exptrack.stores import optuna_private
 from exptrack.tracking import journal, queries, restore, runs
 from exptrack.tracking.journal import MLFLOW_DONE, OPTUNA_DONE, Journal
@@ -70,7 +69,7 @@ def _tell(study: optuna.Study, number: int, record: dict[str, Any]) -> bool:
         return False
     trial = optuna.Trial(study, optuna_private.trial_id(frozen))
     attrs = dict(record["attrs"])
-    constraints = attrs.pop(CONSTRAINTS_KEY, None)
+    constraints = attrs.pop(records.JOURNAL_CONSTRAINTS_KEY, None)
     try:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)

@@ -284,7 +284,8 @@ def _tell(
         reporter.told_value = frozen.values[0] if frozen.values else None  # a pruned one's last report
     except StoreUnavailable as exc:
         kept, broken = exc, [name for name, value in (violations or {}).items() if value > 0]
-        reporter.log.tell(state, told, reporter.kept, {**reporter.attrs, CONSTRAINTS_KEY: violations})
+        attrs = {**reporter.attrs, records.JOURNAL_CONSTRAINTS_KEY: violations}
+        reporter.log.tell(state, told, reporter.kept, attrs)
     if ctx.tracker:
         pruned_epoch = len(history) if state == "PRUNED" else None
         closing = runs.closing(figures, profile, pruned_epoch=pruned_epoch, broken=broken)
@@ -299,9 +300,6 @@ def _tell(
         )
         raise kept
     return state
-
-
-CONSTRAINTS_KEY = "exptrack:constraints"  # a journaled tell's constraint values (`feasibility.record`)
 
 
 def _verdict(

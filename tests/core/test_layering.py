@@ -134,10 +134,12 @@ def test_nothing_training_imports_at_any_depth_is_optuna_or_mlflow() -> None:
 
 
 @pytest.mark.slow
-def test_the_results_tables_export_and_the_cli_load_no_torch() -> None:
-    loaded = loaded_after_import(["exptrack.cli", "exptrack.results.tables", "exptrack.results.export"])
+def test_the_results_tables_export_sync_and_the_cli_load_no_torch_and_help_no_optuna() -> None:
+    readers = ["exptrack.cli", "exptrack.results.tables", "exptrack.results.export", "exptrack.search.sync"]
+    loaded = loaded_after_import(readers)
     assert "optuna" in loaded and "pandas" in loaded  # the imports really ran
     assert "torch" not in loaded
+    assert not loaded_after_import(["exptrack.cli"]) & {"optuna", "numpy", "torch"}  # exp --help
 
 
 def test_torch_is_imported_only_under_training() -> None:
