@@ -11,6 +11,8 @@ Arms (`--arms`), each a real process timed from its start (imports included) in 
 - exptrack: `exp search studies/finetune.py` as shipped;
 - no_cache: the same with `--set feature_cache=off` (every epoch runs the frozen stages);
 - no_fused: the same with `--set fused_optimizer=off` (torch's default AdamW: a per-tensor loop on CPU);
+- workers2: `exp search --workers 2` (two processes, the cores split between them); off by default:
+  parallelism, not shared computation, and a seeded study's configs then depend on timing;
 - baseline: the plain script with OMP_WAIT_POLICY=PASSIVE, the fair baseline: exptrack sets that
   for its own processes, and libgomp's default spin costs a plain script 5x on oversubscribed cores
   (benchmarks/README.md), which no user should be told is exptrack's doing;
@@ -59,6 +61,7 @@ ARMS: dict[str, tuple[str, dict[str, str], list[str]]] = {
     "exptrack": ("exptrack", {}, []),
     "no_cache": ("exptrack", {}, ["--set", "feature_cache=off"]),
     "no_fused": ("exptrack", {}, ["--set", "fused_optimizer=off"]),
+    "workers2": ("exptrack", {}, ["--workers", "2"]),
     "baseline": ("baseline", PASSIVE, []),
     "baseline_spin": ("baseline", {}, []),
 }
