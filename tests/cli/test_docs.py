@@ -8,11 +8,16 @@ A block that is not run says why in an HTML comment right before it
 names a reason. Commands run as written except for size: `exp search` gets the tests' tiny data
 (`TINY`: 96 digits at 16 px, 1 epoch, random init) appended and `--trials` (given or the default)
 and `--workers` capped at 2, which keeps every page in seconds while each flag, file and step the docs name is exercised.
+Each `exp search` runs from bash through an `exp` on PATH, in its own process; two or more other
+commands between two searches (`exp trials`, `export`, `report`, ...) run one after another in one process
+through exp's entry point, each with its words as bash expands them right before it runs (quotes,
+the glob of files an earlier command wrote): a process each cost ~3.5 CPU-s of imports on CI.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shlex
@@ -24,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, TINY, exp_env
+from tests.faultkit import RUN_CASE
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 NOT_RUN = re.compile(r"<!-- not run by tests/cli/test_docs\.py: (?P<reason>[^>]*\S)\s*-->")
@@ -71,6 +77,54 @@ def test_every_page_has_something_to_check() -> None:
     assert runnable(REPO / "README.md") and runnable(REPO / "docs" / "studies.md")
 
 
+# The commands of one stretch, each expanded by bash in the page's folder right before it runs.
+STRETCH = RUN_CASE + r"""
+import subprocess
+results = []
+for command in json.load(sys.stdin):
+    words = subprocess.run(["bash", "-c", 'printf "%s\\0" ' + command.removeprefix("exp ")],
+                           capture_output=True, text=True, check=True).stdout.split("\0")[:-1]
+    results.append(run_case(words))
+    if results[-1]["code"] != 0:
+        break
+print(json.dumps(results))
+"""
+
+
+def stretches(commands: list[str]) -> list[list[str]]:
+    """The page's commands in order: each `exp search` alone, those between two searches together."""
+    found: list[list[str]] = []
+    for command in commands:
+        alone = command.split()[1] == "search" or needs_a_shell(command)
+        if alone or not found or found[-1][0].split()[1] == "search":
+            found.append([command])
+        else:
+            found[-1].append(command)
+    return found
+
+
+def needs_a_shell(command: str) -> bool:
+    """A pipe, redirection or `;`/`&&` outside quotes: the command runs from bash, alone."""
+    words = shlex.shlex(command, posix=True, punctuation_chars=True)
+    return any(set(word) <= set("|&;<>()") for word in words)
+
+
+def run_stretch(commands: list[str], cwd: Path, env: dict[str, str]) -> list[subprocess.CompletedProcess[str]]:
+    """A command alone (a search, shell syntax, or no neighbour) from bash; a stretch of several in
+    one process (STRETCH); one result per command run."""
+    if len(commands) == 1:
+        done = subprocess.run(["bash", "-c", shrunk(commands[0])], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        return [done]
+    payload = json.dumps([shrunk(c) for c in commands])
+    done = subprocess.run([sys.executable, "-c", STRETCH], input=payload, cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    pairs = zip(commands, results, strict=False)  # a stretch stops at its first failure
+    return [subprocess.CompletedProcess(c, r["code"], r["stdout"], r["stderr"]) for c, r in pairs]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("page", [p for p in PAGES if runnable(p)], ids=lambda p: p.name)
 def test_every_command_in_a_bash_block_runs(page: Path, tmp_path: Path) -> None:
@@ -81,17 +135,14 @@ def test_every_command_in_a_bash_block_runs(page: Path, tmp_path: Path) -> None:
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m exptrack "$@"\n')
     shim.chmod(0o755)
     env = {**exp_env(tmp_path), "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}"}
-    for command in runnable(page):
-        done = subprocess.run(
-            ["bash", "-c", shrunk(command)],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, f"{page.name}: {command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-        assert "Traceback" not in done.stderr, done.stderr
+    ran = []
+    for stretch in stretches(runnable(page)):
+        for command, done in zip(stretch, run_stretch(stretch, tmp_path, env), strict=False):
+            said = f"{page.name}: {command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+            assert done.returncode == 0, said
+            assert "Traceback" not in done.stderr, done.stderr
+            ran.append(command)
+    assert ran == runnable(page)
 
 
 def quoted_commands(page: Path) -> list[str]:
