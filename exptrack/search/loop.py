@@ -122,14 +122,19 @@ def run(search: Search) -> SearchSummary:
     started, status = time.monotonic(), "FAILED"
     outcomes: list[TrialOutcome] = []
     try:
-        while counted_trials(study) < options.trials:
+        # the budget is read here once; after a trial the next ask's own read under the lock says
+        # whether any is left (the loop's read after each trial was one more of every trial)
+        budget_left = counted_trials(study) < options.trials
+        while budget_left:
             if options.timeout is not None and time.monotonic() - started > options.timeout:
                 break
             search.interrupts.check()
             traced = sum(o.traced for o in outcomes) < options.profile_trials
             outcome = run_one(search, tracking, traced, where.mine)
-            if outcome is None:  # the rest of the budget is running in other workers
-                time.sleep(BUDGET_POLL_S)  # the next ask fails theirs if they die
+            if outcome is None:  # the budget is taken: all ended, or the rest running elsewhere
+                budget_left = counted_trials(study) < options.trials
+                if budget_left:
+                    time.sleep(BUDGET_POLL_S)  # the next ask fails theirs if they die
                 continue
             outcomes.append(outcome)
             _replay(search, where)  # as soon as the server answers again

@@ -29,7 +29,7 @@ from exptrack.search.options import CHECKPOINT_EVERY_S, CHECKPOINT_MB
 from exptrack.search.space import SearchSpace
 from exptrack.search.trial_reporter import TrialReporter
 from exptrack.stores.faults import StoreFault, StoreUnavailable
-from exptrack.stores.optuna_storage import set_user_attrs
+from exptrack.stores.optuna_storage import params_in_one_write, set_user_attrs
 from exptrack.study import Constraint, Study
 from exptrack.tracking import runs, ui_links
 from exptrack.tracking.journal import Journal
@@ -87,7 +87,9 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialOutcome:
     """Train an asked trial and tell its outcome. A signal or a `UserError` is re-raised once both
     stores record the trial as failed."""
     try:
-        asked = cfg.from_dict(ctx.space.sample(trial, ctx.spec.fixed), source=ctx.space.source)
+        with params_in_one_write(trial):  # one transaction, not one a param (benchmarks/README.md)
+            sampled = ctx.space.sample(trial, ctx.spec.fixed)
+        asked = cfg.from_dict(sampled, source=ctx.space.source)
         # weights are the built-in's: a study's own function is not told they are unavailable
         config = asked if ctx.spec.custom_objective else fit.with_available_weights(asked, ctx.warn)
     except UpdateFinishedTrialError:  # failed by another worker before it was sampled (see _taken_over)

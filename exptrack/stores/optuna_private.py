@@ -7,7 +7,8 @@ call, instead of a search in the middle of a study; pyproject pins optuna to the
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -16,6 +17,9 @@ import optuna
 # beside BaseStorage's public ones, and the heartbeat's own: a wrapper of every store call needs them.
 CACHED_STORAGE_CALLS = ("_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials")
 HEARTBEAT_CALLS = ("record_heartbeat", "_get_stale_trial_ids")
+# one sampled param as Optuna's cache hands it to `_set_trial_param`: name, internal value,
+# distribution, and the distribution the study already holds for that name (None: not known here)
+HeldParam = tuple[str, float, Any, Any]
 
 
 def storage_calls() -> list[str]:
@@ -109,6 +113,61 @@ def set_trial_system_attrs(storage: Any, trial_id: int, attrs: Mapping[str, Any]
             rdb._set_trial_attr_without_commit(
                 session, models.TrialSystemAttributeModel, trial_id, key, value
             )
+
+
+# the writes of a trial being sampled that `optuna_storage.params_in_one_write` holds back
+HELD_CALLS = ("_set_trial_param", "set_trial_system_attr")
+
+
+def param_write(args: Sequence[Any], kwargs: Mapping[str, Any]) -> HeldParam:
+    """The param of a `RDBStorage._set_trial_param(trial_id, ...)` call, as `set_trial_params` takes it."""
+    given = _bound("_set_trial_param", args, kwargs)
+    name, value = given["param_name"], given["param_value_internal"]
+    return name, value, given["distribution"], given["previous_distribution"]
+
+
+def system_attr_write(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, Any]:
+    """The key and value of a `RDBStorage.set_trial_system_attr(trial_id, ...)` call."""
+    given = _bound("set_trial_system_attr", args, kwargs)
+    return given["key"], given["value"]
+
+
+def _bound(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A storage call's arguments by name (Optuna's cache passes some by keyword, some not)."""
+    method = getattr(optuna.storages.RDBStorage, name)
+    return dict(inspect.signature(method).bind(None, *args, **kwargs).arguments)
+
+
+def set_trial_params(
+    storage: Any, trial_id: int, params: Sequence[HeldParam], system_attrs: Mapping[str, Any]
+) -> None:
+    """A running trial's sampled params (each `(name, internal value, distribution, the study's
+    distribution or None: read here)`) and system attrs in one transaction, each written as
+    Optuna's `_set_trial_param` / `set_trial_system_attr` writes it: Optuna commits each param on
+    its own (a pool checkout with its ping and a commit each: ~6 for the finetune space). A param
+    the trial holds already is the commit of a retried write that landed: ignored, as Optuna does."""
+    import sqlalchemy.exc
+    from optuna.storages._rdb import models
+
+    rdb = getattr(storage, "_backend", storage)
+    try:
+        with _transaction(rdb) as session:
+            for name, value, distribution, previous in params:
+                rdb._set_trial_param_without_commit(session, trial_id, name, value, distribution, previous)
+            for key, attr in system_attrs.items():
+                rdb._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel, trial_id, key, attr)
+    except sqlalchemy.exc.IntegrityError:  # every write of the transaction landed before
+        return
+
+
+def forget_param_distributions(study: optuna.Study, names: Sequence[str]) -> None:
+    """Drop what Optuna's cache noted of params whose write was refused (a distribution the study
+    holds differently): it notes each as stored when the storage returns, and would then skip the
+    study's check for this process's later trials. Optuna's own refusal comes before the note."""
+    info = getattr(study._storage, "_studies", {}).get(study._study_id)
+    if info is not None:
+        for name in names:
+            info.param_distribution.pop(name, None)
 
 
 def kept_system_attrs(trial: optuna.Trial) -> dict[str, Any]:

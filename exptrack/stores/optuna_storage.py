@@ -7,8 +7,10 @@ results commands without ever creating tables. Kept light (optuna only, no torch
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -123,8 +125,103 @@ class ResilientStorage(RDBStorage):
         """Several system attrs in one transaction (`set_constraints` says why)."""
         optuna_private.set_trial_system_attrs(self, trial_id, attrs)
 
+    @_waits_out_outages
+    def set_trial_params(
+        self, trial_id: int, params: list[optuna_private.HeldParam], system_attrs: Mapping[str, Any]
+    ) -> None:
+        """A trial's held params and system attrs in one transaction (`params_in_one_write`)."""
+        optuna_private.set_trial_params(self, trial_id, params, system_attrs)
 
-optuna_private.wrap_storage_calls(ResilientStorage, _waits_out_outages)
+
+@dataclasses.dataclass
+class _Held:
+    """The writes of one running trial this thread holds back (`params_in_one_write`)."""
+
+    storage: ResilientStorage
+    trial_id: int
+    params: list[optuna_private.HeldParam] = dataclasses.field(default_factory=list)
+    system_attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def takes(self, storage: RDBStorage, name: str, args: tuple[Any, ...]) -> bool:
+        """Is this call one of the held trial's param or system attr writes?"""
+        return storage is self.storage and name in optuna_private.HELD_CALLS and bool(args) and args[0] == self.trial_id
+
+    def add(self, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        if name == "set_trial_system_attr":
+            key, value = optuna_private.system_attr_write(args, kwargs)
+            self.system_attrs[key] = value
+            return
+        param = optuna_private.param_write(args, kwargs)
+        if param[3] is not None:  # refused now, as Optuna refuses it, before its cache notes it
+            optuna.distributions.check_distribution_compatibility(param[3], param[2])
+        self.params.append(param)
+
+    def write(self) -> None:
+        """Everything held, in one transaction; nothing is held after it, written or refused."""
+        params, attrs = self.params, self.system_attrs
+        self.params, self.system_attrs = [], {}
+        if params or attrs:
+            self.storage.set_trial_params(self.trial_id, params, attrs)
+
+
+_holding = threading.local()  # .held: this thread's _Held, while it samples a trial
+
+
+def _holds_writes(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A storage call of a thread that holds a trial's writes: one of them is held; any other call
+    (a read above all) first writes what is held, so this process never reads a store that lacks
+    a write it made, and the database sees the same writes in the same order, fewer commits."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def call(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
+        held: _Held | None = getattr(_holding, "held", None)
+        if held is not None:
+            if held.takes(self, name, args):
+                return held.add(name, args, kwargs)
+            held.write()
+        return method(self, *args, **kwargs)
+
+    return call
+
+
+optuna_private.wrap_storage_calls(ResilientStorage, lambda method: _holds_writes(_waits_out_outages(method)))
+
+
+@contextlib.contextmanager
+def params_in_one_write(trial: optuna.Trial) -> Iterator[None]:
+    """Sample a trial's params within this block: Optuna's suggest API commits each param on its
+    own (and TPE's constant_liar its relative params too), one round trip, pool ping and commit
+    each; here they are held and written together when the block ends, or earlier at the first
+    other store call (a sampler's read), so every read sees them as before. The same sampler
+    calls with the same inputs: the same params. A worker killed while sampling leaves its trial
+    with none of them, never some. Other workers see them once written, before training starts."""
+    backend = optuna_private.rdb_storage_of(trial.study)
+    if not isinstance(backend, ResilientStorage) or getattr(_holding, "held", None) is not None:
+        yield
+        return
+    held = _holding.held = _Held(backend, optuna_private.trial_id(trial))
+    try:
+        yield
+    except faults.StoreFault:  # the store is down past its wait: what is held cannot be written
+        raise
+    except BaseException:
+        _holding.held = None
+        with contextlib.suppress(Exception):  # the records as before: what it sampled until it failed
+            _write(trial, held)
+        raise
+    finally:
+        _holding.held = None
+    _write(trial, held)
+
+
+def _write(trial: optuna.Trial, held: _Held) -> None:
+    names = [param[0] for param in held.params]
+    try:
+        held.write()
+    except ValueError:  # a distribution the study holds differently: Optuna's cache must not keep it
+        optuna_private.forget_param_distributions(trial.study, names)
+        raise
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:

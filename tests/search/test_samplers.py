@@ -4,6 +4,7 @@ pruning (said in one line)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,57 @@ def test_constraints_under_a_sampler_that_ignores_them_are_said_in_one_line(
         "sampler random does not steer by constraints (tpe, gp, nsga2 and nsga3 do)"
     )
     assert prepared(tmp_path, monkeypatch, sampler="tpe").learns_infeasible
+
+
+COND_SPACE = spaces.parse(
+    {
+        "lr": {"float": [1e-4, 1e-1], "log": True},
+        "batch_size": {"choice": [32, 64, 128]},
+        "freeze_depth": {"int": [0, 4]},
+        "loss": {"choice": {"cross_entropy": {}, "focal": {"gamma": {"float": [0.5, 5.0]}}}},
+    }
+)
+# each sampler past its random start within 5 trials (TPE's and GP's default is 10, NSGA's population 50;
+# grid's 6 points: past them, it stops the study)
+SOON = {"tpe": {"n_startup_trials": 3}, "gp": {"n_startup_trials": 3}, "nsga2": {"population_size": 4},
+        "nsga3": {"population_size": 4}}  # fmt: skip
+
+
+def two_workers_params(name: str, folder: Path, held: bool) -> list[dict[str, Any]]:
+    """5 trials of two workers (two study objects, seeds 0 and 1) on one sqlite store, each asked
+    while the other's trial still runs (what constant_liar reads), told a value of its params."""
+    from exptrack.stores.optuna_storage import open_storage, params_in_one_write
+
+    space = GRID_SPACE if name == "grid" else COND_SPACE
+    storage = open_storage(f"sqlite:///{folder / 'optuna.db'}", grace_period=60)
+    workers = [
+        optuna.create_study(
+            study_name="same", storage=storage, direction="maximize", load_if_exists=True,
+            sampler=samplers.make_sampler(name, samplers.SamplerSetup(seed, space), SOON.get(name)),
+        )
+        for seed in (0, 1)
+    ]  # fmt: skip
+    running: optuna.Trial | None = None
+    for number in range(5):
+        trial = workers[number % 2].ask()
+        with params_in_one_write(trial) if held else contextlib.nullcontext():
+            space.sample(trial, {})
+        if running is not None:
+            running.study.tell(running, sum(_numbers(running.params)))
+        running = trial
+    return [t.params for t in workers[0].trials]
+
+
+def _numbers(params: dict[str, Any]) -> list[float]:
+    return [float(v) for v in params.values() if isinstance(v, int | float)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in samplers.SAMPLERS if n != "botorch" or HAS_BOTORCH])
+def test_every_sampler_proposes_the_same_params_when_a_trial_writes_them_in_one_transaction(
+    name: str, tmp_path: Path
+) -> None:
+    (tmp_path / "plain").mkdir(), (tmp_path / "held").mkdir()
+    plain = two_workers_params(name, tmp_path / "plain", held=False)
+    held = two_workers_params(name, tmp_path / "held", held=True)
+    assert held == plain and len({str(p) for p in plain}) > 1
