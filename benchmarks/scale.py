@@ -177,7 +177,9 @@ class StoreCalls:
 
         requests.Session.request = request  # type: ignore[method-assign]
         batched = [
-            n for n in ("set_trial_user_attrs", "set_trial_system_attrs") if hasattr(ResilientStorage, n)
+            n
+            for n in ("set_trial_user_attrs", "set_trial_system_attrs", "set_trial_params")
+            if hasattr(ResilientStorage, n)
         ]  # exptrack's own
         for name in [*optuna_private.storage_calls(), *batched]:
             if name != "check_trial_is_updatable":  # a check of a state already read: no round trip
@@ -205,8 +207,13 @@ class StoreCalls:
     def _counted(self, name: str, method):  # type: ignore[no-untyped-def]
         import functools
 
+        from exptrack.stores import optuna_storage
+
         @functools.wraps(method)
         def call(storage, *args, **kwargs):  # type: ignore[no-untyped-def]
+            held = getattr(getattr(optuna_storage, "_holding", None), "held", None)
+            if held is not None and held.takes(storage, name, args):  # held: written by set_trial_params
+                return method(storage, *args, **kwargs)
             depth = getattr(self.depth, "n", 0)
             if depth == 0:  # a storage method calling another is one round trip of its caller's
                 self.add(f"optuna {name}")
