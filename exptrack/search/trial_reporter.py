@@ -19,7 +19,7 @@ from exptrack.stores.faults import StoreUnavailable
 from exptrack.stores.optuna_storage import set_user_attrs
 from exptrack.tracking.tracker import Tracker
 from exptrack.tracking.trial_log import TrialLog
-from exptrack.training import fit
+from exptrack.training import backbones, fit
 
 
 class TrialReporter:
@@ -46,6 +46,7 @@ class TrialReporter:
         self.saved = saved
         self.carried: list[dict[str, float]] = []  # a resumed predecessor's reports, sent with the next
         self.log = log or TrialLog(None, None, trial.number)
+        self.custom = custom
         self.watched = [name for name in objectives if custom or name in records.EPOCH_METRICS]
         self.reports = len(objectives) == 1 and bool(self.watched)
         self.warn = warn
@@ -164,7 +165,11 @@ class TrialReporter:
     score_test = False  # a search's trial never scores the held-out test split
 
     def log_model(self, model: Any, example: Any = None) -> None:
-        """A search trial keeps no model (`exp train` of its exported config logs one)."""
+        """A search trial keeps no model (`exp train` of its exported config logs one): the
+        built-in's is handed back for the next trial to restore in place (`backbones.recycle`);
+        a study's own function may still hold the model it passes, so its own is left alone."""
+        if not self.custom:
+            backbones.recycle(model)
 
     def log_test(self, metrics: Mapping[str, float], samples: int) -> None:
         """Never called: `score_test` is False."""
