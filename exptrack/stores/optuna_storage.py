@@ -195,7 +195,8 @@ def params_in_one_write(trial: optuna.Trial) -> Iterator[None]:
     each; here they are held and written together when the block ends, or earlier at the first
     other store call (a sampler's read), so every read sees them as before. The same sampler
     calls with the same inputs: the same params. A worker killed while sampling leaves its trial
-    with none of them, never some. Other workers see them once written, before training starts."""
+    with none of them, never some (unless a sampler read in between: grid reads before each param).
+    Other workers see them once written, before training starts."""
     backend = optuna_private.rdb_storage_of(trial.study)
     if not isinstance(backend, ResilientStorage) or getattr(_holding, "held", None) is not None:
         yield
