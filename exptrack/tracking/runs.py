@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from exptrack import processes, records
-from exptrack.errors import first_line, redact
+from exptrack.errors import UserError, first_line, redact
 from exptrack.records import ROLE_TAG, RUN_STATUS, STUDY_TAG, TRIAL_TAG
 from exptrack.stores.url import parse
 from exptrack.tracking import queries, ui_links
@@ -79,8 +79,18 @@ def experiment_id(tracker: Tracker, name: str) -> str:
 def open_study_run(tracker: Tracker, study: StudyFacts) -> OpenedRun:
     """The study's experiment and parent run, its search space as a param and its saved runs view.
     The parent run belongs to one Optuna study, the one whose `uid` it is tagged with: a new study
-    of the same name (its Optuna store reset) gets a new parent run, and names the older one."""
-    opened = _parent_run(tracker, study)
+    of the same name (its Optuna store reset) gets a new parent run, and names the older one.
+    A store that stops answering here (after the preflight's check: e.g. a `--workers` worker
+    starting into an outage) is one line, not an unexpected error: no trial has started."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        opened = _parent_run(tracker, study)
+    except MlflowException as exc:
+        raise UserError(
+            f"MLflow tracking store {redact(tracker.uri)} could not open the study's runs "
+            f"({first_line(exc, 200)}); no trial started: start or fix it, then re-run the same command"
+        ) from exc
     tracker.log(opened.run_id, params={records.SEARCH_SPACE_PARAM: str(study.search_space)})
     first, *others = (_column(figure) for figure in study.objectives)
     maximize = next(iter(study.objectives.values())) == "maximize"

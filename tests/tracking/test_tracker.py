@@ -63,3 +63,26 @@ def test_a_background_write_the_store_refuses_is_reported_and_the_run_still_clos
     assert run.data.params == {}
     assert len(tracker.failures) == 1 and tracker.failures[0].startswith("log to run: MlflowException")
     assert warnings and "the search goes on" in warnings[0]
+
+
+def test_a_server_that_stops_answering_before_the_study_run_opens_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `--workers` worker can start after the preflight's check into an outage (seen on CI):
+    the study's runs cannot be opened, and the user reads one line, not an unexpected error."""
+    import socket
+
+    from exptrack.errors import UserError
+
+    with socket.socket() as probe:  # a loopback port nobody listens on: a server that is down
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    down = Tracker(f"http://user:secret@127.0.0.1:{port}", warn=lambda m: None, create=False)
+    study = runs.StudyFacts("study", "uid", "x.db", "TPESampler", "NopPruner", {"val_accuracy": "maximize"}, {}, [])
+    with pytest.raises(UserError) as raised:
+        runs.open_study_run(down, study)
+    message = str(raised.value)
+    assert "\n" not in message and "could not open the study's runs" in message
+    assert f"127.0.0.1:{port}" in message and "secret" not in message and "re-run the same command" in message
