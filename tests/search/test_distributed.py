@@ -23,12 +23,17 @@ from tests.pgserver import Host, MlflowPgServer, PostgresServer
 
 
 def _finish(processes: list[subprocess.Popen[str]], timeout: float = 400) -> list[str]:
-    """Wait for every process; each must exit 0 without a traceback. Their stderr, in order."""
+    """Wait for every process; each must exit 0 without a traceback, every MLflow write made. The
+    tracking server's own database restarting answers 503 for a while, and on loaded cores that
+    can outlast MLflow's short retry (seen on CI): such a write is kept in the journal and must be
+    said to be written once the store answered. Their stderr, in order."""
     errors = []
     for process in processes:
         out, err = process.communicate(timeout=timeout)
         assert process.returncode == 0, err
-        assert "Traceback" not in err and "MLflow writes failed" not in err, err
+        assert "Traceback" not in err, err
+        if "MLflow writes failed" in err:
+            assert "the journal wrote them once the store answered again" in err, err
         assert "View run" not in out  # MLflow's line per closed run, kept out of the progress display
         errors.append(err)
     return errors
@@ -68,7 +73,7 @@ def test_three_hosts_two_workers_asking_at_once_on_an_empty_database_finish_exac
 
     wait_for(two_done, "two trials to finish", 300, process=workers[0])
     postgres.restart()  # mid-search: every connection of the workers and of the tracking server is cut
-    _finish(workers)  # they waited it out: no failed write, no traceback
+    _finish(workers)  # they waited it out: no traceback, no write left unmade
 
     found = _study(storage, "three-hosts")
     assert [t.number for t in found] == list(range(12))  # none over budget, no number twice

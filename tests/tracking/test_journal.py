@@ -19,6 +19,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from exptrack import study_store
 from tests.conftest import run_exp
 from tests.faultkit import MlflowServer, run_search, runs_by_trial, start_search, trials, wait_for
 from tests.pgserver import Host, MlflowPgServer, PostgresServer
@@ -242,6 +243,12 @@ def test_two_hosts_through_a_frozen_server_write_every_record_once_it_answers_an
     _assert_whole(found, server.uri, 6)
 
 
+def _gated_with_both_workers_up(project: Path) -> bool:
+    """A trial waits at gate 1 and each of the two workers has asked a trial (after opening tracking)."""
+    workers = {study_store.record(t).worker for t in trials(project)} - {None}
+    return (project / "waiting-1").exists() and len(workers) >= 2
+
+
 @pytest.mark.slow
 def test_workers_through_a_killed_server_exit_3_from_the_coordinator_and_exp_sync_writes_it_all(
     project: Path, server: MlflowServer
@@ -252,7 +259,11 @@ def test_workers_through_a_killed_server_exit_3_from_the_coordinator_and_exp_syn
         project, "--trials", "4", "--workers", "2", "--tracking-uri", server.uri,
         faults="1:gate", gate_dir=project, env=FAST_HTTP,
     )  # fmt: skip
-    wait_for(lambda: (project / "waiting-1").exists(), "trial 1 to train", 300, search)
+    # Both workers must be past their start (each opens the study's MLflow run first) before the
+    # server dies: on loaded cores one worker can still be importing when the other's second
+    # trial waits at the gate (seen on CI), and a worker that starts into a dead server has no
+    # study run to journal under.
+    wait_for(lambda: _gated_with_both_workers_up(project), "trial 1 to train, both workers asking", 300, search)
     _kill(server)
     (project / "go-1").touch()
     _, err = search.communicate(timeout=400)
