@@ -46,15 +46,22 @@ TINY = {  # a rehearsal that runs every step on 2 CPU cores
 
 
 def run_arm(
-    name: str, command: list[str], work: Path, out: Path, timeout: float, extra_env: dict[str, str] | None = None
+    name: str,
+    command: list[str],
+    work: Path,
+    out: Path,
+    timeout: float,
+    extra_env: dict[str, str] | None = None,
+    checkout: Path = REPO,
 ) -> dict[str, Any]:
     """Run one arm's command in `work`, with `extra_env` added to this process's environment (an
-    arm's lever, e.g. OMP_WAIT_POLICY); its output goes to out/NAME.log."""
+    arm's lever, e.g. OMP_WAIT_POLICY) and exptrack imported from `checkout` (another commit's
+    worktree, for a before/after arm); its output goes to out/NAME.log."""
     work.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
         **(extra_env or {}),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(checkout), os.environ.get("PYTHONPATH")])),
     }
     sampler = GpuSampler()
     started = time.time()

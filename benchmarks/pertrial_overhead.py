@@ -20,15 +20,14 @@ import itertools
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
-from trial_timeline import read_trials  # noqa: E402
+from gpu_study import run_arm  # noqa: E402
+from trial_timeline import gaps, read_trials  # noqa: E402
 
 SETS = {"weights": "none", "subset": 300, "image_size": 24, "epochs": 2, "test_fraction": 0}
 
@@ -45,27 +44,19 @@ def command(checkout: Path, folder: Path, args: argparse.Namespace) -> list[str]
 def run(checkout: Path, tag: str, args: argparse.Namespace) -> dict[str, Any]:
     """One search from `checkout`; its wall time and its trials' timeline."""
     folder = args.out / tag
-    folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
     load = os.getloadavg()[0]
-    started = time.time()
-    with (folder / "search.log").open("w") as log:
-        code = subprocess.run(
-            command(checkout, folder, args), cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT
-        ).returncode
-    wall = time.time() - started
+    arm = run_arm("search", command(checkout, folder, args), folder, folder, 24 * 3600, checkout=checkout)
     trials = sorted(read_trials(f"sqlite:///{folder}/optuna.db", "finetune"), key=lambda t: t["number"])
-    return {"tag": tag, "checkout": str(checkout), "returncode": code, "wall_s": wall,
+    return {"tag": tag, "checkout": str(checkout), "returncode": arm["returncode"], "wall_s": arm["wall_s"],
             "load_1min": [load, os.getloadavg()[0]], **timeline(trials)}  # fmt: skip
 
 
 def timeline(trials: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians of ask -> first step and of end -> next ask, and each trial's state and value."""
-    timed = [t for t in trials if t["start"] and t["first_step_at"]]
-    setup = [t["first_step_at"] - t["start"] for t in timed]
+    """Medians of ask -> first step (`trial_timeline.gaps`) and of end -> next ask, and each
+    trial's state and value."""
     between = [b["start"] - a["end"] for a, b in itertools.pairwise(trials) if a["end"] and b["start"]]
     return {
-        "ask_to_first_step_s": statistics.median(setup) if setup else None,
+        "ask_to_first_step_s": gaps(trials)["ask_to_first_step_s"]["median"],
         "end_to_next_ask_s": statistics.median(between) if between else None,
         "trial_s": sum(t["end"] - t["start"] for t in trials if t["end"] and t["start"]),
         "values": [[t["number"], t["state"], t["value"]] for t in trials],
